@@ -1,0 +1,183 @@
+"""Input validation shared by every public function of ccg-layers.
+
+Shape checks are static and always run (they are free under ``torch.compile``). Checks that
+read tensor *values* (``{0, 1}`` labels, finiteness, index ranges) synchronise with the device
+and would break a compiled graph, so they are skipped while ``torch.compile`` traces; call the
+eager function once to validate a data pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
+
+Reduction = Literal["none", "mean", "sum"]
+_REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+
+__all__ = [
+    "Reduction",
+    "check_binary",
+    "check_dtype",
+    "check_finite",
+    "check_index",
+    "check_positive",
+    "check_reduction",
+    "check_shape",
+    "check_tensor",
+    "reduce",
+    "values_checkable",
+]
+
+
+def values_checkable() -> bool:
+    """Whether value-dependent checks may run (not while compiling, scripting or exporting)."""
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return torch._C._get_tracing_state() is None
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return str(tuple(int(s) for s in shape))
+
+
+def check_tensor(x: object, name: str) -> Tensor:
+    """Raise unless ``x`` is a tensor; return it typed."""
+    if not isinstance(x, Tensor):
+        raise CCGDTypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    return x
+
+
+def check_shape(
+    x: Tensor,
+    name: str,
+    spec: Sequence[str | int],
+    dims: dict[str, int] | None = None,
+    *,
+    leading: bool = False,
+) -> dict[str, int]:
+    """Check ``x.shape`` against a symbolic ``spec`` and bind the symbols in ``dims``.
+
+    Args:
+        x: The tensor.
+        name: The argument's name, used in the message.
+        spec: One entry per dimension: an ``int`` is a fixed size, a ``str`` a symbol that must
+            equal the size already bound to it in ``dims`` (or binds it).
+        dims: Symbols bound so far, updated in place; a new dict when ``None``.
+        leading: Allow any number of extra leading dimensions before ``spec``.
+
+    Returns:
+        ``dims``, with the symbols of ``spec`` bound.
+
+    Raises:
+        CCGShapeError: With the expected and the received shape.
+    """
+    bound: dict[str, int] = {} if dims is None else dims
+    shape = tuple(x.shape)
+    rank_ok = len(shape) >= len(spec) if leading else len(shape) == len(spec)
+    names = ", ".join(str(s) for s in spec)
+    if leading:
+        names = "..., " + names
+    if not rank_ok:
+        raise CCGShapeError(
+            f"`{name}` must have {'at least ' if leading else ''}{len(spec)} dimensions "
+            f"({names}), got shape {_fmt_shape(shape)}."
+        )
+    tail = shape[len(shape) - len(spec) :]
+    for sym, size in zip(spec, tail, strict=True):
+        if isinstance(sym, int):
+            if size != sym:
+                raise CCGShapeError(
+                    f"`{name}` must have shape ({names}) with {sym} in that position, "
+                    f"got shape {_fmt_shape(shape)}."
+                )
+        elif sym in bound and bound[sym] != size:
+            raise CCGShapeError(
+                f"`{name}` must have shape ({names}) with {sym}={bound[sym]} as bound by the "
+                f"other arguments, got shape {_fmt_shape(shape)} ({sym}={size})."
+            )
+        else:
+            bound[sym] = int(size)
+    return bound
+
+
+def check_dtype(x: Tensor, name: str, kinds: Sequence[Literal["float", "int", "bool"]]) -> None:
+    """Raise unless ``x``'s dtype is of one of the ``kinds``."""
+    if x.dtype == torch.bool:
+        kind = "bool"
+    elif x.dtype.is_floating_point:
+        kind = "float"
+    elif x.dtype.is_complex:
+        kind = "complex"
+    else:
+        kind = "int"
+    if kind not in kinds:
+        raise CCGDTypeError(f"`{name}` must have a {' or '.join(kinds)} dtype, got {x.dtype}.")
+
+
+def check_binary(x: Tensor, name: str) -> None:
+    """Raise unless every value of ``x`` is 0 or 1 (skipped while compiling)."""
+    if not values_checkable() or x.dtype == torch.bool or x.numel() == 0:
+        return
+    bad = (x != 0) & (x != 1)
+    if bool(bad.any()):
+        first = x[bad].flatten()[0].item()
+        raise CCGValueRangeError(
+            f"`{name}` must hold only 0 and 1, got {int(bad.sum())} other value(s), e.g. {first}."
+        )
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Raise if ``x`` holds NaN or infinity (skipped while compiling)."""
+    if not values_checkable() or not x.dtype.is_floating_point or x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise CCGValueRangeError(f"`{name}` must be finite, got NaN or infinite values.")
+
+
+def check_index(x: Tensor, name: str, size: int) -> None:
+    """Raise unless ``x`` is an integer tensor with values in ``[0, size)``."""
+    check_dtype(x, name, ("int",))
+    if not values_checkable() or x.numel() == 0:
+        return
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi >= size:
+        raise CCGValueRangeError(
+            f"`{name}` must hold indices in [0, {size}), got values in [{lo}, {hi}]."
+        )
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> None:
+    """Raise unless the Python number ``value`` is positive (or non-negative)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value:  # NaN compares false
+        expected = "non-negative" if allow_zero else "positive"
+        raise CCGValueRangeError(f"`{name}` must be {expected}, got {value}.")
+
+
+def check_reduction(reduction: object) -> Reduction:
+    """Raise unless ``reduction`` is one of ``"none"``, ``"mean"``, ``"sum"``."""
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise CCGValueRangeError(
+            f"`reduction` must be one of {', '.join(map(repr, _REDUCTIONS))}, got {reduction!r}."
+        )
+    return reduction  # type: ignore[return-value]
+
+
+def reduce(x: Tensor, reduction: Reduction, *, count: Tensor | int | None = None) -> Tensor:
+    """Apply ``reduction`` to ``x``; ``"mean"`` divides the sum by ``count`` (default numel)."""
+    if reduction == "none":
+        return x
+    total = x.sum()
+    if reduction == "sum":
+        return total
+    return total / (x.numel() if count is None else count)
+
+
+def describe(mapping: Mapping[str, int]) -> str:
+    """Format bound dimensions as ``N=2, K=3`` for messages."""
+    return ", ".join(f"{k}={v}" for k, v in mapping.items())

@@ -1,0 +1,14 @@
+"""Functional core of ccg-layers: every computation as a typed function.
+
+Learnable tensors are arguments, so the functions compose with any parametrisation;
+the modules in :mod:`ccg_layers` hold the parameters and call these.
+"""
+
+from ccg_layers.functional.mil import boxes_to_grid, log_noisy_or, mil_grid_loss, xywh_to_xyxy
+
+__all__ = [
+    "boxes_to_grid",
+    "log_noisy_or",
+    "mil_grid_loss",
+    "xywh_to_xyxy",
+]
