@@ -49,10 +49,12 @@ class TrainConfig:
     image_size: int = 512
     num_classes: int = 14
     num_workers: int = 2
+    cache_images: bool = False  # keep decoded training images in memory (small datasets)
     # model
     backbone: str = "resnet50"  # "resnet50" | "tiny"
     weights: str = "imagenet"  # "imagenet" (torchvision's cache) | a state-dict path | "none"
     tiny_widths: tuple[int, ...] = (16, 32, 64, 128)
+    tiny_stride: int = 16  # output stride of the tiny backbone (8 or 16)
     head_channels: int = 512  # width of the first of the two 1x1 convolutions
     freeze_bn: bool = True  # batch 2 cannot estimate BatchNorm statistics: keep ImageNet's
     test_upsample: int = 2  # Sec. 3.7: feature map upsampling before the 1x1 convs at test time
@@ -128,6 +130,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 0.03,
         "lr_step_epochs": 6,
         "num_workers": 0,
+        "cache_images": True,
         "checkpoint_every": 0,
         "num_figures": 6,
     },

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from ccg_layers.datasets import (
     BOX_FRAME,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ChestXray14,
     ChestXray14Index,
     chestxray14_splits,
@@ -136,6 +138,7 @@ def superpixel_cache(
         batch_size=64,
         num_workers=cfg.num_workers,
         collate_fn=collate_chestxray14,
+        generator=torch.Generator(),  # leaves the global RNG alone
     )
     out = torch.empty(len(names), cfg.superpixel_size, cfg.superpixel_size, dtype=torch.uint8)
     start = 0
@@ -157,18 +160,73 @@ def superpixel_cache(
     return out
 
 
-class WithSuperpixels(Dataset[dict[str, Any]]):
-    """A ``ChestXray14`` whose samples also carry the cached superpixel labels."""
+_IMAGE_MEMO: dict[tuple[str, tuple[str, ...], int], Tensor] = {}
 
-    def __init__(self, base: ChestXray14, labels: Tensor | None) -> None:
+
+class TrainSet(Dataset[dict[str, Any]]):
+    """The training ``ChestXray14`` plus the cached superpixel labels of each sample.
+
+    With ``in_memory`` the decoded images are kept in memory (float16 gray, loaded once), for
+    small datasets such as the demo's, where decoding would dominate the step time; the samples
+    are identical up to float16 rounding of the gray values.
+    """
+
+    def __init__(
+        self,
+        base: ChestXray14,
+        labels: Tensor | None,
+        *,
+        in_memory: bool = False,
+        num_workers: int = 0,
+    ) -> None:
         self.base = base
         self.labels = labels
+        self.images: Tensor | None = None
+        if in_memory:
+            key = (str(base.index.root), tuple(base.image_names), base.image_size)
+            if key not in _IMAGE_MEMO:
+                _IMAGE_MEMO.clear()
+                _IMAGE_MEMO[key] = self._decode_all(base, num_workers)
+            self.images = _IMAGE_MEMO[key]
+            self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    @staticmethod
+    def _decode_all(base: ChestXray14, num_workers: int) -> Tensor:
+        raw = ChestXray14(base.index, base.image_names, image_size=base.image_size, normalize=False)
+        loader = DataLoader(
+            raw,
+            batch_size=32,
+            num_workers=num_workers,
+            collate_fn=collate_chestxray14,
+            generator=torch.Generator(),
+        )
+        return torch.cat([b["image"][:, 0].half() for b in loader])
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def _sample(self, i: int) -> dict[str, Any]:
+        if self.images is None:
+            return dict(self.base[i])
+        # the sample without decoding: same fields as ChestXray14.__getitem__
+        base = self.base
+        row = int(base._rows[i])
+        lo = int(torch.searchsorted(base._box_rows, row, side="left"))
+        hi = int(torch.searchsorted(base._box_rows, row, side="right"))
+        gray = self.images[i].float()
+        return {
+            "image": (gray.expand(3, -1, -1) - self._mean) / self._std,
+            "labels": base.index.labels[row].clone(),
+            "boxes": base._boxes[lo:hi].clone(),
+            "box_class": base._box_class[lo:hi].clone(),
+            "has_box": base._has_box[row].clone(),
+            "name": base.image_names[i],
+            "index": i,
+        }
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sample: dict[str, Any] = dict(self.base[i])
+        sample = self._sample(i)
         if self.labels is not None:
             sample["superpixels"] = self.labels[sample["index"]]
         return sample
@@ -249,7 +307,12 @@ def build_data(cfg: TrainConfig, *, is_main: bool = True, barrier: Any = None) -
             barrier()
         if not is_main:
             labels = superpixel_cache(cfg, index, split["train"], is_main=False)
-    train = WithSuperpixels(ChestXray14(index, split["train"], image_size=cfg.image_size), labels)
+    train = TrainSet(
+        ChestXray14(index, split["train"], image_size=cfg.image_size),
+        labels,
+        in_memory=cfg.cache_images,
+        num_workers=cfg.num_workers,
+    )
     test = ChestXray14(index, split["test"], image_size=cfg.image_size)
     return SplitData(index, split, summary, train, test)
 

@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, load_config
 from .data import build_data, collate, epoch_order, grid_targets, test_boxes
 from .losses import CCGLoss
-from .model import CCGNet, build_model
+from .model import CCGNet, build_model, resolve_weights
 
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
 
@@ -119,6 +119,7 @@ class Trainee(nn.Module):
 
 
 def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -> Trainee:
+    """CCG-Net and its loss; ``weights`` overrides ``cfg.weights`` (e.g. "none" on resume)."""
     model = build_model(
         cfg.backbone,
         cfg.weights if weights is None else weights,
@@ -127,13 +128,14 @@ def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -
         test_upsample=cfg.test_upsample,
         freeze_bn=cfg.freeze_bn,
         tiny_widths=tuple(cfg.tiny_widths),
+        tiny_stride=cfg.tiny_stride,
     )
     criterion = CCGLoss(cfg, model.feature_channels, cfg.batch_size * world)
     return Trainee(model, criterion)
 
 
 def grid_size(cfg: TrainConfig) -> int:
-    return cfg.image_size // (16 if cfg.backbone == "tiny" else 32)
+    return cfg.image_size // (cfg.tiny_stride if cfg.backbone == "tiny" else 32)
 
 
 def make_optimizer(
@@ -162,7 +164,12 @@ def predict(
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, shuffle=False
+        ds,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        shuffle=False,
+        generator=torch.Generator(),  # leaves the global RNG alone
     )
     maps, scores = [], []
     for batch in loader:
@@ -320,6 +327,9 @@ def _train(
     show_progress: bool,
 ) -> Path:
     is_main = rank == 0
+    if resume_dir is None:
+        # fail at start-up, before any data work, when pretrained weights are asked for and absent
+        resolve_weights(cfg.weights, cfg.backbone)
     device = select_device(cfg, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -340,6 +350,9 @@ def _train(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(cfg.to_json() + "\n")
 
+    # the model first, right after seeding: its initialisation does not depend on the data work
+    # (a resumed run then takes every weight from its checkpoint)
+    trainee = build_trainee(cfg, world, weights="none" if resume_dir else None).to(device)
     barrier = (lambda: dist.barrier()) if world > 1 else None
     data = build_data(cfg, is_main=is_main, barrier=barrier)
     if is_main:
@@ -352,7 +365,6 @@ def _train(
             "test image"
         )
 
-    trainee = build_trainee(cfg, world).to(device)
     opt, sched = make_optimizer(cfg, trainee)
     use_amp = amp_enabled(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -391,6 +403,7 @@ def _train(
             state = _checkpoint_state(trainee, opt, sched, scaler, cfg, ep, st, global_step)
             ckpt.save_atomic(state, ckpt_dir / name)
 
+    last_eval: tuple[int, dict[str, Any]] | None = None
     trainee.train()
     while epoch < cfg.epochs:
         order = epoch_order(n_train, epoch, cfg.seed, global_batch)
@@ -404,6 +417,8 @@ def _train(
             collate_fn=collate,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
+            # its own generator: creating the loader must not draw from the global RNG
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
         )
         bar = None
         if is_main and show_progress:
@@ -481,6 +496,7 @@ def _train(
             }
             if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs:
                 res = evaluate(trainee.model, data.test, device, cfg)
+                last_eval = (epoch, res)
                 summ = accuracy_summary(res["accuracy"])
                 for t in THRESHOLDS:
                     row[f"test_acc_T{t:g}_mean"] = summ[f"T={t:g}"]["Mean"]
@@ -492,7 +508,9 @@ def _train(
             barrier()
 
     if is_main:
-        res = evaluate(trainee.model, data.test, device, cfg)
+        if last_eval is None or last_eval[0] != epoch:
+            last_eval = (epoch, evaluate(trainee.model, data.test, device, cfg))
+        res = last_eval[1]
         final = {
             "localization": accuracy_summary(res["accuracy"]),
             "accuracy_matrix": res["accuracy"].tolist(),
@@ -526,6 +544,7 @@ def evaluate_checkpoint(
         test_upsample=cfg.test_upsample,
         freeze_bn=cfg.freeze_bn,
         tiny_widths=tuple(cfg.tiny_widths),
+        tiny_stride=cfg.tiny_stride,
     ).to(dev)
     model.load_state_dict(state["model"])
     cfg.losses = ("base",)  # no superpixels needed to evaluate

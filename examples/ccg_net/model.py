@@ -24,36 +24,41 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 class TinyResNet(nn.Module):
-    """A small ResNet (torchvision ``BasicBlock``s) for the CPU demo; output stride 16.
+    """A small ResNet (torchvision ``BasicBlock``s) for the CPU demo.
 
-    Four stages of one block each with ``widths`` channels; the last stage keeps the resolution
-    of the third, so a 256x256 input gives a 16x16 map like ResNet-50's C5 at 512x512.
+    A 3x3 stride-2 stem (plus a max-pool when ``stride == 16``), then four stages of one block
+    each with ``widths`` channels and strides 1, 2, 2, 1: output stride 8 or 16, so a 128x128
+    (stride 8) or 256x256 (stride 16) input gives a 16x16 map like ResNet-50's C5 at 512x512.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), stride: int = 16) -> None:
         super().__init__()
         if len(widths) != 4:
             raise ValueError(f"tiny_widths needs 4 stage widths, got {widths}")
+        if stride not in (8, 16):
+            raise ValueError(f"the tiny backbone's stride must be 8 or 16, got {stride}")
         w0 = widths[0]
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, w0, 5, stride=2, padding=2, bias=False),
+        stem: list[nn.Module] = [
+            nn.Conv2d(3, w0, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(w0),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
+        ]
+        if stride == 16:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
         stages = []
         in_ch = w0
-        for i, (w, stride) in enumerate(zip(widths, (1, 2, 2, 1), strict=True)):
+        for w, s in zip(widths, (1, 2, 2, 1), strict=True):
             down = None
-            if stride != 1 or in_ch != w:
+            if s != 1 or in_ch != w:
                 down = nn.Sequential(
-                    nn.Conv2d(in_ch, w, 1, stride=stride, bias=False), nn.BatchNorm2d(w)
+                    nn.Conv2d(in_ch, w, 1, stride=s, bias=False), nn.BatchNorm2d(w)
                 )
-            stages.append(nn.Sequential(BasicBlock(in_ch, w, stride, down)))
+            stages.append(BasicBlock(in_ch, w, s, down))
             in_ch = w
-            del i
         self.layers = nn.Sequential(*stages)
         self.out_channels = in_ch
+        self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(self.stem(x))
@@ -160,6 +165,7 @@ def build_model(
     test_upsample: int = 2,
     freeze_bn: bool = True,
     tiny_widths: tuple[int, ...] = (16, 32, 64, 128),
+    tiny_stride: int = 16,
 ) -> CCGNet:
     """Build CCG-Net; loads the backbone weights named by ``weights`` (see ``resolve_weights``)."""
     path = resolve_weights(weights, backbone)
@@ -188,7 +194,7 @@ def build_model(
         )
         channels = 2048
     elif backbone == "tiny":
-        tiny = TinyResNet(tiny_widths)
+        tiny = TinyResNet(tiny_widths, tiny_stride)
         if path is not None:
             tiny.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         body, channels = tiny, tiny.out_channels
