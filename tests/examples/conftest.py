@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
-
-from examples.ccg_net.config import TrainConfig  # noqa: E402
+from trainer_helpers import tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -24,41 +17,9 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def tiny_config(root: Path, out: Path, **overrides: object) -> TrainConfig:
-    """All four losses, a 2-epoch run on 64x64 images with a tiny backbone (8x8 grid)."""
-    cfg = TrainConfig(
-        preset="test",
-        data_root=str(root),
-        cache_dir=str(out / "cache"),
-        output_dir=str(out / "runs"),
-        image_size=64,
-        backbone="tiny",
-        weights="none",
-        tiny_widths=(4, 8, 8, 8),
-        tiny_stride=8,
-        head_channels=8,
-        freeze_bn=False,
-        test_upsample=2,
-        num_patches=4,
-        superpixel_size=16,
-        code_bits=16,
-        batch_size=4,
-        epochs=2,
-        lr=0.01,
-        lr_step_epochs=1,
-        num_workers=0,
-        checkpoint_every=0,
-        progress=False,
-        deterministic=True,
-        threads=1,
-        num_figures=2,
-    )
-    return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def make_config(tiny_root: Path, tmp_path: Path):
-    def make(**overrides: object) -> TrainConfig:
+    def make(**overrides: object):
         return tiny_config(tiny_root, tmp_path, **overrides)
 
     return make
