@@ -69,6 +69,7 @@ class TrainConfig:
     superpixel_size: int = 64  # labels are cached at this resolution
     superpixel_compactness: float = 0.1
     code_bits: int = 64
+    kr_pairs: str = "half"  # L_KR pairs: "half" (i, i + n/2) or "all" (every pair)
     kr_scale: float | None = None  # None: 1/sqrt(C); 1.0 is the paper's literal P
     # optimisation
     epochs: int = 9
@@ -236,6 +237,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError("--batch-size and --epochs must be positive")
     if cfg.test_upsample < 1:
         raise ValueError(f"--test-upsample must be >= 1, got {cfg.test_upsample}")
+    if cfg.kr_pairs not in ("half", "all"):
+        raise ValueError(f"--kr-pairs must be half or all, got {cfg.kr_pairs!r}")
     if cfg.amp not in ("auto", "on", "off"):
         raise ValueError(f"--amp must be auto, on or off, got {cfg.amp!r}")
 

@@ -4,8 +4,8 @@
 * L_IR (Eq. 4): :class:`ccg_layers.LearnableSampleGraph` on the batch's C5 feature maps.
 * L_IK (Eq. 5-7): :class:`ccg_layers.PatchHashGraph` on the C5 feature maps, its patches the
   cached SLIC superpixels of the input images.
-* L_KR (Eq. 8-10): :class:`ccg_layers.CrossImageAttention` (pair mode) on every pair (u, v) of
-  the batch, then the patch-hash graph on the attended maps F'_u (v's layout, v's patches) and
+* L_KR (Eq. 8-10): :class:`ccg_layers.CrossImageAttention` (pair mode) on pairs (u, v) of the
+  batch (:func:`kr_pairs`), then the patch-hash graph on the attended maps F'_u (v's layout, v's patches) and
   F'_v (u's layout, u's patches).
 
 Under ``torch.distributed`` the feature maps (and superpixel labels) of all processes are
@@ -49,6 +49,23 @@ def gather_no_grad(x: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def kr_pairs(n: int, mode: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """The image pairs (u, v) of L_KR in a (global) batch of ``n``.
+
+    ``"half"``: u = i, v = i + n // 2 for i < n // 2, so each image is in at most one pair and,
+    under DDP, pairs join images of different processes; with the paper's batch of 2 it is the
+    single pair (0, 1). ``"all"``: every unordered pair, n (n - 1) / 2 of them (the attention
+    cost grows with n^2).
+    """
+    if mode == "all":
+        u, v = torch.triu_indices(n, n, offset=1, device=device)
+        return u, v
+    if mode != "half":
+        raise ValueError(f"--kr-pairs must be half or all, got {mode!r}")
+    u = torch.arange(n // 2, device=device)
+    return u, u + n // 2
+
+
 class CCGLoss(nn.Module):
     """Eq. 11 with each term switchable (``cfg.losses``); holds the learnable graph parameters.
 
@@ -60,6 +77,7 @@ class CCGLoss(nn.Module):
     def __init__(self, cfg: TrainConfig, feature_channels: int, global_batch: int) -> None:
         super().__init__()
         self.weights = {"base": cfg.w_base, "ir": cfg.w_ir, "ik": cfg.w_ik, "kr": cfg.w_kr}
+        self.kr_pairs = cfg.kr_pairs
         self.terms = tuple(t for t in ("base", "ir", "ik", "kr") if cfg.enabled(t))
         self.base = ccg_layers.MILGridLoss(box_weight=cfg.box_weight)
         self.ir = ccg_layers.LearnableSampleGraph(global_batch) if cfg.enabled("ir") else None
@@ -109,7 +127,7 @@ class CCGLoss(nn.Module):
         n = feats.shape[0]
         if n < 2:
             return feats.sum() * 0.0
-        u, v = torch.triu_indices(n, n, offset=1, device=feats.device)
+        u, v = kr_pairs(n, self.kr_pairs, feats.device)
         assert self.kr_attention is not None
         assert self.kr_graph is not None
         assert sp is not None

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainer_helpers import tiny_config
+
+from .trainer_helpers import tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from trainer_helpers import tiny_config
 
 from examples.ccg_net import checkpoint as ckpt
 from examples.ccg_net.engine import build_trainee, train
+
+from .trainer_helpers import tiny_config
 
 WORLD = 2
 PER_RANK = 2
