@@ -65,6 +65,7 @@ class TrainConfig:
     w_ik: float = 0.25
     w_kr: float = 0.25
     box_weight: float = 4.0  # beta_B of Eq. 1
+    base_reduction: str = "sum"  # Eq. 3 sums L_base over images and classes; or "mean"
     num_patches: int = 16  # superpixels per image (m of Eq. 7)
     superpixel_size: int = 64  # labels are cached at this resolution
     superpixel_compactness: float = 0.1
@@ -237,6 +238,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError("--batch-size and --epochs must be positive")
     if cfg.test_upsample < 1:
         raise ValueError(f"--test-upsample must be >= 1, got {cfg.test_upsample}")
+    if cfg.base_reduction not in ("sum", "mean"):
+        raise ValueError(f"--base-reduction must be sum or mean, got {cfg.base_reduction!r}")
     if cfg.kr_pairs not in ("half", "all"):
         raise ValueError(f"--kr-pairs must be half or all, got {cfg.kr_pairs!r}")
     if cfg.amp not in ("auto", "on", "off"):

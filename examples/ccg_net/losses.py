@@ -79,7 +79,9 @@ class CCGLoss(nn.Module):
         self.weights = {"base": cfg.w_base, "ir": cfg.w_ir, "ik": cfg.w_ik, "kr": cfg.w_kr}
         self.kr_pairs = cfg.kr_pairs
         self.terms = tuple(t for t in ("base", "ir", "ik", "kr") if cfg.enabled(t))
-        self.base = ccg_layers.MILGridLoss(box_weight=cfg.box_weight)
+        # Eq. 3 sums over the images and classes ("sum"); "mean" divides by N*K.
+        self.base = ccg_layers.MILGridLoss(box_weight=cfg.box_weight, reduction=cfg.base_reduction)
+        self.base_reduction = cfg.base_reduction
         self.ir = ccg_layers.LearnableSampleGraph(global_batch) if cfg.enabled("ir") else None
         self.ik = (
             ccg_layers.PatchHashGraph(cfg.num_patches, feature_channels, code_bits=cfg.code_bits)
@@ -109,7 +111,12 @@ class CCGLoss(nn.Module):
         box_mask: Tensor,
         superpixels: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {"base": self.base(logits, labels, grid, box_mask)}
+        base = self.base(logits, labels, grid, box_mask)
+        if self.base_reduction == "sum":
+            # DDP averages the gradients of the processes; scaling each process's sum by the
+            # world size makes that average the gradient of the sum over the global batch.
+            base = base * _world()
+        out: dict[str, Tensor] = {"base": base}
         if len(self.terms) > 1:
             feats = gather_with_grad(features)
             sp = gather_no_grad(superpixels) if superpixels is not None else None

@@ -20,6 +20,7 @@ from examples.ccg_net.engine import (
     evaluate_checkpoint,
     train,
 )
+from examples.ccg_net.losses import kr_pairs
 from examples.ccg_net.model import WeightsNotFoundError, build_model, resolve_weights
 
 
@@ -94,11 +95,41 @@ def test_paper_preset_has_the_paper_defaults():
         (["--setting", "d"], "--setting must be a, b or c"),
         (["--fold", "5"], "--fold must be in 0..4"),
         (["--image-size", "500"], "multiple of 32"),
+        (["--base-reduction", "max"], "--base-reduction must be sum or mean"),
+        (["--kr-pairs", "some"], "--kr-pairs must be half or all"),
     ],
 )
 def test_bad_options_are_rejected_with_the_option_named(argv, match):
     with pytest.raises(ValueError, match=match):
         resolve_config(build_parser().parse_args(argv))
+
+
+def test_kr_pairs_of_a_batch():
+    u, v = kr_pairs(2, "half")
+    assert (u.tolist(), v.tolist()) == ([0], [1])  # the paper's batch of 2: its one pair
+    u, v = kr_pairs(8, "half")
+    assert (u.tolist(), v.tolist()) == ([0, 1, 2, 3], [4, 5, 6, 7])
+    u, v = kr_pairs(4, "all")
+    assert sorted(zip(u.tolist(), v.tolist(), strict=True)) == [
+        (0, 1),
+        (0, 2),
+        (0, 3),
+        (1, 2),
+        (1, 3),
+        (2, 3),
+    ]
+
+
+def test_base_term_is_eq3_sum_by_default_and_mean_on_request(make_config):
+    torch.manual_seed(0)
+    logits, feats = torch.randn(4, 14, 8, 8), torch.randn(4, 8, 8, 8)
+    labels = (torch.rand(4, 14) < 0.3).float()
+    grid, box_mask = torch.zeros(4, 14, 8, 8), torch.zeros(4, 14, dtype=torch.bool)
+    summed = build_trainee(make_config(losses=("base",)), 1).criterion
+    mean = build_trainee(make_config(losses=("base",), base_reduction="mean"), 1).criterion
+    s = summed(logits, feats, labels, grid, box_mask)["base"]
+    m = mean(logits, feats, labels, grid, box_mask)["base"]
+    torch.testing.assert_close(s, m * 4 * 14)
 
 
 # --------------------------------------------------------------------------- resume

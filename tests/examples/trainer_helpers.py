@@ -33,7 +33,7 @@ def tiny_config(root: Path, out: Path, **overrides: object) -> TrainConfig:
         code_bits=16,
         batch_size=4,
         epochs=2,
-        lr=0.01,
+        lr=1e-3,
         lr_step_epochs=1,
         num_workers=0,
         checkpoint_every=0,
