@@ -131,7 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "freeze_bn": False,
         "image_size": 128,
         "head_channels": 64,
-        "test_upsample": 1,
+        "test_upsample": 2,
         "num_patches": 16,
         "superpixel_size": 32,
         "batch_size": 8,

@@ -444,7 +444,14 @@ def _train(
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 terms, _ = net(images, labels, grid, box_mask, sp)
             values = {k: float(v.detach()) for k, v in terms.items()}
-            if not all(math.isfinite(v) for v in values.values()):
+            finite = all(math.isfinite(v) for v in values.values())
+            if world > 1:
+                # every process stops together (one rank's NaN must not leave the others
+                # waiting in the next collective)
+                flag = torch.tensor([float(finite)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag.item() > 0)
+            if not finite:
                 bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
                 where = (
                     f"epoch {epoch + 1}, step {step_in_epoch + 1} (global step {global_step + 1})"
