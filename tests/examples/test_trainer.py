@@ -393,3 +393,16 @@ def test_comparison_prints_both_tables_and_the_prior_and_writes_figures(make_con
     assert set(results["mean_T0.3"]) == {"CCG", "Baseline", "Prior"}
     assert (root / "baseline" / "checkpoints" / "last.pt").is_file()
     assert (root / "ccg" / "checkpoints" / "last.pt").is_file()
+
+
+def test_progress_bar_shows_loss_and_throughput(make_config, capsys):
+    train(make_config(run_name="bar", epochs=1, losses=("base",), progress=True))
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err
+    assert "loss=" in err
+    assert "img_s=" in err
+
+
+def test_amp_on_needs_cuda(make_config):
+    with pytest.raises(ValueError, match="--amp on needs a CUDA device"):
+        train(make_config(amp="on", device="cpu"))
