@@ -12,6 +12,7 @@ with a box written for the annotated images only. See ``docs/data.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -79,7 +80,7 @@ _REAL_BOX_COUNTS = {
 #: 1) and horizontal as a fraction from medial (0) to lateral (1).
 _BOX_SHAPE = {
     "Atelectasis": ((170.0, 110.0), (0.45, 0.9), (0.2, 0.8)),
-    "Effusion": ((190.0, 250.0), (0.75, 0.95), (0.45, 0.75)),
+    "Effusion": ((190.0, 240.0), (0.68, 0.85), (0.45, 0.75)),
     "Infiltration": ((240.0, 320.0), (0.3, 0.75), (0.3, 0.7)),
     "Mass": ((160.0, 160.0), (0.2, 0.8), (0.2, 0.8)),
     "Nodule": ((55.0, 55.0), (0.1, 0.9), (0.1, 0.9)),
@@ -152,11 +153,28 @@ def _sample_anatomy(rng: np.random.Generator, cardiomegaly: bool) -> _Anatomy:
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _interp_matrix(size: int, cells: int) -> np.ndarray:
+    """``(size, cells)`` Gaussian-kernel interpolation weights (rows sum to 1)."""
+    x = (np.arange(size, dtype=np.float64) + 0.5) / size * cells - 0.5
+    c = np.arange(-2, cells + 2, dtype=np.float64)  # a margin of cells beyond the border
+    w = np.exp(-0.5 * ((x[:, None] - c[None, :]) / 0.7) ** 2)
+    w /= w.sum(1, keepdims=True)
+    return w.astype(np.float32)
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """A smooth random field in about [-1, 1]: ``cells x cells`` normals, bicubic upsampled."""
-    low = torch.from_numpy(rng.standard_normal((1, 1, cells, cells)).astype(np.float32))
-    up = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    return up[0, 0].numpy() / 1.2
+    """A smooth random field of about unit scale: a grid of normals, Gaussian-interpolated."""
+    m = _interp_matrix(size, cells)
+    low = rng.standard_normal((cells + 4, cells + 4), dtype=np.float32)
+    out: np.ndarray = (m @ low @ m.T) * 1.6
+    return out
+
+
+def _pow6(x: np.ndarray) -> np.ndarray:
+    x3 = x * x * x
+    out: np.ndarray = x3 * x3
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -166,7 +184,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _ellipse_r(
     x: np.ndarray, y: np.ndarray, xc: float, yc: float, a: float, b: float, p: float = 2.0
 ) -> np.ndarray:
-    out: np.ndarray = np.abs((x - xc) / a) ** p + np.abs((y - yc) / b) ** p
+    if p == 2.0:
+        u, v = (x - xc) / a, (y - yc) / b
+        out: np.ndarray = u * u + v * v
+        return out
+    out = np.abs((x - xc) / a) ** p + np.abs((y - yc) / b) ** p
     return out
 
 
@@ -238,6 +260,8 @@ def _render(
     lesion_contrast: float,
 ) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
     S = size
+    # lesions draw from their own stream, so adding a finding leaves the anatomy and noise alone
+    lesion_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
     anat = _sample_anatomy(rng, "Cardiomegaly" in labels)
     boxes = dict(boxes)
     for cls in labels:
@@ -249,60 +273,95 @@ def _render(
     s = anat.scale
     emphysema = "Emphysema" in labels
 
-    body = _sigmoid((1.0 - _ellipse_r(X, Y, anat.cx, 560.0 + anat.dy, 450.0 * s, 640.0)) * 12.0)
+    dx = np.abs(X - anat.cx)
+    top, bottom = anat.lung_top, anat.lung_bottom
+    body = _sigmoid((1.0 - _ellipse_r(X, Y, anat.cx, 620.0 + anat.dy, 520.0 * s, 760.0)) * 10.0)
+    shoulders = _sigmoid((Y - (top - 60.0 + 0.0006 * dx * dx)) / 25.0)
+    body = body * shoulders
     lung = np.zeros((S, S), dtype=np.float32)
     for side in (-1, 1):
-        xc, yc, a, b = anat.lung(side)
+        xc, _, a, _ = anat.lung(side)
         if emphysema:
-            b *= 1.06
-        r = _ellipse_r(X, Y, xc, yc + 0.08 * b, a, b * 1.08, 2.4)
-        lung = np.maximum(lung, _sigmoid((1.0 - r) * 14.0))
+            a *= 1.05
+        t = np.clip((Y - top) / (bottom - top), 0.0, 1.0)
+        half = a * np.sqrt(1.0 - (1.0 - np.clip(t / 0.5, 0.0, 1.0)) ** 2)
+        dome = (55.0 if emphysema else 85.0) * s
+        floor = bottom - dome * np.exp(-(((X - xc + side * 0.15 * a) / (0.75 * a)) ** 2))
+        lung = np.maximum(
+            lung,
+            _sigmoid((half - np.abs(X - xc)) / 5.0)
+            * _sigmoid((Y - top) / 5.0)
+            * _sigmoid((floor - Y) / 5.0),
+        )
     hxc, hyc, ha, hb = anat.heart()
-    heart = _sigmoid((1.0 - _ellipse_r(X, Y, hxc, hyc, ha, hb)) * 10.0)
+    heart = _sigmoid((1.0 - _ellipse_r(X, Y, hxc, hyc, ha, hb)) * 9.0)
     medi = (
-        _sigmoid((60.0 * s - np.abs(X - anat.cx - 8.0)) / 10.0)
+        _sigmoid((55.0 * s - np.abs(X - anat.cx - 6.0)) / 8.0)
         * _sigmoid((hyc - Y) / 20.0)
-        * _sigmoid((Y - 90.0) / 20.0)
+        * _sigmoid((Y - 60.0) / 20.0)
     )
-    spine_band = _sigmoid((34.0 * s - np.abs(X - anat.cx)) / 4.0)
-    vert = 0.85 + 0.15 * np.cos(2 * math.pi * (Y - anat.dy) / (62.0 * s)) ** 2
+    spine_band = _sigmoid((32.0 * s - dx) / 4.0)
+    vert = 0.8 + 0.2 * np.cos(math.pi * (Y - anat.dy) / (58.0 * s)) ** 4  # (S, 1): cheap
     spine = spine_band * vert
-    # posterior ribs: curved periodic bands, descending laterally
-    dx = np.abs(X - anat.cx)
-    rib_coord = Y - anat.lung_top - 0.5 * dx + 0.0009 * dx * dx
-    period = 72.0 * s
-    ribs = (0.5 + 0.5 * np.cos(2 * math.pi * rib_coord / period)) ** 8
-    ribs *= _sigmoid((dx - 50.0) / 10.0) * _sigmoid((anat.lung_bottom + 40.0 - Y) / 20.0)
-    clav_y = anat.lung_top + 70.0 * s - 0.0011 * (dx - 40.0) ** 2 + 0.25 * (dx - 40.0)
+    thorax = _sigmoid(
+        (
+            1.0
+            - _ellipse_r(
+                X,
+                Y,
+                anat.cx,
+                0.5 * (top + bottom),
+                anat.lung_offset + 175.0 * s,
+                0.5 * (bottom - top) + 40.0,
+            )
+        )
+        * 8.0
+    )
+    # posterior ribs: arches from the spine, rising then falling laterally; anterior ribs fainter
+    period = 68.0 * s
+    post = Y - (top - 0.45 * dx + 0.0016 * dx * dx)
+    ant = Y - (top + 40.0 - 0.3 * dx)
+    ribs = _pow6(0.5 + 0.5 * np.cos(2 * math.pi * post / period))
+    ribs += 0.5 * _pow6(0.5 + 0.5 * np.cos(2 * math.pi * ant / (1.3 * period)))
+    ribs *= thorax * _sigmoid((dx - 40.0) / 8.0)
+    clav_y = top + 40.0 * s - 0.0011 * (dx - 40.0) ** 2 + 0.3 * (dx - 40.0)
     clavicle = (
-        _sigmoid((14.0 * s - np.abs(Y - clav_y)) / 3.0)
+        _sigmoid((13.0 * s - np.abs(Y - clav_y)) / 3.0)
         * _sigmoid((dx - 35.0) / 6.0)
         * _sigmoid((330.0 * s - dx) / 10.0)
     )
-    markings = _smooth_noise(rng, S, 40) * 0.6 + _smooth_noise(rng, S, 12) * 0.4
-    markings = np.abs(markings) * _sigmoid(4.0 * (1.0 - dx / (230.0 * s)))
+    # lung markings: vessel-like ridges of a random field, denser towards the hila
+    ridges = np.clip(1.0 - np.abs(_smooth_noise(rng, S, 36)) / 0.12, 0.0, 1.0)
+    hilum_y = top + 0.45 * (bottom - top)
+    hila = np.exp(-np.sqrt((dx - 80.0 * s) ** 2 + (Y - hilum_y) ** 2) / (220.0 * s))
+    markings = ridges * (0.4 + hila)
 
-    img = 0.06 + 0.46 * body
-    img += 0.08 * body * np.clip((Y - 150.0) / 900.0, 0.0, 1.0)  # abdomen denser
-    lung_air = lung * (1.0 - 0.85 * heart) * (1.0 - 0.9 * medi)
-    air_depth = 0.36 if emphysema else 0.30
+    img = 0.05 + 0.48 * body
+    img += 0.10 * body * np.clip((Y - 150.0) / 900.0, 0.0, 1.0)  # denser towards the abdomen
+    lung_air = lung * (1.0 - 0.9 * heart) * (1.0 - 0.95 * medi)
+    air_depth = 0.36 if emphysema else 0.31
     img -= air_depth * lung_air
-    img += 0.10 * heart * (1.0 - medi) + 0.08 * medi
-    img += 0.13 * spine * body + 0.10 * ribs * body + 0.16 * clavicle
+    img += 0.06 * heart + 0.05 * medi
+    img += 0.12 * spine * body + 0.09 * ribs + 0.15 * clavicle
     lesion = np.zeros((S, S), dtype=np.float32)
     no_marking = np.zeros((S, S), dtype=np.float32)
     for cls in labels:
-        _draw_finding(cls, boxes.get(cls), anat, X, Y, lung_air, lesion, no_marking, rng, S)
-    img += 0.07 * markings * lung_air * (1.0 - no_marking)
+        _draw_finding(
+            cls, boxes.get(cls), anat, X, Y, lung_air, lesion, no_marking, lesion_rng, S
+        )
+    img += 0.06 * markings * lung_air * (1.0 - no_marking)
     img += lesion_contrast * lesion
-    # exposure, contrast, gamma, noise
+    # exposure, noise, then gamma and contrast through a lookup table on the 8-bit values
     img += 0.05 * _smooth_noise(rng, S, 3)
-    gamma = float(rng.uniform(0.8, 1.25))
-    img = np.clip(img, 0.0, 1.0) ** gamma
-    lo, hi = float(rng.uniform(0.0, 0.06)), float(rng.uniform(0.85, 1.0))
-    img = lo + (hi - lo) * img
     img += rng.standard_normal((S, S), dtype=np.float32) * 0.012
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), boxes
+    gamma = float(rng.uniform(0.8, 1.25))
+    lo, hi = float(rng.uniform(0.0, 0.06)), float(rng.uniform(0.85, 1.0))
+    lut = lo + (hi - lo) * (np.arange(256, dtype=np.float64) / 255.0) ** gamma
+    lut8 = (lut * 255.0 + 0.5).astype(np.uint8)
+    np.clip(img, 0.0, 1.0, out=img)
+    img *= 255.0
+    img += 0.5
+    return lut8[img.astype(np.uint8)], boxes
 
 
 def _box_slices(
@@ -353,7 +412,7 @@ def _draw_finding(
             # meniscus: the fluid surface climbs towards the lateral chest wall
             surface = -0.2 - 0.6 * np.clip(lateral * u, 0.0, 1.0) ** 2
             fluid = _sigmoid((v - surface) * 12.0) * _sigmoid((1.0 - np.abs(u)) * 12.0)
-            patch += 0.28 * fluid * _sigmoid((1.0 - v) * 12.0)
+            patch += 0.30 * fluid * lung[rs, cs]
         elif cls == "Pneumothorax":
             lateral = 1.0 if (box[0] + box[2] / 2) > anat.cx else -1.0
             # visceral pleural line: a curve; lateral of it, air without lung markings
@@ -371,12 +430,12 @@ def _draw_finding(
             field = _smooth_noise(rng, 64, 6)
             patchy = _resize_nn(field, patch.shape)
             blob = _sigmoid((0.85 - r) * 8.0) * np.clip(0.55 + patchy, 0.0, 1.0)
-            patch += amp * blob
+            patch += amp * blob * (0.3 + 0.7 * lung[rs, cs])
         elif cls == "Atelectasis":
             ang = float(rng.uniform(-0.5, 0.5))
             d = np.abs(-math.sin(ang) * u + math.cos(ang) * v)
             band = _sigmoid((0.35 - d) * 14.0) * _sigmoid((1.0 - np.abs(u)) * 10.0)
-            patch += 0.24 * band
+            patch += 0.24 * band * (0.4 + 0.6 * lung[rs, cs])
         return
     # findings without boxes in ChestX-ray14: drawn where they occur, no box written
     if cls == "Consolidation":
