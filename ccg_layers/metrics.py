@@ -192,7 +192,7 @@ def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:
             raise CCGValueRangeError("`scores` must be finite, got NaN or infinite values.")
     s = scores.double().T.contiguous()  # (K, N)
     pos = labels.T.bool()
-    neg_sorted = torch.where(pos, math.inf, s).sort(dim=1).values  # negatives first
+    neg_sorted = torch.where(pos, math.inf, s).sort(dim=1).values.contiguous()  # negatives first
     less = torch.searchsorted(neg_sorted, s, side="left").double()
     leq = torch.searchsorted(neg_sorted, s, side="right").double()
     n_pos = pos.sum(1).double()
