@@ -50,7 +50,7 @@ def ref_localization_accuracy(
     metric="iou",
     mode="nearest",
 ):
-    N, K, h, w = maps.shape
+    K = maps.shape[1]
     H, W = image_size
     m64 = maps.double()
     out = torch.full((len(thresholds), K), math.nan, dtype=torch.float64)
@@ -253,8 +253,10 @@ def test_fraction_over_images_and_nan_for_classes_without_boxes():
         thresholds=(0.5,),
     )
     assert acc[0, 1] == 0.5
-    assert math.isnan(acc[0, 0]) and math.isnan(acc[0, 2])
-    assert acc.shape == (1, 3) and acc.dtype == torch.float64
+    assert math.isnan(acc[0, 0])
+    assert math.isnan(acc[0, 2])
+    assert acc.shape == (1, 3)
+    assert acc.dtype == torch.float64
 
 
 def test_no_boxes_gives_all_nan():
@@ -265,7 +267,8 @@ def test_no_boxes_gives_all_nan():
         torch.zeros(0, dtype=torch.long),
         image_size=(8, 8),
     )
-    assert acc.shape == (4, 3) and torch.isnan(acc).all()
+    assert acc.shape == (4, 3)
+    assert torch.isnan(acc).all()
 
 
 def test_chunking_does_not_change_the_result(monkeypatch):

@@ -153,21 +153,45 @@ def _sample_anatomy(rng: np.random.Generator, cardiomegaly: bool) -> _Anatomy:
     )
 
 
+_TAPS = 5
+
+
 @functools.lru_cache(maxsize=32)
-def _interp_matrix(size: int, cells: int) -> np.ndarray:
-    """``(size, cells)`` Gaussian-kernel interpolation weights (rows sum to 1)."""
-    x = (np.arange(size, dtype=np.float64) + 0.5) / size * cells - 0.5
-    c = np.arange(-2, cells + 2, dtype=np.float64)  # a margin of cells beyond the border
-    w = np.exp(-0.5 * ((x[:, None] - c[None, :]) / 0.7) ** 2)
+def _interp_taps(size: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and weights ``(size, 5)`` of a Gaussian-kernel interpolation onto ``size`` samples.
+
+    The ``cells + 4`` values interpolated are the grid with a margin of two on each side.
+    """
+    x = (np.arange(size, dtype=np.float64) + 0.5) / size * cells - 0.5 + 2.0  # in padded cells
+    first = np.floor(x).astype(np.int64) - (_TAPS // 2 - 1)
+    idx = np.clip(first[:, None] + np.arange(_TAPS)[None, :], 0, cells + 3)
+    w = np.exp(-0.5 * ((x[:, None] - idx) / 0.7) ** 2)
     w /= w.sum(1, keepdims=True)
-    return w.astype(np.float32)
+    return idx, w.astype(np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """A smooth random field of about unit scale: a grid of normals, Gaussian-interpolated."""
-    m = _interp_matrix(size, cells)
+    """A smooth random field of about unit scale: a grid of normals, Gaussian-interpolated.
+
+    Separable, five taps per axis, elementwise numpy only (no BLAS threads).
+    """
+    idx, w = _interp_taps(size, cells)
     low = rng.standard_normal((cells + 4, cells + 4), dtype=np.float32)
-    out: np.ndarray = (m @ low @ m.T) * 1.6
+    cols = np.zeros((cells + 4, size), dtype=np.float32)
+    for t in range(_TAPS):  # five taps, not a loop over pixels: first along x on the small grid
+        cols += low[:, idx[:, t]] * w[None, :, t]
+    out = np.zeros((size, size), dtype=np.float32)
+    for t in range(_TAPS):  # then along y, gathering whole rows
+        out += cols[idx[:, t], :] * w[:, t : t + 1]
+    out *= 1.6
+    return out
+
+
+def _smooth_profile(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """A smooth random 1-D profile of about unit scale (see :func:`_smooth_noise`)."""
+    idx, w = _interp_taps(size, cells)
+    low = rng.standard_normal(cells + 4).astype(np.float32)
+    out: np.ndarray = (low[idx] * w).sum(1) * 1.6
     return out
 
 
@@ -346,14 +370,17 @@ def _render(
     lesion = np.zeros((S, S), dtype=np.float32)
     no_marking = np.zeros((S, S), dtype=np.float32)
     for cls in labels:
-        _draw_finding(
-            cls, boxes.get(cls), anat, X, Y, lung_air, lesion, no_marking, lesion_rng, S
-        )
+        _draw_finding(cls, boxes.get(cls), anat, X, Y, lung_air, lesion, no_marking, lesion_rng, S)
     img += 0.06 * markings * lung_air * (1.0 - no_marking)
     img += lesion_contrast * lesion
     # exposure, noise, then gamma and contrast through a lookup table on the 8-bit values
-    img += 0.05 * _smooth_noise(rng, S, 3)
-    img += rng.standard_normal((S, S), dtype=np.float32) * 0.012
+    # a smooth exposure gradient: the sum of a row and a column profile
+    img += 0.035 * _smooth_profile(rng, S, 3)[None, :]
+    img += 0.035 * _smooth_profile(rng, S, 3)[:, None]
+    noise = rng.random((S, S), dtype=np.float32)
+    noise -= 0.5
+    noise *= 0.012 * math.sqrt(12.0)  # uniform, standard deviation 0.012
+    img += noise
     gamma = float(rng.uniform(0.8, 1.25))
     lo, hi = float(rng.uniform(0.0, 0.06)), float(rng.uniform(0.85, 1.0))
     lut = lo + (hi - lo) * (np.arange(256, dtype=np.float64) / 255.0) ** gamma

@@ -82,7 +82,8 @@ def test_setting_a_sizes_and_folds(index, fold):
     ann = annotated_names(index)
     train_ann = [n for n in split["train"] if n in ann]
     assert set(split["test"]) <= ann
-    assert len(split["test"]) == 20 and len(train_ann) == 80  # 20% / 80% of 100
+    assert len(split["test"]) == 20
+    assert len(train_ann) == 80
     assert len(split["train"]) - len(train_ann) == 301 // 2  # 50% of the unannotated
     assert not set(split["train"]) & set(split["test"])
 
@@ -101,8 +102,10 @@ def test_setting_a_test_parts_partition_the_annotated_images(index):
 def test_setting_b_uses_everything(index):
     split = chestxray14_splits(index, "b")
     ann = annotated_names(index)
-    assert set(split["test"]) == ann and len(split["test"]) == 100
-    assert set(split["train"]) == set(index.images) - ann and len(split["train"]) == 301
+    assert set(split["test"]) == ann
+    assert len(split["test"]) == 100
+    assert set(split["train"]) == set(index.images) - ann
+    assert len(split["train"]) == 301
     for f in range(1, 5):
         assert chestxray14_splits(index, "b", f) == split
 
@@ -112,7 +115,8 @@ def test_setting_c_trains_on_parts_f_and_f_plus_1(index, fold):
     split = chestxray14_splits(index, "c", fold)
     ann = annotated_names(index)
     train_ann = {n for n in split["train"] if n in ann}
-    assert len(train_ann) == 40 and len(split["test"]) == 60
+    assert len(train_ann) == 40
+    assert len(split["test"]) == 60
     assert len(split["train"]) == 301 + 40
     parts = [set(chestxray14_splits(index, "a", f)["test"]) for f in range(5)]
     assert train_ann == parts[fold] | parts[(fold + 1) % 5]
@@ -149,8 +153,10 @@ def test_default_split_reports_shared_patients(index):
     brute = sum(int(index.patient_ids[index.position(n)]) in test_patients for n in split["train"])
     summary = split_summary(index, split)
     assert summary["train_sharing_patient_with_test"] == brute > 0
-    assert summary["train"] == 301 and summary["test"] == 100
-    assert summary["test_annotated"] == 100 and summary["train_annotated"] == 0
+    assert summary["train"] == 301
+    assert summary["test"] == 100
+    assert summary["test_annotated"] == 100
+    assert summary["train_annotated"] == 0
     assert summary["test_patients"] == 70
 
 
@@ -158,7 +164,8 @@ def test_splits_are_deterministic_by_seed(index):
     a = chestxray14_splits(index, "a", 2, seed=7)
     assert chestxray14_splits(index, "a", 2, seed=7) == a
     b = chestxray14_splits(index, "a", 2, seed=8)
-    assert b["test"] != a["test"] and b["train"] != a["train"]
+    assert b["test"] != a["test"]
+    assert b["train"] != a["train"]
 
 
 def test_names_are_in_index_order(index):
@@ -172,14 +179,18 @@ def test_paper_counts_on_an_index_of_the_real_size():
     # 112,120 images; 880 annotated of 726 patients; 111,240 unannotated
     sizes = [1] * 620 + [2] * 74 + [3] * 24 + [4] * 8  # 620 + 148 + 72 + 32 = 872 ... + 8
     sizes[-1] = 12
-    assert sum(sizes) == 880 and len(sizes) == 726
+    assert sum(sizes) == 880
+    assert len(sizes) == 726
     big = make_index(111_240, sizes, seed=1)
     a = chestxray14_splits(big, "a", 3)
-    assert len(a["test"]) == 176 and len(a["train"]) == 55_620 + 704
+    assert len(a["test"]) == 176
+    assert len(a["train"]) == 55_620 + 704
     b = chestxray14_splits(big, "b")
-    assert len(b["test"]) == 880 and len(b["train"]) == 111_240
+    assert len(b["test"]) == 880
+    assert len(b["train"]) == 111_240
     c = chestxray14_splits(big, "c", 4)
-    assert len(c["test"]) == 528 and len(c["train"]) == 111_240 + 352
+    assert len(c["test"]) == 528
+    assert len(c["train"]) == 111_240 + 352
 
 
 # --------------------------------------------------------------------------- patient folds
@@ -192,7 +203,9 @@ def test_paper_counts_on_an_index_of_the_real_size():
 def test_patient_folds_never_split_a_patient_and_balance_sizes(group_sizes, seed):
     pids = np.repeat(np.arange(len(group_sizes)), group_sizes)
     parts = patient_folds(pids, 5, seed)
-    assert parts.shape == pids.shape and parts.min() >= 0 and parts.max() < 5
+    assert parts.shape == pids.shape
+    assert parts.min() >= 0
+    assert parts.max() < 5
     for p in range(len(group_sizes)):
         assert len(set(parts[pids == p].tolist())) == 1
     counts = np.bincount(parts, minlength=5)

@@ -63,18 +63,22 @@ def digest(root: Path) -> str:
 def test_files_are_in_the_real_format(small):
     entry = (small / "Data_Entry_2017_v2020.csv").read_text().splitlines()
     bbox = (small / "BBox_List_2017.csv").read_text().splitlines()
-    assert entry[0] == REAL_ENTRY_HEADER and bbox[0] == REAL_BBOX_HEADER
+    assert entry[0] == REAL_ENTRY_HEADER
+    assert bbox[0] == REAL_BBOX_HEADER
     rows = list(csv.reader(entry))
-    assert len(rows[0]) == 11 and all(len(r) == 11 for r in rows[1:])
-    assert len(list(csv.reader(bbox[:1]))[0]) == 9
+    assert len(rows[0]) == 11
+    assert all(len(r) == 11 for r in rows[1:])
+    assert len(next(iter(csv.reader(bbox[:1])))) == 9
     assert all(len(r) == 6 for r in csv.reader(bbox[1:]))
     labels_used = {r[1] for r in csv.reader(bbox[1:])}
     assert "Infiltration" not in labels_used  # written "Infiltrate", as in the real file
     pngs = sorted((small / "images").glob("*.png"))
-    assert len(pngs) == 40 and [p.name for p in pngs] == sorted(r[0] for r in rows[1:])
+    assert len(pngs) == 40
+    assert [p.name for p in pngs] == sorted(r[0] for r in rows[1:])
     for p in pngs[:5]:
         with Image.open(p) as im:
-            assert im.mode == "L" and im.size == (64, 64)
+            assert im.mode == "L"
+            assert im.size == (64, 64)
 
 
 def test_round_trip_through_the_reader(small):
@@ -100,7 +104,9 @@ def test_round_trip_through_the_reader(small):
 def test_boxes_are_valid_and_consistent(demo_index):
     idx = demo_index
     b = idx.boxes
-    assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 1024).all() and (b[:, 2:] > b[:, :2]).all()
+    assert (b[:, :2] >= 0).all()
+    assert (b[:, 2:] <= 1024).all()
+    assert (b[:, 2:] > b[:, :2]).all()
     assert set(idx.box_class.tolist()) == {CLASS_NAMES.index(c) for c in BOXED_CLASSES}
     pairs = set(zip(idx.box_image_index.tolist(), idx.box_class.tolist(), strict=True))
     assert len(pairs) == len(b)  # at most one box per (image, class)
@@ -122,7 +128,8 @@ def test_demo_size_makes_the_paper_settings_meaningful(demo_index):
             split = chestxray14_splits(idx, setting, fold)
             assert abs(len(split["test"]) - test_share * n_ann) <= 4
             s = split_summary(idx, split)
-            assert s["test_annotated"] == s["test"] and s["train_annotated"] > 0
+            assert s["test_annotated"] == s["test"]
+            assert s["train_annotated"] > 0
     # annotated patients also have unannotated images, so the overlap report is not trivial
     assert split_summary(idx, chestxray14_splits(idx, "b"))["train_sharing_patient_with_test"] > 0
 
@@ -137,7 +144,8 @@ def test_box_sizes_distributed_like_the_real_ones(demo_index):
     assert area[nodule].median() < 0.01
     assert area[~cardio].median() < 0.1
     # cardiomegaly boxes are the widest, centred low in the chest (as in BBox_List_2017.csv)
-    assert wh[cardio, 0].mean() > 350 and wh[nodule, 0].mean() < 90
+    assert wh[cardio, 0].mean() > 350
+    assert wh[nodule, 0].mean() < 90
     cy = (idx.boxes[cardio, 1] + idx.boxes[cardio, 3]) / 2
     assert ((cy > 450) & (cy < 800)).all()
 
@@ -186,7 +194,8 @@ def test_default_size_is_the_real_1024(tmp_path):
     root = generate_synthetic_chestxray14(tmp_path / "d", 1, seed=0)
     (png,) = (root / "images").glob("*.png")
     with Image.open(png) as im:
-        assert im.size == (1024, 1024) and im.mode == "L"
+        assert im.size == (1024, 1024)
+        assert im.mode == "L"
 
 
 def test_bad_arguments(tmp_path):
@@ -202,7 +211,8 @@ def test_bad_arguments(tmp_path):
 def test_ensure_generates_once_then_reuses(tmp_path, monkeypatch):
     target = tmp_path / "cache" / "synthetic"
     root = ensure_synthetic_dataset(target, 5, 0, image_size=32)
-    assert root == target and len(read_chestxray14(root)) == 5
+    assert root == target
+    assert len(read_chestxray14(root)) == 5
     assert [p.name for p in target.parent.iterdir()] == ["synthetic"]  # no temp folder left
 
     def boom(*args, **kwargs):
