@@ -128,8 +128,8 @@ class _Anatomy:
 
     def heart(self) -> tuple[float, float, float, float]:
         """(xc, yc, a, b) of the heart ellipse."""
-        a = 135.0 * self.scale * self.heart_factor
-        b = 115.0 * self.scale * (0.5 + 0.5 * self.heart_factor)
+        a = 150.0 * self.scale * self.heart_factor
+        b = 125.0 * self.scale * (0.5 + 0.5 * self.heart_factor)
         yc = self.lung_bottom - 0.95 * b
         return self.cx + 45.0 * self.scale, yc, a, b
 
@@ -137,8 +137,8 @@ class _Anatomy:
 def _sample_anatomy(rng: np.random.Generator, cardiomegaly: bool) -> _Anatomy:
     scale = float(rng.uniform(0.88, 1.06))
     dy = float(rng.normal(0.0, 18.0))
-    top = 150.0 + dy + float(rng.normal(0.0, 10.0))
-    bottom = top + 640.0 * scale + float(rng.normal(0.0, 15.0))
+    top = 135.0 + dy + float(rng.normal(0.0, 10.0))
+    bottom = top + 665.0 * scale + float(rng.normal(0.0, 15.0))
     return _Anatomy(
         cx=512.0 + float(rng.normal(0.0, 18.0)),
         scale=scale,
@@ -148,8 +148,8 @@ def _sample_anatomy(rng: np.random.Generator, cardiomegaly: bool) -> _Anatomy:
         else float(rng.uniform(0.95, 1.1)),
         lung_top=top,
         lung_bottom=min(bottom, 900.0),
-        lung_offset=195.0 * scale,
-        lung_half_width=float(rng.uniform(135.0, 150.0)) * scale,
+        lung_offset=212.0 * scale,
+        lung_half_width=float(rng.uniform(150.0, 165.0)) * scale,
     )
 
 
@@ -299,7 +299,7 @@ def _render(
 
     dx = np.abs(X - anat.cx)
     top, bottom = anat.lung_top, anat.lung_bottom
-    body = _sigmoid((1.0 - _ellipse_r(X, Y, anat.cx, 620.0 + anat.dy, 520.0 * s, 760.0)) * 10.0)
+    body = _sigmoid((1.0 - _ellipse_r(X, Y, anat.cx, 620.0 + anat.dy, 570.0 * s, 780.0)) * 10.0)
     shoulders = _sigmoid((Y - (top - 60.0 + 0.0006 * dx * dx)) / 25.0)
     body = body * shoulders
     lung = np.zeros((S, S), dtype=np.float32)
