@@ -630,7 +630,7 @@ def generate_synthetic_chestxray14(
 
 def ensure_synthetic_dataset(
     directory: str | os.PathLike[str],
-    num_images: int = 300,
+    num_images: int = 800,
     seed: int = 0,
     *,
     image_size: int = 512,
@@ -695,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Write a synthetic ChestX-ray14 in the real on-disk format.",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--num-images", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--image-size",
