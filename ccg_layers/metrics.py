@@ -126,7 +126,7 @@ def localization_accuracy(
     out = torch.full((len(thresholds), K), math.nan, dtype=torch.float64, device=device)
     if boxes.shape[0] == 0:
         return out
-    pair_key = box_image_index.long() * K + box_class.long()
+    pair_key = box_image_index.to(device).long() * K + box_class.to(device).long()
     pairs, inverse = torch.unique(pair_key, return_inverse=True)  # (P,), (M,)
     P = len(pairs)
     scores = torch.empty(P, dtype=torch.float64, device=device)

@@ -394,9 +394,10 @@ def read_chestxray14(
     root = Path(root)
     entry = _find_data_entry(root)
     images, label_lists, patients, follow_ups, views = _read_data_entry(entry, skip_bad_rows)
+    rows = [i for i, ks in enumerate(label_lists) for _ in ks]
+    cols = [k for ks in label_lists for k in ks]
     labels = torch.zeros(len(images), len(CLASS_NAMES), dtype=torch.float32)
-    for i, ks in enumerate(label_lists):
-        labels[i, ks] = 1.0
+    labels[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 1.0
     positions = {name: i for i, name in enumerate(images)}
     bbox_path = root / BBOX_LIST_FILE
     if bbox_path.is_file():
