@@ -134,8 +134,19 @@ class _Anatomy:
         return self.cx + 45.0 * self.scale, yc, a, b
 
 
-def _sample_anatomy(rng: np.random.Generator, cardiomegaly: bool) -> _Anatomy:
-    scale = float(rng.uniform(0.88, 1.06))
+def _sample_anatomy(
+    rng: np.random.Generator, cardiomegaly: bool, patient: np.random.Generator | None = None
+) -> _Anatomy:
+    """The anatomy of one image.
+
+    The body build comes from ``patient`` (shared by a patient's images, with a little
+    jitter), the positioning from ``rng``.
+    """
+    p = rng if patient is None else patient
+    build = float(p.uniform(0.88, 1.06))
+    width = float(p.uniform(150.0, 165.0))
+    heart = float(p.uniform(0.95, 1.1))
+    scale = build * float(rng.uniform(0.98, 1.02))
     dy = float(rng.normal(0.0, 18.0))
     top = 135.0 + dy + float(rng.normal(0.0, 10.0))
     bottom = top + 665.0 * scale + float(rng.normal(0.0, 15.0))
@@ -143,13 +154,11 @@ def _sample_anatomy(rng: np.random.Generator, cardiomegaly: bool) -> _Anatomy:
         cx=512.0 + float(rng.normal(0.0, 18.0)),
         scale=scale,
         dy=dy,
-        heart_factor=float(rng.uniform(1.45, 1.65))
-        if cardiomegaly
-        else float(rng.uniform(0.95, 1.1)),
+        heart_factor=float(rng.uniform(1.45, 1.65)) if cardiomegaly else heart,
         lung_top=top,
         lung_bottom=min(bottom, 900.0),
         lung_offset=212.0 * scale,
-        lung_half_width=float(rng.uniform(150.0, 165.0)) * scale,
+        lung_half_width=width * scale,
     )
 
 
@@ -282,11 +291,13 @@ def _render(
     boxes: dict[str, tuple[float, float, float, float]],
     size: int,
     lesion_contrast: float,
+    patient_seed: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, dict[str, tuple[float, float, float, float]]]:
     S = size
     # lesions draw from their own stream, so adding a finding leaves the anatomy and noise alone
     lesion_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
-    anat = _sample_anatomy(rng, "Cardiomegaly" in labels)
+    patient = None if patient_seed is None else np.random.default_rng(list(patient_seed))
+    anat = _sample_anatomy(rng, "Cardiomegaly" in labels, patient)
     boxes = dict(boxes)
     for cls in labels:
         if cls in BOXED_CLASSES and cls not in boxes:
@@ -608,7 +619,9 @@ def generate_synthetic_chestxray14(
     for i, ((pid, follow_up), found, boxed) in enumerate(zip(ids, labels, written, strict=True)):
         name = f"{pid:08d}_{follow_up:03d}.png"
         img_rng = np.random.default_rng([seed, 1, i])
-        img, boxes = _render(img_rng, found, {}, image_size, cfg.lesion_contrast)
+        img, boxes = _render(
+            img_rng, found, {}, image_size, cfg.lesion_contrast, patient_seed=(seed, 2, pid)
+        )
         Image.fromarray(img, mode="L").save(out / "images" / name, compress_level=1)
         age, sex = patient_meta[pid]
         view = "PA" if img_rng.random() < 0.55 else "AP"

@@ -284,3 +284,17 @@ def test_python_dash_m_entry_point(tmp_path):
     )
     assert "images/s" in out.stdout
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 2
+
+
+def test_images_of_a_patient_share_the_body_build():
+    def anatomy(patient, image):
+        return synthetic._sample_anatomy(
+            np.random.default_rng([0, 1, image]), False, np.random.default_rng([0, 2, patient])
+        )
+
+    a, b, other = anatomy(7, 0), anatomy(7, 1), anatomy(8, 2)
+    assert a.lung_half_width / a.scale == b.lung_half_width / b.scale
+    assert a.heart_factor == b.heart_factor
+    assert abs(a.scale / b.scale - 1) <= 0.05
+    assert a.heart_factor != other.heart_factor
+    assert a.cx != b.cx  # positioning differs between the patient's images
