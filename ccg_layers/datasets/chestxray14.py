@@ -566,6 +566,34 @@ class ChestXray14(Dataset[ChestXray14Sample]):
             return (image - self._mean) / self._std
         return image.clone()
 
+    def _target_tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        row = int(self._rows[i])
+        lo = int(torch.searchsorted(self._box_rows, row, side="left"))
+        hi = int(torch.searchsorted(self._box_rows, row, side="right"))
+        return (
+            self.index.labels[row].clone(),
+            self._boxes[lo:hi].clone(),
+            self._box_class[lo:hi].clone(),
+            self._has_box[row].clone(),
+        )
+
+    def targets(self, i: int) -> dict[str, Tensor | str | int]:
+        """Everything of sample ``i`` but the image, without opening the PNG.
+
+        The keys of :class:`ChestXray14Sample` other than ``image``: ``labels``, ``boxes`` (at
+        the working size), ``box_class``, ``has_box``, ``name``, ``index``. For pipelines that
+        keep decoded images in memory.
+        """
+        labels, boxes, box_class, has_box = self._target_tensors(i)
+        return {
+            "labels": labels,
+            "boxes": boxes,
+            "box_class": box_class,
+            "has_box": has_box,
+            "name": self.image_names[i],
+            "index": i,
+        }
+
     def __getitem__(self, i: int) -> ChestXray14Sample:
         """Sample ``i`` (see the class docstring)."""
         n = len(self)
@@ -578,15 +606,13 @@ class ChestXray14(Dataset[ChestXray14Sample]):
                     raise
                 _log.warning("skipping unreadable image %s", self.paths[j], exc_info=True)
                 continue
-            row = int(self._rows[j])
-            lo = int(torch.searchsorted(self._box_rows, row, side="left"))
-            hi = int(torch.searchsorted(self._box_rows, row, side="right"))
+            labels, boxes, box_class, has_box = self._target_tensors(j)
             return ChestXray14Sample(
                 image=image,
-                labels=self.index.labels[row].clone(),
-                boxes=self._boxes[lo:hi].clone(),
-                box_class=self._box_class[lo:hi].clone(),
-                has_box=self._has_box[row].clone(),
+                labels=labels,
+                boxes=boxes,
+                box_class=box_class,
+                has_box=has_box,
                 name=self.image_names[j],
                 index=j,
             )

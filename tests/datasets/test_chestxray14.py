@@ -537,3 +537,19 @@ def test_collate_varying_numbers_of_boxes_through_a_dataloader(tmp_path):
 def test_collate_empty_sequence():
     with pytest.raises(ValueError, match="at least one sample"):
         collate_chestxray14([])
+
+
+def test_targets_are_the_sample_without_the_image(tmp_path):
+    root = copy_fixture("v2020", tmp_path / "d")
+    index = read_chestxray14(root)
+    write_images(root, index.images)
+    ds = ChestXray14(root, image_size=16)
+    (root / "images" / index.images[4]).unlink()  # targets never open the PNG
+    t = ds.targets(4)
+    assert set(t) == {"labels", "boxes", "box_class", "has_box", "name", "index"}
+    full = ds[5]
+    t5 = ds.targets(5)
+    for key in ("labels", "boxes", "box_class", "has_box"):
+        assert torch.equal(t5[key], full[key])
+    assert t["box_class"].tolist() == [k("Atelectasis"), k("Infiltration")]
+    assert t["name"] == index.images[4]
