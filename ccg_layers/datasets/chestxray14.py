@@ -552,6 +552,11 @@ class ChestXray14(Dataset[ChestXray14Sample]):
     def __len__(self) -> int:
         return len(self.image_names)
 
+    @property
+    def rows(self) -> Tensor:
+        """``(len(self),)`` long: each sample's row in ``self.index`` (e.g. ``index.labels[rows]``)."""
+        return self._rows
+
     def load_image(self, i: int) -> Tensor:
         """The ``(3, S, S)`` image of sample ``i``; ``OSError`` naming the file if unreadable."""
         path = self.paths[i]

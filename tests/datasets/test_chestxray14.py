@@ -553,3 +553,12 @@ def test_targets_are_the_sample_without_the_image(tmp_path):
         assert torch.equal(t5[key], full[key])
     assert t["box_class"].tolist() == [k("Atelectasis"), k("Infiltration")]
     assert t["name"] == index.images[4]
+
+
+def test_rows_map_samples_to_index_rows(tmp_path):
+    root = copy_fixture("v2020", tmp_path / "d")
+    index = read_chestxray14(root)
+    write_images(root, index.images)
+    ds = ChestXray14(index, ["00030805_000.png", "00000002_000.png"], image_size=8)
+    assert ds.rows.tolist() == [7, 2]
+    assert torch.equal(index.labels[ds.rows][0], ds[0]["labels"])
