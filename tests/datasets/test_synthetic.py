@@ -264,6 +264,7 @@ def test_command_line(tmp_path, capsys):
     assert len(read_chestxray14(tmp_path / "d")) == 3
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point(tmp_path):
     out = subprocess.run(
         [
