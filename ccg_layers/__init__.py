@@ -3,7 +3,7 @@
 The modules are re-exported here; their functional forms live in :mod:`ccg_layers.functional`.
 """
 
-from ccg_layers import functional
+from ccg_layers import datasets, functional, metrics
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
 from ccg_layers.losses import MILGridLoss
 
@@ -16,5 +16,7 @@ __all__ = [
     "CCGValueRangeError",
     "MILGridLoss",
     "__version__",
+    "datasets",
     "functional",
+    "metrics",
 ]

@@ -1,0 +1,652 @@
+"""Reader of the NIH ChestX-ray14 dataset in its on-disk format, and the PyTorch ``Dataset``.
+
+The index (:func:`read_chestxray14`) reads only the two CSV files; images are opened lazily by
+:class:`ChestXray14`. PNG files are read with Pillow (which scikit-image's ``imageio`` depends
+on), so the runtime dependencies stay torch, numpy, einops and scikit-image.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "BBOX_LIST_FILE",
+    "BOXED_CLASSES",
+    "BOX_FRAME",
+    "CLASS_NAMES",
+    "DATA_ENTRY_FILES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ChestXray14",
+    "ChestXray14Batch",
+    "ChestXray14FormatError",
+    "ChestXray14Index",
+    "ChestXray14Sample",
+    "collate_chestxray14",
+    "find_image_files",
+    "read_chestxray14",
+]
+
+_log = logging.getLogger(__name__)
+
+#: The 14 disease classes, in the order of the label vectors (alphabetical, as NIH lists them).
+CLASS_NAMES: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+)
+#: The 8 classes that have boxes in ``BBox_List_2017.csv``, in the column order of the paper's
+#: tables.
+BOXED_CLASSES: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+)
+#: Boxes in ``BBox_List_2017.csv`` are in the frame of a 1024 x 1024 image.
+BOX_FRAME = 1024
+#: The image-label file: the 2020 revision first, then the original 2017 one.
+DATA_ENTRY_FILES: tuple[str, ...] = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+BBOX_LIST_FILE = "BBox_List_2017.csv"
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+_NO_FINDING = "No Finding"
+_LABEL_ALIASES = {"Infiltrate": "Infiltration"}
+_IMAGE_NAME = re.compile(r"^\d{8}_\d{3}\.png$")
+_DATA_ENTRY_HEADER = (
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+)
+_BBOX_HEADER = ("Image Index", "Finding Label")
+
+
+class ChestXray14FormatError(ValueError):
+    """A ChestX-ray14 file is malformed; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class ChestXray14Index:
+    """The content of the two ChestX-ray14 CSV files, as tensors.
+
+    Attributes:
+        images: The ``N`` image names (``NNNNNNNN_NNN.png``), in file order.
+        labels: ``(N, 14)`` float32 multi-hot labels in the order of :data:`CLASS_NAMES`
+            (all zero for ``No Finding``).
+        patient_ids: ``(N,)`` long.
+        follow_ups: ``(N,)`` long, the ``Follow-up #`` column.
+        view_positions: The ``N`` view positions (``"PA"`` or ``"AP"``).
+        boxes: ``(M, 4)`` float32 boxes ``(x1, y1, x2, y2)`` in the 1024-pixel frame.
+        box_image_index: ``(M,)`` long, index of each box's image into ``images``.
+        box_class: ``(M,)`` long, index of each box's class into :data:`CLASS_NAMES`.
+        root: The folder the CSV files were read from (images are looked up under it), or
+            ``None`` for an index built in memory.
+    """
+
+    images: list[str]
+    labels: Tensor
+    patient_ids: Tensor
+    follow_ups: Tensor
+    view_positions: list[str]
+    boxes: Tensor
+    box_image_index: Tensor
+    box_class: Tensor
+    root: Path | None = None
+    _positions: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._positions.update({name: i for i, name in enumerate(self.images)})
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def position(self, name: str) -> int:
+        """The row of image ``name``; ``KeyError`` naming it when it is not in the index."""
+        try:
+            return self._positions[name]
+        except KeyError:
+            raise KeyError(f"image {name!r} is not in the ChestX-ray14 index") from None
+
+    @property
+    def has_box(self) -> Tensor:
+        """``(N, 14)`` bool: whether class ``k`` of image ``i`` has at least one box."""
+        out = torch.zeros(len(self.images), len(CLASS_NAMES), dtype=torch.bool)
+        out[self.box_image_index, self.box_class] = True
+        return out
+
+    @property
+    def annotated(self) -> Tensor:
+        """``(N,)`` bool: whether the image has at least one box."""
+        out = torch.zeros(len(self.images), dtype=torch.bool)
+        out[self.box_image_index] = True
+        return out
+
+
+class ChestXray14Sample(TypedDict):
+    """One sample of :class:`ChestXray14`.
+
+    ``image`` (3, S, S) float32 (ImageNet-normalised unless ``normalize=False``, then in
+    [0, 1]); ``labels`` (14,) float32; ``boxes`` (b, 4) float32 xyxy in pixels of the
+    S x S working image; ``box_class`` (b,) long; ``has_box`` (14,) bool; ``name`` the image
+    file name; ``index`` the position in the dataset.
+    """
+
+    image: Tensor
+    labels: Tensor
+    boxes: Tensor
+    box_class: Tensor
+    has_box: Tensor
+    name: str
+    index: int
+
+
+class ChestXray14Batch(TypedDict):
+    """A batch from :func:`collate_chestxray14`.
+
+    ``image`` (B, 3, S, S); ``labels`` (B, 14); ``has_box`` (B, 14) bool; the boxes of all
+    images flat: ``boxes`` (M, 4), ``box_class`` (M,), ``box_image_index`` (M,) long into the
+    batch (the layout :func:`ccg_layers.metrics.localization_accuracy` takes); ``names`` and
+    ``indices`` lists of length B.
+    """
+
+    image: Tensor
+    labels: Tensor
+    has_box: Tensor
+    boxes: Tensor
+    box_class: Tensor
+    box_image_index: Tensor
+    names: list[str]
+    indices: list[int]
+
+
+# --------------------------------------------------------------------------- CSV reading
+
+
+def _fail_or_skip(message: str, skip: bool) -> None:
+    if not skip:
+        raise ChestXray14FormatError(message)
+    _log.warning("skipping: %s", message)
+
+
+def _find_data_entry(root: Path) -> Path:
+    for name in DATA_ENTRY_FILES:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(
+        f"no ChestX-ray14 label file in {root}: expected {' or '.join(DATA_ENTRY_FILES)}"
+    )
+
+
+def _check_header(path: Path, header: list[str], expected: Sequence[str]) -> None:
+    got = tuple(cell.strip() for cell in header[: len(expected)])
+    if got != tuple(expected):
+        raise ChestXray14FormatError(
+            f"{path}:1: header must start with {', '.join(expected)}; got {', '.join(header)}"
+        )
+
+
+def _read_data_entry(
+    path: Path, skip_bad_rows: bool
+) -> tuple[list[str], list[list[int]], list[int], list[int], list[str]]:
+    images: list[str] = []
+    labels: list[list[int]] = []
+    patients: list[int] = []
+    follow_ups: list[int] = []
+    views: list[str] = []
+    seen: set[str] = set()
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ChestXray14FormatError(f"{path}:1: the file is empty")
+        _check_header(path, header, _DATA_ENTRY_HEADER)
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue
+            fields = row[:-1] if len(row) == 12 and not row[-1].strip() else row
+            where = f"{path}:{line}"
+            if len(fields) != 11:
+                _fail_or_skip(f"{where}: expected 11 fields, got {len(row)}: {row}", skip_bad_rows)
+                continue
+            name, findings, follow_up, patient, view = (
+                fields[0].strip(),
+                fields[1].strip(),
+                fields[2].strip(),
+                fields[3].strip(),
+                fields[6].strip(),
+            )
+            if not _IMAGE_NAME.match(name):
+                _fail_or_skip(
+                    f"{where}: image name must look like NNNNNNNN_NNN.png, got {name!r}",
+                    skip_bad_rows,
+                )
+                continue
+            if name in seen:
+                _fail_or_skip(f"{where}: image {name} is listed twice", skip_bad_rows)
+                continue
+            names = [s.strip() for s in findings.split("|")]
+            if names == [_NO_FINDING]:
+                ks: list[int] = []
+            else:
+                unknown = [s for s in names if s not in CLASS_NAMES]
+                if unknown:
+                    _fail_or_skip(
+                        f"{where}: unknown finding label(s) {unknown} in {findings!r}; expected "
+                        f"'{_NO_FINDING}' or a '|'-joined subset of {', '.join(CLASS_NAMES)}",
+                        skip_bad_rows,
+                    )
+                    continue
+                ks = sorted({CLASS_NAMES.index(s) for s in names})
+            try:
+                patient_id, follow = int(patient), int(follow_up)
+            except ValueError:
+                _fail_or_skip(
+                    f"{where}: Patient ID and Follow-up # must be integers, got "
+                    f"{patient!r} and {follow_up!r}",
+                    skip_bad_rows,
+                )
+                continue
+            seen.add(name)
+            images.append(name)
+            labels.append(ks)
+            patients.append(patient_id)
+            follow_ups.append(follow)
+            views.append(view)
+    return images, labels, patients, follow_ups, views
+
+
+def _read_bbox_list(
+    path: Path,
+    positions: dict[str, int],
+    labels: Tensor,
+    skip_bad_rows: bool,
+) -> tuple[list[list[float]], list[int], list[int]]:
+    boxes: list[list[float]] = []
+    image_index: list[int] = []
+    classes: list[int] = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ChestXray14FormatError(f"{path}:1: the file is empty")
+        _check_header(path, header, _BBOX_HEADER)
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue
+            fields = list(row)
+            while len(fields) > 6 and not fields[-1].strip():
+                fields.pop()
+            where = f"{path}:{line}"
+            if len(fields) != 6:
+                _fail_or_skip(f"{where}: expected 6 fields, got {len(row)}: {row}", skip_bad_rows)
+                continue
+            name, label = fields[0].strip(), fields[1].strip()
+            label = _LABEL_ALIASES.get(label, label)
+            if label not in CLASS_NAMES:
+                _fail_or_skip(f"{where}: unknown box label {fields[1]!r}", skip_bad_rows)
+                continue
+            try:
+                x, y, w, h = (float(v) for v in fields[2:6])
+            except ValueError:
+                _fail_or_skip(
+                    f"{where}: x, y, w, h must be numbers, got {fields[2:6]}", skip_bad_rows
+                )
+                continue
+            if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+                _fail_or_skip(
+                    f"{where}: box must be finite with w > 0 and h > 0, got {(x, y, w, h)}",
+                    skip_bad_rows,
+                )
+                continue
+            if name not in positions:
+                _fail_or_skip(f"{where}: image {name} is not in the label file", skip_bad_rows)
+                continue
+            i, k = positions[name], CLASS_NAMES.index(label)
+            if labels[i, k] != 1:
+                _fail_or_skip(
+                    f"{where}: box of class {label} on image {name}, whose labels do not "
+                    "include it",
+                    skip_bad_rows,
+                )
+                continue
+            boxes.append([x, y, x + w, y + h])
+            image_index.append(i)
+            classes.append(k)
+    return boxes, image_index, classes
+
+
+def read_chestxray14(
+    root: str | os.PathLike[str], *, skip_bad_rows: bool = False
+) -> ChestXray14Index:
+    r"""Read the two ChestX-ray14 CSV files under ``root`` into a :class:`ChestXray14Index`.
+
+    Reads ``Data_Entry_2017_v2020.csv`` (or the original ``Data_Entry_2017.csv``, whose rows
+    carry one trailing empty field) and ``BBox_List_2017.csv`` (optional: without it the index
+    has no boxes). Images are not opened; a root holding only the CSV files works. The
+    bracketed header names (``OriginalImage[Width,Height]``) contain commas, so the header has
+    more cells than the names; only the first cells are checked. The box label
+    ``Infiltrate`` means ``Infiltration``. Box rows ``x, y, w, h`` become ``(x, y, x+w, y+h)``.
+
+    Args:
+        root: The dataset folder.
+        skip_bad_rows: Log (``logging.WARNING``) and skip malformed rows instead of raising.
+
+    Returns:
+        The index.
+
+    Raises:
+        FileNotFoundError: No label file under ``root``.
+        ChestXray14FormatError: A malformed header or row, with the file name and line: wrong
+            number of fields, a bad image name, an unknown label, a box that is not a positive
+            finite rectangle, a box on an image that is not listed or on a class that is not
+            among its image's labels.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (root / "Data_Entry_2017_v2020.csv").write_text(
+        ...     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        ...     "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+        ...     "00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143\n"
+        ...     "00000002_000.png,No Finding,0,2,80,M,PA,2500,2048,0.171,0.171\n")
+        >>> _ = (root / "BBox_List_2017.csv").write_text(
+        ...     "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        ...     "00000001_000.png,Cardiomegaly,300,500,400,250\n")
+        >>> index = read_chestxray14(root)
+        >>> index.images, index.labels[0, 1].item(), index.boxes.tolist(), index.box_class.tolist()
+        (['00000001_000.png', '00000002_000.png'], 1.0, [[300.0, 500.0, 700.0, 750.0]], [1])
+    """
+    root = Path(root)
+    entry = _find_data_entry(root)
+    images, label_lists, patients, follow_ups, views = _read_data_entry(entry, skip_bad_rows)
+    rows = [i for i, ks in enumerate(label_lists) for _ in ks]
+    cols = [k for ks in label_lists for k in ks]
+    labels = torch.zeros(len(images), len(CLASS_NAMES), dtype=torch.float32)
+    labels[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 1.0
+    positions = {name: i for i, name in enumerate(images)}
+    bbox_path = root / BBOX_LIST_FILE
+    if bbox_path.is_file():
+        boxes, image_index, classes = _read_bbox_list(bbox_path, positions, labels, skip_bad_rows)
+    else:
+        _log.info("no %s in %s: the index has no boxes", BBOX_LIST_FILE, root)
+        boxes, image_index, classes = [], [], []
+    return ChestXray14Index(
+        images=images,
+        labels=labels,
+        patient_ids=torch.tensor(patients, dtype=torch.long),
+        follow_ups=torch.tensor(follow_ups, dtype=torch.long),
+        view_positions=views,
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        box_image_index=torch.tensor(image_index, dtype=torch.long),
+        box_class=torch.tensor(classes, dtype=torch.long),
+        root=root,
+    )
+
+
+# --------------------------------------------------------------------------- images
+
+
+def find_image_files(image_root: str | os.PathLike[str]) -> dict[str, Path]:
+    """Map every ``*.png`` name under ``image_root`` to its path.
+
+    Looks in ``image_root/images/`` and in the official ``image_root/images_001/images/`` ...
+    ``images_012/images/`` subfolders (and in ``image_root`` itself).
+    """
+    root = Path(image_root)
+    folders = [root, root / "images", *sorted(root.glob("images_*/images"))]
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.endswith(".png") and entry.is_file():
+                    found.setdefault(entry.name, Path(entry.path))
+    return found
+
+
+def _load_gray(path: Path) -> np.ndarray:
+    """Read a PNG as 2-D float32 in [0, 1]; RGB(A) images become their luminance."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+            return arr
+        gray = im if im.mode == "L" else im.convert("L")  # ITU-R 601-2 luma, alpha dropped
+        return np.asarray(gray, dtype=np.float32) / 255.0
+
+
+def _resize(gray: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if gray.shape == (size, size):
+        return gray
+    im = Image.fromarray(gray, mode="F")
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+class ChestXray14(Dataset[ChestXray14Sample]):
+    """ChestX-ray14 as a map-style ``torch.utils.data.Dataset``.
+
+    A sample (:class:`ChestXray14Sample`) is the image resized to ``image_size`` x
+    ``image_size`` (bilinear, antialiased), repeated to 3 channels and ImageNet-normalised (as
+    the paper, for a ResNet-50 backbone), the 14-class label vector, the image's boxes scaled
+    from the 1024-pixel frame to the working size with their classes, and ``has_box`` (14,)
+    saying which classes have a box. Batch with :func:`collate_chestxray14`.
+
+    Images are found in ``image_root/images/`` or the official ``images_001/images`` ...
+    ``images_012/images`` subfolders. The CSV boxes are always in the 1024-pixel frame; a PNG
+    of another size (e.g. a dataset written at 512 x 512) is read as the same frame.
+
+    Args:
+        root_or_index: The dataset folder (read with :func:`read_chestxray14`) or an index.
+        image_names: The images of this dataset (e.g. ``splits["train"]``); default all.
+        image_size: The working size ``S`` (paper: 512).
+        normalize: ImageNet normalisation; ``False`` keeps gray values in [0, 1].
+        image_root: Where the images are; default the index's ``root``.
+        skip_bad_images: Log and skip missing images (and malformed CSV rows when reading
+            ``root``) instead of raising; an unreadable image at load time is replaced by the
+            next readable one.
+
+    Raises:
+        FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
+        KeyError: A name of ``image_names`` is not in the index.
+
+    Example:
+        >>> import tempfile
+        >>> from ccg_layers.datasets import ChestXray14, generate_synthetic_chestxray14
+        >>> root = generate_synthetic_chestxray14(tempfile.mkdtemp(), 4, seed=0, image_size=128)
+        >>> ds = ChestXray14(root, image_size=64)
+        >>> sample = ds[0]
+        >>> sample["image"].shape, sample["labels"].shape, sample["has_box"].dtype
+        (torch.Size([3, 64, 64]), torch.Size([14]), torch.bool)
+    """
+
+    def __init__(
+        self,
+        root_or_index: str | os.PathLike[str] | ChestXray14Index,
+        image_names: Iterable[str] | None = None,
+        *,
+        image_size: int = 512,
+        normalize: bool = True,
+        image_root: str | os.PathLike[str] | None = None,
+        skip_bad_images: bool = False,
+    ) -> None:
+        if isinstance(root_or_index, ChestXray14Index):
+            index = root_or_index
+        else:
+            index = read_chestxray14(root_or_index, skip_bad_rows=skip_bad_images)
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
+        folder = Path(image_root) if image_root is not None else index.root
+        if folder is None:
+            raise ValueError("`image_root` is required when the index has no root folder")
+        self.index = index
+        self.image_size = image_size
+        self.normalize = normalize
+        self.skip_bad_images = skip_bad_images
+        names = list(index.images) if image_names is None else list(image_names)
+        rows = [index.position(n) for n in names]
+        files = find_image_files(folder)
+        missing = [n for n in names if n not in files]
+        if missing:
+            message = (
+                f"{len(missing)} image(s) not found under {folder} (looked in images/ and "
+                f"images_*/images/): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            )
+            if not skip_bad_images:
+                raise FileNotFoundError(message)
+            _log.warning("skipping: %s", message)
+            gone = set(missing)
+            keep = [j for j, n in enumerate(names) if n not in gone]
+            names, rows = [names[j] for j in keep], [rows[j] for j in keep]
+        self.image_names = names
+        self.paths = [files[n] for n in names]
+        self._rows = torch.tensor(rows, dtype=torch.long)
+        # Boxes grouped by dataset position, scaled from the 1024 frame to the working size.
+        order = torch.argsort(index.box_image_index, stable=True)
+        self._box_rows = index.box_image_index[order]
+        self._boxes = index.boxes[order] * (image_size / BOX_FRAME)
+        self._box_class = index.box_class[order]
+        self._has_box = index.has_box
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.image_names)
+
+    @property
+    def rows(self) -> Tensor:
+        """``(len(self),)`` long: each sample's row in ``self.index`` (e.g. ``index.labels[rows]``)."""
+        return self._rows
+
+    def load_image(self, i: int) -> Tensor:
+        """The ``(3, S, S)`` image of sample ``i``; ``OSError`` naming the file if unreadable."""
+        path = self.paths[i]
+        try:
+            gray = _resize(_load_gray(path), self.image_size)
+        except (OSError, ValueError) as err:
+            raise OSError(f"cannot read ChestX-ray14 image {path}: {err}") from err
+        image = (
+            torch.from_numpy(np.array(gray, dtype=np.float32)).clamp_(0.0, 1.0).expand(3, -1, -1)
+        )
+        if self.normalize:
+            return (image - self._mean) / self._std
+        return image.clone()
+
+    def _target_tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        row = int(self._rows[i])
+        lo = int(torch.searchsorted(self._box_rows, row, side="left"))
+        hi = int(torch.searchsorted(self._box_rows, row, side="right"))
+        return (
+            self.index.labels[row].clone(),
+            self._boxes[lo:hi].clone(),
+            self._box_class[lo:hi].clone(),
+            self._has_box[row].clone(),
+        )
+
+    def targets(self, i: int) -> dict[str, Tensor | str | int]:
+        """Everything of sample ``i`` but the image, without opening the PNG.
+
+        The keys of :class:`ChestXray14Sample` other than ``image``: ``labels``, ``boxes`` (at
+        the working size), ``box_class``, ``has_box``, ``name``, ``index``. For pipelines that
+        keep decoded images in memory.
+        """
+        labels, boxes, box_class, has_box = self._target_tensors(i)
+        return {
+            "labels": labels,
+            "boxes": boxes,
+            "box_class": box_class,
+            "has_box": has_box,
+            "name": self.image_names[i],
+            "index": i,
+        }
+
+    def __getitem__(self, i: int) -> ChestXray14Sample:
+        """Sample ``i`` (see the class docstring)."""
+        n = len(self)
+        for attempt in range(n if self.skip_bad_images else 1):
+            j = (i + attempt) % n
+            try:
+                image = self.load_image(j)
+            except OSError:
+                if not self.skip_bad_images:
+                    raise
+                _log.warning("skipping unreadable image %s", self.paths[j], exc_info=True)
+                continue
+            labels, boxes, box_class, has_box = self._target_tensors(j)
+            return ChestXray14Sample(
+                image=image,
+                labels=labels,
+                boxes=boxes,
+                box_class=box_class,
+                has_box=has_box,
+                name=self.image_names[j],
+                index=j,
+            )
+        raise OSError("no readable image in the dataset")
+
+
+def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batch:
+    """Batch samples with varying numbers of boxes: images stacked, boxes concatenated flat.
+
+    Example:
+        >>> import torch
+        >>> s = dict(image=torch.zeros(3, 8, 8), labels=torch.zeros(14), has_box=torch.zeros(14,
+        ...          dtype=torch.bool), box_class=torch.tensor([1]), name="a.png", index=0,
+        ...          boxes=torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
+        >>> t = dict(s, boxes=torch.zeros(0, 4), box_class=torch.zeros(0, dtype=torch.long))
+        >>> batch = collate_chestxray14([t, s])
+        >>> batch["image"].shape, batch["box_image_index"].tolist()
+        (torch.Size([2, 3, 8, 8]), [1])
+    """
+    if not samples:
+        raise ValueError("`samples` must hold at least one sample, got an empty sequence")
+    counts = torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.long)
+    return ChestXray14Batch(
+        image=torch.stack([s["image"] for s in samples]),
+        labels=torch.stack([s["labels"] for s in samples]),
+        has_box=torch.stack([s["has_box"] for s in samples]),
+        boxes=torch.cat([s["boxes"].reshape(-1, 4) for s in samples]),
+        box_class=torch.cat([s["box_class"].reshape(-1) for s in samples]),
+        box_image_index=torch.repeat_interleave(torch.arange(len(samples)), counts),
+        names=[s["name"] for s in samples],
+        indices=[s["index"] for s in samples],
+    )

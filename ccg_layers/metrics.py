@@ -1,0 +1,252 @@
+"""Evaluation metrics of the paper: localization accuracy at IoU thresholds, per-class AUC."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ccg_layers._validation import check_dtype, check_index, check_shape, check_tensor
+from ccg_layers._validation import values_checkable as _values_checkable
+from ccg_layers.datasets.chestxray14 import BOXED_CLASSES, CLASS_NAMES
+from ccg_layers.errors import CCGValueRangeError
+
+__all__ = ["classification_auc", "format_localization_table", "localization_accuracy"]
+
+_CHUNK_PIXELS = 1 << 24  # pixels of the (pairs, H, W) masks built at once
+
+
+def localization_accuracy(
+    prob_maps: Tensor,
+    boxes: Tensor,
+    box_image_index: Tensor,
+    box_class: Tensor,
+    *,
+    image_size: tuple[int, int],
+    thresholds: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
+    prob_threshold: float = 0.5,
+    metric: Literal["iou", "iobb"] = "iou",
+    interpolation: Literal["nearest", "bilinear"] = "nearest",
+) -> Tensor:
+    """Localization accuracy of class-wise probability maps (paper Sec. 4.2, Tables 1-3).
+
+    For every class ``k`` and every image ``i`` with at least one box of class ``k``:
+
+    * the predicted region is the set of pixels of the ``H x W`` image whose value of the map
+      ``prob_maps[i, k]``, mapped onto the image, is ``> prob_threshold``. ``"nearest"``
+      gives each pixel its grid cell (pixel centre; exact cell blocks when ``h`` divides
+      ``H``); ``"bilinear"`` interpolates the map (``align_corners=False``) first;
+    * the ground truth is the union of the image's class-``k`` boxes; pixel ``(r, c)``, with
+      centre ``(c + 0.5, r + 0.5)``, is in box ``(x1, y1, x2, y2)`` when
+      ``x1 <= c + 0.5 < x2`` and ``y1 <= r + 0.5 < y2``;
+    * the score is IoU = |pred ∩ gt| / |pred ∪ gt|, or with ``metric="iobb"``
+      |pred ∩ gt| / |pred| (an empty prediction scores 0 with both);
+    * the image is correct at threshold ``T`` when its score is **strictly** greater than
+      ``T``.
+
+    Entry ``[t, k]`` is the fraction of correct images of class ``k`` at ``thresholds[t]``,
+    NaN for a class without boxes. Fully vectorised; pixel masks are built for chunks of
+    (image, class) pairs to bound memory.
+
+    Args:
+        prob_maps: ``(N, K, h, w)`` probabilities in ``[0, 1]``.
+        boxes: ``(M, 4)`` boxes ``(x1, y1, x2, y2)`` in pixels of an image of ``image_size``.
+        box_image_index: ``(M,)`` long, the image of each box in ``[0, N)``.
+        box_class: ``(M,)`` long, the class of each box in ``[0, K)``.
+        image_size: ``(H, W)`` of the image the boxes live in.
+        thresholds: The thresholds ``T``.
+        prob_threshold: The map threshold (paper: 0.5).
+        metric: ``"iou"`` or ``"iobb"``.
+        interpolation: ``"nearest"`` or ``"bilinear"``.
+
+    Returns:
+        ``(len(thresholds), K)`` float64.
+
+    Raises:
+        CCGShapeError, CCGDTypeError, CCGValueRangeError: Bad shapes, dtypes or values,
+            naming the argument.
+
+    Example:
+        >>> import torch
+        >>> maps = torch.zeros(1, 2, 4, 4)
+        >>> maps[0, 0, :2, :2] = 0.9  # predicts the top-left quarter for class 0
+        >>> boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0]])  # exactly those cells
+        >>> localization_accuracy(maps, boxes, torch.tensor([0]), torch.tensor([0]),
+        ...                       image_size=(128, 128), thresholds=(0.5, 0.99))
+        tensor([[1., nan],
+                [1., nan]], dtype=torch.float64)
+    """
+    check_tensor(prob_maps, "prob_maps")
+    check_tensor(boxes, "boxes")
+    check_tensor(box_image_index, "box_image_index")
+    check_tensor(box_class, "box_class")
+    check_dtype(prob_maps, "prob_maps", ("float",))
+    check_dtype(boxes, "boxes", ("float", "int"))
+    dims = check_shape(prob_maps, "prob_maps", ("N", "K", "h", "w"))
+    check_shape(boxes, "boxes", ("M", 4), dims)
+    check_shape(box_image_index, "box_image_index", ("M",), dims)
+    check_shape(box_class, "box_class", ("M",), dims)
+    check_index(box_image_index, "box_image_index", dims["N"])
+    check_index(box_class, "box_class", dims["K"])
+    if len(image_size) != 2 or any(int(v) <= 0 for v in image_size):
+        raise CCGValueRangeError(
+            f"`image_size` must be two positive ints (H, W), got {image_size}."
+        )
+    thresholds = tuple(float(t) for t in thresholds)
+    if not thresholds:
+        raise CCGValueRangeError("`thresholds` must hold at least one threshold, got none.")
+    if metric not in ("iou", "iobb"):
+        raise CCGValueRangeError(f"`metric` must be 'iou' or 'iobb', got {metric!r}.")
+    if interpolation not in ("nearest", "bilinear"):
+        raise CCGValueRangeError(
+            f"`interpolation` must be 'nearest' or 'bilinear', got {interpolation!r}."
+        )
+    if not 0.0 <= prob_threshold <= 1.0:
+        raise CCGValueRangeError(f"`prob_threshold` must be in [0, 1], got {prob_threshold}.")
+    if _values_checkable() and prob_maps.numel():
+        if not bool(torch.isfinite(prob_maps).all()):
+            raise CCGValueRangeError("`prob_maps` must be finite, got NaN or infinite values.")
+        lo, hi = float(prob_maps.min()), float(prob_maps.max())
+        if lo < 0.0 or hi > 1.0:
+            raise CCGValueRangeError(
+                f"`prob_maps` must be probabilities in [0, 1], got values in [{lo}, {hi}]."
+            )
+        if boxes.numel() and bool(
+            ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()
+        ):
+            raise CCGValueRangeError("`boxes` must be (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2.")
+
+    K = dims["K"]
+    H, W = int(image_size[0]), int(image_size[1])
+    device = prob_maps.device
+    out = torch.full((len(thresholds), K), math.nan, dtype=torch.float64, device=device)
+    if boxes.shape[0] == 0:
+        return out
+    pair_key = box_image_index.to(device).long() * K + box_class.to(device).long()
+    pairs, inverse = torch.unique(pair_key, return_inverse=True)  # (P,), (M,)
+    P = len(pairs)
+    scores = torch.empty(P, dtype=torch.float64, device=device)
+    b = boxes.to(device=device, dtype=torch.float64)
+    centres_x = torch.arange(W, device=device, dtype=torch.float64) + 0.5
+    centres_y = torch.arange(H, device=device, dtype=torch.float64) + 0.5
+    step = max(1, _CHUNK_PIXELS // (H * W))
+    for start in range(0, P, step):  # chunks of pairs bound memory; no loop over pixels
+        stop = min(P, start + step)
+        chunk = pairs[start:stop]
+        maps = prob_maps.flatten(0, 1)[chunk].unsqueeze(1).float()  # (p, 1, h, w)
+        mode = "nearest-exact" if interpolation == "nearest" else "bilinear"
+        kwargs = {} if mode == "nearest-exact" else {"align_corners": False}
+        up = F.interpolate(maps, size=(H, W), mode=mode, **kwargs)[:, 0]
+        pred = up > prob_threshold  # (p, H, W)
+        sel = (inverse >= start) & (inverse < stop)
+        bb = b[sel]
+        in_x = (centres_x >= bb[:, 0:1]) & (centres_x < bb[:, 2:3])  # (m, W)
+        in_y = (centres_y >= bb[:, 1:2]) & (centres_y < bb[:, 3:4])  # (m, H)
+        box_masks = (in_y[:, :, None] & in_x[:, None, :]).to(torch.int32)
+        gt = torch.zeros(stop - start, H, W, dtype=torch.int32, device=device)
+        gt.index_add_(0, inverse[sel] - start, box_masks)
+        gt_b = gt > 0
+        inter = (pred & gt_b).flatten(1).sum(1).double()
+        denom = (pred | gt_b) if metric == "iou" else pred
+        area = denom.flatten(1).sum(1).double()
+        scores[start:stop] = torch.where(area > 0, inter / area.clamp(min=1), 0.0)
+    pair_class = pairs % K
+    t = torch.tensor(thresholds, dtype=torch.float64, device=device)
+    correct = (scores[None, :] > t[:, None]).double()  # (T, P)
+    hits = torch.zeros(len(thresholds), K, dtype=torch.float64, device=device)
+    hits.index_add_(1, pair_class, correct)
+    counts = torch.bincount(pair_class, minlength=K).double()
+    return torch.where(counts > 0, hits / counts.clamp(min=1), out)
+
+
+def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:
+    """Per-class ROC AUC of image-level scores (the Mann-Whitney statistic, ties count 1/2).
+
+    Args:
+        scores: ``(N, K)`` scores (any monotone scale: logits or probabilities).
+        labels: ``(N, K)`` labels in ``{0, 1}``.
+
+    Returns:
+        ``(K,)`` float64; NaN for a class whose labels are all 0 or all 1.
+
+    Example:
+        >>> import torch
+        >>> classification_auc(torch.tensor([[0.1], [0.4], [0.35], [0.8]]),
+        ...                    torch.tensor([[0], [0], [1], [1]]))
+        tensor([0.7500], dtype=torch.float64)
+    """
+    check_tensor(scores, "scores")
+    check_tensor(labels, "labels")
+    check_dtype(scores, "scores", ("float",))
+    dims = check_shape(scores, "scores", ("N", "K"))
+    check_shape(labels, "labels", ("N", "K"), dims)
+    if _values_checkable() and labels.numel():
+        bad = (labels != 0) & (labels != 1)
+        if bool(bad.any()):
+            raise CCGValueRangeError("`labels` must hold only 0 and 1.")
+        if not bool(torch.isfinite(scores).all()):
+            raise CCGValueRangeError("`scores` must be finite, got NaN or infinite values.")
+    s = scores.double().T.contiguous()  # (K, N)
+    pos = labels.T.bool()
+    neg_sorted = torch.where(pos, math.inf, s).sort(dim=1).values.contiguous()  # negatives first
+    less = torch.searchsorted(neg_sorted, s, side="left").double()
+    leq = torch.searchsorted(neg_sorted, s, side="right").double()
+    n_pos = pos.sum(1).double()
+    n_neg = (~pos).sum(1).double()
+    wins = torch.where(pos, less + 0.5 * (leq - less), 0.0).sum(1)
+    valid = (n_pos > 0) & (n_neg > 0)
+    return torch.where(valid, wins / (n_pos * n_neg).clamp(min=1), math.nan)
+
+
+def format_localization_table(
+    accuracy: Tensor,
+    thresholds: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
+    *,
+    class_names: Sequence[str] = CLASS_NAMES,
+    columns: Sequence[str] = BOXED_CLASSES,
+    metric: Literal["iou", "iobb"] = "iou",
+    digits: int = 2,
+) -> str:
+    """Format localization accuracy in the layout of the paper's tables.
+
+    Rows ``T(IoU)=0.1`` ..., columns the 8 boxed diseases (``columns``) and their ``Mean``
+    (of the non-NaN entries), as a Markdown table.
+
+    Args:
+        accuracy: ``(len(thresholds), len(class_names))`` from :func:`localization_accuracy`.
+        thresholds: The thresholds of the rows.
+        class_names: The class of each column of ``accuracy``.
+        columns: The classes to show, in order.
+        metric: ``"iou"`` or ``"iobb"``, for the row labels.
+        digits: Decimals.
+
+    Example:
+        >>> import torch
+        >>> acc = torch.full((1, 14), 0.5, dtype=torch.float64)
+        >>> print(format_localization_table(acc, (0.1,)))  # doctest: +NORMALIZE_WHITESPACE
+        | T(IoU) | Atelectasis | Cardiomegaly | Effusion | Infiltration | Mass | Nodule | Pneumonia | Pneumothorax | Mean |
+        |---|---|---|---|---|---|---|---|---|---|
+        | 0.1 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 |
+    """
+    check_tensor(accuracy, "accuracy")
+    check_shape(accuracy, "accuracy", (len(thresholds), len(class_names)))
+    missing = [c for c in columns if c not in class_names]
+    if missing:
+        raise CCGValueRangeError(f"`columns` must be among `class_names`, got unknown {missing}.")
+    cols = [list(class_names).index(c) for c in columns]
+    label = "T(IoU)" if metric == "iou" else "T(IoBB)"
+    lines = [
+        "| " + " | ".join([label, *columns, "Mean"]) + " |",
+        "|" + "---|" * (len(columns) + 2),
+    ]
+    acc = accuracy.double()[:, cols]
+    for t, row in zip(thresholds, acc, strict=True):
+        valid = row[~torch.isnan(row)]
+        mean = float(valid.mean()) if len(valid) else math.nan
+        cells = ["n/a" if math.isnan(v) else f"{v:.{digits}f}" for v in [*row.tolist(), mean]]
+        lines.append("| " + " | ".join([f"{t:g}", *cells]) + " |")
+    return "\n".join(lines)
