@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+import ccg_layers
 from ccg_layers.datasets import (
     BOX_FRAME,
     IMAGENET_MEAN,
@@ -26,10 +30,6 @@ from ccg_layers.datasets import (
     read_split_files,
     split_summary,
 )
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-
-import ccg_layers
 from ccg_layers.functional import boxes_to_grid
 
 from .checkpoint import save_atomic
@@ -209,21 +209,11 @@ class TrainSet(Dataset[dict[str, Any]]):
     def _sample(self, i: int) -> dict[str, Any]:
         if self.images is None:
             return dict(self.base[i])
-        # the sample without decoding: same fields as ChestXray14.__getitem__
-        base = self.base
-        row = int(base._rows[i])
-        lo = int(torch.searchsorted(base._box_rows, row, side="left"))
-        hi = int(torch.searchsorted(base._box_rows, row, side="right"))
+        # the sample without decoding the PNG: the same fields as ChestXray14.__getitem__
+        sample: dict[str, Any] = dict(self.base.targets(i))
         gray = self.images[i].float()
-        return {
-            "image": (gray.expand(3, -1, -1) - self._mean) / self._std,
-            "labels": base.index.labels[row].clone(),
-            "boxes": base._boxes[lo:hi].clone(),
-            "box_class": base._box_class[lo:hi].clone(),
-            "has_box": base._has_box[row].clone(),
-            "name": base.image_names[i],
-            "index": i,
-        }
+        sample["image"] = (gray.expand(3, -1, -1) - self._mean) / self._std
+        return sample
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = self._sample(i)
@@ -254,7 +244,7 @@ def grid_targets(batch: dict[str, Any], num_classes: int, image_size: int, grid:
 def test_boxes(ds: ChestXray14) -> tuple[Tensor, Tensor, Tensor]:
     """Boxes of the test images in the flat layout of ``localization_accuracy`` (working size)."""
     index = ds.index
-    rows = ds._rows  # the index row of each dataset position
+    rows = ds.rows  # the index row of each dataset position
     pos_of_row = torch.full((len(index),), -1, dtype=torch.long)
     pos_of_row[rows] = torch.arange(len(rows))
     pos = pos_of_row[index.box_image_index]

@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+
 from ccg_layers.datasets import CLASS_NAMES, ChestXray14
+from ccg_layers.functional import log_noisy_or
 from ccg_layers.metrics import (
     classification_auc,
     format_localization_table,
     localization_accuracy,
 )
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
-
-from ccg_layers.functional import log_noisy_or
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, load_config
@@ -193,7 +193,7 @@ def evaluate(
 ) -> dict[str, Any]:
     maps, scores = predict(model, ds, device, max(cfg.batch_size, 8), cfg.num_workers)
     acc = localization(maps, ds)
-    labels = ds.index.labels[ds._rows]
+    labels = ds.index.labels[ds.rows]
     auc = classification_auc(scores, labels)
     return {"accuracy": acc, "auc": auc, "maps": maps}
 
