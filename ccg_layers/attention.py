@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ccg_layers._validation import check_shape, check_tensor
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.functional.attention import (
     cross_image_attention,
@@ -158,8 +159,19 @@ class CrossImageAttention(nn.Module):
             return self.forward_pair(*args, **kwargs)
         return self.forward_residual(*args, **kwargs)
 
+    def _check_channels(self, x: Tensor, name: str, spec: tuple[str, ...]) -> None:
+        check_tensor(x, name)
+        check_shape(x, name, spec)
+        if x.shape[1] != self.channels:
+            raise CCGShapeError(
+                f"`{name}` must have the layer's {self.channels} channels in dimension 1 "
+                f"({', '.join(spec)}), got shape {tuple(x.shape)}."
+            )
+
     def forward_pair(self, fu: Tensor, fv: Tensor) -> tuple[Tensor, Tensor]:
         """``(F'_u, F'_v)`` of the pairs ``(fu[b], fv[b])`` (paper Eq. 8-9)."""
+        self._check_channels(fu, "fu", ("B", "C", "Hu", "Wu"))
+        self._check_channels(fv, "fv", ("B", "C", "Hv", "Wv"))
         if self.weight is not None:
             return cross_image_attention(fu, fv, self.weight, scale=self.scale, fused=self.fused)
         assert self.weight_u is not None
@@ -180,6 +192,7 @@ class CrossImageAttention(nn.Module):
             raise CCGValueRangeError(
                 "`forward_residual` needs a layer built with mode='residual', got mode='pair'."
             )
+        self._check_channels(x, "x", ("B", "C", "H", "W"))
         attended = partner_attention(
             x,
             self.weight,
