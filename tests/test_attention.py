@@ -215,6 +215,22 @@ def test_torch_compile_fullgraph_both_modes():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
+def test_torch_compile_inductor_residual_forward_backward():
+    # the fused (SDPA) path under inductor; the aot_eager test above covers the reference path
+    layer = _randomise(CrossImageAttention(8, heads=2, mode="residual", fused=True), gate=0.5)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    out = compiled(x)
+    out.square().sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    want = layer(x)
+    want.square().sum().backward()
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

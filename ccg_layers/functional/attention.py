@@ -156,9 +156,18 @@ def _check_features(fu: Tensor, fv: Tensor) -> dict[str, int]:
     return dims
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled())
+
+
 def _check_weight_dtype(weight: Tensor, name: str, features: Tensor) -> None:
     check_dtype(weight, name, ("float",))
-    autocast = torch.is_autocast_enabled(features.device.type)
+    autocast = _autocast_enabled(features.device.type)
     if not autocast and weight.dtype != features.dtype:
         raise CCGDTypeError(
             f"`{name}` must have the dtype of the features ({features.dtype}) outside autocast, "

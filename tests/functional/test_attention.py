@@ -439,6 +439,7 @@ def test_environment_variable_values(value, want):
     assert attn_mod._parse_setting(value) is want
 
 
+@pytest.mark.slow
 def test_environment_variable_is_read_at_import():
     code = "from ccg_layers.functional import get_fused_attn; print(get_fused_attn())"
     env = {**os.environ, "CCG_FUSED_ATTN": "0"}
