@@ -284,6 +284,8 @@ def test_partner_attention_matches_reference(batch, channels, seed, explicit, fu
         got = partner_attention(x, w, scale=0.5, fused=fused)
         partners = [(i + 1) % batch for i in range(batch)]
         torch.testing.assert_close(got, ref_partner(x, w, partners, 0.5))
+    else:  # one image, no partner: identity
+        assert partner_attention(x, w, scale=0.5, fused=fused) is x
 
 
 def test_partner_attention_low_rank_matches_multi_head():
