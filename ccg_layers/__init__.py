@@ -4,6 +4,7 @@ The modules are re-exported here; their functional forms live in :mod:`ccg_layer
 """
 
 from ccg_layers import datasets, functional, metrics
+from ccg_layers.attention import CrossImageAttention
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
 from ccg_layers.losses import MILGridLoss
 
@@ -14,6 +15,7 @@ __all__ = [
     "CCGInputError",
     "CCGShapeError",
     "CCGValueRangeError",
+    "CrossImageAttention",
     "MILGridLoss",
     "__version__",
     "datasets",

@@ -128,6 +128,13 @@ def loc_inputs(draw):
 def test_localization_accuracy_matches_loop_reference(inputs, metric, mode):
     maps, boxes, img_idx, cls, size = inputs
     thresholds = (0.0, 0.1, 0.25, 0.5, 0.7)
+    if mode == "bilinear":
+        # An interpolated value that is exactly 0.5 in real arithmetic lands on either side of
+        # the map threshold depending on the order of float operations, so the bilinear case
+        # moves the quantised values off the lattice (ties at 0.5 then have probability 0).
+        # Exact ties at the map threshold are covered by the nearest case and the hand cases.
+        jitter = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
+        maps = (maps + 1e-3 * jitter).clamp(max=1.0)
     got = localization_accuracy(
         maps,
         boxes,
