@@ -125,3 +125,36 @@ def test_graph_losses_span_the_global_batch_under_two_process_ddp(tiny_root, tmp
     # 27 training images, global batch 4: 7 steps an epoch on each process
     assert state["global_step"] == 7 * cfg.epochs
     assert state["criterion"]["ir.weight"].shape == (4, 4)
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(root / "examples" / "train_ccg.py"),
+        *("--preset", "demo", "--ablation", "ir+ik+kr", "--data-root", str(tiny_root)),
+        *("--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "runs")),
+        *("--run-name", "torchrun", "--image-size", "64", "--tiny-stride", "8"),
+        *("--tiny-widths", "4,8,8,8", "--head-channels", "8", "--num-patches", "4"),
+        *("--superpixel-size", "16", "--code-bits", "16", "--batch-size", "2"),
+        *("--epochs", "1", "--progress", "false", "--cache-images", "false"),
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "torchrun"
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    # 27 training images, 2 processes x batch 2: 7 global steps; the graph spans 4 images
+    assert state["global_step"] == 7
+    assert state["criterion"]["ir.weight"].shape == (4, 4)
+    assert "| T(IoU) | Atelectasis" in out.stdout
