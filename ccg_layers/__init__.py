@@ -5,7 +5,9 @@ The modules are re-exported here; their functional forms live in :mod:`ccg_layer
 
 from ccg_layers import functional
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
+from ccg_layers.graphs import LearnableSampleGraph, PatchHashGraph, all_gather_batch
 from ccg_layers.losses import MILGridLoss
+from ccg_layers.superpixels import superpixels, superpixels_from_files
 
 __version__ = "0.1.0"
 
@@ -14,7 +16,12 @@ __all__ = [
     "CCGInputError",
     "CCGShapeError",
     "CCGValueRangeError",
+    "LearnableSampleGraph",
     "MILGridLoss",
+    "PatchHashGraph",
     "__version__",
+    "all_gather_batch",
     "functional",
+    "superpixels",
+    "superpixels_from_files",
 ]

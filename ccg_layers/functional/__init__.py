@@ -4,11 +4,31 @@ Learnable tensors are arguments, so the functions compose with any parametrisati
 the modules in :mod:`ccg_layers` hold the parameters and call these.
 """
 
+from ccg_layers.functional.graphs import (
+    hamming_distance,
+    hash_codes,
+    normalize_graph,
+    paired_sample_loss,
+    pairwise_distance,
+    patch_graph_logits,
+    patch_hash_graph_loss,
+    sample_graph_loss,
+    superpixel_pool,
+)
 from ccg_layers.functional.mil import boxes_to_grid, log_noisy_or, mil_grid_loss, xywh_to_xyxy
 
 __all__ = [
     "boxes_to_grid",
+    "hamming_distance",
+    "hash_codes",
     "log_noisy_or",
     "mil_grid_loss",
+    "normalize_graph",
+    "paired_sample_loss",
+    "pairwise_distance",
+    "patch_graph_logits",
+    "patch_hash_graph_loss",
+    "sample_graph_loss",
+    "superpixel_pool",
     "xywh_to_xyxy",
 ]
