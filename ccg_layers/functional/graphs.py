@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ccg_layers._validation import (
@@ -76,7 +75,10 @@ def pairwise_distance(features: Tensor) -> Tensor:
     after subtracting the batch mean (distances do not change, the cancellation in
     ``|a|^2 + |b|^2 - 2 a.b`` shrinks). The diagonal is exactly 0 and the gradient is finite
     (0) wherever a distance is 0 (self-pairs, identical samples). Computed in float32 at least,
-    also under autocast.
+    also under autocast. The Gram form costs one ``(n, D) x (D, n)`` matmul instead of an
+    ``(n, n, D)`` difference tensor; its absolute error is about ``sqrt(eps) * |F - mean F|``,
+    negligible against the distances between distinct samples, but a pair of *identical*
+    samples other than a self-pair may get a small positive distance instead of 0.
 
     Args:
         features: ``(n, ...)`` floating point, ``n >= 1``.
@@ -101,6 +103,7 @@ def pairwise_distance(features: Tensor) -> Tensor:
         x = features.reshape(n, -1).to(_compute_dtype(features))
         x = x - x.mean(dim=0, keepdim=True)
         gram = x @ x.T
+        gram = 0.5 * (gram + gram.T)  # exactly symmetric whatever the BLAS kernel
         sq_norm = gram.diagonal()
         sq = sq_norm[:, None] + sq_norm[None, :] - 2.0 * gram
         sq = sq.masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), 0.0)
@@ -313,10 +316,12 @@ def superpixel_pool(x: Tensor, labels: Tensor, num_segments: int) -> tuple[Tenso
     N, C, h, w = dims["N"], dims["C"], dims["h"], dims["w"]
     m = num_segments
     lab = labels.to(device=x.device, dtype=torch.int64)
-    if h > H or w > W:
-        size = (max(H, h), max(W, w))
-        lab = F.interpolate(lab[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
-        H, W = size
+    if h > H:  # coarser labels than the grid: nearest upsampling, label row r * H // h
+        lab = lab[:, torch.div(torch.arange(h, device=x.device) * H, h, rounding_mode="floor")]
+        H = h
+    if w > W:
+        lab = lab[:, :, torch.div(torch.arange(w, device=x.device) * W, w, rounding_mode="floor")]
+        W = w
     rows = torch.div(torch.arange(H, device=x.device) * h, H, rounding_mode="floor")
     cols = torch.div(torch.arange(W, device=x.device) * w, W, rounding_mode="floor")
     cell = rows[:, None] * w + cols[None, :]  # (H, W) index of the grid cell of each pixel
@@ -400,7 +405,7 @@ def hamming_distance(a: Tensor, b: Tensor) -> Tensor:
     _check_codes(a, "a")
     _check_codes(b, "b")
     dims = check_shape(a, "a", ("m", "bits"), leading=True)
-    check_shape(b, "b", ("m'", "bits"), dims)
+    check_shape(b, "b", ("m'", "bits"), dims, leading=True)
     try:
         torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])  # type: ignore[no-untyped-call]
     except RuntimeError:
