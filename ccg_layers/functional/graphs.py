@@ -260,8 +260,8 @@ def normalize_graph(
     n = logits.shape[0]
     if pairs:
         return n * torch.softmax(logits, dim=0)
-    if n == 1:
-        return torch.ones_like(logits)
+    if n == 1:  # only the self-pair: G = 1, still attached to the logits (zero gradient)
+        return logits - logits.detach() + 1.0
     eye = torch.eye(n, dtype=torch.bool, device=logits.device)
     off = torch.softmax(logits.masked_fill(eye, float("-inf")), dim=1) * ((n - 1) / n)
     return torch.where(eye, torch.full_like(off, 1.0 / n), off)
