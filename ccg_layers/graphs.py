@@ -7,6 +7,8 @@ the patch graph of the knowledge reasoning loss ``L_KR`` on attended pairs (Eq. 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -53,7 +55,13 @@ def all_gather_batch(x: Tensor, group: dist.ProcessGroup | None = None) -> Tenso
     if x.shape[0] < longest:
         pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
         padded = torch.cat([x, pad], dim=0)
-    parts = all_gather(padded, group=group)  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():
+        # torch >= 2.10 marks it deprecated in favour of a private API; it still works (and is
+        # what gloo supports): keep the documented public function and silence the notice.
+        warnings.filterwarnings(
+            "ignore", message=".*all_gather is deprecated", category=FutureWarning
+        )
+        parts = all_gather(padded, group=group)  # type: ignore[no-untyped-call]
     return torch.cat([part[:c] for part, c in zip(parts, counts, strict=True)], dim=0)
 
 
