@@ -37,13 +37,17 @@ FloatArray = NDArray[np.float32]
 LabelArray = NDArray[np.int64]
 
 
-def _check_params(n_segments: int, compactness: float, work_size: int | None, workers: int) -> None:
+def _check_params(
+    n_segments: int, compactness: float, work_size: int | None, workers: int, max_num_iter: int
+) -> None:
     if not isinstance(n_segments, int) or isinstance(n_segments, bool) or n_segments < 1:
         raise CCGValueRangeError(f"`n_segments` must be a positive int, got {n_segments!r}.")
     if not compactness > 0:
         raise CCGValueRangeError(f"`compactness` must be positive, got {compactness!r}.")
     if work_size is not None and (not isinstance(work_size, int) or work_size < 1):
         raise CCGValueRangeError(f"`work_size` must be None or a positive int, got {work_size!r}.")
+    if not isinstance(max_num_iter, int) or max_num_iter < 1:
+        raise CCGValueRangeError(f"`max_num_iter` must be a positive int, got {max_num_iter!r}.")
     if not isinstance(workers, int) or workers < 0:
         raise CCGValueRangeError(f"`num_workers` must be a non-negative int, got {workers!r}.")
 
@@ -68,18 +72,22 @@ def _to_unit(image: NDArray[Any]) -> FloatArray:
     return ((img - lo) * (1.0 / (hi - lo))).astype(np.float32, copy=False)
 
 
-def _resize(img: FloatArray, shape: tuple[int, int]) -> FloatArray:
-    """Area-downsample to ``shape`` (exact block mean when the factors are integers)."""
+def _resize(img: NDArray[Any], shape: tuple[int, int]) -> FloatArray:
+    """Area-downsample to ``shape`` in float32 (exact block mean when the factors are integers).
+
+    Runs on the raw pixels before any scaling: one pass over the full-size image.
+    """
     H, W = img.shape
     h, w = shape
     if (h, w) == (H, W):
-        return img
+        return img.astype(np.float32, copy=False)
     if H % h == 0 and W % w == 0:
         blocks: FloatArray = img.reshape(h, H // h, w, W // w).mean(axis=(1, 3), dtype=np.float32)
         return blocks
     from skimage.transform import resize
 
-    out = np.asarray(resize(img, shape, order=1, anti_aliasing=True, preserve_range=True))  # type: ignore[no-untyped-call]
+    small = img.astype(np.float32)
+    out = np.asarray(resize(small, shape, order=1, anti_aliasing=True, preserve_range=True))  # type: ignore[no-untyped-call]
     return out.astype(np.float32, copy=False)
 
 
@@ -141,7 +149,7 @@ def _raster_order(labels: LabelArray, k: int) -> LabelArray:
     return out
 
 
-def _segment(img: FloatArray, n_segments: int, compactness: float) -> LabelArray:
+def _segment(img: FloatArray, n_segments: int, compactness: float, max_num_iter: int) -> LabelArray:
     """Exactly ``n_segments`` raster-ordered SLIC labels of one ``[0, 1]`` image."""
     from skimage.segmentation import slic
 
@@ -152,6 +160,7 @@ def _segment(img: FloatArray, n_segments: int, compactness: float) -> LabelArray
         channel_axis=None,
         start_label=0,
         enforce_connectivity=True,
+        max_num_iter=max_num_iter,
     )
     labels, k = _consecutive(raw)
     while k > n_segments:
@@ -162,7 +171,11 @@ def _segment(img: FloatArray, n_segments: int, compactness: float) -> LabelArray
 
 
 def _segment_image(
-    image: NDArray[Any], n_segments: int, compactness: float, work_size: int | None
+    image: NDArray[Any],
+    n_segments: int,
+    compactness: float,
+    work_size: int | None,
+    max_num_iter: int,
 ) -> LabelArray:
     H, W = image.shape
     work = _work_shape((H, W), work_size)
@@ -171,7 +184,7 @@ def _segment_image(
             f"`n_segments` must be at most the number of pixels at the working size {work} "
             f"({work[0] * work[1]}), got {n_segments}."
         )
-    labels = _segment(_resize(_to_unit(image), work), n_segments, compactness)
+    labels = _segment(_to_unit(_resize(image, work)), n_segments, compactness, max_num_iter)
     if work == (H, W):
         return labels
     rows = (np.arange(H) * work[0]) // H
@@ -195,11 +208,12 @@ def superpixels(
     compactness: float = 0.1,
     work_size: int | None = 128,
     num_workers: int = 0,
+    max_num_iter: int = 10,
 ) -> Tensor:
     """SLIC superpixels of a batch of grayscale images, exactly ``n_segments`` per image.
 
-    Each image is min-max scaled to ``[0, 1]``, area-downsampled so that its longer side is
-    ``work_size``, segmented by :func:`skimage.segmentation.slic` (``channel_axis=None``), then
+    Each image is area-downsampled so that its longer side is ``work_size``, min-max scaled to
+    ``[0, 1]``, segmented by :func:`skimage.segmentation.slic` (``channel_axis=None``), then
     the smallest segments are merged into their most similar neighbour or the largest split in
     two until there are exactly ``n_segments``. Labels are numbered in raster order of their
     centroids (``round(sqrt(n_segments))`` bands from top to bottom, left to right within a
@@ -213,6 +227,8 @@ def superpixels(
             ``0.1`` for radiographs (scikit-image's default 10 gives a square grid).
         work_size: The longer side SLIC runs at; ``None`` for the full size.
         num_workers: Threads (``0`` or ``1``: the calling thread only).
+        max_num_iter: SLIC's k-means iterations (scikit-image's default 10; 5 is ~1.7x
+            faster with nearly the same segments).
 
     Returns:
         ``(N, H, W)`` int64 labels in ``[0, n_segments)``, every label present in every image.
@@ -229,7 +245,7 @@ def superpixels(
         >>> labels.shape, labels.dtype, [len(torch.unique(x)) for x in labels]
         (torch.Size([2, 64, 64]), torch.int64, [16, 16])
     """
-    _check_params(n_segments, compactness, work_size, num_workers)
+    _check_params(n_segments, compactness, work_size, num_workers, max_num_iter)
     if isinstance(images, Tensor):
         if images.dtype == torch.bool or images.dtype.is_complex:
             raise CCGDTypeError(f"`images` must have a real numeric dtype, got {images.dtype}.")
@@ -257,7 +273,7 @@ def superpixels(
         return torch.zeros(0, H, W, dtype=torch.int64)
 
     def run(i: int) -> LabelArray:
-        return _segment_image(array[i], n_segments, compactness, work_size)
+        return _segment_image(array[i], n_segments, compactness, work_size, max_num_iter)
 
     return torch.from_numpy(np.stack(_map(run, range(N), num_workers)))
 
@@ -289,6 +305,7 @@ def superpixels_from_files(
     work_size: int = 128,
     num_workers: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
+    max_num_iter: int = 10,
 ) -> Tensor:
     """Superpixel labels of image files, at the working size, optionally cached on disk.
 
@@ -308,6 +325,7 @@ def superpixels_from_files(
         work_size: Longer side of the labels.
         num_workers: Threads for decoding and SLIC.
         cache_dir: Directory of the cache (created if needed), or ``None``.
+        max_num_iter: See :func:`superpixels`.
 
     Returns:
         ``(N, h, w)`` int64 labels.
@@ -325,12 +343,12 @@ def superpixels_from_files(
         >>> superpixels_from_files([d / "a.png"], 16, cache_dir=d / "cache").shape
         torch.Size([1, 128, 128])
     """
-    _check_params(n_segments, compactness, work_size, num_workers)
+    _check_params(n_segments, compactness, work_size, num_workers, max_num_iter)
     files = [Path(p) for p in paths]
     cache = None if cache_dir is None else Path(cache_dir)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    key = f"{n_segments}|{compactness!r}|{work_size}"
+    key = f"{n_segments}|{compactness!r}|{work_size}|{max_num_iter}"
 
     def run(path: Path) -> LabelArray:
         target = None if cache is None else _cache_file(cache, path, key)
@@ -344,7 +362,7 @@ def superpixels_from_files(
                 f"`n_segments` must be at most the number of pixels at the working size {work} "
                 f"({work[0] * work[1]}), got {n_segments}."
             )
-        labels = _segment(_resize(_to_unit(image), work), n_segments, compactness)
+        labels = _segment(_to_unit(_resize(image, work)), n_segments, compactness, max_num_iter)
         if target is not None:
             dtype = np.uint8 if n_segments <= 256 else np.int32
             fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")

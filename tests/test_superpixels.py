@@ -145,7 +145,7 @@ def test_from_files_equals_in_memory_at_work_size(tmp_path):
     got = superpixels_from_files(paths, 16, work_size=64, num_workers=2)
     assert got.shape == (3, 64, 64)
     images = np.stack([imread(p) for p in paths])
-    small = images.reshape(3, 64, 4, 64, 4).astype(np.float32).mean((2, 4))
+    small = images.reshape(3, 64, 4, 64, 4).mean((2, 4), dtype=np.float32)
     assert torch.equal(got, superpixels(small, 16, work_size=None))
 
 
@@ -207,6 +207,22 @@ def test_error_compactness_not_positive():
 def test_error_work_size_bad():
     with pytest.raises(CCGValueRangeError, match=r"`work_size` must be None or a positive int"):
         superpixels(np.zeros((1, 8, 8)), 4, work_size=0)
+
+
+def test_error_max_num_iter_zero():
+    with pytest.raises(CCGValueRangeError, match=r"`max_num_iter` must be a positive int, got 0"):
+        superpixels(np.zeros((1, 8, 8)), 4, max_num_iter=0)
+
+
+def test_max_num_iter_is_passed_to_slic_and_keyed_in_the_cache(tmp_path):
+    images = np.stack([imread(p) for p in RADIOGRAPHS])
+    fast = superpixels(images, 64, max_num_iter=2)
+    _check_exact_and_ordered(fast, 64)
+    assert not torch.equal(fast, superpixels(images, 64))
+    cache = tmp_path / "cache"
+    superpixels_from_files(RADIOGRAPHS[:1], 16, cache_dir=cache)
+    superpixels_from_files(RADIOGRAPHS[:1], 16, cache_dir=cache, max_num_iter=3)
+    assert len(list(cache.glob("*.npy"))) == 2
 
 
 def test_error_num_workers_negative():

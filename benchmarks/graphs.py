@@ -1,0 +1,148 @@
+"""Benchmark of the graph losses and of the superpixel pipeline (issue 4).
+
+1. Superpixel throughput: 1024x1024 8-bit PNG files -> exact, ordered SLIC labels, decode
+   included (``superpixels_from_files``, no cache), images/s for num_workers in {0, 2}; plus
+   SLIC alone on a real 512x512 radiograph at 128x128 and at 512x512.
+2. Time of each relation loss (forward + backward) for n in {2, 16, 64} feature maps of
+   (2048, 16, 16) with m = 64 patches, against the ResNet-50 (C5) forward at 512x512 for the
+   same batch, for scale.
+
+Run from the repository root:  python benchmarks/graphs.py  [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.io import imread, imsave
+from skimage.segmentation import slic
+from skimage.transform import resize
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # measure this checkout, not an installed copy
+
+from ccg_layers import LearnableSampleGraph, PatchHashGraph, superpixels_from_files  # noqa: E402
+
+NIH = sorted((ROOT / "tests" / "data" / "nih").glob("*.png"))
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_pngs(directory: Path, count: int) -> list[Path]:
+    """1024x1024 8-bit radiograph-like PNGs: the real samples upscaled, shifted and noised."""
+    rng = np.random.default_rng(0)
+    bases = [resize(imread(p).astype(np.float32), (1024, 1024), order=1) for p in NIH]
+    paths = []
+    for i in range(count):
+        img = np.roll(bases[i % len(bases)], rng.integers(-40, 41, size=2), axis=(0, 1))
+        img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 3, img.shape)
+        path = directory / f"cxr{i:03d}.png"
+        imsave(path, np.clip(img, 0, 255).astype(np.uint8), check_contrast=False)
+        paths.append(path)
+    return paths
+
+
+def bench_superpixels(count: int) -> None:
+    print("\n### Superpixels: 1024x1024 8-bit PNG -> 64 exact ordered labels (128x128 SLIC)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_pngs(Path(tmp), count)
+        print("| num_workers | images | seconds | images/s |")
+        print("|---|---|---|---|")
+        for workers in (0, 2):
+            superpixels_from_files(paths[:2], 64, num_workers=workers)  # warm-up (imports)
+            t0 = time.perf_counter()
+            labels = superpixels_from_files(paths, 64, num_workers=workers)
+            dt = time.perf_counter() - t0
+            assert labels.shape == (count, 128, 128)
+            print(f"| {workers} | {count} | {dt:.2f} | {count / dt:.1f} |")
+        cache = Path(tmp) / "cache"
+        superpixels_from_files(paths, 64, num_workers=2, cache_dir=cache)
+        t0 = time.perf_counter()
+        superpixels_from_files(paths, 64, num_workers=0, cache_dir=cache)
+        dt = time.perf_counter() - t0
+        print(f"| cache hit (0) | {count} | {dt:.3f} | {count / dt:.0f} |")
+
+    img = imread(NIH[0]).astype(np.float32) / 255.0  # real 512x512 radiograph
+    small = img.reshape(128, 4, 128, 4).mean((1, 3))
+    t128 = timed(lambda: slic(small, 64, compactness=0.1, channel_axis=None, start_label=0), 10)
+    t512 = timed(lambda: slic(img, 64, compactness=0.1, channel_axis=None, start_label=0), 3)
+    print("\n| SLIC alone on a real radiograph, 64 segments | ms |")
+    print("|---|---|")
+    print(f"| at 128x128 (work_size=128) | {t128 * 1e3:.1f} |")
+    print(f"| at 512x512 (work_size=None) | {t512 * 1e3:.1f} |")
+
+
+def bench_losses(sizes: list[int], repeats: int) -> None:
+    from torchvision.models import resnet50
+
+    print("\n### Relation losses, forward + backward, C=2048 at 16x16, m=64 (ms)\n")
+    backbone = torch.nn.Sequential(*list(resnet50(weights=None).children())[:-2]).eval()
+    print(
+        "| n | L_IR LearnableSampleGraph | L_IK PatchHashGraph (n x n) | "
+        "L_KR patch graph (n pairs) | sum | ResNet-50 forward 512x512 | sum / forward |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    lsg_mod = LearnableSampleGraph(max(sizes))
+    phg_mod = PatchHashGraph(64, 2048, code_bits=64)
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        feats = torch.relu(torch.randn(n, 2048, 16, 16, generator=g)).requires_grad_()
+        attended_a = torch.randn(n, 2048, 16, 16, generator=g).requires_grad_()
+        attended_b = torch.randn(n, 2048, 16, 16, generator=g).requires_grad_()
+        labels = torch.randint(0, 64, (n, 128, 128), generator=g)
+        labels_b = labels.roll(1, 0)
+
+        def run(fn: Callable[[], torch.Tensor]) -> None:
+            fn().backward()
+
+        t_ir = timed(lambda f=feats: run(lambda: lsg_mod(f)), repeats)
+        t_ik = timed(lambda f=feats, la=labels: run(lambda: phg_mod(f, la)), repeats)
+        t_kr = timed(
+            lambda a=attended_a, b=attended_b, la=labels, lb=labels_b: run(
+                lambda: phg_mod(a, la, b, lb, hash_input=a, hash_input_b=b)
+            ),
+            repeats,
+        )
+        images = torch.randn(n, 3, 512, 512)
+        with torch.no_grad():
+            t_bb = timed(lambda x=images: backbone(x), 1 if n >= 16 else repeats, warmup=0)
+        total = t_ir + t_ik + t_kr
+        print(
+            f"| {n} | {t_ir * 1e3:.1f} | {t_ik * 1e3:.1f} | {t_kr * 1e3:.1f} | "
+            f"{total * 1e3:.1f} | {t_bb * 1e3:.0f} | {100 * total / t_bb:.1f}% |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="n in {2, 16}, fewer images")
+    args = parser.parse_args()
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, no GPU used."
+    )
+    bench_superpixels(16 if args.quick else 64)
+    bench_losses([2, 16] if args.quick else [2, 16, 64], repeats=3 if args.quick else 5)
+
+
+if __name__ == "__main__":
+    main()
