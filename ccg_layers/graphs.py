@@ -19,6 +19,7 @@ from ccg_layers.functional.graphs import (
     GraphParametrization,
     _check_parametrization,
     normalize_graph,
+    patch_hash_graph,
     patch_hash_graph_loss,
     sample_graph_loss,
 )
@@ -275,6 +276,30 @@ class PatchHashGraph(nn.Module):
             hash_input_b=hash_input_b,
             parametrization=self.parametrization,
             reduction=self.reduction,
+        )
+
+    def graph(
+        self,
+        hash_input: Tensor,
+        labels: Tensor,
+        hash_input_b: Tensor | None = None,
+        labels_b: Tensor | None = None,
+    ) -> Tensor:
+        """The graph ``G_k`` (``(n, n)``), or the ``(P,)`` pair weights, that forward uses.
+
+        See :func:`ccg_layers.functional.patch_hash_graph`; with
+        :func:`~ccg_layers.functional.pairwise_distance` it lets ``L_IR`` and ``L_IK`` share
+        one distance matrix.
+        """
+        return patch_hash_graph(
+            hash_input,
+            labels,
+            self.projection,
+            self.weight,
+            self.bias,
+            hash_input_b=hash_input_b,
+            labels_b=labels_b,
+            parametrization=self.parametrization,
         )
 
     def extra_repr(self) -> str:

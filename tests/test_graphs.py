@@ -9,7 +9,13 @@ from hypothesis import given
 
 from ccg_layers import LearnableSampleGraph, PatchHashGraph, all_gather_batch, superpixels
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
-from ccg_layers.functional import normalize_graph, patch_hash_graph_loss, sample_graph_loss
+from ccg_layers.functional import (
+    normalize_graph,
+    paired_sample_loss,
+    pairwise_distance,
+    patch_hash_graph_loss,
+    sample_graph_loss,
+)
 from tests.functional.test_graphs import ref_patch_hash_graph_loss, ref_sample_graph_loss
 
 # --------------------------------------------------------------------------- LearnableSampleGraph
@@ -252,3 +258,33 @@ def test_error_patch_hash_graph_wrong_channels():
 def test_error_patch_hash_graph_bad_code_bits():
     with pytest.raises(CCGValueRangeError, match=r"`code_bits` must be a positive int, got 0"):
         PatchHashGraph(8, 6, code_bits=0)
+
+
+def test_graphs_share_one_distance_matrix():
+    # the trainer's pattern: one pairwise_distance for L_IR and L_IK
+    feats, labels = torch.randn(4, 6, 4, 4), _labels(4)
+    lsg, phg = LearnableSampleGraph(4), PatchHashGraph(8, 6)
+    with torch.no_grad():
+        lsg.weight.normal_()
+        phg.weight.normal_()
+    dist = pairwise_distance(feats)
+    torch.testing.assert_close((lsg.graph(4) * dist).sum() / 16, lsg(feats))
+    torch.testing.assert_close((phg.graph(feats, labels) * dist).sum() / 16, phg(feats, labels))
+
+
+def test_patch_hash_graph_pair_weights_match_forward():
+    fa, fb = torch.randn(3, 6, 4, 4), torch.randn(3, 6, 4, 4)
+    la, lb = _labels(3), _labels(3, seed=1)
+    phg = PatchHashGraph(8, 6)
+    with torch.no_grad():
+        phg.weight.normal_()
+    w = phg.graph(fa, la, fb, lb)
+    assert w.shape == (3,)
+    torch.testing.assert_close(w.sum(), torch.tensor(3.0))
+    torch.testing.assert_close(paired_sample_loss(fa, fb, w), phg(fa, la, fb, lb))
+
+
+def test_error_patch_hash_graph_hash_input_b_without_labels_b():
+    x = torch.randn(2, 6, 4, 4)
+    with pytest.raises(CCGShapeError, match=r"`labels_b` is required with `hash_input_b`"):
+        PatchHashGraph(8, 6).graph(x, _labels(2), hash_input_b=x)

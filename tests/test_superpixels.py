@@ -125,6 +125,13 @@ def test_work_size_downsamples_and_upsamples_back():
     assert bool((blocks == blocks[:, :1, :, :1]).all())
 
 
+def test_non_integer_downsampling_factor():
+    images = torch.rand(2, 100, 75)
+    labels = superpixels(images, 20, work_size=64)
+    assert labels.shape == (2, 100, 75)
+    _check_exact_and_ordered(labels, 20)
+
+
 def test_empty_batch():
     assert superpixels(np.zeros((0, 8, 8)), 4).shape == (0, 8, 8)
 

@@ -39,6 +39,7 @@ __all__ = [
     "paired_sample_loss",
     "pairwise_distance",
     "patch_graph_logits",
+    "patch_hash_graph",
     "patch_hash_graph_loss",
     "sample_graph_loss",
     "superpixel_pool",
@@ -478,6 +479,89 @@ def patch_graph_logits(
         return bias.to(dtype) + 0.5 * w.sum() - dot / (2.0 * bits)
 
 
+def patch_hash_graph(
+    hash_input: Tensor,
+    labels: Tensor,
+    projection: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    *,
+    hash_input_b: Tensor | None = None,
+    labels_b: Tensor | None = None,
+    parametrization: GraphParametrization = "softmax",
+) -> Tensor:
+    r"""The patch-hash graph ``G_k`` of a batch (paper Eq. 6-7), or the weights of pairs.
+
+    Each image's ``m`` superpixel patches are mean-pooled from ``hash_input`` (any feature map
+    or the image itself; no gradient flows through hashing), hashed by :func:`hash_codes`
+    (a vanished patch gets a zero code), the ``m x m`` Hamming graph of every pair of images is
+    mapped by ``W_l`` to a pair score (:func:`patch_graph_logits`) and the scores become
+    weights by :func:`normalize_graph`. Use it to share one :func:`pairwise_distance` between
+    several graphs; :func:`patch_hash_graph_loss` is this followed by the weighted distances.
+
+    Args:
+        hash_input: ``(n, C_hash, h, w)`` what the patches are pooled and hashed from.
+        labels: ``(n, H, W)`` superpixel labels in ``[0, m)``.
+        projection: ``(C_hash, bits)`` fixed hashing projection.
+        weight: ``(m, m)`` weight of ``W_l``.
+        bias: ``()`` bias of ``W_l``.
+        hash_input_b: ``(P, C_hash, h, w)`` second images of ``P`` explicit pairs
+            ``(hash_input[p], hash_input_b[p])``; ``None`` for all pairs of the batch.
+        labels_b: ``(P, H, W)`` their labels; required with ``hash_input_b``.
+        parametrization: ``"softmax"`` (default, well-posed) or ``"free"`` (literal Eq. 6).
+
+    Returns:
+        ``(n, n)`` graph ``G_k``, or ``(P,)`` pair weights.
+
+    Raises:
+        CCGShapeError: Mismatched shapes, or ``labels_b`` without ``hash_input_b`` or the
+            other way round.
+        CCGDTypeError: Wrong dtypes.
+        CCGValueRangeError: Labels out of range or a bad ``parametrization``.
+
+    Example:
+        >>> import torch
+        >>> labels = torch.arange(4).repeat_interleave(4).reshape(1, 4, 4).repeat(3, 1, 1)
+        >>> g = patch_hash_graph(torch.randn(3, 8, 4, 4), labels, torch.randn(8, 16),
+        ...                      torch.zeros(4, 4), torch.tensor(0.0))
+        >>> g  # W_l = 0: the uniform graph 1/n
+        tensor([[0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333]])
+    """
+    parametrization = _check_parametrization(parametrization)
+    check_tensor(hash_input, "hash_input")
+    check_tensor(weight, "weight")
+    dims = check_shape(hash_input, "hash_input", ("n", "C_hash", "h", "w"))
+    m = int(weight.shape[0]) if weight.dim() == 2 else 0
+    check_shape(weight, "weight", ("m", "m"))
+    _check_labels(labels, "labels", dims["n"])
+    if (hash_input_b is None) != (labels_b is None):
+        given, missing = (
+            ("labels_b", "hash_input_b")
+            if hash_input_b is None
+            else (
+                "hash_input_b",
+                "labels_b",
+            )
+        )
+        raise CCGShapeError(f"`{missing}` is required with `{given}` (pair form), got None.")
+
+    def codes_of(x: Tensor, lab: Tensor) -> Tensor:
+        pooled, valid = superpixel_pool(x.detach(), lab, m)
+        return hash_codes(pooled, projection) * valid[..., None]
+
+    codes = codes_of(hash_input, labels)
+    if hash_input_b is None or labels_b is None:
+        scores = patch_graph_logits(codes, weight, bias)
+        return normalize_graph(scores, parametrization=parametrization)
+    check_tensor(hash_input_b, "hash_input_b")
+    check_shape(hash_input_b, "hash_input_b", ("n", "C_hash", "h", "w"), dims)
+    _check_labels(labels_b, "labels_b", dims["n"])
+    scores = patch_graph_logits(codes, weight, bias, codes_of(hash_input_b, labels_b))
+    return normalize_graph(scores, parametrization=parametrization, pairs=True)
+
+
 def patch_hash_graph_loss(
     features: Tensor,
     labels: Tensor,
@@ -494,11 +578,8 @@ def patch_hash_graph_loss(
 ) -> Tensor:
     r"""Patch-hash graph loss ``L_IK`` (paper Eq. 5-7), and its pair form for Eq. 8-10.
 
-    Each image's ``m`` superpixel patches are mean-pooled from ``hash_input`` (default:
-    ``features``; the image itself or any feature map works), hashed with
-    :func:`hash_codes` (missing patches get a zero code), the ``m x m`` Hamming graph of every
-    pair of images is mapped by ``W_l`` to a pair score (:func:`patch_graph_logits`), the scores
-    become the graph ``G_k`` (:func:`normalize_graph`) and weight the distances:
+    The graph ``G_k`` of :func:`patch_hash_graph` (patches hashed from ``hash_input``, default
+    ``features``) weights the distances of the feature maps:
     :math:`L_{IK} = \sum_{u,v} G_k(u, v)\, D(F_u, F_v) / n^2` (:func:`sample_graph_loss`).
 
     Pair form (``features_b`` given): the ``P`` explicit pairs ``(features[p], features_b[p])``,
@@ -537,42 +618,38 @@ def patch_hash_graph_loss(
         (True, torch.Size([]))
     """
     reduction = check_reduction(reduction)
-    parametrization = _check_parametrization(parametrization)
     check_tensor(features, "features")
     check_dtype(features, "features", ("float",))
     dims = check_shape(features, "features", ("n", "C", "h", "w"))
-    check_tensor(weight, "weight")
-    m = int(weight.shape[0]) if weight.dim() == 2 else 0
-    check_shape(weight, "weight", ("m", "m"))
-
-    def codes_of(x: Tensor, lab: Tensor, name: str) -> Tensor:
-        check_tensor(x, name)
-        check_shape(x, name, ("n", "C_hash", "h'", "w'"), {"n": dims["n"]})
-        pooled, valid = superpixel_pool(x, lab, m)
-        return hash_codes(pooled, projection) * valid[..., None]
-
     _check_labels(labels, "labels", dims["n"])
-    if labels_b is not None:
-        _check_labels(labels_b, "labels_b", dims["n"])
-    hash_a = features if hash_input is None else hash_input
-    codes = codes_of(hash_a, labels, "hash_input" if hash_input is not None else "features")
     if features_b is None:
         if labels_b is not None or hash_input_b is not None:
             raise CCGShapeError(
                 "`labels_b` and `hash_input_b` are only used with `features_b` (pair form), "
                 "got them without `features_b`."
             )
-        scores = patch_graph_logits(codes, weight, bias)
-        graph = normalize_graph(scores, parametrization=parametrization)
+        graph = patch_hash_graph(
+            features if hash_input is None else hash_input,
+            labels,
+            projection,
+            weight,
+            bias,
+            parametrization=parametrization,
+        )
         return sample_graph_loss(features, graph, reduction=reduction)
     check_tensor(features_b, "features_b")
     check_shape(features_b, "features_b", ("n", "C", "h", "w"), dims)
     if labels_b is None:
         raise CCGShapeError("`labels_b` is required with `features_b` (pair form), got None.")
-    hash_b = features_b if hash_input_b is None else hash_input_b
-    codes_b = codes_of(
-        hash_b, labels_b, "hash_input_b" if hash_input_b is not None else "features_b"
+    _check_labels(labels_b, "labels_b", dims["n"])
+    pair_weights = patch_hash_graph(
+        features if hash_input is None else hash_input,
+        labels,
+        projection,
+        weight,
+        bias,
+        hash_input_b=features_b if hash_input_b is None else hash_input_b,
+        labels_b=labels_b,
+        parametrization=parametrization,
     )
-    scores = patch_graph_logits(codes, weight, bias, codes_b)
-    pair_weights = normalize_graph(scores, parametrization=parametrization, pairs=True)
     return paired_sample_loss(features, features_b, pair_weights, reduction=reduction)
