@@ -621,6 +621,25 @@ def test_error_sample_graph_loss_bad_reduction():
         sample_graph_loss(torch.randn(2, 3), torch.ones(2, 2), reduction="avg")
 
 
+def test_error_sample_graph_loss_inf_features():
+    x = torch.randn(3, 4)
+    x[2, 1] = float("inf")
+    with pytest.raises(CCGValueRangeError, match=r"`features` must be finite"):
+        sample_graph_loss(x, torch.ones(3, 3))
+
+
+def test_error_sample_graph_loss_nan_graph():
+    with pytest.raises(CCGValueRangeError, match=r"`graph` must be finite"):
+        sample_graph_loss(torch.randn(2, 3), torch.full((2, 2), float("nan")))
+
+
+def test_error_paired_nan_features():
+    b = torch.randn(2, 3)
+    b[1, 0] = float("nan")
+    with pytest.raises(CCGValueRangeError, match=r"`features_a` and `features_b` must be finite"):
+        paired_sample_loss(torch.randn(2, 3), b, torch.ones(2))
+
+
 def test_error_paired_mismatched_shapes():
     with pytest.raises(
         CCGShapeError,
