@@ -278,17 +278,26 @@ def superpixels(
     return torch.from_numpy(np.stack(_map(run, range(N), num_workers)))
 
 
-def _read_gray(path: Path) -> NDArray[Any]:
-    from skimage.io import imread
+def _read_work(path: Path, work_size: int | None) -> FloatArray:
+    """Decode an image file to float32 gray at the working size.
 
-    img = np.asarray(imread(path))
-    if img.ndim == 3:
-        if img.shape[2] == 4:
-            img = img[..., :3]
-        img = img[..., 0] if img.shape[2] == 1 else img.astype(np.float32).mean(axis=2)
-    if img.ndim != 2:
-        raise CCGShapeError(f"image file {path} must be 2-D grayscale or RGB, got {img.shape}.")
-    return img
+    Pillow (a dependency of scikit-image) decodes and box-averages in C: integer factors use
+    ``Image.reduce`` (the exact block mean, as :func:`superpixels`), others ``Image.resize``
+    with the box filter. RGB(A) and palette images are converted to gray ("L").
+    """
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        im = opened if opened.mode in ("L", "F", "I", "I;16") else opened.convert("L")
+        im = im if im.mode == "F" else im.convert("F")
+        H, W = im.height, im.width
+        h, w = _work_shape((H, W), work_size)
+        if (h, w) != (H, W):
+            if H % h == 0 and W % w == 0:
+                im = im.reduce((W // w, H // h))
+            else:
+                im = im.resize((w, h), Image.Resampling.BOX)
+        return np.asarray(im, dtype=np.float32)
 
 
 def _cache_file(cache_dir: Path, path: Path, key: str) -> Path:
@@ -309,8 +318,8 @@ def superpixels_from_files(
 ) -> Tensor:
     """Superpixel labels of image files, at the working size, optionally cached on disk.
 
-    Decodes each file (PNG, JPEG, ...; RGB is averaged to gray), then as :func:`superpixels`
-    but returns the labels at the working size (e.g. ``128 x 128`` int64): that is all
+    Decodes each file with Pillow (PNG, JPEG, 16-bit PNG, ...; colour is converted to gray),
+    downsamples it while decoding, then as :func:`superpixels` but returns the labels at the working size (e.g. ``128 x 128`` int64): that is all
     :func:`ccg_layers.functional.superpixel_pool` needs, and 64x smaller than 1024x1024 labels.
 
     With ``cache_dir``, each file's labels are stored as one ``.npy`` named by a hash of the
@@ -355,14 +364,13 @@ def superpixels_from_files(
         if target is not None and target.exists():
             cached: LabelArray = np.load(target).astype(np.int64)
             return cached
-        image = _read_gray(path)
-        work = _work_shape(image.shape, work_size)
-        if work[0] * work[1] < n_segments:
+        small = _read_work(path, work_size)
+        if small.size < n_segments:
             raise CCGValueRangeError(
-                f"`n_segments` must be at most the number of pixels at the working size {work} "
-                f"({work[0] * work[1]}), got {n_segments}."
+                f"`n_segments` must be at most the number of pixels at the working size "
+                f"{small.shape} ({small.size}), got {n_segments}."
             )
-        labels = _segment(_to_unit(_resize(image, work)), n_segments, compactness, max_num_iter)
+        labels = _segment(_to_unit(small), n_segments, compactness, max_num_iter)
         if target is not None:
             dtype = np.uint8 if n_segments <= 256 else np.int32
             fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")

@@ -156,6 +156,20 @@ def test_from_files_equals_in_memory_at_work_size(tmp_path):
     assert torch.equal(got, superpixels(small, 16, work_size=None))
 
 
+def test_from_files_16_bit_and_rgb_and_non_integer_factor(tmp_path):
+    rng = np.random.default_rng(2)
+    gray16 = (rng.random((96, 96)) * 60000).astype(np.uint16)
+    imsave(tmp_path / "g16.png", gray16, check_contrast=False)
+    rgb = (rng.random((96, 96, 3)) * 255).astype(np.uint8)
+    imsave(tmp_path / "rgb.png", rgb, check_contrast=False)
+    got = superpixels_from_files([tmp_path / "g16.png"], 16, work_size=32)
+    small = gray16.reshape(32, 3, 32, 3).mean((1, 3), dtype=np.float32)
+    assert torch.equal(got, superpixels(small[None], 16, work_size=None))
+    labels = superpixels_from_files([tmp_path / "rgb.png", tmp_path / "g16.png"], 16, work_size=40)
+    assert labels.shape == (2, 40, 40)
+    _check_exact_and_ordered(labels, 16)
+
+
 def test_from_files_real_radiographs():
     labels = superpixels_from_files(RADIOGRAPHS, 64)
     assert labels.shape == (2, 128, 128)
