@@ -200,6 +200,9 @@ class PatchHashGraph(nn.Module):
         code_bits: Bits of each patch code.
         parametrization: ``"softmax"`` (default) or ``"free"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        distributed: In the all-pairs form, gather features, labels and ``hash_input`` from
+            all ranks (as :class:`LearnableSampleGraph`) so the graph spans the global batch.
+            The pair form is always local (each rank's pairs).
         seed: Seed of the random projection (the same on every rank and run).
         device: Device of the parameters and buffer.
         dtype: Dtype of the parameters and buffer.
@@ -228,6 +231,7 @@ class PatchHashGraph(nn.Module):
         code_bits: int = 64,
         parametrization: GraphParametrization = "softmax",
         reduction: Reduction = "mean",
+        distributed: bool = False,
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -245,6 +249,7 @@ class PatchHashGraph(nn.Module):
         self.code_bits = code_bits
         self.parametrization: GraphParametrization = _check_parametrization(parametrization)
         self.reduction: Reduction = check_reduction(reduction)
+        self.distributed = bool(distributed)
         generator = torch.Generator().manual_seed(seed)
         projection = torch.randn(in_channels, code_bits, generator=generator)
         self.register_buffer("projection", projection.to(device=device, dtype=dtype))
@@ -264,6 +269,13 @@ class PatchHashGraph(nn.Module):
         hash_input_b: Tensor | None = None,
     ) -> Tensor:
         """Compute ``L_IK`` (or the pair loss); see :func:`~ccg_layers.functional.patch_hash_graph_loss`."""
+        if self.distributed and features_b is None:
+            check_tensor(features, "features")
+            check_tensor(labels, "labels")
+            features = all_gather_batch(features)
+            labels = all_gather_batch(labels)
+            if hash_input is not None:
+                hash_input = all_gather_batch(check_tensor(hash_input, "hash_input"))
         return patch_hash_graph_loss(
             features,
             labels,
@@ -307,5 +319,5 @@ class PatchHashGraph(nn.Module):
         return (
             f"num_patches={self.num_patches}, in_channels={self.in_channels}, "
             f"code_bits={self.code_bits}, parametrization={self.parametrization!r}, "
-            f"reduction={self.reduction!r}"
+            f"distributed={self.distributed}, reduction={self.reduction!r}"
         )

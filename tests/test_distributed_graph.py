@@ -1,4 +1,4 @@
-"""LearnableSampleGraph under torch.distributed: 2 gloo processes on 127.0.0.1 (CPU).
+"""LearnableSampleGraph and PatchHashGraph under torch.distributed: 2 gloo processes (CPU).
 
 The distributed loss (features gathered from both ranks with gradients) must equal the
 single-process loss on the concatenated batch, also for uneven shards (the last batch).
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ccg_layers import LearnableSampleGraph
+from ccg_layers import LearnableSampleGraph, PatchHashGraph
 
 WORLD = 2
 
@@ -31,6 +31,18 @@ def _data(sizes: tuple[int, ...]):
     features = torch.randn(total, 3, 4, 4, generator=g, dtype=torch.float64)
     logits = torch.randn(total, total, generator=g, dtype=torch.float64)
     return features, logits
+
+
+def _labels(total: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 6, (total, 8, 8), generator=g)
+
+
+def _patch_module(distributed: bool) -> PatchHashGraph:
+    module = PatchHashGraph(6, 3, code_bits=16, distributed=distributed, dtype=torch.float64)
+    with torch.no_grad():
+        module.weight.copy_(torch.linspace(-2, 2, 36, dtype=torch.float64).reshape(6, 6))
+    return module
 
 
 def _module(logits: torch.Tensor, distributed: bool) -> LearnableSampleGraph:
@@ -60,6 +72,15 @@ def _worker(rank: int, port: int, out: str) -> None:
                 {"loss": loss.detach(), "grad": local.grad, "weight_grad": module.weight.grad},
                 Path(out) / f"{name}-rank{rank}.pt",
             )
+            local_labels = _labels(sum(sizes))[start : start + sizes[rank]]
+            patch = _patch_module(distributed=True)
+            local.grad = None
+            patch_loss = patch(local, local_labels)
+            patch_loss.backward()
+            torch.save(
+                {"loss": patch_loss.detach(), "grad": local.grad, "weight_grad": patch.weight.grad},
+                Path(out) / f"{name}-patch-rank{rank}.pt",
+            )
         dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
@@ -70,14 +91,22 @@ def test_distributed_loss_equals_single_process_loss_on_concatenated_batch(tmp_p
     # one spawn for both cases: starting two interpreters with torch dominates the cost
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     for case, sizes in CASES.items():
-        _compare(tmp_path, case, sizes)
+        features, logits = _data(sizes)
+        _compare(tmp_path, case, sizes, _module(logits, distributed=False), (features,))
+        _compare(
+            tmp_path,
+            f"{case}-patch",
+            sizes,
+            _patch_module(distributed=False),
+            (features, _labels(sum(sizes))),
+        )
 
 
-def _compare(out: Path, case: str, sizes: tuple[int, ...]) -> None:
-    features, logits = _data(sizes)
-    full = features.clone().requires_grad_()
-    single = _module(logits, distributed=False)
-    want = single(full)
+def _compare(
+    out: Path, case: str, sizes: tuple[int, ...], single: torch.nn.Module, args: tuple
+) -> None:
+    full = args[0].clone().requires_grad_()
+    want = single(full, *args[1:])
     want.backward()
     for rank in range(WORLD):
         got = torch.load(out / f"{case}-rank{rank}.pt")

@@ -288,3 +288,36 @@ def test_error_patch_hash_graph_hash_input_b_without_labels_b():
     x = torch.randn(2, 6, 4, 4)
     with pytest.raises(CCGShapeError, match=r"`labels_b` is required with `hash_input_b`"):
         PatchHashGraph(8, 6).graph(x, _labels(2), hash_input_b=x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_patch_hash_graph_under_autocast_is_float32_and_finite(dtype):
+    feats = torch.randn(3, 6, 4, 4, requires_grad=True)
+    labels = _labels(3)
+    module = PatchHashGraph(8, 6)
+    with torch.no_grad():
+        module.weight.normal_()
+    with torch.autocast("cpu", dtype=dtype):
+        loss = module(feats.to(dtype) * 1.0, labels)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert bool(torch.isfinite(feats.grad).all())
+    assert bool(torch.isfinite(module.weight.grad).all())
+
+
+@given(st.integers(2, 5), st.integers(0, 2**31 - 1))
+def test_losses_invariant_to_permuting_the_batch_with_its_graph(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64)
+    logits = torch.randn(n, n, generator=g, dtype=torch.float64)
+    perm = torch.randperm(n, generator=g)
+    want = sample_graph_loss(x, normalize_graph(logits))
+    got = sample_graph_loss(x[perm], normalize_graph(logits[perm][:, perm]))
+    torch.testing.assert_close(got, want)
+    labels = torch.randint(0, 4, (n, 6, 6), generator=g)
+    proj = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    w, b = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.tensor(0.2).double()
+    torch.testing.assert_close(
+        patch_hash_graph_loss(x[perm], labels[perm], proj, w, b),
+        patch_hash_graph_loss(x, labels, proj, w, b),
+    )
