@@ -6,7 +6,9 @@ The modules are re-exported here; their functional forms live in :mod:`ccg_layer
 from ccg_layers import datasets, functional, metrics
 from ccg_layers.attention import CrossImageAttention
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
+from ccg_layers.graphs import LearnableSampleGraph, PatchHashGraph, all_gather_batch
 from ccg_layers.losses import MILGridLoss
+from ccg_layers.superpixels import superpixels, superpixels_from_files
 
 __version__ = "0.1.0"
 
@@ -16,9 +18,14 @@ __all__ = [
     "CCGShapeError",
     "CCGValueRangeError",
     "CrossImageAttention",
+    "LearnableSampleGraph",
     "MILGridLoss",
+    "PatchHashGraph",
     "__version__",
+    "all_gather_batch",
     "datasets",
     "functional",
     "metrics",
+    "superpixels",
+    "superpixels_from_files",
 ]

@@ -12,17 +12,39 @@ from ccg_layers.functional.attention import (
     set_fused_attn,
     use_fused_path,
 )
+from ccg_layers.functional.graphs import (
+    hamming_distance,
+    hash_codes,
+    normalize_graph,
+    paired_sample_loss,
+    pairwise_distance,
+    patch_graph_logits,
+    patch_hash_graph,
+    patch_hash_graph_loss,
+    sample_graph_loss,
+    superpixel_pool,
+)
 from ccg_layers.functional.mil import boxes_to_grid, log_noisy_or, mil_grid_loss, xywh_to_xyxy
 
 __all__ = [
     "boxes_to_grid",
     "cross_image_attention",
     "get_fused_attn",
+    "hamming_distance",
+    "hash_codes",
     "log_noisy_or",
     "mil_grid_loss",
     "multi_head_cross_image_attention",
+    "normalize_graph",
+    "paired_sample_loss",
+    "pairwise_distance",
     "partner_attention",
+    "patch_graph_logits",
+    "patch_hash_graph",
+    "patch_hash_graph_loss",
+    "sample_graph_loss",
     "set_fused_attn",
+    "superpixel_pool",
     "use_fused_path",
     "xywh_to_xyxy",
 ]

@@ -28,6 +28,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from ccg_layers._validation import check_dtype, check_index, check_shape, check_tensor
@@ -207,8 +208,7 @@ def _fused_attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
 
 def _to_map(x: Tensor, like: Tensor, height: int, width: int) -> Tensor:
     """``(B, h, L, c)`` -> ``(B, h*c, H, W)`` in the memory format of ``like``."""
-    b, h, _, c = x.shape
-    out = x.permute(0, 1, 3, 2).reshape(b, h * c, height, width)
+    out = rearrange(x, "b h (y x) c -> b (h c) y x", y=height, x=width)
     channels_last = like.is_contiguous(memory_format=torch.channels_last) and not (
         like.is_contiguous()
     )
@@ -222,10 +222,9 @@ def _split(x: Tensor, heads: int) -> Tensor:
     SDPA's fused CPU/CUDA kernels need the last dimension contiguous; a transposed
     ``(B, c, L)`` feature map is copied once here (``O(L c)``, never ``O(L^2)``).
     """
-    b, length, c = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
-    return x.view(b, length, heads, c // heads).transpose(1, 2)
+    return rearrange(x, "b l (h c) -> b h l c", h=heads)
 
 
 def _pair(

@@ -1,0 +1,84 @@
+"""Tests of the shared validation helpers in ccg_layers._validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ccg_layers import _validation as v
+from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
+
+
+def test_errors_are_value_errors():
+    for cls in (CCGInputError, CCGShapeError, CCGDTypeError, CCGValueRangeError):
+        assert issubclass(cls, ValueError)
+
+
+def test_check_shape_binds_and_compares_symbols():
+    dims = v.check_shape(torch.zeros(2, 3, 4), "x", ("N", "K", 4))
+    assert dims == {"N": 2, "K": 3}
+    v.check_shape(torch.zeros(2, 3), "y", ("N", "K"), dims)
+    with pytest.raises(
+        CCGShapeError, match=r"`z` must have shape \(N, K\) with K=3 .* got shape \(2, 5\) \(K=5\)"
+    ):
+        v.check_shape(torch.zeros(2, 5), "z", ("N", "K"), dims)
+
+
+def test_check_shape_leading_dims():
+    assert v.check_shape(torch.zeros(7, 6, 5, 4), "x", ("D", 4), leading=True) == {"D": 5}
+    with pytest.raises(
+        CCGShapeError, match=r"`x` must have at least 2 dimensions \(\.\.\., D, 4\)"
+    ):
+        v.check_shape(torch.zeros(4), "x", ("D", 4), leading=True)
+
+
+def test_check_shape_fixed_size():
+    with pytest.raises(CCGShapeError, match=r"with 4 in that position, got shape \(3, 5\)"):
+        v.check_shape(torch.zeros(3, 5), "boxes", ("M", 4))
+
+
+def test_check_dtype_names_kinds():
+    v.check_dtype(torch.zeros(1), "x", ("float",))
+    with pytest.raises(
+        CCGDTypeError, match=r"`x` must have a int or bool dtype, got torch.float32"
+    ):
+        v.check_dtype(torch.zeros(1), "x", ("int", "bool"))
+
+
+def test_check_binary_and_finite_and_index():
+    v.check_binary(torch.tensor([0.0, 1.0]), "y")
+    with pytest.raises(
+        CCGValueRangeError, match=r"`y` must hold only 0 and 1, got 1 other value\(s\), e.g. 2"
+    ):
+        v.check_binary(torch.tensor([0, 2]), "y")
+    with pytest.raises(CCGValueRangeError, match=r"`f` must be finite"):
+        v.check_finite(torch.tensor([float("inf")]), "f")
+    v.check_index(torch.tensor([0, 2]), "i", 3)
+    with pytest.raises(
+        CCGValueRangeError, match=r"`i` must hold indices in \[0, 3\), got values in \[-1, 3\]"
+    ):
+        v.check_index(torch.tensor([-1, 3]), "i", 3)
+    with pytest.raises(CCGDTypeError, match=r"`i` must have a int dtype"):
+        v.check_index(torch.tensor([0.0]), "i", 3)
+
+
+def test_check_positive_rejects_nan_and_sign():
+    v.check_positive(1.0, "a")
+    v.check_positive(0.0, "a", allow_zero=True)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(CCGValueRangeError, match=r"`a` must be positive"):
+            v.check_positive(bad, "a")
+
+
+def test_reduce():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert v.reduce(x, "none") is x
+    assert v.reduce(x, "sum") == 10
+    assert v.reduce(x, "mean") == 2.5
+    assert v.reduce(x, "mean", count=5) == 2
+
+
+def test_value_checks_are_skipped_while_compiling(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not v.values_checkable()
+    v.check_binary(torch.tensor([0.5]), "y")  # no error: a compiled graph cannot read values
