@@ -5,7 +5,9 @@ A step is what the trainer does per batch: forward, the losses, backward, the SG
 data are fixed random tensors (superpixel labels as the trainer's cache provides them), so data
 loading is not timed. Both models run in the same process, their steps interleaved
 (baseline, CCG, baseline, CCG, ...), so the ratio is measured in one run under the same
-conditions; the table shows medians. Peak memory is measured for each model in a fresh
+conditions; the table shows medians. The three relation terms are also timed alone (forward
+and backward from fixed C5 feature maps), which resolves their cost below the noise of the
+ratio. Peak memory is measured for each model in a fresh
 subprocess (CUDA: ``torch.cuda.max_memory_allocated`` during the steps; CPU: the peak resident
 set size of the whole process, ``ru_maxrss``, which includes torch itself, the model and the
 optimiser state).
@@ -100,6 +102,28 @@ def time_pair(cfg: TrainConfig, steps: int, warmup: int, device: torch.device) -
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def time_relation_terms(cfg: TrainConfig, steps: int, device: torch.device) -> float:
+    """Median time of the three relation terms alone (forward + backward, from fixed C5 maps)."""
+    images, labels, grid, box_mask, superpixels = make_batch(cfg, device)
+    trainee, _ = build(cfg, LOSS_TERMS, device)
+    with torch.no_grad():
+        logits, feats = trainee.model(images)
+    crit = trainee.criterion
+    times = []
+    for i in range(steps + 2):
+        f = feats.detach().requires_grad_()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        terms = crit(logits.detach(), f, labels, grid, box_mask, superpixels)
+        (terms["loss"] - crit.weights["base"] * terms["base"]).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def peak_memory(cfg_name: str, model: str, steps: int, device: torch.device) -> float:
     """Peak memory (MiB) of ``steps`` training steps of one model, in this (fresh) process."""
     cfg = setting(cfg_name)
@@ -143,6 +167,7 @@ def main() -> None:
         cfg = setting(name)
         steps = args.steps or (20 if name == "demo" else 5)
         t = time_pair(cfg, steps, warmup=2, device=device)
+        t["relation"] = time_relation_terms(cfg, steps, device)
         mem = {}
         for model in ("baseline", "ccg"):
             cmd = [sys.executable, __file__, "--device", str(device), "--_memory", name, model]
@@ -158,13 +183,16 @@ def main() -> None:
     print()
     print(
         "| setting | model, input | steps | baseline s/step | CCG s/step | CCG / baseline "
+        "| L_IR+L_IK+L_KR alone s (share of baseline step) "
         "| peak mem baseline (MiB) | peak mem CCG (MiB) | CCG - baseline (MiB) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, desc, steps, t, mem in rows:
         print(
             f"| {name} | {desc} | {steps} | {t['baseline']:.4f} | {t['ccg']:.4f} | "
-            f"{t['ccg'] / t['baseline']:.3f} | {mem['baseline']:.0f} | {mem['ccg']:.0f} | "
+            f"{t['ccg'] / t['baseline']:.3f} | "
+            f"{t['relation']:.4f} ({100 * t['relation'] / t['baseline']:.1f}%) | "
+            f"{mem['baseline']:.0f} | {mem['ccg']:.0f} | "
             f"{mem['ccg'] - mem['baseline']:+.0f} |"
         )
 
