@@ -555,6 +555,7 @@ def evaluate_checkpoint(
     ).to(dev)
     model.load_state_dict(state["model"])
     cfg.losses = ("base",)  # no superpixels needed to evaluate
+    cfg.cache_images = False  # nor the training images
     data = build_data(cfg)
     res = evaluate(model, data.test, dev, cfg)
     out = {
