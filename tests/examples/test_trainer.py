@@ -104,6 +104,18 @@ def test_bad_options_are_rejected_with_the_option_named(argv, match):
         resolve_config(build_parser().parse_args(argv))
 
 
+@pytest.mark.parametrize(("setting", "fold"), [("a", 1), ("b", 0), ("c", 4)])
+def test_the_paper_settings_and_folds_reach_the_run(make_config, setting, fold):
+    from examples.ccg_net.data import load_split
+
+    index, split, summary = load_split(make_config(setting=setting, fold=fold))
+    assert (summary["setting"], summary["fold"]) == (setting, fold)
+    assert summary["test"] == summary["test_annotated"] == len(split["test"]) > 0
+    if setting == "b":
+        assert summary["train_annotated"] == 0
+        assert summary["test"] == int(index.annotated.sum())
+
+
 def test_kr_pairs_of_a_batch():
     u, v = kr_pairs(2, "half")
     assert (u.tolist(), v.tolist()) == ([0], [1])  # the paper's batch of 2: its one pair
@@ -308,11 +320,17 @@ def test_cli_exits_2_when_weights_are_missing(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_weights_from_a_torchvision_state_dict_file_are_loaded(tmp_path):
+def test_weights_from_a_torchvision_state_dict_file_are_loaded(tmp_path, monkeypatch):
     from torchvision.models import resnet50
 
     state = resnet50(weights=None).state_dict()
     torch.save(state, tmp_path / "r50.pth")
+    # torchvision's cache is used when it has the file
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "resnet50-0676ba61.pth").write_bytes((tmp_path / "r50.pth").read_bytes())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    assert resolve_weights("imagenet", "resnet50") == cache / "resnet50-0676ba61.pth"
     model = build_model("resnet50", str(tmp_path / "r50.pth"), head_channels=8)
     assert torch.equal(model.backbone[0].weight, state["conv1.weight"])
     assert torch.equal(model.backbone[7][2].conv3.weight, state["layer4.2.conv3.weight"])
@@ -406,3 +424,22 @@ def test_progress_bar_shows_loss_and_throughput(make_config, capsys):
 def test_amp_on_needs_cuda(make_config):
     with pytest.raises(ValueError, match="--amp on needs a CUDA device"):
         train(make_config(amp="on", device="cpu"))
+
+
+@pytest.mark.slow
+def test_paper_model_trains_end_to_end_at_a_tiny_input(make_config):
+    # ResNet-50 C5 (2048 channels, frozen BatchNorm) with all four losses, 64x64 -> 2x2 grid
+    cfg = make_config(
+        run_name="r50",
+        backbone="resnet50",
+        weights="none",
+        freeze_bn=True,
+        head_channels=8,
+        epochs=1,
+        batch_size=8,
+    )
+    run = train(cfg)
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    assert state["criterion"]["kr_attention.weight"].shape[-1] == 2048
+    assert not any(k.endswith("num_batches_tracked") for k in state["model"] if "backbone" in k)
+    assert json.loads((run / "metrics.json").read_text())["final"]["localization"]
