@@ -443,3 +443,33 @@ def test_paper_model_trains_end_to_end_at_a_tiny_input(make_config):
     assert state["criterion"]["kr_attention.weight"].shape[-1] == 2048
     assert not any(k.endswith("num_batches_tracked") for k in state["model"] if "backbone" in k)
     assert json.loads((run / "metrics.json").read_text())["final"]["localization"]
+
+
+def test_superpixels_are_computed_once_per_image_and_cached(make_config, monkeypatch):
+    import ccg_layers
+    from examples.ccg_net.data import build_data
+
+    cfg = make_config()
+    calls = []
+    real = ccg_layers.superpixels
+
+    def counting(images, *args, **kwargs):
+        calls.append(len(images))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(ccg_layers, "superpixels", counting)
+    first = build_data(cfg)
+    assert sum(calls) == len(first.train)  # every training image once
+    labels = first.train.labels
+    assert labels.dtype == torch.uint8
+    assert labels.shape == (len(first.train), cfg.superpixel_size, cfg.superpixel_size)
+    assert [len(torch.unique(x)) for x in labels] == [cfg.num_patches] * len(labels)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("superpixels recomputed")
+
+    monkeypatch.setattr(ccg_layers, "superpixels", fail)
+    second = build_data(cfg)  # a later run (or a resumed one) reads the cache
+    assert torch.equal(second.train.labels, labels)
+    sample = second.train[0]
+    assert torch.equal(sample["superpixels"], labels[sample["index"]])
