@@ -1,0 +1,201 @@
+"""Time per training step of CCG-Net with all four losses (Eq. 11) against the baseline
+(L_base only), at the demo preset and at the paper's configuration, and peak memory.
+
+A step is what the trainer does per batch: forward, the losses, backward, the SGD update; the
+data are fixed random tensors (superpixel labels as the trainer's cache provides them), so data
+loading is not timed. Both models run in the same process, their steps interleaved
+(baseline, CCG, baseline, CCG, ...), so the ratio is measured in one run under the same
+conditions; the table shows medians. The three relation terms are also timed alone (forward
+and backward from fixed C5 feature maps), which resolves their cost below the noise of the
+ratio. Peak memory is measured for each model in a fresh
+subprocess (CUDA: ``torch.cuda.max_memory_allocated`` during the steps; CPU: the peak resident
+set size of the whole process, ``ru_maxrss``, which includes torch itself, the model and the
+optimiser state).
+
+    python benchmarks/train_step.py                 # both settings
+    python benchmarks/train_step.py --settings demo --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))
+
+from examples.ccg_net.config import LOSS_TERMS, PRESETS, TrainConfig  # noqa: E402
+from examples.ccg_net.engine import Trainee, build_trainee, grid_size, make_optimizer  # noqa: E402
+
+
+def setting(name: str) -> TrainConfig:
+    if name == "demo":
+        return TrainConfig(preset="demo", **PRESETS["demo"])
+    # the paper: ResNet-50 C5, 512x512, batch 2 (random weights: the timing does not care)
+    return TrainConfig(preset="paper", weights="none")
+
+
+def make_batch(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    n, s, k, gs = cfg.batch_size, cfg.image_size, cfg.num_classes, grid_size(cfg)
+    images = torch.randn(n, 3, s, s, generator=g)
+    labels = (torch.rand(n, k, generator=g) < 0.3).float()
+    box_mask = torch.zeros(n, k, dtype=torch.bool)
+    box_mask[0, 0] = True
+    labels[0, 0] = 1.0
+    grid = torch.zeros(n, k, gs, gs)
+    grid[0, 0, : gs // 4, : gs // 4] = 1.0
+    sp_size = cfg.superpixel_size
+    superpixels = torch.randint(0, cfg.num_patches, (n, sp_size, sp_size), generator=g)
+    return tuple(t.to(device) for t in (images, labels, grid, box_mask, superpixels))
+
+
+def build(
+    cfg: TrainConfig, terms: tuple[str, ...], device: torch.device
+) -> tuple[Trainee, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    trainee = build_trainee(dataclasses.replace(cfg, losses=terms), 1).to(device)
+    trainee.train()
+    opt, _ = make_optimizer(cfg, trainee)
+    return trainee, opt
+
+
+def step(
+    trainee: Trainee,
+    opt: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, ...],
+    device: torch.device,
+) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    use_amp = device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        terms, _ = trainee(*batch)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def time_pair(cfg: TrainConfig, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
+    batch = make_batch(cfg, device)
+    models = {"baseline": build(cfg, ("base",), device), "ccg": build(cfg, LOSS_TERMS, device)}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(warmup + steps):
+        for name, (trainee, opt) in models.items():
+            t = step(trainee, opt, batch, device)
+            if i >= warmup:
+                times[name].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_relation_terms(cfg: TrainConfig, steps: int, device: torch.device) -> float:
+    """Median time of the three relation terms alone (forward + backward, from fixed C5 maps)."""
+    images, labels, grid, box_mask, superpixels = make_batch(cfg, device)
+    trainee, _ = build(cfg, LOSS_TERMS, device)
+    with torch.no_grad():
+        logits, feats = trainee.model(images)
+    crit = trainee.criterion
+    times = []
+    for i in range(steps + 2):
+        f = feats.detach().requires_grad_()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        terms = crit(logits.detach(), f, labels, grid, box_mask, superpixels)
+        (terms["loss"] - crit.weights["base"] * terms["base"]).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(cfg_name: str, model: str, steps: int, device: torch.device) -> float:
+    """Peak memory (MiB) of ``steps`` training steps of one model, in this (fresh) process."""
+    cfg = setting(cfg_name)
+    terms = ("base",) if model == "baseline" else LOSS_TERMS
+    batch = make_batch(cfg, device)
+    trainee, opt = build(cfg, terms, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        for _ in range(steps):
+            step(trainee, opt, batch, device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    for _ in range(steps):
+        step(trainee, opt, batch, device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--settings", default="demo,paper")
+    p.add_argument("--steps", type=int, default=0, help="timed steps per model (0: per setting)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--_memory", nargs=2, metavar=("SETTING", "MODEL"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args._memory:
+        print(json.dumps(peak_memory(args._memory[0], args._memory[1], 3, device)))
+        return
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"torch threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", torch {torch.__version__}"
+    )
+    rows = []
+    for name in args.settings.split(","):
+        cfg = setting(name)
+        steps = args.steps or (20 if name == "demo" else 5)
+        t = time_pair(cfg, steps, warmup=2, device=device)
+        t["relation"] = time_relation_terms(cfg, steps, device)
+        mem = {}
+        for model in ("baseline", "ccg"):
+            cmd = [sys.executable, __file__, "--device", str(device), "--_memory", name, model]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            mem[model] = float(out.strip().splitlines()[-1])
+        desc = (
+            f"{cfg.backbone} {cfg.image_size}px, batch {cfg.batch_size}, "
+            f"{grid_size(cfg)}x{grid_size(cfg)} grid, m={cfg.num_patches}"
+        )
+        rows.append((name, desc, steps, t, mem))
+    print()
+    print(
+        "| setting | model, input | steps | baseline s/step | CCG s/step | CCG / baseline "
+        "| L_IR+L_IK+L_KR alone s (share of baseline step) "
+        "| peak mem baseline (MiB) | peak mem CCG (MiB) | CCG - baseline (MiB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, desc, steps, t, mem in rows:
+        print(
+            f"| {name} | {desc} | {steps} | {t['baseline']:.4f} | {t['ccg']:.4f} | "
+            f"{t['ccg'] / t['baseline']:.3f} | "
+            f"{t['relation']:.4f} ({100 * t['relation'] / t['baseline']:.1f}%) | "
+            f"{mem['baseline']:.0f} | {mem['ccg']:.0f} | "
+            f"{mem['ccg'] - mem['baseline']:+.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

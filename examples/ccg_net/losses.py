@@ -1,0 +1,143 @@
+"""The CCG objective (paper Eq. 11): L_all = w1 L_base + w2 L_IR + w3 L_IK + w4 L_KR.
+
+* L_base (Eq. 1-3): :class:`ccg_layers.MILGridLoss` on the class-wise logit maps.
+* L_IR (Eq. 4): :class:`ccg_layers.LearnableSampleGraph` on the batch's C5 feature maps.
+* L_IK (Eq. 5-7): :class:`ccg_layers.PatchHashGraph` on the C5 feature maps, its patches the
+  cached SLIC superpixels of the input images.
+* L_KR (Eq. 8-10): :class:`ccg_layers.CrossImageAttention` (pair mode) on pairs (u, v) of the
+  batch (:func:`kr_pairs`), then the patch-hash graph on the attended maps F'_u (v's layout, v's patches) and
+  F'_v (u's layout, u's patches).
+
+Under ``torch.distributed`` the feature maps (and superpixel labels) of all processes are
+gathered with gradients before the relation terms, so the graphs span the global batch; every
+process computes the same relation terms, and DDP's gradient averaging then gives exactly the
+gradient of the single-process loss on the concatenated batch (each rank's slice receives the
+sum of all ranks' gradients through ``all_gather``'s backward, divided by the world size by
+DDP).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+import ccg_layers
+
+from .config import TrainConfig
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` over all processes along dim 0, differentiably (identity when alone)."""
+    if _world() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` over all processes along dim 0 (no gradient; e.g. integer labels)."""
+    if _world() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(_world())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def kr_pairs(n: int, mode: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """The image pairs (u, v) of L_KR in a (global) batch of ``n``.
+
+    ``"half"``: u = i, v = i + n // 2 for i < n // 2, so each image is in at most one pair and,
+    under DDP, pairs join images of different processes; with the paper's batch of 2 it is the
+    single pair (0, 1). ``"all"``: every unordered pair, n (n - 1) / 2 of them (the attention
+    cost grows with n^2).
+    """
+    if mode == "all":
+        u, v = torch.triu_indices(n, n, offset=1, device=device)
+        return u, v
+    if mode != "half":
+        raise ValueError(f"--kr-pairs must be half or all, got {mode!r}")
+    u = torch.arange(n // 2, device=device)
+    return u, u + n // 2
+
+
+class CCGLoss(nn.Module):
+    """Eq. 11 with each term switchable (``cfg.losses``); holds the learnable graph parameters.
+
+    ``forward(logits, features, labels, grid, box_mask, superpixels)`` returns a dict with the
+    weighted total under ``"loss"`` and each unweighted term (``"base"``, ``"ir"``, ``"ik"``,
+    ``"kr"``) for logging.
+    """
+
+    def __init__(self, cfg: TrainConfig, feature_channels: int, global_batch: int) -> None:
+        super().__init__()
+        self.weights = {"base": cfg.w_base, "ir": cfg.w_ir, "ik": cfg.w_ik, "kr": cfg.w_kr}
+        self.kr_pairs = cfg.kr_pairs
+        self.terms = tuple(t for t in ("base", "ir", "ik", "kr") if cfg.enabled(t))
+        # Eq. 3 sums over the images and classes ("sum"); "mean" divides by N*K.
+        self.base = ccg_layers.MILGridLoss(box_weight=cfg.box_weight, reduction=cfg.base_reduction)
+        self.base_reduction = cfg.base_reduction
+        self.ir = ccg_layers.LearnableSampleGraph(global_batch) if cfg.enabled("ir") else None
+        self.ik = (
+            ccg_layers.PatchHashGraph(cfg.num_patches, feature_channels, code_bits=cfg.code_bits)
+            if cfg.enabled("ik")
+            else None
+        )
+        if cfg.enabled("kr"):
+            self.kr_attention: nn.Module | None = ccg_layers.CrossImageAttention(
+                feature_channels, mode="pair", scale=cfg.kr_scale
+            )
+            self.kr_graph: nn.Module | None = ccg_layers.PatchHashGraph(
+                cfg.num_patches, feature_channels, code_bits=cfg.code_bits
+            )
+        else:
+            self.kr_attention = self.kr_graph = None
+
+    @property
+    def needs_superpixels(self) -> bool:
+        return self.ik is not None or self.kr_graph is not None
+
+    def forward(
+        self,
+        logits: Tensor,
+        features: Tensor,
+        labels: Tensor,
+        grid: Tensor,
+        box_mask: Tensor,
+        superpixels: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        base = self.base(logits, labels, grid, box_mask)
+        if self.base_reduction == "sum":
+            # DDP averages the gradients of the processes; scaling each process's sum by the
+            # world size makes that average the gradient of the sum over the global batch.
+            base = base * _world()
+        out: dict[str, Tensor] = {"base": base}
+        if len(self.terms) > 1:
+            feats = gather_with_grad(features)
+            sp = gather_no_grad(superpixels) if superpixels is not None else None
+            if self.ir is not None:
+                out["ir"] = self.ir(feats)
+            if self.ik is not None:
+                out["ik"] = self.ik(feats, sp)
+            if self.kr_attention is not None and self.kr_graph is not None:
+                out["kr"] = self._kr(feats, sp)
+        total = sum(self.weights[k] * v for k, v in out.items())
+        out["loss"] = total  # type: ignore[assignment]
+        return out
+
+    def _kr(self, feats: Tensor, sp: Tensor | None) -> Tensor:
+        n = feats.shape[0]
+        if n < 2:
+            return feats.sum() * 0.0
+        u, v = kr_pairs(n, self.kr_pairs, feats.device)
+        assert self.kr_attention is not None
+        assert self.kr_graph is not None
+        assert sp is not None
+        fu_att, fv_att = self.kr_attention(feats[u], feats[v])
+        # F'_u lives on v's grid (v's patches), F'_v on u's grid.
+        return self.kr_graph(fu_att, sp[v], features_b=fv_att, labels_b=sp[u])

@@ -1,0 +1,15 @@
+"""Train / evaluate CCG-Net: ``python examples/train_ccg.py --preset demo`` (what `make demo`
+runs), ``--preset paper --data-root /path/to/ChestX-ray14`` for the paper's setting.
+
+See docs/training.md for every setting, torchrun, and the ablation flags.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `examples.ccg_net`
+
+from examples.ccg_net.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

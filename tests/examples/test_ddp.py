@@ -1,0 +1,160 @@
+"""Two CPU processes (gloo on 127.0.0.1): the graph losses span the global batch under DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from examples.ccg_net import checkpoint as ckpt
+from examples.ccg_net.engine import build_trainee, train
+
+from .trainer_helpers import tiny_config
+
+WORLD = 2
+PER_RANK = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _global_batch(n: int, m: int):
+    g = torch.Generator().manual_seed(7)
+    images = torch.randn(n, 3, 64, 64, generator=g)
+    labels = (torch.rand(n, 14, generator=g) < 0.3).float()
+    box_mask = torch.zeros(n, 14, dtype=torch.bool)
+    box_mask[0, 2] = box_mask[3, 5] = True
+    labels[box_mask] = 1.0
+    grid = torch.zeros(n, 14, 8, 8)
+    grid[0, 2, 1:3, 2:5] = 1.0
+    grid[3, 5, 4:7, 0:2] = 1.0
+    superpixels = torch.randint(0, m, (n, 16, 16), generator=g)
+    return images, labels, grid, box_mask, superpixels
+
+
+def _freeze_bn(module: nn.Module) -> None:
+    # BatchNorm's batch statistics are per process by design (no SyncBatchNorm here); compare
+    # the losses with the running statistics so the only cross-process coupling is the graphs.
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _worker(rank: int, port: int, root: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        cfg = tiny_config(Path(root), Path(out), batch_size=PER_RANK)
+        torch.manual_seed(0)
+        trainee = build_trainee(cfg, WORLD)
+        _freeze_bn(trainee)
+        net = DistributedDataParallel(trainee)
+        batch = _global_batch(WORLD * PER_RANK, cfg.num_patches)
+        mine = [t[rank * PER_RANK : (rank + 1) * PER_RANK] for t in batch]
+        terms, _ = net(*mine)
+        terms["loss"].backward()
+        # what a process alone would compute on its shard (no gathering): must differ
+        with torch.no_grad():
+            _, feats = trainee.model(mine[0])
+            local_ir = trainee.criterion.ir(feats)
+        torch.save(
+            {
+                "terms": {k: v.detach() for k, v in terms.items()},
+                "local_ir": local_ir,
+                "grads": {n: p.grad.clone() for n, p in trainee.named_parameters()},
+            },
+            Path(out) / f"step-rank{rank}.pt",
+        )
+        # and the whole trainer under DDP: sharded data, shared run directory, synced replicas
+        run = train(tiny_config(Path(root), Path(out), batch_size=PER_RANK, run_name="ddp"))
+        torch.save({"run": str(run)}, Path(out) / f"run-rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_graph_losses_span_the_global_batch_under_two_process_ddp(tiny_root, tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tiny_root), str(tmp_path)), nprocs=WORLD)
+
+    # the single-process reference on the concatenated batch of 4
+    cfg = tiny_config(tiny_root, tmp_path, batch_size=WORLD * PER_RANK)
+    torch.manual_seed(0)
+    trainee = build_trainee(cfg, 1)
+    _freeze_bn(trainee)
+    batch = _global_batch(WORLD * PER_RANK, cfg.num_patches)
+    terms, _ = trainee(*batch)
+    terms["loss"].backward()
+
+    ranks = [torch.load(tmp_path / f"step-rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for r in ranks:
+        for k in ("ir", "ik", "kr"):
+            # every process computes the relation terms of the whole global batch
+            torch.testing.assert_close(r["terms"][k], terms[k].detach(), rtol=1e-5, atol=1e-6)
+        # ... which a process alone, on its shard, would not
+        assert not torch.allclose(r["local_ir"], terms["ir"].detach(), rtol=1e-3)
+    # L_base is per-shard; DDP averages it into the global mean
+    mean_base = sum(r["terms"]["base"] for r in ranks) / WORLD
+    torch.testing.assert_close(mean_base, terms["base"].detach(), rtol=1e-5, atol=1e-6)
+    # after DDP's all-reduce every parameter gradient equals the single-process gradient
+    for name, p in trainee.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    # the trainer ran under DDP on both ranks and wrote one run directory
+    runs = [torch.load(tmp_path / f"run-rank{r}.pt", weights_only=True)["run"] for r in range(2)]
+    assert runs[0] == runs[1]
+    state = ckpt.load(Path(runs[0]) / "checkpoints" / "last.pt")
+    assert state["epoch"] == cfg.epochs
+    # 27 training images, global batch 4: 7 steps an epoch on each process
+    assert state["global_step"] == 7 * cfg.epochs
+    assert state["criterion"]["ir.weight"].shape == (4, 4)
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(root / "examples" / "train_ccg.py"),
+        *("--preset", "demo", "--ablation", "ir+ik+kr", "--data-root", str(tiny_root)),
+        *("--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "runs")),
+        *("--run-name", "torchrun", "--image-size", "64", "--tiny-stride", "8"),
+        *("--tiny-widths", "4,8,8,8", "--head-channels", "8", "--num-patches", "4"),
+        *("--superpixel-size", "16", "--code-bits", "16", "--batch-size", "2"),
+        *("--epochs", "1", "--progress", "false", "--cache-images", "false"),
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "torchrun"
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    # 27 training images, 2 processes x batch 2: 7 global steps; the graph spans 4 images
+    assert state["global_step"] == 7
+    assert state["criterion"]["ir.weight"].shape == (4, 4)
+    assert "| T(IoU) | Atelectasis" in out.stdout

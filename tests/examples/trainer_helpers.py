@@ -1,0 +1,45 @@
+"""Helpers shared by the trainer tests (importable by spawned DDP workers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from examples.ccg_net.config import TrainConfig  # noqa: E402
+
+
+def tiny_config(root: Path, out: Path, **overrides: object) -> TrainConfig:
+    """All four losses, a 2-epoch run on 64x64 images with a tiny backbone (8x8 grid)."""
+    cfg = TrainConfig(
+        preset="test",
+        data_root=str(root),
+        cache_dir=str(out / "cache"),
+        output_dir=str(out / "runs"),
+        image_size=64,
+        backbone="tiny",
+        weights="none",
+        tiny_widths=(4, 8, 8, 8),
+        tiny_stride=8,
+        head_channels=8,
+        freeze_bn=False,
+        test_upsample=2,
+        num_patches=4,
+        superpixel_size=16,
+        code_bits=16,
+        batch_size=4,
+        epochs=2,
+        lr=1e-3,
+        lr_step_epochs=1,
+        num_workers=0,
+        checkpoint_every=0,
+        progress=False,
+        deterministic=True,
+        threads=1,
+        num_figures=2,
+    )
+    return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
