@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, ChestXray14
 
 from .config import LOSS_TERMS, TrainConfig, build_parser, resolve_config

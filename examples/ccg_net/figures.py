@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from ccg_layers.datasets import CLASS_NAMES, ChestXray14
 from torch import Tensor
+
+from ccg_layers.datasets import CLASS_NAMES, ChestXray14
 
 from .data import test_boxes
 
