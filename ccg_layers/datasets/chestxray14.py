@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -210,12 +210,22 @@ def _find_data_entry(root: Path) -> Path:
     )
 
 
-def _check_header(path: Path, header: list[str], expected: Sequence[str]) -> None:
-    got = tuple(cell.strip() for cell in header[: len(expected)])
-    if got != tuple(expected):
-        raise ChestXray14FormatError(
-            f"{path}:1: header must start with {', '.join(expected)}; got {', '.join(header)}"
-        )
+def _csv_rows(path: Path, expected_header: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, cells)`` of every non-empty data row, after checking the header."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ChestXray14FormatError(f"{path}:1: the file is empty")
+        got = tuple(cell.strip() for cell in header[: len(expected_header)])
+        if got != tuple(expected_header):
+            raise ChestXray14FormatError(
+                f"{path}:1: header must start with {', '.join(expected_header)}; "
+                f"got {', '.join(header)}"
+            )
+        for row in reader:
+            if row:
+                yield reader.line_num, row
 
 
 def _read_data_entry(
@@ -227,65 +237,56 @@ def _read_data_entry(
     follow_ups: list[int] = []
     views: list[str] = []
     seen: set[str] = set()
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ChestXray14FormatError(f"{path}:1: the file is empty")
-        _check_header(path, header, _DATA_ENTRY_HEADER)
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            fields = row[:-1] if len(row) == 12 and not row[-1].strip() else row
-            where = f"{path}:{line}"
-            if len(fields) != 11:
-                _fail_or_skip(f"{where}: expected 11 fields, got {len(row)}: {row}", skip_bad_rows)
-                continue
-            name, findings, follow_up, patient, view = (
-                fields[0].strip(),
-                fields[1].strip(),
-                fields[2].strip(),
-                fields[3].strip(),
-                fields[6].strip(),
+    for line, row in _csv_rows(path, _DATA_ENTRY_HEADER):
+        fields = row[:-1] if len(row) == 12 and not row[-1].strip() else row
+        where = f"{path}:{line}"
+        if len(fields) != 11:
+            _fail_or_skip(f"{where}: expected 11 fields, got {len(row)}: {row}", skip_bad_rows)
+            continue
+        name, findings, follow_up, patient, view = (
+            fields[0].strip(),
+            fields[1].strip(),
+            fields[2].strip(),
+            fields[3].strip(),
+            fields[6].strip(),
+        )
+        if not _IMAGE_NAME.match(name):
+            _fail_or_skip(
+                f"{where}: image name must look like NNNNNNNN_NNN.png, got {name!r}",
+                skip_bad_rows,
             )
-            if not _IMAGE_NAME.match(name):
+            continue
+        if name in seen:
+            _fail_or_skip(f"{where}: image {name} is listed twice", skip_bad_rows)
+            continue
+        names = [s.strip() for s in findings.split("|")]
+        if names == [_NO_FINDING]:
+            ks: list[int] = []
+        else:
+            unknown = [s for s in names if s not in CLASS_NAMES]
+            if unknown:
                 _fail_or_skip(
-                    f"{where}: image name must look like NNNNNNNN_NNN.png, got {name!r}",
+                    f"{where}: unknown finding label(s) {unknown} in {findings!r}; expected "
+                    f"'{_NO_FINDING}' or a '|'-joined subset of {', '.join(CLASS_NAMES)}",
                     skip_bad_rows,
                 )
                 continue
-            if name in seen:
-                _fail_or_skip(f"{where}: image {name} is listed twice", skip_bad_rows)
-                continue
-            names = [s.strip() for s in findings.split("|")]
-            if names == [_NO_FINDING]:
-                ks: list[int] = []
-            else:
-                unknown = [s for s in names if s not in CLASS_NAMES]
-                if unknown:
-                    _fail_or_skip(
-                        f"{where}: unknown finding label(s) {unknown} in {findings!r}; expected "
-                        f"'{_NO_FINDING}' or a '|'-joined subset of {', '.join(CLASS_NAMES)}",
-                        skip_bad_rows,
-                    )
-                    continue
-                ks = sorted({CLASS_NAMES.index(s) for s in names})
-            try:
-                patient_id, follow = int(patient), int(follow_up)
-            except ValueError:
-                _fail_or_skip(
-                    f"{where}: Patient ID and Follow-up # must be integers, got "
-                    f"{patient!r} and {follow_up!r}",
-                    skip_bad_rows,
-                )
-                continue
-            seen.add(name)
-            images.append(name)
-            labels.append(ks)
-            patients.append(patient_id)
-            follow_ups.append(follow)
-            views.append(view)
+            ks = sorted({CLASS_NAMES.index(s) for s in names})
+        try:
+            patient_id, follow = int(patient), int(follow_up)
+        except ValueError:
+            _fail_or_skip(
+                f"{where}: Patient ID and Follow-up # must be integers, got "
+                f"{patient!r} and {follow_up!r}",
+                skip_bad_rows,
+            )
+            continue
+        seen.add(name)
+        images.append(name)
+        labels.append(ks)
+        patients.append(patient_id)
+        follow_ups.append(follow)
+        views.append(view)
     return images, labels, patients, follow_ups, views
 
 
@@ -298,55 +299,43 @@ def _read_bbox_list(
     boxes: list[list[float]] = []
     image_index: list[int] = []
     classes: list[int] = []
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ChestXray14FormatError(f"{path}:1: the file is empty")
-        _check_header(path, header, _BBOX_HEADER)
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            fields = list(row)
-            while len(fields) > 6 and not fields[-1].strip():
-                fields.pop()
-            where = f"{path}:{line}"
-            if len(fields) != 6:
-                _fail_or_skip(f"{where}: expected 6 fields, got {len(row)}: {row}", skip_bad_rows)
-                continue
-            name, label = fields[0].strip(), fields[1].strip()
-            label = _LABEL_ALIASES.get(label, label)
-            if label not in CLASS_NAMES:
-                _fail_or_skip(f"{where}: unknown box label {fields[1]!r}", skip_bad_rows)
-                continue
-            try:
-                x, y, w, h = (float(v) for v in fields[2:6])
-            except ValueError:
-                _fail_or_skip(
-                    f"{where}: x, y, w, h must be numbers, got {fields[2:6]}", skip_bad_rows
-                )
-                continue
-            if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-                _fail_or_skip(
-                    f"{where}: box must be finite with w > 0 and h > 0, got {(x, y, w, h)}",
-                    skip_bad_rows,
-                )
-                continue
-            if name not in positions:
-                _fail_or_skip(f"{where}: image {name} is not in the label file", skip_bad_rows)
-                continue
-            i, k = positions[name], CLASS_NAMES.index(label)
-            if labels[i, k] != 1:
-                _fail_or_skip(
-                    f"{where}: box of class {label} on image {name}, whose labels do not "
-                    "include it",
-                    skip_bad_rows,
-                )
-                continue
-            boxes.append([x, y, x + w, y + h])
-            image_index.append(i)
-            classes.append(k)
+    for line, row in _csv_rows(path, _BBOX_HEADER):
+        fields = list(row)
+        while len(fields) > 6 and not fields[-1].strip():
+            fields.pop()
+        where = f"{path}:{line}"
+        if len(fields) != 6:
+            _fail_or_skip(f"{where}: expected 6 fields, got {len(row)}: {row}", skip_bad_rows)
+            continue
+        name, label = fields[0].strip(), fields[1].strip()
+        label = _LABEL_ALIASES.get(label, label)
+        if label not in CLASS_NAMES:
+            _fail_or_skip(f"{where}: unknown box label {fields[1]!r}", skip_bad_rows)
+            continue
+        try:
+            x, y, w, h = (float(v) for v in fields[2:6])
+        except ValueError:
+            _fail_or_skip(f"{where}: x, y, w, h must be numbers, got {fields[2:6]}", skip_bad_rows)
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+            _fail_or_skip(
+                f"{where}: box must be finite with w > 0 and h > 0, got {(x, y, w, h)}",
+                skip_bad_rows,
+            )
+            continue
+        if name not in positions:
+            _fail_or_skip(f"{where}: image {name} is not in the label file", skip_bad_rows)
+            continue
+        i, k = positions[name], CLASS_NAMES.index(label)
+        if labels[i, k] != 1:
+            _fail_or_skip(
+                f"{where}: box of class {label} on image {name}, whose labels do not include it",
+                skip_bad_rows,
+            )
+            continue
+        boxes.append([x, y, x + w, y + h])
+        image_index.append(i)
+        classes.append(k)
     return boxes, image_index, classes
 
 
