@@ -186,6 +186,17 @@ def _check_heads(heads: int, channels: int, qk_channels: int) -> None:
             )
 
 
+def _check_low_rank_weights(
+    weight_u: Tensor, weight_v: Tensor, heads: int, dims: dict[str, int], features: Tensor
+) -> None:
+    """Validate the low-rank ``W_P = weight_u^T weight_v`` factors, each ``(D, C)``."""
+    for name, w in (("weight_u", weight_u), ("weight_v", weight_v)):
+        check_tensor(w, name)
+        check_shape(w, name, ("D", "C"), dims)
+        _check_weight_dtype(w, name, features)
+    _check_heads(heads, dims["C"], dims["D"])
+
+
 # --------------------------------------------------------------------------- kernels
 
 
@@ -360,11 +371,7 @@ def multi_head_cross_image_attention(
         (torch.Size([2, 16, 6, 6]), torch.Size([2, 16, 4, 4]))
     """
     dims = _check_features(fu, fv)
-    for name, w in (("weight_u", weight_u), ("weight_v", weight_v)):
-        check_tensor(w, name)
-        check_shape(w, name, ("D", "C"), dims)
-        _check_weight_dtype(w, name, fu)
-    _check_heads(heads, dims["C"], dims["D"])
+    _check_low_rank_weights(weight_u, weight_v, heads, dims, fu)
     scale = _check_scale(scale)
     _check_fused(fused)
     (hu, wu), (hv, wv) = fu.shape[-2:], fv.shape[-2:]
@@ -450,11 +457,7 @@ def partner_attention(
     else:
         assert weight_u is not None
         assert weight_v is not None
-        for name, w in (("weight_u", weight_u), ("weight_v", weight_v)):
-            check_tensor(w, name)
-            check_shape(w, name, ("D", "C"), dims)
-            _check_weight_dtype(w, name, x)
-        _check_heads(heads, dims["C"], dims["D"])
+        _check_low_rank_weights(weight_u, weight_v, heads, dims, x)
     scale = _check_scale(scale)
     _check_fused(fused)
     batch, _, height, width = x.shape
