@@ -117,7 +117,6 @@ def run_comparison(cfg: TrainConfig) -> Path:
         + "\n"
     )
     print("\n" + text)
-    print(f"run directory: {root}")
     return root
 
 
