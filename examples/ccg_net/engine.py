@@ -118,11 +118,11 @@ class Trainee(nn.Module):
         return terms, logits
 
 
-def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -> Trainee:
-    """CCG-Net and its loss; ``weights`` overrides ``cfg.weights`` (e.g. "none" on resume)."""
-    model = build_model(
+def model_from_config(cfg: TrainConfig, weights: str) -> CCGNet:
+    """The model a configuration describes, with backbone ``weights`` (a path, "imagenet", "none")."""
+    return build_model(
         cfg.backbone,
-        cfg.weights if weights is None else weights,
+        weights,
         num_classes=cfg.num_classes,
         head_channels=cfg.head_channels,
         test_upsample=cfg.test_upsample,
@@ -130,6 +130,11 @@ def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -
         tiny_widths=tuple(cfg.tiny_widths),
         tiny_stride=cfg.tiny_stride,
     )
+
+
+def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -> Trainee:
+    """CCG-Net and its loss; ``weights`` overrides ``cfg.weights`` (e.g. "none" on resume)."""
+    model = model_from_config(cfg, cfg.weights if weights is None else weights)
     criterion = CCGLoss(cfg, model.feature_channels, cfg.batch_size * world)
     return Trainee(model, criterion)
 
@@ -543,16 +548,7 @@ def evaluate_checkpoint(
         cfg.data_root = data_root
     cfg.device = device
     dev = select_device(cfg, 0)
-    model = build_model(
-        cfg.backbone,
-        "none",  # the checkpoint carries every weight
-        num_classes=cfg.num_classes,
-        head_channels=cfg.head_channels,
-        test_upsample=cfg.test_upsample,
-        freeze_bn=cfg.freeze_bn,
-        tiny_widths=tuple(cfg.tiny_widths),
-        tiny_stride=cfg.tiny_stride,
-    ).to(dev)
+    model = model_from_config(cfg, "none").to(dev)  # the checkpoint carries every weight
     model.load_state_dict(state["model"])
     cfg.losses = ("base",)  # no superpixels needed to evaluate
     cfg.cache_images = False  # nor the training images
