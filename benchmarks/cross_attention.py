@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hw", type=int, nargs="*", default=[256, 1024, 4096, 16384])
     parser.add_argument("--no-paper-case", action="store_true")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=8, help="heads of the C=256 rows")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-ref-gib", type=float, default=6.0)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cases = [(256, 8, hw) for hw in args.hw]
+    cases = [(256, args.heads, hw) for hw in args.hw]
     if not args.no_paper_case:
         cases.append((2048, 1, 256))
     rows = [run_case(c, h, hw, args.batch, device, args) for c, h, hw in cases]
