@@ -2,6 +2,8 @@
 
     python benchmarks/cross_attention.py                 # the grid of issue 3
     python benchmarks/cross_attention.py --hw 256 1024   # a subset (C=256, heads=8)
+    python benchmarks/cross_attention.py --hw 16384 --batch 1 --heads 1 --no-paper-case
+                                                         # 16384 positions, both paths in memory
 
 Pair mode on a batch of B=2 image pairs (the paper's batch size) with square maps, HW_u = HW_v:
 C=256 with heads=8 (a torchvision FPN level, low-rank W_P = W_q^T W_k, qk_channels=256) for
