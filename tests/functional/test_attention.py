@@ -402,6 +402,19 @@ def restore_switch():
     set_fused_attn(before)
 
 
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """A list that grows by one at every call of scaled_dot_product_attention (the fused path)."""
+    calls: list[int] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *a, **k: calls.append(1) or real(*a, **k),
+    )
+    return calls
+
+
 def test_auto_choice_by_size_and_device(restore_switch):
     set_fused_attn(None)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -411,14 +424,8 @@ def test_auto_choice_by_size_and_device(restore_switch):
     assert not use_fused_path(None, cuda, 1, 8, 8)
 
 
-def test_process_wide_switch_and_explicit_argument(restore_switch, monkeypatch):
-    calls = []
-    real = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(
-        torch.nn.functional,
-        "scaled_dot_product_attention",
-        lambda *a, **k: calls.append(1) or real(*a, **k),
-    )
+def test_process_wide_switch_and_explicit_argument(restore_switch, sdpa_calls):
+    calls = sdpa_calls
     fu, fv, w = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2), torch.eye(4)
     set_fused_attn(True)
     cross_image_attention(fu, fv, w)
@@ -466,16 +473,10 @@ def test_error_bad_switch_value(restore_switch):
 # The input checks read shapes while the TorchScript exporter traces: they validate the example
 # inputs, as intended, and the tracer warns that shapes become constants.
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_onnx_export_never_takes_the_fused_path(tmp_path, monkeypatch, dynamo):
+def test_onnx_export_never_takes_the_fused_path(tmp_path, sdpa_calls, dynamo):
     import onnx
 
-    calls = []
-    real = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(
-        torch.nn.functional,
-        "scaled_dot_product_attention",
-        lambda *a, **k: calls.append(1) or real(*a, **k),
-    )
+    calls = sdpa_calls
 
     class Pair(torch.nn.Module):
         def __init__(self):
