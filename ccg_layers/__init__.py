@@ -4,6 +4,7 @@ The modules are re-exported here; their functional forms live in :mod:`ccg_layer
 """
 
 from ccg_layers import datasets, functional, metrics
+from ccg_layers._validation import set_value_checks, value_checks_enabled
 from ccg_layers.attention import CrossImageAttention
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
 from ccg_layers.graphs import LearnableSampleGraph, PatchHashGraph, all_gather_batch
@@ -26,6 +27,8 @@ __all__ = [
     "datasets",
     "functional",
     "metrics",
+    "set_value_checks",
     "superpixels",
     "superpixels_from_files",
+    "value_checks_enabled",
 ]

@@ -8,6 +8,8 @@ eager function once to validate a data pipeline.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
@@ -30,12 +32,70 @@ __all__ = [
     "check_shape",
     "check_tensor",
     "reduce",
+    "set_value_checks",
+    "value_checks_enabled",
     "values_checkable",
 ]
 
 
+def _env_value_checks() -> bool:
+    raw = os.environ.get("CCG_VALUE_CHECKS", "1").strip().lower()
+    if raw in ("1", "true", "yes", "on", ""):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise CCGValueRangeError(f"`CCG_VALUE_CHECKS` must be 0 or 1, got {raw!r}.")
+
+
+_VALUE_CHECKS: bool = _env_value_checks()
+
+
+def value_checks_enabled() -> bool:
+    """Whether value checks (NaN, ``{0, 1}`` labels, index ranges) are switched on."""
+    return _VALUE_CHECKS
+
+
+class set_value_checks(contextlib.AbstractContextManager[None]):  # noqa: N801 (torch style)
+    """Switch value checks on or off, globally or for a ``with`` block.
+
+    Value checks read tensor values and therefore synchronise the host with the device; shape,
+    dtype and device checks are free and always run. Checks are on by default, so an
+    interactive user gets every named error; a training loop that validated its first step
+    switches them off to run without host synchronisation. The environment variable
+    ``CCG_VALUE_CHECKS=0|1`` sets the initial state (like ``CCG_FUSED_ATTN`` for the fused
+    attention path).
+
+    Args:
+        enabled: The new state.
+
+    Example:
+        >>> import ccg_layers
+        >>> with ccg_layers.set_value_checks(False):
+        ...     ccg_layers.value_checks_enabled()
+        False
+        >>> ccg_layers.value_checks_enabled()
+        True
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _VALUE_CHECKS
+        if not isinstance(enabled, bool):
+            raise CCGValueRangeError(f"`enabled` must be a bool, got {enabled!r}.")
+        self._previous = _VALUE_CHECKS
+        _VALUE_CHECKS = enabled
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        global _VALUE_CHECKS
+        _VALUE_CHECKS = self._previous
+
+
 def values_checkable() -> bool:
-    """Whether value-dependent checks may run (not while compiling, scripting or exporting)."""
+    """Whether value checks may run: switched on, and not compiling, scripting or exporting."""
+    if not _VALUE_CHECKS:
+        return False
     if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
     return torch._C._get_tracing_state() is None

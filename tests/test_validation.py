@@ -82,3 +82,38 @@ def test_value_checks_are_skipped_while_compiling(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not v.values_checkable()
     v.check_binary(torch.tensor([0.5]), "y")  # no error: a compiled graph cannot read values
+
+
+def test_value_checks_switch_skips_value_checks_and_restores() -> None:
+    import ccg_layers
+    from ccg_layers._validation import check_finite
+
+    bad = torch.tensor([float("nan")])
+    with ccg_layers.set_value_checks(False):
+        assert not ccg_layers.value_checks_enabled()
+        check_finite(bad, "x")  # skipped: no error, no host synchronisation
+    assert ccg_layers.value_checks_enabled()
+    with pytest.raises(CCGValueRangeError, match="`x` must be finite"):
+        check_finite(bad, "x")
+    ccg_layers.set_value_checks(False)
+    try:
+        assert not ccg_layers.value_checks_enabled()
+    finally:
+        ccg_layers.set_value_checks(True)
+
+
+def test_value_checks_switch_rejects_non_bool() -> None:
+    import ccg_layers
+
+    with pytest.raises(CCGValueRangeError, match="`enabled` must be a bool, got 'no'"):
+        ccg_layers.set_value_checks("no")  # type: ignore[arg-type]
+
+
+def test_value_checks_env_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccg_layers import _validation
+
+    monkeypatch.setenv("CCG_VALUE_CHECKS", "0")
+    assert _validation._env_value_checks() is False
+    monkeypatch.setenv("CCG_VALUE_CHECKS", "maybe")
+    with pytest.raises(CCGValueRangeError, match="`CCG_VALUE_CHECKS` must be 0 or 1"):
+        _validation._env_value_checks()
