@@ -3,6 +3,8 @@
 See ``docs/data.md``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ccg_layers.datasets.chestxray14 import (
     BBOX_LIST_FILE,
     BOX_FRAME,
@@ -18,7 +20,9 @@ from ccg_layers.datasets.chestxray14 import (
     ChestXray14Sample,
     collate_chestxray14,
     find_image_files,
+    normalize_radiographs,
     read_chestxray14,
+    read_radiograph,
 )
 from ccg_layers.datasets.splits import (
     NUM_FOLDS,
@@ -29,12 +33,33 @@ from ccg_layers.datasets.splits import (
     save_split,
     split_summary,
 )
-from ccg_layers.datasets.synthetic import (
-    SyntheticConfig,
-    ensure_synthetic_dataset,
-    generate_synthetic_chestxray14,
-    render_synthetic_image,
+
+if TYPE_CHECKING:
+    from ccg_layers.datasets.synthetic import (
+        SyntheticConfig,
+        ensure_synthetic_dataset,
+        generate_synthetic_chestxray14,
+        render_synthetic_image,
+    )
+
+# The synthetic generator is imported on first use, so that its command line
+# (``python -m ccg_layers.datasets.synthetic``) runs without runpy's "found in sys.modules"
+# RuntimeWarning.
+_SYNTHETIC = (
+    "SyntheticConfig",
+    "ensure_synthetic_dataset",
+    "generate_synthetic_chestxray14",
+    "render_synthetic_image",
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SYNTHETIC:
+        from ccg_layers.datasets import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BBOX_LIST_FILE",
@@ -57,8 +82,10 @@ __all__ = [
     "ensure_synthetic_dataset",
     "find_image_files",
     "generate_synthetic_chestxray14",
+    "normalize_radiographs",
     "patient_folds",
     "read_chestxray14",
+    "read_radiograph",
     "read_split_files",
     "render_synthetic_image",
     "save_split",

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import numpy as np
 import torch
@@ -37,7 +37,9 @@ __all__ = [
     "ChestXray14Sample",
     "collate_chestxray14",
     "find_image_files",
+    "normalize_radiographs",
     "read_chestxray14",
+    "read_radiograph",
 ]
 
 _log = logging.getLogger(__name__)
@@ -158,8 +160,8 @@ class ChestXray14Index:
 class ChestXray14Sample(TypedDict):
     """One sample of :class:`ChestXray14`.
 
-    ``image`` (3, S, S) float32 (ImageNet-normalised unless ``normalize=False``, then in
-    [0, 1]); ``labels`` (14,) float32; ``boxes`` (b, 4) float32 xyxy in pixels of the
+    ``image`` (1, S, S) uint8 luminance (``output="uint8"``, the default), or (3, S, S) float32
+    ImageNet-normalised (``output="imagenet"``) or in [0, 1] (``output="unit"``); ``labels`` (14,) float32; ``boxes`` (b, 4) float32 xyxy in pixels of the
     S x S working image; ``box_class`` (b,) long; ``has_box`` (14,) bool; ``name`` the image
     file name; ``index`` the position in the dataset.
     """
@@ -176,7 +178,7 @@ class ChestXray14Sample(TypedDict):
 class ChestXray14Batch(TypedDict):
     """A batch from :func:`collate_chestxray14`.
 
-    ``image`` (B, 3, S, S); ``labels`` (B, 14); ``has_box`` (B, 14) bool; the boxes of all
+    ``image`` (B, 1, S, S) uint8 (or (B, 3, S, S) float32, see :class:`ChestXray14Sample`); ``labels`` (B, 14); ``has_box`` (B, 14) bool; the boxes of all
     images flat: ``boxes`` (M, 4), ``box_class`` (M,), ``box_image_index`` (M,) long into the
     batch (the layout :func:`ccg_layers.metrics.localization_accuracy` takes); ``names`` and
     ``indices`` lists of length B.
@@ -429,34 +431,78 @@ def find_image_files(image_root: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
-def _load_gray(path: Path) -> np.ndarray:
-    """Read a PNG as 2-D float32 in [0, 1]; RGB(A) images become their luminance."""
+def read_radiograph(path: str | os.PathLike[str], size: int | None = None) -> Tensor:
+    """Read a radiograph as ``(1, H, W)`` uint8 luminance, optionally resized to ``size`` x ``size``.
+
+    PNG or JPEG of any bit depth: 8-bit gray is taken as is, RGB(A) becomes its ITU-R 601-2
+    luma (alpha dropped), 16-bit gray is scaled to 8 bits (``round(v * 255 / 65535)``). The
+    resize is Pillow's bilinear filter (antialiased when shrinking).
+
+    Args:
+        path: The image file.
+        size: The square working size ``S``; ``None`` keeps the file's size.
+
+    Returns:
+        ``(1, S, S)`` (or ``(1, H, W)``) uint8.
+
+    Raises:
+        OSError: The file is missing or not an image Pillow can read.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from PIL import Image
+        >>> path = tempfile.mkdtemp() + "/x.png"
+        >>> Image.fromarray(np.full((40, 30), 65535, dtype=np.uint16)).save(path)
+        >>> image = read_radiograph(path, 16)
+        >>> image.shape, image.dtype, int(image.max())
+        (torch.Size([1, 16, 16]), torch.uint8, 255)
+    """
     from PIL import Image
 
     with Image.open(path) as im:
-        im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
-            return arr
-        gray = im if im.mode == "L" else im.convert("L")  # ITU-R 601-2 luma, alpha dropped
-        return np.asarray(gray, dtype=np.float32) / 255.0
+            arr = np.asarray(im, dtype=np.float32) * (255.0 / 65535.0)
+            gray = Image.fromarray(arr, mode="F")
+        else:
+            if im.format == "JPEG" and size is not None:
+                im.draft("L", (size, size))  # decode at a reduced scale when it is enough
+            gray = im if im.mode == "L" else im.convert("L")  # ITU-R 601-2 luma, alpha dropped
+            gray.load()
+        if size is not None and gray.size != (size, size):
+            gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(gray)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return torch.from_numpy(np.array(arr, dtype=np.uint8))[None]
 
 
-def _resize(gray: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
+def normalize_radiographs(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 luminance ``(..., 1, H, W)`` -> ImageNet-normalised ``(..., 3, H, W)`` ``dtype``.
 
-    if gray.shape == (size, size):
-        return gray
-    im = Image.fromarray(gray, mode="F")
-    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    The gray value ``v / 255`` is repeated to the three channels and normalised with
+    :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`, as ImageNet-pretrained backbones expect.
+    Runs wherever ``images`` are (on the GPU, after a 1-byte-per-pixel transfer).
+
+    Example:
+        >>> import torch
+        >>> x = normalize_radiographs(torch.full((2, 1, 4, 4), 255, dtype=torch.uint8))
+        >>> x.shape, round(float(x[0, 0, 0, 0]), 3)
+        (torch.Size([2, 3, 4, 4]), 2.249)
+    """
+    shape = (3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=images.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=images.device).view(shape)
+    return (images.to(dtype) / 255.0 - mean) / std
 
 
 class ChestXray14(Dataset[ChestXray14Sample]):
     """ChestX-ray14 as a map-style ``torch.utils.data.Dataset``.
 
     A sample (:class:`ChestXray14Sample`) is the image resized to ``image_size`` x
-    ``image_size`` (bilinear, antialiased), repeated to 3 channels and ImageNet-normalised (as
-    the paper, for a ResNet-50 backbone), the 14-class label vector, the image's boxes scaled
+    ``image_size`` (bilinear, antialiased) as 1-channel uint8 luminance (see
+    :func:`read_radiograph`: 1 byte per pixel through the loader; a model expands it to 3
+    channels and normalises it on its device with :func:`normalize_radiographs`), the 14-class
+    label vector, the image's boxes scaled
     from the 1024-pixel frame to the working size with their classes, and ``has_box`` (14,)
     saying which classes have a box. Batch with :func:`collate_chestxray14`.
 
@@ -468,7 +514,10 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         root_or_index: The dataset folder (read with :func:`read_chestxray14`) or an index.
         image_names: The images of this dataset (e.g. ``splits["train"]``); default all.
         image_size: The working size ``S`` (paper: 512).
-        normalize: ImageNet normalisation; ``False`` keeps gray values in [0, 1].
+        output: The image's form: ``"uint8"`` (default) ``(1, S, S)`` uint8 luminance;
+            ``"imagenet"`` ``(3, S, S)`` float32 ImageNet-normalised (the gray value repeated
+            to 3 channels, :func:`normalize_radiographs`); ``"unit"`` ``(3, S, S)`` float32 in
+            [0, 1].
         image_root: Where the images are; default the index's ``root``.
         skip_bad_images: Log and skip missing images (and malformed CSV rows when reading
             ``root``) instead of raising; an unreadable image at load time is replaced by the
@@ -484,8 +533,10 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         >>> root = generate_synthetic_chestxray14(tempfile.mkdtemp(), 4, seed=0, image_size=128)
         >>> ds = ChestXray14(root, image_size=64)
         >>> sample = ds[0]
-        >>> sample["image"].shape, sample["labels"].shape, sample["has_box"].dtype
-        (torch.Size([3, 64, 64]), torch.Size([14]), torch.bool)
+        >>> sample["image"].shape, sample["image"].dtype, sample["has_box"].dtype
+        (torch.Size([1, 64, 64]), torch.uint8, torch.bool)
+        >>> ChestXray14(root, image_size=64, output="imagenet")[0]["image"].shape
+        torch.Size([3, 64, 64])
     """
 
     def __init__(
@@ -494,7 +545,7 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         image_names: Iterable[str] | None = None,
         *,
         image_size: int = 512,
-        normalize: bool = True,
+        output: Literal["uint8", "imagenet", "unit"] = "uint8",
         image_root: str | os.PathLike[str] | None = None,
         skip_bad_images: bool = False,
     ) -> None:
@@ -504,12 +555,14 @@ class ChestXray14(Dataset[ChestXray14Sample]):
             index = read_chestxray14(root_or_index, skip_bad_rows=skip_bad_images)
         if not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
+        if output not in ("uint8", "imagenet", "unit"):
+            raise ValueError(f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}")
         folder = Path(image_root) if image_root is not None else index.root
         if folder is None:
             raise ValueError("`image_root` is required when the index has no root folder")
         self.index = index
         self.image_size = image_size
-        self.normalize = normalize
+        self.output = output
         self.skip_bad_images = skip_bad_images
         names = list(index.images) if image_names is None else list(image_names)
         rows = [index.position(n) for n in names]
@@ -535,8 +588,6 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         self._boxes = index.boxes[order] * (image_size / BOX_FRAME)
         self._box_class = index.box_class[order]
         self._has_box = index.has_box
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.image_names)
@@ -547,18 +598,17 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         return self._rows
 
     def load_image(self, i: int) -> Tensor:
-        """The ``(3, S, S)`` image of sample ``i``; ``OSError`` naming the file if unreadable."""
+        """The image of sample ``i`` in the ``output`` form (``OSError`` naming an unreadable file)."""
         path = self.paths[i]
         try:
-            gray = _resize(_load_gray(path), self.image_size)
+            gray = read_radiograph(path, self.image_size)
         except (OSError, ValueError) as err:
             raise OSError(f"cannot read ChestX-ray14 image {path}: {err}") from err
-        image = (
-            torch.from_numpy(np.array(gray, dtype=np.float32)).clamp_(0.0, 1.0).expand(3, -1, -1)
-        )
-        if self.normalize:
-            return (image - self._mean) / self._std
-        return image.clone()
+        if self.output == "imagenet":
+            return normalize_radiographs(gray)
+        if self.output == "unit":
+            return (gray.float() / 255.0).expand(3, -1, -1).clone()
+        return gray
 
     def _target_tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         row = int(self._rows[i])

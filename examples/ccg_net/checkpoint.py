@@ -11,9 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import TrainConfig
+from .model import CCGNet
+
 
 def rng_state() -> dict[str, Any]:
-    """The torch (CPU and CUDA), numpy and Python RNG states, in weights_only-loadable types."""
+    """This process's torch (CPU, and CUDA of its current device), numpy and Python RNG states,
+    in weights_only-loadable types. Under DDP the trainer saves one per rank."""
     np_state = np.random.get_state()  # noqa: NPY002 (the legacy global RNG is what libraries use)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -21,20 +25,21 @@ def rng_state() -> dict[str, Any]:
         "python": _to_lists(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`rng_state` saved (tensors loaded to any device are read on the CPU:
+    ``torch.set_rng_state`` takes only a CPU ByteTensor)."""
+    torch.set_rng_state(state["torch"].cpu())
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(  # noqa: NPY002
         (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), cached)
     )
     random.setstate(_to_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 def _to_lists(x: Any) -> Any:
@@ -65,12 +70,62 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         raise
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs on load)."""
+class CheckpointError(ValueError):
+    """A path that is not a trainer checkpoint (missing, a folder, another kind of file)."""
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file from ``path``: the file itself, or a run directory's
+    ``checkpoints/last.pt``."""
     path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if last.is_file():
+            return last
+        raise CheckpointError(
+            f"{path} is a directory, not a checkpoint; pass a checkpoint file such as "
+            "RUN_DIR/checkpoints/last.pt (or a run directory that has one)"
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
+        raise CheckpointError(f"checkpoint {path} not found")
+    return path
+
+
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs on load).
+
+    Raises:
+        CheckpointError: ``path`` is missing, a folder without ``checkpoints/last.pt``, or not
+            a checkpoint of the trainer.
+    """
+    path = resolve(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle, zip or weights_only errors: not our file
+        raise CheckpointError(
+            f"{path} is not a checkpoint of the CCG-Net trainer (torch.load failed: "
+            f"{type(err).__name__}); pass RUN_DIR/checkpoints/last.pt"
+        ) from None
     if not isinstance(obj, dict) or "model" not in obj:
-        raise ValueError(f"{path} is not a checkpoint of train_ccg.py (no 'model' entry)")
+        raise CheckpointError(f"{path} is not a checkpoint of train_ccg.py (no 'model' entry)")
     return obj
+
+
+def load_model(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[CCGNet, TrainConfig]:
+    """A trainer checkpoint as a ready :class:`CCGNet` (eval mode, on ``device``) and its
+    :class:`TrainConfig`.
+
+    ``path`` is a checkpoint file (``RUN_DIR/checkpoints/last.pt``) or a run directory. The
+    model takes ``(N, 1, S, S)`` uint8 radiographs at ``config.image_size`` (or normalised
+    3-channel float images) and returns ``(logits, features)``; ``torch.sigmoid(logits)`` is
+    the class-wise probability map.
+    """
+    from .engine import model_from_config
+
+    state = load(path)
+    cfg = TrainConfig.from_dict(state["config"])
+    model = model_from_config(cfg, "none")  # the checkpoint carries every weight
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg

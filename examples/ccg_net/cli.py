@@ -1,155 +1,235 @@
-"""Command line of the CCG-Net trainer (``python examples/train_ccg.py`` / ``python -m
-examples.ccg_net``)."""
+"""Command line of the CCG-Net trainer: ``python -m examples.ccg_net train|evaluate|predict|
+reproduce`` (``python examples/train_ccg.py ...`` without a verb trains).
+
+Every user error (a bad value, a missing file or extra, no CUDA) is one ``error: ...`` line and
+exit code 2; a non-finite loss is exit code 3.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
+import argparse
+import importlib.util
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
-import torch
+from ccg_layers.datasets import ChestXray14FormatError
 
-from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, ChestXray14
-
-from .config import LOSS_TERMS, TrainConfig, build_parser, resolve_config
-from .data import load_split, trivial_prior
-from .engine import (
-    THRESHOLDS,
-    NonFiniteLossError,
-    evaluate_checkpoint,
-    localization,
-    new_run_dir,
-    train,
-)
-from .figures import save_overlays
+from .checkpoint import CheckpointError
+from .config import ABLATIONS, TrainConfig, add_config_options, resolve_config
+from .engine import DeviceError, NonFiniteLossError, compare, evaluate_checkpoint, train
 from .model import WeightsNotFoundError
 
-
-def comparison_table(results: dict[str, torch.Tensor]) -> str:
-    """Rows T(IoU) x method, columns the 8 boxed diseases and their mean (Markdown)."""
-    cols = [CLASS_NAMES.index(c) for c in BOXED_CLASSES]
-    head = ["T(IoU)", "model", *BOXED_CLASSES, "Mean"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for t_i, t in enumerate(THRESHOLDS):
-        for name, acc in results.items():
-            row = acc[t_i, cols].double()
-            valid = row[~torch.isnan(row)]
-            mean = float(valid.mean()) if len(valid) else math.nan
-            cells = ["n/a" if math.isnan(v) else f"{v:.2f}" for v in [*row.tolist(), mean]]
-            lines.append("| " + " | ".join([f"{t:g}", name, *cells]) + " |")
-    return "\n".join(lines)
+VERBS = ("train", "evaluate", "predict", "reproduce")
 
 
-def mean_at(acc: torch.Tensor, t: float) -> float:
-    cols = [CLASS_NAMES.index(c) for c in BOXED_CLASSES]
-    row = acc[THRESHOLDS.index(t), cols].double()
-    return float(row[~torch.isnan(row)].mean())
+class UsageError(Exception):
+    """A user error: reported as one ``error: ...`` line, exit code 2."""
 
 
-def run_comparison(cfg: TrainConfig) -> Path:
-    """Train the baseline and the CCG model with the same data and seed, then compare them with
-    each other and with the trivial prior; tables, JSON and figures go to one run directory."""
-    t_start = time.perf_counter()
-    root = new_run_dir(dataclasses.replace(cfg, run_name=cfg.run_name or None))
-    ccg_terms = cfg.losses if len(cfg.losses) > 1 else LOSS_TERMS
-    runs = {
-        "Baseline": dataclasses.replace(
-            cfg, losses=("base",), output_dir=str(root), run_name="baseline"
-        ),
-        "CCG": dataclasses.replace(cfg, losses=ccg_terms, output_dir=str(root), run_name="ccg"),
-    }
-    (root / "config.json").write_text(cfg.to_json() + "\n")
-    timings = {}
-    for name, sub in runs.items():
-        print(f"\n=== training {name}: losses {'+'.join(sub.losses)} ===")
-        t0 = time.perf_counter()
-        train(sub)
-        timings[name] = time.perf_counter() - t0
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``error: ...``) and exit code 2."""
 
-    index, split, summary = load_split(cfg)
-    test = ChestXray14(index, split["test"], image_size=cfg.image_size)
-    maps = {
-        name: torch.load(root / sub.run_name / "test_maps.pt", weights_only=True).float()  # type: ignore[operator]
-        for name, sub in runs.items()
-    }
-    prior = trivial_prior(index, split["train"], cfg.image_size)
-    maps["Prior"] = prior[None].expand(len(test), -1, -1, -1)
-    results = {name: localization(m, test) for name, m in maps.items()}
-    ordered = {k: results[k] for k in ("CCG", "Baseline", "Prior")}
-    table = comparison_table(ordered)
-    margin = mean_at(results["CCG"], 0.3) - mean_at(results["Prior"], 0.3)
-    total = time.perf_counter() - t_start
-    text = (
-        f"Localization accuracy on the test split ({summary['test']} images, "
-        f"setting {cfg.setting}, fold {cfg.fold}); T(IoU) thresholds, "
-        "prediction = map > 0.5\n\n"
-        f"{table}\n\n"
-        f"Mean at T(IoU)=0.3: CCG {mean_at(results['CCG'], 0.3):.3f}, "
-        f"baseline {mean_at(results['Baseline'], 0.3):.3f}, "
-        f"trivial prior {mean_at(results['Prior'], 0.3):.3f} "
-        f"(CCG - prior = {margin:+.3f})\n"
-        f"Training time: baseline {timings['Baseline']:.0f} s, CCG {timings['CCG']:.0f} s; "
-        f"total {total:.0f} s\n"
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The four verbs and their options."""
+    p = Parser(
+        prog="python -m examples.ccg_net",
+        description="Train, evaluate and run CCG-Net (Cross-chest Graph) on ChestX-ray14 or its "
+        "embedded synthetic twin. See docs/training.md.",
     )
-    figs = save_overlays(
-        test,
-        {k: maps[k] for k in ("CCG", "Baseline", "Prior")},
-        root / "figures",
-        cfg.num_figures,
+    verbs = p.add_subparsers(dest="verb", metavar="{train,evaluate,predict,reproduce}")
+
+    t = verbs.add_parser("train", help="train a model (the demo preset also trains the baseline)")
+    t.add_argument(
+        "--ablation",
+        choices=list(ABLATIONS),
+        default=None,
+        help="a row of the paper's Table 4 (L_base plus the named relation terms); "
+        "overrides --losses",
     )
-    text += f"Figures: {len(figs)} PNGs in {root / 'figures'}\n"
-    (root / "results.md").write_text(text)
-    (root / "results.json").write_text(
-        json.dumps(
-            {
-                "accuracy": {k: v.tolist() for k, v in ordered.items()},
-                "class_names": list(CLASS_NAMES),
-                "thresholds": list(THRESHOLDS),
-                "mean_T0.3": {k: mean_at(v, 0.3) for k, v in ordered.items()},
-                "split": summary,
-                "seconds": {**timings, "total": total},
-            },
-            indent=2,
+    t.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR exactly")
+    t.add_argument(
+        "--compare-baseline",
+        action="store_true",
+        help="also train the baseline and report both beside the reference maps (the demo "
+        "preset does this unless --ablation is given)",
+    )
+    t.add_argument("--evaluate", metavar="CHECKPOINT", default=None, help=argparse.SUPPRESS)
+    add_config_options(t)
+
+    e = verbs.add_parser("evaluate", help="evaluate a checkpoint on its test split")
+    e.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run directory")
+    e.add_argument("--data-root", default=None, help="the dataset, if it moved since training")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+    r = verbs.add_parser("predict", help="heatmaps, probabilities and boxes for radiographs")
+    r.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="PNG/JPEG files or folders")
+    r.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory")
+    r.add_argument("--out", required=True, help="folder for the JSON files and overlays")
+    r.add_argument("--threshold", type=float, default=0.5, help="probability threshold (0.5)")
+    r.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    r.add_argument("--no-overlays", action="store_true", help="write only the JSON files")
+
+    f = verbs.add_parser("reproduce", help="every fold of a setting, mean ± std beside the paper")
+    f.add_argument(
+        "--folds",
+        default=None,
+        metavar="A,B,...",
+        help="folds to run (default: all of the setting)",
+    )
+    add_config_options(f, skip=("fold",))
+    return p
+
+
+def _with_verb(argv: Sequence[str]) -> list[str]:
+    """``train_ccg.py --preset demo`` (no verb) means ``train``; ``--evaluate CKPT`` evaluate."""
+    argv = list(argv)
+    if argv and (argv[0] in VERBS or argv[0] in ("-h", "--help")):
+        return argv
+    if "--evaluate" in argv:
+        i = argv.index("--evaluate")
+        rest = argv[:i] + argv[i + 2 :]
+        keep = [
+            a
+            for j, a in enumerate(rest)
+            if a in ("--data-root", "--device")
+            or (j > 0 and rest[j - 1] in ("--data-root", "--device"))
+        ]
+        return ["evaluate", *argv[i + 1 : i + 2], *keep]
+    return ["train", *argv]
+
+
+def _check_extras(cfg: TrainConfig | None, *, figures: bool) -> None:
+    """The ``[examples]`` extra's packages this command will use, checked before any work."""
+    need = []
+    if cfg is not None and cfg.progress:
+        need.append("tqdm")
+    if figures:
+        need.append("matplotlib")
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(
+            f"{' and '.join(missing)} not installed: install the trainer's extra with "
+            "pip install -e '.[examples]' (or pass --progress false / --num-figures 0)"
         )
-        + "\n"
-    )
-    print("\n" + text)
-    return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_outputs(cfg: TrainConfig) -> None:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out} is a file, not a folder")
+    if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
+        raise UsageError(f"--data-root {cfg.data_root}: no such folder (the ChestX-ray14 folder)")
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
     try:
-        if args.evaluate:
-            out = evaluate_checkpoint(
-                args.evaluate,
-                data_root=args.data_root,
-                device=args.device or "auto",
-            )
-            print(out["table"])
-            print(f"written to {out['written_to']}")
-            return 0
         cfg = resolve_config(args)
-        if args.resume:
-            run_dir = train(
-                cfg,
-                resume_dir=args.resume,
-                stop_after_steps=args.stop_after_steps,
-                progress=args.progress,
-            )
-        elif args.compare_baseline or (cfg.preset == "demo" and args.ablation is None):
-            run_dir = run_comparison(cfg)
-        else:
-            run_dir = train(cfg)
-            print((run_dir / "localization.md").read_text())
-        print(f"run directory: {run_dir}")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _check_outputs(cfg)
+    _check_extras(cfg, figures=cfg.num_figures > 0)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out one parsed command."""
+    if args.verb == "evaluate":
+        _check_extras(None, figures=True)
+        _, text, out_dir = evaluate_checkpoint(
+            args.checkpoint, data_root=args.data_root, device=args.device
+        )
+        print(text)
+        print(f"written to {out_dir}")
         return 0
-    except WeightsNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    if args.verb == "predict":
+        return _predict(args)
+    if args.verb == "reproduce":
+        from .reproduce import reproduce
+
+        cfg = _config(args)
+        folds = None
+        if args.folds:
+            try:
+                folds = tuple(int(x) for x in args.folds.split(","))
+            except ValueError:
+                raise UsageError(
+                    f"--folds takes fold numbers like 0,1,2, got {args.folds!r}"
+                ) from None
+            if any(not 0 <= k < 5 for k in folds):
+                raise UsageError(f"--folds must be in 0..4, got {args.folds}")
+        print(f"reproduction in {reproduce(cfg, folds)}")
+        return 0
+    if args.evaluate:  # the old spelling: train_ccg.py --evaluate CHECKPOINT
+        args.verb, args.checkpoint = "evaluate", args.evaluate
+        args.device = args.device or "auto"
+        return run(args)
+    cfg = _config(args)
+    if args.resume:
+        run_dir = train(cfg, resume_dir=args.resume, progress=args.progress).run_dir
+    elif args.compare_baseline or (cfg.preset == "demo" and args.ablation is None):
+        run_dir = compare(cfg)
+    else:
+        run_dir = train(cfg).run_dir
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .engine import select_device
+    from .predict import find_images, predict
+
+    _check_extras(None, figures=not args.no_overlays)
+    if not 0 < args.threshold < 1:
+        raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    paths = find_images(args.inputs)
+    model, cfg = load_model(args.checkpoint)
+    device = select_device(TrainConfig(device=args.device))
+    records = predict(
+        model.to(device),
+        cfg.image_size,
+        paths,
+        Path(args.out),
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        overlays=not args.no_overlays,
+    )
+    for rec in records:
+        found = ", ".join(f"{f['class']} {f['probability']:.2f}" for f in rec["findings"]) or "-"
+        print(f"{rec['image']}: {found}")
+    print(f"written to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, and turn user errors into one ``error: ...`` line (exit 2)."""
+    args = build_parser().parse_args(_with_verb(sys.argv[1:] if argv is None else argv))
+    if args.verb is None:
+        build_parser().print_help()
         return 2
+    try:
+        return run(args)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except (
+        UsageError,
+        CheckpointError,
+        DeviceError,
+        WeightsNotFoundError,
+        FileNotFoundError,
+        ChestXray14FormatError,
+    ) as err:
+        message: Any = str(err).strip().splitlines()
+        print(f"error: {' '.join(m.strip() for m in message)}", file=sys.stderr)
+        return 2

@@ -48,7 +48,7 @@ class TrainConfig:
     test_split_file: str | None = None
     image_size: int = 512
     num_classes: int = 14
-    num_workers: int = 2
+    num_workers: int = -1  # DataLoader workers; -1: from the machine's cores (data.loader_options)
     cache_images: bool = False  # keep decoded training images in memory (small datasets)
     # model
     backbone: str = "resnet50"  # "resnet50" | "tiny"
@@ -92,6 +92,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: only at epoch ends)
     eval_every: int = 1  # epochs between evaluations on the test split (0: only at the end)
     progress: bool = True
+    log_every: int = 50  # steps between reads of the loss terms (the step's only host sync)
+    channels_last: bool = False  # NHWC memory format for the backbone (faster convs on GPUs)
+    compile: bool = False  # torch.compile the model and the loss (the loss as one graph)
     stop_after_steps: int = 0  # testing aid: stop abruptly after this many steps (a "kill")
     max_test_images: int = 0  # 0: all
     num_figures: int = 8
@@ -143,6 +146,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cache_images": True,
         "threads": 1,
         "checkpoint_every": 0,
+        "log_every": 20,
         "num_figures": 6,
     },
 }
@@ -156,43 +160,31 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {s!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line: every ``TrainConfig`` field is an option, plus the actions."""
-    p = argparse.ArgumentParser(
-        prog="train_ccg.py",
-        description="Train and evaluate CCG-Net (Cross-chest Graph) on ChestX-ray14 or its "
-        "embedded synthetic twin.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Every ``TrainConfig`` field as an option; the help shows its default in each preset."""
+    presets = {name: TrainConfig(preset=name, **values) for name, values in PRESETS.items()}
     p.add_argument(
-        "--ablation",
-        choices=list(ABLATIONS),
-        default=None,
-        help="a row of the paper's Table 4 (L_base plus the named relation terms); "
-        "overrides --losses",
-    )
-    p.add_argument(
-        "--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly"
-    )
-    p.add_argument(
-        "--evaluate",
-        metavar="CHECKPOINT",
-        default=None,
-        help="only evaluate this checkpoint on the test split and print the table",
-    )
-    p.add_argument(
-        "--compare-baseline",
-        action="store_true",
-        help="(the demo does this) also train the baseline and print both tables and the "
-        "trivial prior",
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="the defaults of every option below (default: paper)",
     )
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "preset":
+        if f.name == "preset" or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        values = {name: _show(getattr(c, f.name)) for name, c in presets.items()}
+        shown = (
+            f"default: {values['paper']}"
+            if len(set(values.values())) == 1
+            else "; ".join(f"{name}: {v}" for name, v in values.items())
+        )
         kw: dict[str, Any] = {"default": None, "dest": f.name}
         if isinstance(default, bool):
             kw["type"] = _parse_bool
@@ -206,13 +198,39 @@ def build_parser() -> argparse.ArgumentParser:
             kw["type"] = float
         else:
             kw["type"] = str
-        kw["help"] = f"(default: preset value, paper: {default})"
+        kw["help"] = f"{HELP.get(f.name, '')} ({shown})".strip()
         p.add_argument(flag, **kw)
-    return p
+
+
+HELP: dict[str, str] = {
+    "data_root": "ChestX-ray14 folder; None: the embedded synthetic twin",
+    "synthetic_images": "images of the synthetic dataset",
+    "cache_dir": "synthetic data and superpixel cache",
+    "setting": "the paper's data setting a, b or c (Sec. 4.2)",
+    "fold": "fold 0..4 of the setting",
+    "image_size": "working size S (multiple of 32)",
+    "num_workers": "DataLoader workers (-1: from the machine)",
+    "cache_images": "keep the decoded training images in memory",
+    "backbone": "resnet50 or tiny",
+    "weights": "backbone weights: imagenet (torchvision's cache), a file, or none",
+    "losses": "loss terms of Eq. 11, comma-separated, from base,ir,ik,kr",
+    "epochs": "epochs",
+    "batch_size": "images per process and step",
+    "lr": "SGD learning rate",
+    "device": "auto, cpu, cuda or cuda:N",
+    "amp": "float16 autocast: auto (CUDA), on, off",
+    "output_dir": "where run directories go",
+    "run_name": "run directory name (default: preset-losses-time)",
+    "checkpoint_every": "steps between mid-epoch checkpoints (0: epoch ends only)",
+    "log_every": "steps between reads of the loss terms for the log and the bar",
+    "channels_last": "NHWC memory format for the backbone",
+    "compile": "torch.compile the model and the loss",
+    "num_figures": "overlay figures in the report",
+}
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset defaults, then explicit options, then ``--ablation``."""
+    """Preset defaults, then explicit options, then ``--ablation`` (if the parser has it)."""
     cfg = TrainConfig(preset=args.preset, **PRESETS[args.preset])
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
@@ -222,7 +240,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             parts = [s.strip() for s in str(value).split(",") if s.strip()]
             value = tuple(int(s) for s in parts) if f.name == "tiny_widths" else tuple(parts)
         setattr(cfg, f.name, value)
-    if args.ablation is not None:
+    if getattr(args, "ablation", None) is not None:
         cfg.losses = ("base", *ABLATIONS[args.ablation])
     validate_config(cfg)
     return cfg
@@ -253,6 +271,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--kr-pairs must be half or all, got {cfg.kr_pairs!r}")
     if cfg.amp not in ("auto", "on", "off"):
         raise ValueError(f"--amp must be auto, on or off, got {cfg.amp!r}")
+    if cfg.log_every < 1:
+        raise ValueError(f"--log-every must be >= 1, got {cfg.log_every}")
 
 
 def load_config(run_dir: Path) -> TrainConfig:
@@ -268,7 +288,7 @@ __all__ = [
     "LOSS_TERMS",
     "PRESETS",
     "TrainConfig",
-    "build_parser",
+    "add_config_options",
     "load_config",
     "resolve_config",
     "validate_config",

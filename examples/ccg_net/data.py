@@ -1,27 +1,26 @@
 """Data for the trainer: ChestX-ray14 (real or the embedded synthetic twin), the paper's splits,
-superpixels cached once per image, batches with grid targets, and the trivial prior.
+superpixels cached once per image, ready datasets and loaders (1-channel uint8 images, grid
+targets built in the loader's workers), and the fixed reference maps (the trivial prior).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 import ccg_layers
 from ccg_layers.datasets import (
     BOX_FRAME,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ChestXray14,
     ChestXray14Index,
     chestxray14_splits,
@@ -30,9 +29,8 @@ from ccg_layers.datasets import (
     read_split_files,
     split_summary,
 )
-from ccg_layers.functional import boxes_to_grid
 
-from .checkpoint import save_atomic
+from ._pending_api import boxes_to_grid_targets
 from .config import TrainConfig
 
 _log = logging.getLogger("ccg_net")
@@ -59,17 +57,6 @@ def dataset_root(cfg: TrainConfig) -> Path:
             f"{cfg.image_size}px) in {root} in {time.perf_counter() - t0:.1f} s"
         )
     return root
-
-
-@dataclass
-class SplitData:
-    """Everything the trainer needs from the data side."""
-
-    index: ChestXray14Index
-    split: dict[str, list[str]]
-    summary: dict[str, Any]
-    train: Dataset[dict[str, Any]]
-    test: ChestXray14
 
 
 def load_split(cfg: TrainConfig) -> tuple[ChestXray14Index, dict[str, list[str]], dict[str, Any]]:
@@ -104,141 +91,231 @@ def load_split(cfg: TrainConfig) -> tuple[ChestXray14Index, dict[str, list[str]]
 # --------------------------------------------------------------------------- superpixels
 
 
-def _superpixel_key(cfg: TrainConfig, index: ChestXray14Index, names: list[str]) -> str:
-    h = hashlib.sha256()
-    h.update(str(index.root).encode())
-    h.update("\n".join(names).encode())
-    h.update(
-        json.dumps([cfg.num_patches, cfg.superpixel_size, cfg.superpixel_compactness]).encode()
-    )
-    return h.hexdigest()[:16]
-
-
-def superpixel_cache(
-    cfg: TrainConfig, index: ChestXray14Index, names: list[str], *, is_main: bool = True
+def superpixel_labels(
+    cfg: TrainConfig, paths: list[Path], *, workers: int = 0, is_main: bool = True
 ) -> Tensor:
-    """SLIC labels ``(N, s, s)`` uint8 of every image in ``names``, computed once and cached.
+    """SLIC labels ``(N, s, s)`` uint8 of the image files, computed once per image and cached.
 
-    The labels (``cfg.num_patches`` per image, see :func:`ccg_layers.superpixels`) are computed
-    at ``cfg.superpixel_size`` from the image itself and stored in ``cfg.cache_dir`` keyed by
-    the dataset, the image list and the parameters; later runs (and resumed runs) load them.
-    Only the main process computes; the others wait for the file (see ``engine``).
+    :func:`ccg_layers.superpixels_from_files` at ``cfg.superpixel_size`` with
+    ``cfg.num_patches`` segments, cached per file in ``<cache_dir>/superpixels`` (keyed by the
+    file and the parameters): later runs, resumed runs and the other DDP processes read them.
     """
     if cfg.num_patches > 256:
-        raise ValueError(f"--num-patches must be at most 256 for the cache, got {cfg.num_patches}")
-    path = Path(cfg.cache_dir) / f"superpixels-{_superpixel_key(cfg, index, names)}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)["labels"]
-    if not is_main:
-        raise FileNotFoundError(f"superpixel cache {path} was not written by the main process")
+        raise ValueError(f"--num-patches must be at most 256, got {cfg.num_patches}")
     t0 = time.perf_counter()
-    ds = ChestXray14(index, names, image_size=cfg.superpixel_size, normalize=False)
-    loader = DataLoader(
-        ds,
-        batch_size=64,
-        num_workers=cfg.num_workers,
-        collate_fn=collate_chestxray14,
-        generator=torch.Generator(),  # leaves the global RNG alone
-    )
-    out = torch.empty(len(names), cfg.superpixel_size, cfg.superpixel_size, dtype=torch.uint8)
-    start = 0
-    for batch in loader:
-        gray = batch["image"][:, 0]
-        labels = ccg_layers.superpixels(
-            gray,
-            cfg.num_patches,
-            compactness=cfg.superpixel_compactness,
-            work_size=cfg.superpixel_size,
+    labels = ccg_layers.superpixels_from_files(
+        paths,
+        cfg.num_patches,
+        compactness=cfg.superpixel_compactness,
+        work_size=cfg.superpixel_size,
+        num_workers=workers,
+        cache_dir=Path(cfg.cache_dir) / "superpixels",
+    ).to(torch.uint8)
+    if is_main and time.perf_counter() - t0 > 1.0:
+        print(
+            f"superpixels: {len(paths)} images x {cfg.num_patches} patches in "
+            f"{time.perf_counter() - t0:.1f} s (cached in {Path(cfg.cache_dir) / 'superpixels'})"
         )
-        out[start : start + len(gray)] = torch.as_tensor(labels).to(torch.uint8)
-        start += len(gray)
-    save_atomic({"labels": out, "names": names}, path)
-    print(
-        f"superpixels: {len(names)} images x {cfg.num_patches} patches in "
-        f"{time.perf_counter() - t0:.1f} s, cached in {path}"
-    )
-    return out
+    return labels
+
+
+# --------------------------------------------------------------------------- datasets
 
 
 _IMAGE_MEMO: dict[tuple[str, tuple[str, ...], int], Tensor] = {}
 
 
 class TrainSet(Dataset[dict[str, Any]]):
-    """The training ``ChestXray14`` plus the cached superpixel labels of each sample.
+    """The training ``ChestXray14`` (1-channel uint8 images) plus each sample's superpixels.
 
-    With ``in_memory`` the decoded images are kept in memory (float16 gray, loaded once), for
-    small datasets such as the demo's, where decoding would dominate the step time; the samples
-    are identical up to float16 rounding of the gray values.
+    With ``in_memory`` the decoded images are kept in memory (uint8, loaded once), for small
+    datasets such as the demo's, where decoding would dominate the step time; the samples are
+    identical to the decoded ones.
     """
 
     def __init__(
         self,
         base: ChestXray14,
-        labels: Tensor | None,
+        superpixels: Tensor | None,
         *,
         in_memory: bool = False,
         num_workers: int = 0,
     ) -> None:
         self.base = base
-        self.labels = labels
+        self.superpixels = superpixels
         self.images: Tensor | None = None
         if in_memory:
             key = (str(base.index.root), tuple(base.image_names), base.image_size)
             if key not in _IMAGE_MEMO:
                 _IMAGE_MEMO.clear()
-                _IMAGE_MEMO[key] = self._decode_all(base, num_workers)
+                loader = DataLoader(
+                    base,
+                    batch_size=32,
+                    num_workers=num_workers,
+                    collate_fn=collate_chestxray14,
+                    generator=torch.Generator(),  # leaves the global RNG alone
+                )
+                _IMAGE_MEMO[key] = torch.cat([b["image"] for b in loader])
             self.images = _IMAGE_MEMO[key]
-            self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-            self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-
-    @staticmethod
-    def _decode_all(base: ChestXray14, num_workers: int) -> Tensor:
-        raw = ChestXray14(base.index, base.image_names, image_size=base.image_size, normalize=False)
-        loader = DataLoader(
-            raw,
-            batch_size=32,
-            num_workers=num_workers,
-            collate_fn=collate_chestxray14,
-            generator=torch.Generator(),
-        )
-        return torch.cat([b["image"][:, 0].half() for b in loader])
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def _sample(self, i: int) -> dict[str, Any]:
-        if self.images is None:
-            return dict(self.base[i])
-        # the sample without decoding the PNG: the same fields as ChestXray14.__getitem__
-        sample: dict[str, Any] = dict(self.base.targets(i))
-        gray = self.images[i].float()
-        sample["image"] = (gray.expand(3, -1, -1) - self._mean) / self._std
-        return sample
-
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sample = self._sample(i)
-        if self.labels is not None:
-            sample["superpixels"] = self.labels[sample["index"]]
+        if self.images is None:
+            sample: dict[str, Any] = dict(self.base[i])
+        else:  # the same fields as ChestXray14.__getitem__, without decoding the PNG
+            sample = dict(self.base.targets(i))
+            sample["image"] = self.images[i]
+        if self.superpixels is not None:
+            sample["superpixels"] = self.superpixels[i]
         return sample
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """``collate_chestxray14`` plus the stacked superpixel labels when present."""
-    batch: dict[str, Any] = dict(collate_chestxray14(samples))  # type: ignore[arg-type]
-    if "superpixels" in samples[0]:
-        batch["superpixels"] = torch.stack([s["superpixels"] for s in samples]).long()
-    return batch
+def grid_size(cfg: TrainConfig) -> int:
+    """The side of the model's grid (the C5 map) at the working size."""
+    return cfg.image_size // (cfg.tiny_stride if cfg.backbone == "tiny" else 32)
 
 
-def grid_targets(batch: dict[str, Any], num_classes: int, image_size: int, grid: int) -> Tensor:
-    """``(B, K, g, g)`` float: the union of each image's class-k boxes rasterised on the grid."""
-    b = batch["image"].shape[0]
-    out = torch.zeros(b, num_classes, grid, grid)
-    boxes = batch["boxes"]
-    if len(boxes):
-        cells = boxes_to_grid(boxes, (image_size, image_size), (grid, grid)).float()
-        out.index_put_((batch["box_image_index"], batch["box_class"]), cells, accumulate=True)
-    return out.clamp_(max=1.0)
+@dataclass
+class Collate:
+    """Batches samples (in the loader's workers): ``collate_chestxray14`` plus, with
+    ``grid_size``, the grid targets ``grid`` (B, K, g, g) and ``box_mask`` (B, K) of L_base, and
+    the stacked ``superpixels`` (B, s, s) uint8 when the samples have them."""
+
+    num_classes: int
+    image_size: int
+    grid_size: int | None = None
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = dict(collate_chestxray14(samples))  # type: ignore[arg-type]
+        if self.grid_size is not None:
+            batch["grid"], batch["box_mask"] = boxes_to_grid_targets(
+                batch["boxes"],
+                batch["box_image_index"],
+                batch["box_class"],
+                num_images=len(samples),
+                num_classes=self.num_classes,
+                image_size=self.image_size,
+                grid_size=self.grid_size,
+            )
+        if "superpixels" in samples[0]:
+            batch["superpixels"] = torch.stack([s["superpixels"] for s in samples])
+        return batch
+
+
+#: The batch entries a training step moves to the device.
+STEP_KEYS = ("image", "labels", "grid", "box_mask", "superpixels")
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+    """The step's tensors of ``batch`` on ``device`` (``non_blocking``: from pinned memory the
+    copy overlaps the previous step)."""
+    return {k: batch[k].to(device, non_blocking=True) for k in STEP_KEYS if k in batch}
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """This process's batches of an epoch, from a given step on (exact, resumable order).
+
+    The order is :func:`epoch_order` of ``(seed, epoch)``, cut into global batches of
+    ``batch_size * world``; process ``rank`` takes its slice of each. ``set_epoch(epoch,
+    start_step)`` picks the epoch and where to start (a resumed run restarts mid-epoch).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1, seed: int = 0):
+        self.n, self.batch_size, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
+        self.steps = math.ceil(n / (batch_size * world))
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = epoch_order(self.n, self.epoch, self.seed, self.batch_size * self.world)
+        mine = order.view(self.steps, self.world, self.batch_size)[self.start_step :, self.rank]
+        yield from mine.tolist()
+
+
+def loader_options(cfg: TrainConfig, device: torch.device, world: int = 1) -> dict[str, Any]:
+    """DataLoader workers, prefetch, pinned memory and persistent workers for this machine.
+
+    ``--num-workers -1`` (auto) takes the CPU cores of this process's share of the machine
+    minus one for the main process, at most 8.
+    """
+    workers = cfg.num_workers
+    if workers < 0:
+        workers = max(0, min(8, (os.cpu_count() or 1) // world - 1))
+    opts: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        opts.update(persistent_workers=True, prefetch_factor=4)
+    return opts
+
+
+@dataclass
+class Data:
+    """The index, split and ready datasets and loaders of a run."""
+
+    index: ChestXray14Index
+    split: dict[str, list[str]]
+    summary: dict[str, Any]
+    test: ChestXray14
+    test_loader: DataLoader[Any]
+    train: TrainSet | None = None
+    train_loader: DataLoader[Any] | None = None
+    sampler: EpochBatchSampler | None = None
+
+
+def build_data(
+    cfg: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Any = None,
+    with_train: bool = True,
+) -> Data:
+    """Index and split, the training set (with superpixels if a patch-graph term is on) and
+    the test set, with their loaders (the training loader's order set by ``data.sampler``)."""
+    device = device or torch.device("cpu")
+    index, split, summary = load_split(cfg)
+    opts = loader_options(cfg, device, world)
+    test = ChestXray14(index, split["test"], image_size=cfg.image_size)
+    test_loader = DataLoader(
+        test,
+        batch_size=max(cfg.batch_size, 8),
+        collate_fn=Collate(cfg.num_classes, cfg.image_size),
+        shuffle=False,
+        generator=torch.Generator(),  # leaves the global RNG alone
+        **opts,
+    )
+    data = Data(index, split, summary, test, test_loader)
+    if not with_train:
+        return data
+    base = ChestXray14(index, split["train"], image_size=cfg.image_size)
+    labels = None
+    if cfg.enabled("ik") or cfg.enabled("kr"):
+        workers = max(1, opts["num_workers"])
+        if rank == 0:
+            labels = superpixel_labels(cfg, base.paths, workers=workers)
+        if barrier is not None:
+            barrier()  # the others read the cache the main process has just filled
+        if rank != 0:
+            labels = superpixel_labels(cfg, base.paths, workers=workers, is_main=False)
+    data.train = TrainSet(base, labels, in_memory=cfg.cache_images, num_workers=opts["num_workers"])
+    data.sampler = EpochBatchSampler(
+        len(base), cfg.batch_size, rank=rank, world=world, seed=cfg.seed
+    )
+    data.train_loader = DataLoader(
+        data.train,
+        batch_sampler=data.sampler,
+        collate_fn=Collate(cfg.num_classes, cfg.image_size, grid_size(cfg)),
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **opts,
+    )
+    return data
 
 
 def test_boxes(ds: ChestXray14) -> tuple[Tensor, Tensor, Tensor]:
@@ -285,26 +362,16 @@ def trivial_prior(
     return prior
 
 
-def build_data(cfg: TrainConfig, *, is_main: bool = True, barrier: Any = None) -> SplitData:
-    """Index, split, train dataset (with superpixels if a patch-graph term is on), test dataset."""
-    index, split, summary = load_split(cfg)
-    need_sp = cfg.enabled("ik") or cfg.enabled("kr")
-    labels = None
-    if need_sp:
-        if is_main:
-            labels = superpixel_cache(cfg, index, split["train"])
-        if barrier is not None:
-            barrier()
-        if not is_main:
-            labels = superpixel_cache(cfg, index, split["train"], is_main=False)
-    train = TrainSet(
-        ChestXray14(index, split["train"], image_size=cfg.image_size),
-        labels,
-        in_memory=cfg.cache_images,
-        num_workers=cfg.num_workers,
-    )
-    test = ChestXray14(index, split["test"], image_size=cfg.image_size)
-    return SplitData(index, split, summary, train, test)
+def reference_maps(
+    index: ChestXray14Index, split: dict[str, list[str]], cfg: TrainConfig
+) -> dict[str, Tensor]:
+    """The fixed maps every table shows beside the models: name -> ``(N_test, K, h, w)``.
+
+    ``"Prior"``: the training set's mean box mask per class (:func:`trivial_prior`), the
+    same map for every test image.
+    """
+    prior = trivial_prior(index, split["train"], cfg.image_size)
+    return {"Prior": prior[None].expand(len(split["test"]), -1, -1, -1)}
 
 
 def epoch_order(n: int, epoch: int, seed: int, multiple: int) -> Tensor:

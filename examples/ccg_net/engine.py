@@ -1,16 +1,26 @@
-"""The training loop: run directory, checkpoints, exact resume, evaluation, DDP, AMP."""
+"""The reference trainer, top to bottom: ``train_step`` -> ``train_one_epoch`` -> ``evaluate``
+-> ``train`` (the run: data, model, resume, epochs, report) -> ``compare`` (the demo's
+baseline-vs-CCG run).
+
+The step never waits for the device: value checks run on the first step only, the loss terms
+are summed on the device and read every ``--log-every`` steps (and at checkpoints), where a
+non-finite loss, flagged on the device, stops every process together.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime
+import inspect
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +29,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
 
-from ccg_layers.datasets import CLASS_NAMES, ChestXray14
+import ccg_layers
+from ccg_layers.datasets import save_split
 from ccg_layers.functional import log_noisy_or
-from ccg_layers.metrics import (
-    classification_auc,
-    format_localization_table,
-    localization_accuracy,
-)
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, load_config
-from .data import build_data, collate, epoch_order, grid_targets, test_boxes
+from .config import LOSS_TERMS, TrainConfig, load_config
+from .data import Data, build_data, reference_maps, to_device
 from .losses import CCGLoss
 from .model import CCGNet, build_model, resolve_weights
-
-THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
+from .report import EvalResults, score_maps, write_report
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +48,10 @@ class NonFiniteLossError(RuntimeError):
 
 class SimulatedKillError(RuntimeError):
     """Raised by ``--stop-after-steps``: the run stops abruptly, as if killed (for tests)."""
+
+
+class DeviceError(ValueError):
+    """The requested device is not available."""
 
 
 # --------------------------------------------------------------------------- process setup
@@ -66,14 +74,34 @@ def distributed_from_env() -> Iterator[tuple[int, int, int]]:
         yield 0, 1, 0
 
 
-def select_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+def select_device(cfg: TrainConfig, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The device of this process.
+
+    ``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU. Under ``torchrun``
+    (``world > 1``) every process takes ``cuda:LOCAL_RANK`` whatever index ``--device`` names
+    (``--device cuda:0`` must not put every process on GPU 0).
+
+    Raises:
+        DeviceError: CUDA asked for and not available, or an unknown device string.
+    """
     if cfg.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
+    try:
+        dev = torch.device(cfg.device)
+    except RuntimeError:
+        raise DeviceError(
+            f"--device {cfg.device}: not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"--device {cfg.device}: no CUDA GPU is visible to PyTorch here; "
+                "use --device cpu (or auto)"
+            )
+        if world > 1 or dev.index is None:
+            dev = torch.device("cuda", local_rank)
     return dev
 
 
@@ -97,12 +125,26 @@ def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 class Trainee(nn.Module):
-    """Model and loss in one module, so that DDP syncs the graph parameters too."""
+    """Model and loss in one module, so that DDP syncs the graph parameters too.
+
+    ``forward`` returns ``(terms, finite)``: the loss terms of :class:`CCGLoss` and a 0-d bool
+    on the device, whether the logits, features and loss are all finite. Non-finite outputs are
+    replaced by zeros before the loss (and the loss by NaN after it), so that a process whose
+    batch went wrong still takes part in every collective of the relation terms and of DDP.
+    """
 
     def __init__(self, model: CCGNet, criterion: CCGLoss) -> None:
         super().__init__()
         self.model = model
         self.criterion = criterion
+        self._compiled: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+
+    def compile_parts(self, *, fullgraph_loss: bool = True) -> None:
+        """``torch.compile`` the model and the loss (the loss as one graph); the compiled
+        versions run whenever value checks are off (every step but the first)."""
+        model = torch.compile(self.model)
+        criterion = torch.compile(self.criterion, fullgraph=fullgraph_loss)
+        object.__setattr__(self, "_compiled", (model, criterion))  # not submodules
 
     def forward(
         self,
@@ -110,14 +152,21 @@ class Trainee(nn.Module):
         labels: Tensor,
         grid: Tensor,
         box_mask: Tensor,
-        superpixels: Tensor | None,
+        superpixels: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
-        logits, feats = self.model(images)
-        if not bool(torch.isfinite(logits).all()):
-            # MILGridLoss rejects non-finite logits; report it as a non-finite loss instead.
-            return {"loss": logits.float().sum() * math.nan, "logits": logits.float().sum()}, logits
-        terms = self.criterion(logits, feats, labels, grid, box_mask, superpixels)
-        return terms, logits
+        model: Callable[..., Any] = self.model
+        criterion: Callable[..., Any] = self.criterion
+        if self._compiled is not None and not ccg_layers.value_checks_enabled():
+            model, criterion = self._compiled
+        logits, feats = model(images)
+        finite = torch.isfinite(logits).all() & torch.isfinite(feats).all()
+        logits = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
+        feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
+        sp = superpixels.long() if superpixels is not None else None
+        terms = criterion(logits, feats, labels, grid, box_mask, sp)
+        finite = finite & torch.isfinite(terms["loss"])
+        terms["loss"] = torch.where(finite, terms["loss"], math.nan)
+        return terms, finite
 
 
 def model_from_config(cfg: TrainConfig, weights: str) -> CCGNet:
@@ -141,10 +190,6 @@ def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -
     return Trainee(model, criterion)
 
 
-def grid_size(cfg: TrainConfig) -> int:
-    return cfg.image_size // (cfg.tiny_stride if cfg.backbone == "tiny" else 32)
-
-
 def make_optimizer(
     cfg: TrainConfig, module: nn.Module
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -160,70 +205,218 @@ def make_optimizer(
     return opt, sched
 
 
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(
+    net: nn.Module,
+    batch: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    use_amp: bool,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Forward, the losses, backward, the SGD update, on a batch already on the device.
+
+    Returns the detached loss terms and the 0-d ``finite`` flag, both on the device: nothing
+    here reads a value back to the host (with value checks off and AMP off; the gradient
+    scaler's inf check reads one flag per step).
+    """
+    device_type = batch["image"].device.type
+    with torch.autocast(device_type, dtype=torch.float16, enabled=use_amp):
+        terms, finite = net(
+            batch["image"],
+            batch["labels"],
+            batch["grid"],
+            batch["box_mask"],
+            batch.get("superpixels"),
+        )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: v.detach() for k, v in terms.items()}, finite
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+@dataclass
+class Progress:
+    """Where a run is: epoch (0-based), step within it, global step; ``first_step`` is the
+    global step this process started (or resumed) at, whose step runs with value checks."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    first_step: int = 0
+    last_checkpoint: Path | None = None
+    run_dir: Path | None = None
+
+
+@dataclass
+class EpochLog:
+    """What an epoch reports: the mean of each loss term and the images per second."""
+
+    means: dict[str, float] = field(default_factory=dict)
+    images_per_s: float = 0.0
+
+
+def train_one_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    data_loader: Iterable[dict[str, Any]],
+    device: torch.device,
+    cfg: TrainConfig,
+    progress: Progress,
+    *,
+    world: int = 1,
+    use_amp: bool = False,
+    save_checkpoint: Callable[[], None] | None = None,
+    stop_after_steps: int = 0,
+    bar: Any = None,
+) -> EpochLog:
+    """One pass over ``data_loader`` (this process's batches, from ``progress.step_in_epoch``).
+
+    Every ``cfg.log_every`` steps, at a checkpoint and at the end, the terms summed on the
+    device are read once (the only host synchronisation), the non-finite flag is combined over
+    the processes, the progress bar moves, and a due checkpoint is written.
+    """
+    names = (*LOSS_TERMS, "loss")
+    checks_default = ccg_layers.value_checks_enabled()
+    window = torch.zeros(len(names), device=device)
+    first_bad = torch.full((), math.inf, device=device)
+    recent: dict[int, tuple[int, list[str]]] = {}
+    epoch_sums = dict.fromkeys(names, 0.0)
+    keys: list[str] = []
+    count, since = 0, 0
+    t0 = time.perf_counter()
+
+    def log_point() -> None:
+        """The one read-back of a window of steps."""
+        nonlocal first_bad, since
+        if world > 1:
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+        values = torch.cat([window[: len(keys)], first_bad[None]]).tolist()
+        if math.isfinite(values[-1]):
+            _raise_non_finite(int(values[-1]), progress, recent)
+        for k, v in zip(keys, values, strict=False):
+            epoch_sums[k] += v
+        if bar is not None:
+            rate = count * cfg.batch_size * world / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{values[keys.index('loss')] / since:.4f}", img_s=f"{rate:.1f}")
+            bar.update(since)
+        window.zero_()
+        recent.clear()
+        since = 0
+
+    for batch in data_loader:
+        checks = checks_default and progress.global_step == progress.first_step
+        with ccg_layers.set_value_checks(checks):
+            terms, finite = train_step(
+                net, to_device(batch, device), optimizer, scaler, use_amp=use_amp
+            )
+        progress.step_in_epoch += 1
+        progress.global_step += 1
+        keys = keys or [k for k in names if k in terms]
+        window[: len(keys)] += torch.stack([terms[k].float() for k in keys])
+        first_bad = torch.where(finite, first_bad, first_bad.clamp(max=progress.global_step))
+        recent[progress.global_step] = (progress.step_in_epoch, list(batch["names"]))
+        count += 1
+        since += 1
+        due_ckpt = bool(cfg.checkpoint_every) and progress.global_step % cfg.checkpoint_every == 0
+        due_stop = bool(stop_after_steps) and progress.global_step >= stop_after_steps
+        if due_ckpt or due_stop or progress.global_step % cfg.log_every == 0:
+            log_point()
+        if due_ckpt and save_checkpoint is not None:
+            save_checkpoint()
+        if due_stop:
+            raise SimulatedKillError(
+                f"stopped after {progress.global_step} steps (--stop-after-steps)"
+            )
+    if since:
+        log_point()  # the end of the epoch
+    elapsed = time.perf_counter() - t0
+    return EpochLog(
+        {k: epoch_sums[k] / max(count, 1) for k in keys},
+        count * cfg.batch_size * world / max(elapsed, 1e-9),
+    )
+
+
+def _raise_non_finite(
+    global_step: int, progress: Progress, recent: dict[int, tuple[int, list[str]]]
+) -> None:
+    step, names = recent.get(global_step, (-1, []))
+    last = progress.last_checkpoint
+    keep = (
+        f"the last good checkpoint is {last}"
+        if last is not None and last.is_file()
+        else "no checkpoint had been written yet"
+    )
+    raise NonFiniteLossError(
+        f"non-finite loss at epoch {progress.epoch + 1}, step {step} (global step "
+        f"{global_step}). Training stopped without saving; {keep} (resume with --resume "
+        f"{progress.run_dir} after lowering --lr or checking the data: images {names})."
+    )
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def predict(
-    model: CCGNet, ds: Dataset[Any], device: torch.device, batch_size: int, num_workers: int
-) -> tuple[Tensor, Tensor]:
-    """Probability maps ``(N, K, h, w)`` (test-time upsampled) and image scores ``(N, K)``."""
+def evaluate(
+    model: CCGNet, data_loader: Iterable[dict[str, Any]], device: torch.device, data: Data
+) -> EvalResults:
+    """Probability maps (test-time upsampled) and image scores of the test set, scored:
+    localization accuracy per class and T(IoU), AUC per class, with the image names."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(
-        ds,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate,
-        shuffle=False,
-        generator=torch.Generator(),  # leaves the global RNG alone
-    )
     maps, scores = [], []
-    for batch in loader:
-        logits, _ = model(batch["image"].to(device))
+    for batch in data_loader:
+        logits, _ = model(batch["image"].to(device, non_blocking=True))
         logits = logits.float()
         maps.append(torch.sigmoid(logits).cpu())
         scores.append(log_noisy_or(logits)[0].exp().cpu())
     model.train(was_training)
-    return torch.cat(maps), torch.cat(scores)
+    return score_maps(torch.cat(maps), data.test, torch.cat(scores))
 
 
-def localization(maps: Tensor, ds: ChestXray14) -> Tensor:
-    boxes, img, cls = test_boxes(ds)
-    return localization_accuracy(
-        maps, boxes, img, cls, image_size=(ds.image_size, ds.image_size), thresholds=THRESHOLDS
-    )
-
-
-def evaluate(
-    model: CCGNet, ds: ChestXray14, device: torch.device, cfg: TrainConfig
-) -> dict[str, Any]:
-    maps, scores = predict(model, ds, device, max(cfg.batch_size, 8), cfg.num_workers)
-    acc = localization(maps, ds)
-    labels = ds.index.labels[ds.rows]
-    auc = classification_auc(scores, labels)
-    return {"accuracy": acc, "auc": auc, "maps": maps}
-
-
-def accuracy_summary(acc: Tensor) -> dict[str, Any]:
-    """The table as nested lists plus the mean over the boxed classes per threshold."""
-    from ccg_layers.datasets import BOXED_CLASSES
-
-    cols = [CLASS_NAMES.index(c) for c in BOXED_CLASSES]
-    out: dict[str, Any] = {"thresholds": list(THRESHOLDS)}
-    for t, row in zip(THRESHOLDS, acc[:, cols].double(), strict=True):
-        valid = row[~torch.isnan(row)]
-        out[f"T={t:g}"] = {
-            **{
-                c: (None if math.isnan(v) else v)
-                for c, v in zip(BOXED_CLASSES, row.tolist(), strict=True)
-            },
-            "Mean": float(valid.mean()) if len(valid) else None,
-        }
-    return out
+def reference_results(data: Data, cfg: TrainConfig) -> dict[str, EvalResults]:
+    """The reference maps of :func:`.data.reference_maps`, scored like a model."""
+    return {
+        k: score_maps(m, data.test) for k, m in reference_maps(data.index, data.split, cfg).items()
+    }
 
 
 # --------------------------------------------------------------------------- run directory
+
+
+class MetricsLog:
+    """Appends one row per epoch to ``metrics.csv`` and keeps ``metrics.json`` up to date."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.csv = run_dir / "metrics.csv"
+        self.json = run_dir / "metrics.json"
+        self.data: dict[str, Any] = {"epochs": []}
+        if self.json.is_file():
+            self.data = json.loads(self.json.read_text())
+
+    def add(self, row: dict[str, Any]) -> None:
+        rows = [r for r in self.data["epochs"] if r["epoch"] != row["epoch"]] + [row]
+        self.data["epochs"] = rows
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        with open(self.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        self.json.write_text(json.dumps(self.data, indent=2) + "\n")
+
+    def finish(self, final: dict[str, Any]) -> None:
+        self.data["final"] = final
+        self.json.write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -233,76 +426,43 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return path
 
 
-def _broadcast_str(s: str | None, rank: int, world: int) -> str:
-    if world == 1:
-        assert s is not None
-        return s
+def _broadcast_str(s: str | None, world: int) -> str:
     obj = [s]
-    dist.broadcast_object_list(obj, src=0)
+    if world > 1:
+        dist.broadcast_object_list(obj, src=0)
     assert obj[0] is not None
     return obj[0]
 
 
-class MetricsLog:
-    """Appends one row per epoch to ``metrics.csv`` and keeps ``metrics.json`` up to date."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.csv = run_dir / "metrics.csv"
-        self.json = run_dir / "metrics.json"
-        self.rows: list[dict[str, Any]] = []
-        if self.json.is_file():
-            self.rows = json.loads(self.json.read_text()).get("epochs", [])
-
-    def add(self, row: dict[str, Any], final: dict[str, Any] | None = None) -> None:
-        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
-        self._write(final)
-
-    def finish(self, final: dict[str, Any]) -> None:
-        self._write(final)
-
-    def _write(self, final: dict[str, Any] | None) -> None:
-        keys: list[str] = []
-        for r in self.rows:
-            keys += [k for k in r if k not in keys]
-        with open(self.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        data: dict[str, Any] = {"epochs": self.rows}
-        if self.json.is_file():
-            old = json.loads(self.json.read_text())
-            if "final" in old:
-                data["final"] = old["final"]
-        if final is not None:
-            data["final"] = final
-        self.json.write_text(json.dumps(data, indent=2) + "\n")
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The configuration with its folders made absolute, so that a run directory works from
+    any working directory (``evaluate`` does not regenerate the synthetic data elsewhere)."""
+    root = None if cfg.data_root is None else str(Path(cfg.data_root).resolve())
+    return dataclasses.replace(
+        cfg,
+        data_root=root,
+        cache_dir=str(Path(cfg.cache_dir).resolve()),
+        output_dir=str(Path(cfg.output_dir).resolve()),
+    )
 
 
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- the run
+
+# DDP's per-step buffer broadcast off (buffers still synced once at start); torch >= 2.12
+# spells it forward_sync_buffers and deprecates broadcast_buffers.
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
-def _checkpoint_state(
-    trainee: Trainee,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    scaler: torch.amp.GradScaler,
-    cfg: TrainConfig,
-    epoch: int,
-    step_in_epoch: int,
-    global_step: int,
-) -> dict[str, Any]:
-    return {
-        "model": trainee.model.state_dict(),
-        "criterion": trainee.criterion.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step_in_epoch": step_in_epoch,
-        "global_step": global_step,
-        "rng": ckpt.rng_state(),
-        "config": json.loads(cfg.to_json()),
-    }
+@dataclass
+class Run:
+    """A finished run: its directory and (on the main process) its test results."""
+
+    run_dir: Path
+    results: EvalResults | None
 
 
 def train(
@@ -311,17 +471,18 @@ def train(
     resume_dir: str | Path | None = None,
     stop_after_steps: int | None = None,
     progress: bool | None = None,
-) -> Path:
-    """Train (or resume) a run; returns its directory. See ``docs/training.md``."""
+) -> Run:
+    """Train (or resume) a run; see ``docs/training.md``."""
     if resume_dir is not None:
         saved = load_config(Path(resume_dir))
         saved.progress = cfg.progress if progress is None else progress
         cfg = saved
     if stop_after_steps is None:
         stop_after_steps = cfg.stop_after_steps
-    show_progress = cfg.progress if progress is None else progress
+    if progress is not None:
+        cfg = dataclasses.replace(cfg, progress=progress)
     with distributed_from_env() as (rank, world, local_rank):
-        return _train(cfg, rank, world, local_rank, resume_dir, stop_after_steps, show_progress)
+        return _train(absolute_paths(cfg), rank, world, local_rank, resume_dir, stop_after_steps)
 
 
 def _train(
@@ -331,39 +492,42 @@ def _train(
     local_rank: int,
     resume_dir: str | Path | None,
     stop_after_steps: int,
-    show_progress: bool,
-) -> Path:
+) -> Run:
     is_main = rank == 0
     if resume_dir is None:
         # fail at start-up, before any data work, when pretrained weights are asked for and absent
         resolve_weights(cfg.weights, cfg.backbone)
-    device = select_device(cfg, local_rank)
+    device = select_device(cfg, local_rank, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not cfg.deterministic  # one fixed input shape
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
     seed_everything(cfg.seed)
-
-    # run directory: the main process names it, the others follow
-    if resume_dir is not None:
-        run_dir = Path(resume_dir)
-    else:
-        run_dir = Path(_broadcast_str(str(new_run_dir(cfg)) if is_main else None, rank, world))
-    ckpt_dir = run_dir / "checkpoints"
-    if is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
 
     # the model first, right after seeding: its initialisation does not depend on the data work
     # (a resumed run then takes every weight from its checkpoint)
     trainee = build_trainee(cfg, world, weights="none" if resume_dir else None).to(device)
+    if cfg.channels_last:
+        trainee.model.to(memory_format=torch.channels_last)
+        trainee.model.channels_last = True
     barrier = (lambda: dist.barrier()) if world > 1 else None
-    data = build_data(cfg, is_main=is_main, barrier=barrier)
+    data = build_data(cfg, device=device, rank=rank, world=world, barrier=barrier)
+    assert data.train_loader is not None
+    assert data.sampler is not None
+
+    # the run directory, once the data are there: the main process names it, the others follow
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+    else:
+        run_dir = Path(_broadcast_str(str(new_run_dir(cfg)) if is_main else None, world))
+    ckpt_dir = run_dir / "checkpoints"
     if is_main:
-        (run_dir / "splits.json").write_text(json.dumps(data.summary, indent=2) + "\n")
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+        save_split(data.split, run_dir / "split", data.summary)
         s = data.summary
         print(
             f"[{run_dir}] split: train {s['train']} images ({s['train_annotated']} with boxes), "
@@ -375,196 +539,225 @@ def _train(
     opt, sched = make_optimizer(cfg, trainee)
     use_amp = amp_enabled(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-
-    epoch, step_in_epoch, global_step = 0, 0, 0
+    state = Progress(run_dir=run_dir)
     last = ckpt_dir / "last.pt"
     if resume_dir is not None:
-        state = ckpt.load(last, map_location=device)
-        trainee.model.load_state_dict(state["model"])
-        trainee.criterion.load_state_dict(state["criterion"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        epoch, step_in_epoch, global_step = (
-            state["epoch"],
-            state["step_in_epoch"],
-            state["global_step"],
+        # on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
+        saved = ckpt.load(last, map_location="cpu")
+        trainee.model.load_state_dict(saved["model"])
+        trainee.criterion.load_state_dict(saved["criterion"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        state.epoch, state.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
+        state.global_step = state.first_step = saved["global_step"]
+        state.last_checkpoint = last
+        rngs = saved["rng"]
+        ckpt.set_rng_state(
+            rngs[rank]
+            if isinstance(rngs, list) and len(rngs) == world
+            else (rngs[0] if isinstance(rngs, list) else rngs)
         )
-        ckpt.set_rng_state(state["rng"])
         if is_main:
-            print(f"resumed {run_dir} at epoch {epoch} step {step_in_epoch} (global {global_step})")
+            print(
+                f"resumed {run_dir} at epoch {state.epoch} step {state.step_in_epoch} "
+                f"(global {state.global_step})"
+            )
 
     net: nn.Module = trainee
     if world > 1:
+        # the buffers are either frozen (FrozenBatchNorm) or per-process BatchNorm statistics
+        # that only the main process's copy of is saved and evaluated: no broadcast per step
         net = DistributedDataParallel(
-            trainee, device_ids=[device.index] if device.type == "cuda" else None
+            trainee, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC
         )
+    if cfg.compile:
+        trainee.compile_parts(fullgraph_loss=world == 1)
     metrics = MetricsLog(run_dir) if is_main else None
-    g = grid_size(cfg)
-    global_batch = cfg.batch_size * world
-    n_train = len(data.train)
-    steps_per_epoch = math.ceil(n_train / global_batch)
 
-    def save(ep: int, st: int, name: str = "last.pt") -> None:
+    def save(name: str = "last.pt") -> None:
+        rng = ckpt.rng_state()
+        rngs: list[Any] = [rng]
+        if world > 1:
+            rngs = [None] * world
+            dist.all_gather_object(rngs, rng)
         if is_main:
-            state = _checkpoint_state(trainee, opt, sched, scaler, cfg, ep, st, global_step)
-            ckpt.save_atomic(state, ckpt_dir / name)
+            ckpt.save_atomic(
+                {
+                    "model": trainee.model.state_dict(),
+                    "criterion": trainee.criterion.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": state.epoch,
+                    "step_in_epoch": state.step_in_epoch,
+                    "global_step": state.global_step,
+                    "rng": rngs,
+                    "config": json.loads(cfg.to_json()),
+                },
+                ckpt_dir / name,
+            )
+        state.last_checkpoint = ckpt_dir / name
 
-    last_eval: tuple[int, dict[str, Any]] | None = None
+    results: EvalResults | None = None
     trainee.train()
-    while epoch < cfg.epochs:
-        order = epoch_order(n_train, epoch, cfg.seed, global_batch)
-        # this process's share of each global batch, from the step we are at
-        batches = order.view(steps_per_epoch, world, cfg.batch_size)[step_in_epoch:, rank]
-        loader = DataLoader(
-            Subset(data.train, batches.flatten().tolist()),
-            batch_size=cfg.batch_size,
-            shuffle=False,
-            num_workers=cfg.num_workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-            # its own generator: creating the loader must not draw from the global RNG
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )
+    while state.epoch < cfg.epochs:
+        data.sampler.set_epoch(state.epoch, state.step_in_epoch)
         bar = None
-        if is_main and show_progress:
+        if is_main and cfg.progress:
             from tqdm import tqdm
 
             bar = tqdm(
-                total=steps_per_epoch,
-                initial=step_in_epoch,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                total=data.sampler.steps,
+                initial=state.step_in_epoch,
+                desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                 dynamic_ncols=True,
-                leave=True,
             )
-        sums: dict[str, float] = {}
-        count = 0
-        t0 = time.perf_counter()
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device)
-            box_mask = batch["has_box"].to(device)
-            grid = grid_targets(batch, cfg.num_classes, cfg.image_size, g).to(device)
-            sp = batch.get("superpixels")
-            sp = sp.to(device) if sp is not None else None
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                terms, _ = net(images, labels, grid, box_mask, sp)
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            finite = all(math.isfinite(v) for v in values.values())
-            if world > 1:
-                # every process stops together (one rank's NaN must not leave the others
-                # waiting in the next collective)
-                flag = torch.tensor([float(finite)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                finite = bool(flag.item() > 0)
-            if not finite:
-                bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
-                where = (
-                    f"epoch {epoch + 1}, step {step_in_epoch + 1} (global step {global_step + 1})"
-                )
-                keep = (
-                    f"the last good checkpoint is {last}"
-                    if last.is_file()
-                    else "no checkpoint had been written yet"
-                )
-                raise NonFiniteLossError(
-                    f"non-finite loss at {where}: {bad}. Training stopped without saving; "
-                    f"{keep} (resume with --resume {run_dir} after lowering --lr or checking "
-                    f"the data: images {batch['names']})."
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            step_in_epoch += 1
-            global_step += 1
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
+        try:
+            log = train_one_epoch(
+                net,
+                opt,
+                scaler,
+                data.train_loader,
+                device,
+                cfg,
+                state,
+                world=world,
+                use_amp=use_amp,
+                save_checkpoint=save,
+                stop_after_steps=stop_after_steps,
+                bar=bar,
+            )
+        finally:
             if bar is not None:
-                rate = count * global_batch / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
-                bar.update(1)
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
-                save(epoch, step_in_epoch)
-            if stop_after_steps and global_step >= stop_after_steps:
-                if bar is not None:
-                    bar.close()
-                raise SimulatedKillError(f"stopped after {global_step} steps (--stop-after-steps)")
-        if bar is not None:
-            bar.close()
-        elapsed = time.perf_counter() - t0
+                bar.close()
         sched.step()
-        epoch += 1
-        step_in_epoch = 0
-        save(epoch, 0)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        save()
+        if state.epoch == cfg.epochs:
+            save(name=f"epoch{state.epoch:03d}.pt")
         if is_main:
-            save(epoch, 0, name=f"epoch{epoch:03d}.pt") if epoch == cfg.epochs else None
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "global_step": global_step,
-                "lr": opt.param_groups[0]["lr"] * 1.0,
-                **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
-                "train_images_per_s": count * global_batch / max(elapsed, 1e-9),
-            }
-            if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs:
-                res = evaluate(trainee.model, data.test, device, cfg)
-                last_eval = (epoch, res)
-                summ = accuracy_summary(res["accuracy"])
-                for t in THRESHOLDS:
-                    row[f"test_acc_T{t:g}_mean"] = summ[f"T={t:g}"]["Mean"]
-                auc = res["auc"][~torch.isnan(res["auc"])]
-                row["test_auc_mean"] = float(auc.mean()) if len(auc) else None
             assert metrics is not None
+            row: dict[str, Any] = {
+                "epoch": state.epoch,
+                "global_step": state.global_step,
+                "lr": opt.param_groups[0]["lr"] * 1.0,
+                **{f"train_{k}": v for k, v in log.means.items()},
+                "train_images_per_s": log.images_per_s,
+            }
+            if (cfg.eval_every and state.epoch % cfg.eval_every == 0) or state.epoch == cfg.epochs:
+                results = evaluate(trainee.model, data.test_loader, device, data)
+                for t, m in zip((0.1, 0.3, 0.5, 0.7), results.mean.tolist(), strict=True):
+                    row[f"test_acc_T{t:g}_mean"] = None if math.isnan(m) else m
+                assert results.auc is not None
+                row["test_auc_mean"] = float(results.auc.nanmean())
             metrics.add(row)
         if barrier is not None:
             barrier()
 
     if is_main:
-        if last_eval is None or last_eval[0] != epoch:
-            last_eval = (epoch, evaluate(trainee.model, data.test, device, cfg))
-        res = last_eval[1]
-        final = {
-            "localization": accuracy_summary(res["accuracy"]),
-            "accuracy_matrix": res["accuracy"].tolist(),
-            "auc": dict(zip(CLASS_NAMES, res["auc"].tolist(), strict=True)),
-            "split": data.summary,
-        }
+        if results is None:  # resumed after the last epoch: evaluate what the checkpoint holds
+            results = evaluate(trainee.model, data.test_loader, device, data)
         assert metrics is not None
-        metrics.finish(final)
-        table = format_localization_table(res["accuracy"], THRESHOLDS)
-        (run_dir / "localization.md").write_text(table + "\n")
-        torch.save(res["maps"].half(), run_dir / "test_maps.pt")
-    return run_dir
+        metrics.finish({**results.summary(), "split": data.summary})
+        name = "CCG" if len(cfg.losses) > 1 else "Baseline"
+        text = write_report(
+            run_dir,
+            {name: results},
+            reference_results(data, cfg),
+            data.test,
+            title=_title(cfg, data),
+            num_figures=cfg.num_figures,
+            extra={"split": data.summary},
+        )
+        print(text)
+    return Run(run_dir, results)
+
+
+def _title(cfg: TrainConfig, data: Data) -> str:
+    return (
+        f"Localization accuracy on the test split ({data.summary['test']} images, setting "
+        f"{data.summary.get('setting', 'from files')}, fold {data.summary.get('fold', '-')}); "
+        "T(IoU) thresholds, prediction = map > 0.5"
+    )
+
+
+def compare(cfg: TrainConfig) -> Path:
+    """Train the baseline and the CCG model with the same data and seed, then report them beside
+    the reference maps; tables, JSON, predictions and figures go to one run directory."""
+    t_start = time.perf_counter()
+    cfg = absolute_paths(cfg)
+    # every start-up error before the run directory exists
+    resolve_weights(cfg.weights, cfg.backbone)
+    select_device(cfg)
+    data = build_data(cfg, with_train=False)
+    root = new_run_dir(dataclasses.replace(cfg, run_name=cfg.run_name or None))
+    ccg_terms = cfg.losses if len(cfg.losses) > 1 else LOSS_TERMS
+    runs = {
+        "CCG": dataclasses.replace(cfg, losses=ccg_terms, output_dir=str(root), run_name="ccg"),
+        "Baseline": dataclasses.replace(
+            cfg, losses=("base",), output_dir=str(root), run_name="baseline"
+        ),
+    }
+    (root / "config.json").write_text(cfg.to_json() + "\n")
+    results: dict[str, EvalResults] = {}
+    seconds: dict[str, float] = {}
+    for name in ("Baseline", "CCG"):
+        sub = dataclasses.replace(runs[name], num_figures=0)
+        print(f"\n=== training {name}: losses {'+'.join(sub.losses)} ===")
+        t0 = time.perf_counter()
+        res = train(sub).results
+        assert res is not None
+        results[name] = res
+        seconds[name] = time.perf_counter() - t0
+    text = write_report(
+        root,
+        {"CCG": results["CCG"], "Baseline": results["Baseline"]},
+        reference_results(data, cfg),
+        data.test,
+        title=_title(cfg, data),
+        num_figures=cfg.num_figures,
+        extra={
+            "split": data.summary,
+            "seconds": {**seconds, "total": time.perf_counter() - t_start},
+        },
+    )
+    total = time.perf_counter() - t_start
+    text += (
+        f"Training time: baseline {seconds['Baseline']:.0f} s, CCG {seconds['CCG']:.0f} s; "
+        f"total {total:.0f} s\n"
+    )
+    (root / "results.md").write_text(text)
+    print("\n" + text)
+    return root
 
 
 def evaluate_checkpoint(
     path: str | Path, *, data_root: str | None = None, device: str = "auto"
-) -> dict[str, Any]:
-    """``--evaluate CHECKPOINT``: rebuild the model from the checkpoint's config and evaluate."""
-    path = Path(path)
-    state = ckpt.load(path)
-    cfg = TrainConfig.from_dict(state["config"])
+) -> tuple[EvalResults, str, Path]:
+    """``evaluate CHECKPOINT``: the checkpoint's model on its configuration's test split.
+
+    Returns the results, the report's text and its folder (``RUN_DIR/evaluation-<name>/``).
+    """
+    path = ckpt.resolve(path)
+    model, cfg = ckpt.load_model(path)
     if data_root is not None:
         cfg.data_root = data_root
     cfg.device = device
-    dev = select_device(cfg, 0)
-    model = model_from_config(cfg, "none").to(dev)  # the checkpoint carries every weight
-    model.load_state_dict(state["model"])
-    cfg.losses = ("base",)  # no superpixels needed to evaluate
-    cfg.cache_images = False  # nor the training images
-    data = build_data(cfg)
-    res = evaluate(model, data.test, dev, cfg)
-    out = {
-        "checkpoint": str(path),
-        "localization": accuracy_summary(res["accuracy"]),
-        "accuracy_matrix": res["accuracy"].tolist(),
-        "auc": dict(zip(CLASS_NAMES, res["auc"].tolist(), strict=True)),
-        "split": data.summary,
-        "table": format_localization_table(res["accuracy"], THRESHOLDS),
-    }
-    target = path.parent.parent / f"evaluation-{path.stem}.json"
-    target.write_text(json.dumps(out, indent=2) + "\n")
-    out["written_to"] = str(target)
-    return out
+    dev = select_device(cfg)
+    model.to(dev)
+    data = build_data(cfg, device=dev, with_train=False)
+    res = evaluate(model, data.test_loader, dev, data)
+    out_dir = path.parent.parent / f"evaluation-{path.stem}"
+    name = "CCG" if len(cfg.losses) > 1 else "Baseline"
+    text = write_report(
+        out_dir,
+        {name: res},
+        reference_results(data, cfg),
+        data.test,
+        title=f"{path}: " + _title(cfg, data),
+        num_figures=cfg.num_figures,
+        extra={"checkpoint": str(path), "split": data.summary},
+    )
+    return res, text, out_dir

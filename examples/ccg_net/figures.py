@@ -46,7 +46,7 @@ def save_overlays(
     written = []
     for j in order[:count]:
         i, k = int(img_idx[j]), int(cls_idx[j])
-        gray = ds.load_image(i)[0]
+        gray = ds.load_image(i)[0].float()
         gray = (gray - gray.min()) / (gray.max() - gray.min() + 1e-8)
         fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
         for ax, (name, m) in zip(axes[0], maps.items(), strict=True):

@@ -31,24 +31,6 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` over all processes along dim 0, differentiably (identity when alone)."""
-    if _world() == 1:
-        return x
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)
-
-
-def gather_no_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` over all processes along dim 0 (no gradient; e.g. integer labels)."""
-    if _world() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(_world())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
-
-
 def kr_pairs(n: int, mode: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """The image pairs (u, v) of L_KR in a (global) batch of ``n``.
 
@@ -118,8 +100,8 @@ class CCGLoss(nn.Module):
             base = base * _world()
         out: dict[str, Tensor] = {"base": base}
         if len(self.terms) > 1:
-            feats = gather_with_grad(features)
-            sp = gather_no_grad(superpixels) if superpixels is not None else None
+            feats = ccg_layers.all_gather_batch(features)
+            sp = ccg_layers.all_gather_batch(superpixels) if superpixels is not None else None
             if self.ir is not None:
                 out["ir"] = self.ir(feats)
             if self.ik is not None:

@@ -18,6 +18,8 @@ from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
+from ccg_layers.datasets import normalize_radiographs
+
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights were asked for but are not on this machine."""
@@ -114,7 +116,9 @@ def resolve_weights(spec: str, backbone: str) -> Path | None:
 class CCGNet(nn.Module):
     """Backbone C5 features -> 1x1 conv -> BN -> ReLU -> 1x1 conv -> class logit maps.
 
-    ``forward(x)`` returns ``(logits, features)``: ``logits`` ``(N, K, h, w)`` before the
+    ``forward(x)`` takes ``(N, 1, H, W)`` uint8 radiographs (expanded to 3 channels and
+    ImageNet-normalised on the model's device, :func:`ccg_layers.datasets.normalize_radiographs`)
+    or ``(N, 3, H, W)`` float images already normalised, and returns ``(logits, features)``: ``logits`` ``(N, K, h, w)`` before the
     sigmoid (the paper's P is their sigmoid) and the C5 features ``(N, C, h, w)`` that the
     relation losses use. In eval mode with ``test_upsample > 1`` the features are upsampled
     bilinearly before the head (Sec. 3.7), so the logits are ``test_upsample`` times finer.
@@ -132,6 +136,7 @@ class CCGNet(nn.Module):
         self.backbone = backbone
         self.feature_channels = feature_channels
         self.test_upsample = test_upsample
+        self.channels_last = False  # set by .to(memory_format=torch.channels_last) users
         self.head = nn.Sequential(
             nn.Conv2d(feature_channels, head_channels, 1, bias=False),
             nn.BatchNorm2d(head_channels),
@@ -143,6 +148,12 @@ class CCGNet(nn.Module):
         nn.init.constant_(self.head[-1].bias, -4.0)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dtype == torch.uint8:
+            # the loader ships 1-channel uint8 (1 byte per pixel); expand and normalise here,
+            # on the model's device
+            x = normalize_radiographs(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(x)
         h = feats
         if not self.training and self.test_upsample > 1:
@@ -150,8 +161,22 @@ class CCGNet(nn.Module):
         return self.head(h), feats
 
 
+class FrozenBatchNorm2dCast(FrozenBatchNorm2d):
+    """torchvision's ``FrozenBatchNorm2d`` computed in the input's dtype.
+
+    Its ``x * scale + bias`` with float32 buffers turns every float16 activation under autocast
+    into float32 (type promotion), so between two convolutions the whole network ran in float32;
+    casting ``scale`` and ``bias`` to ``x.dtype`` keeps autocast's float16.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype)[None, :, None, None] + bias.to(x.dtype)[None, :, None, None]
+
+
 def _resnet50_c5(freeze_bn: bool) -> nn.Module:
-    norm = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
+    norm = FrozenBatchNorm2dCast if freeze_bn else nn.BatchNorm2d
     net = resnet50(weights=None, norm_layer=norm)
     return net
 

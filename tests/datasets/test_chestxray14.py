@@ -21,7 +21,9 @@ from ccg_layers.datasets import (
     ChestXray14Index,
     collate_chestxray14,
     find_image_files,
+    normalize_radiographs,
     read_chestxray14,
+    read_radiograph,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -325,14 +327,14 @@ def test_dataset_finds_images_in_both_layouts(tmp_path, layout):
         assert (root / "images_001" / "images").is_dir()
         assert (root / "images_002" / "images").is_dir()
         assert not (root / "images").exists()
-    ds = ChestXray14(root, image_size=16, normalize=False)
+    ds = ChestXray14(root, image_size=16)
     assert len(ds) == 8
     for i, name in enumerate(index.images):
         sample = ds[i]
         assert sample["name"] == name
         assert sample["index"] == i
-        torch.testing.assert_close(
-            sample["image"], torch.full((3, 16, 16), gray_value(name) / 255.0)
+        assert torch.equal(
+            sample["image"], torch.full((1, 16, 16), gray_value(name), dtype=torch.uint8)
         )
 
 
@@ -342,8 +344,8 @@ def test_sample_content_boxes_scaled_to_working_size(tmp_path):
     write_images(root, index.images)
     ds = ChestXray14(root, image_size=64)
     s = ds[4]  # 00013118_008.png: Atelectasis and Infiltration boxes
-    assert s["image"].shape == (3, 64, 64)
-    assert s["image"].dtype == torch.float32
+    assert s["image"].shape == (1, 64, 64)
+    assert s["image"].dtype == torch.uint8
     torch.testing.assert_close(s["labels"], index.labels[4])
     torch.testing.assert_close(s["boxes"], index.boxes[:2] * (64 / BOX_FRAME))
     assert s["box_class"].tolist() == [k("Atelectasis"), k("Infiltration")]
@@ -360,12 +362,24 @@ def test_imagenet_normalisation(tmp_path):
     root = copy_fixture("v2020", tmp_path / "d")
     write_images(root, read_chestxray14(root).images)
     name = "00000002_000.png"
-    image = ChestXray14(root, [name], image_size=8)[0]["image"]
+    image = ChestXray14(root, [name], image_size=8, output="imagenet")[0]["image"]
     v = gray_value(name) / 255.0
     expected = torch.stack(
         [torch.full((8, 8), (v - m) / s) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
     )
     torch.testing.assert_close(image, expected)
+    # the same numbers as the uint8 sample normalised on the device by the model
+    raw = ChestXray14(root, [name], image_size=8)[0]["image"]
+    torch.testing.assert_close(normalize_radiographs(raw[None])[0], expected)
+    unit = ChestXray14(root, [name], image_size=8, output="unit")[0]["image"]
+    torch.testing.assert_close(unit, torch.full((3, 8, 8), v))
+
+
+def test_bad_output_form_is_rejected(tmp_path):
+    root = copy_fixture("v2020", tmp_path / "d")
+    write_images(root, read_chestxray14(root).images)
+    with pytest.raises(ValueError, match="`output` must be 'uint8', 'imagenet' or 'unit'"):
+        ChestXray14(root, output="float")  # type: ignore[arg-type]
 
 
 def test_rgba_image_is_read_as_its_luminance(tmp_path):
@@ -374,14 +388,11 @@ def test_rgba_image_is_read_as_its_luminance(tmp_path):
     rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
     (root / "images").mkdir()
     Image.fromarray(rgba, mode="RGBA").save(root / "images" / "00000001_000.png")
-    image = ChestXray14(root, image_size=16, normalize=False)[0]["image"]
+    image = ChestXray14(root, image_size=16)[0]["image"]
     r, g, b = (rgba[..., c].astype(np.float64) for c in range(3))
     luma = (r * 299 + g * 587 + b * 114) / 1000  # ITU-R 601-2, alpha ignored
-    torch.testing.assert_close(
-        image[0].double(), torch.from_numpy(luma) / 255, atol=1 / 255, rtol=0
-    )
-    assert torch.equal(image[0], image[1])
-    assert torch.equal(image[1], image[2])
+    assert image.shape == (1, 16, 16)
+    torch.testing.assert_close(image[0].double(), torch.from_numpy(luma), atol=1, rtol=0)
 
 
 def test_sixteen_bit_png_is_scaled_to_unit_range(tmp_path):
@@ -390,8 +401,8 @@ def test_sixteen_bit_png_is_scaled_to_unit_range(tmp_path):
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(
         root / "images" / "00000001_000.png"
     )
-    image = ChestXray14(root, image_size=8, normalize=False)[0]["image"]
-    torch.testing.assert_close(image, torch.full((3, 8, 8), 32768 / 65535))
+    image = ChestXray14(root, image_size=8)[0]["image"]
+    assert torch.equal(image, torch.full((1, 8, 8), round(32768 * 255 / 65535), dtype=torch.uint8))
 
 
 def test_real_nih_samples_through_the_reader(tmp_path):
@@ -400,20 +411,22 @@ def test_real_nih_samples_through_the_reader(tmp_path):
     (root / "images").mkdir()
     for name in ("00000001_000.png", "00027426_000.png"):
         shutil.copy(NIH / name, root / "images" / name)
-    ds = ChestXray14(root, image_size=256, normalize=False)
+    ds = ChestXray14(root, image_size=256)
     ref = Image.open(NIH / "00000001_000.png")
     assert ref.mode == "L"
     assert ref.size == (512, 512)
+    # a float resize of the 8-bit file, rounded: the same pixels within one gray level
     expected = np.asarray(
-        Image.fromarray(np.asarray(ref, dtype=np.float32) / 255, mode="F").resize(
+        Image.fromarray(np.asarray(ref, dtype=np.float32), mode="F").resize(
             (256, 256), Image.Resampling.BILINEAR
         )
     )
-    torch.testing.assert_close(ds[0]["image"][0], torch.from_numpy(expected.copy()).clamp(0, 1))
+    got = ds[0]["image"][0].double()
+    torch.testing.assert_close(got, torch.from_numpy(expected.copy()).double(), atol=1, rtol=0)
     assert ds[0]["labels"][k("Cardiomegaly")] == 1
     assert ds[1]["labels"].sum() == 0
     # a radiograph, not a constant: dark lungs, bright mediastinum
-    assert ds[0]["image"].std() > 0.15
+    assert (got / 255).std() > 0.15
 
 
 def test_image_names_select_and_order_the_samples(tmp_path):
@@ -519,7 +532,7 @@ def test_collate_varying_numbers_of_boxes_through_a_dataloader(tmp_path):
     batches = list(loader)
     assert [b["image"].shape[0] for b in batches] == [3, 3, 2]
     b = batches[1]  # images 3, 4, 5: 0, 2 and 1 boxes
-    assert b["image"].shape == (3, 3, 16, 16)
+    assert b["image"].shape == (3, 1, 16, 16)
     assert b["labels"].shape == (3, 14)
     assert b["has_box"].shape == (3, 14)
     assert b["has_box"].dtype == torch.bool
@@ -562,3 +575,17 @@ def test_rows_map_samples_to_index_rows(tmp_path):
     ds = ChestXray14(index, ["00030805_000.png", "00000002_000.png"], image_size=8)
     assert ds.rows.tolist() == [7, 2]
     assert torch.equal(index.labels[ds.rows][0], ds[0]["labels"])
+
+
+def test_read_radiograph_keeps_the_file_size_or_resizes(tmp_path):
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).save(tmp_path / "a.png")
+    full = read_radiograph(tmp_path / "a.png")
+    assert full.shape == (1, 6, 8)
+    assert full.dtype == torch.uint8
+    assert full.flatten().tolist() == list(range(48))
+    assert read_radiograph(tmp_path / "a.png", 4).shape == (1, 4, 4)
+    Image.fromarray(np.full((8, 8, 3), (10, 200, 30), dtype=np.uint8)).save(tmp_path / "b.jpg")
+    rgb = read_radiograph(tmp_path / "b.jpg", 8)
+    assert abs(int(rgb[0, 4, 4]) - round(10 * 0.299 + 200 * 0.587 + 30 * 0.114)) <= 3
+    with pytest.raises(OSError, match="missing"):
+        read_radiograph(tmp_path / "missing.png")

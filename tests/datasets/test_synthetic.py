@@ -96,7 +96,7 @@ def test_round_trip_through_the_reader(small):
         torch.testing.assert_close(index.boxes[m], torch.tensor([x, y, x + w, y + h]))
     ds = ChestXray14(small, image_size=32)
     batch = collate_chestxray14([ds[i] for i in range(len(ds))])
-    assert batch["image"].shape == (40, 3, 32, 32)
+    assert batch["image"].shape == (40, 1, 32, 32)
     assert len(batch["boxes"]) == len(index.boxes)
     torch.testing.assert_close(batch["boxes"].sum(), index.boxes.sum() * 32 / 1024)
 
@@ -284,6 +284,7 @@ def test_python_dash_m_entry_point(tmp_path):
         cwd=Path(__file__).resolve().parents[2],
     )
     assert "images/s" in out.stdout
+    assert "Warning" not in out.stderr  # no runpy "found in sys.modules" RuntimeWarning
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 2
 
 

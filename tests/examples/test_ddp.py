@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from examples.ccg_net import checkpoint as ckpt
+from examples.ccg_net import engine
 from examples.ccg_net.engine import build_trainee, train
 
 from .trainer_helpers import tiny_config
@@ -84,7 +87,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
         )
         # and the whole trainer under DDP: sharded data, shared run directory, synced replicas
         run = train(tiny_config(Path(root), Path(out), batch_size=PER_RANK, run_name="ddp"))
-        torch.save({"run": str(run)}, Path(out) / f"run-rank{rank}.pt")
+        torch.save({"run": str(run.run_dir)}, Path(out) / f"run-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -157,4 +160,62 @@ def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
     # 27 training images, 2 processes x batch 2: 7 global steps; the graph spans 4 images
     assert state["global_step"] == 7
     assert state["criterion"]["ir.weight"].shape == (4, 4)
-    assert "| T(IoU) | Atelectasis" in out.stdout
+    assert "| T(IoU) | model | Atelectasis" in out.stdout
+
+
+def _nan_worker(rank: int, port: int, root: str, out: str) -> None:
+    # rank 1's model outputs NaN from its third step on; both ranks must stop with the
+    # non-finite error at the next log point (not hang in mismatched collectives)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    seen = {}
+    real_ddp = engine.DistributedDataParallel
+
+    def recording_ddp(*args, **kwargs):
+        seen["buffer_sync"] = kwargs.get("forward_sync_buffers", kwargs.get("broadcast_buffers"))
+        return real_ddp(*args, **kwargs)
+
+    engine.DistributedDataParallel = recording_ddp
+    from examples.ccg_net.model import CCGNet
+
+    real_forward = CCGNet.forward
+    calls = {"n": 0}
+
+    def nan_on_rank1(self, x):
+        logits, feats = real_forward(self, x)
+        if self.training:
+            calls["n"] += 1
+            if rank == 1 and calls["n"] >= 3:
+                logits = logits * math.nan
+        return logits, feats
+
+    CCGNet.forward = nan_on_rank1
+    try:
+        cfg = tiny_config(Path(root), Path(out), batch_size=PER_RANK, run_name="nan", log_every=2)
+        try:
+            train(cfg)
+            result = "finished"
+        except engine.NonFiniteLossError as err:
+            result = str(err)
+        torch.save(
+            {"result": result, "buffer_sync": seen["buffer_sync"]},
+            Path(out) / f"nan-rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_with_the_non_finite_error(tiny_root, tmp_path):
+    mp.spawn(_nan_worker, args=(_free_port(), str(tiny_root), str(tmp_path)), nprocs=WORLD)
+    for r in range(WORLD):
+        got = torch.load(tmp_path / f"nan-rank{r}.pt", weights_only=True)
+        assert got["result"].startswith("non-finite loss at epoch 1, step 3 "), got["result"]
+        assert got["buffer_sync"] is False  # no buffer broadcast every step

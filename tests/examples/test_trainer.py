@@ -11,12 +11,14 @@ import torch
 
 from examples.ccg_net import checkpoint as ckpt
 from examples.ccg_net import cli
-from examples.ccg_net.config import ABLATIONS, build_parser, resolve_config
+from examples.ccg_net.cli import build_parser
+from examples.ccg_net.config import ABLATIONS, resolve_config
 from examples.ccg_net.data import TrainSet, epoch_order, trivial_prior
 from examples.ccg_net.engine import (
     NonFiniteLossError,
     SimulatedKillError,
     build_trainee,
+    compare,
     evaluate_checkpoint,
     train,
 )
@@ -35,12 +37,19 @@ def _states_equal(a: dict, b: dict) -> None:
 
 def test_run_directory_holds_config_splits_metrics_checkpoints(make_config):
     cfg = make_config(run_name="full")
-    run = train(cfg)
+    run = train(cfg).run_dir
     assert json.loads((run / "config.json").read_text())["losses"] == ["base", "ir", "ik", "kr"]
-    split = json.loads((run / "splits.json").read_text())
+    split = json.loads((run / "split" / "split.json").read_text())
     assert split["train"] > 0
     assert split["test"] == split["test_annotated"] > 0
     assert {"setting", "fold", "train_sharing_patient_with_test"} <= split.keys()
+    train_names = (run / "split" / "train.txt").read_text().split()
+    test_names = (run / "split" / "test.txt").read_text().split()
+    assert (len(train_names), len(test_names)) == (split["train"], split["test"])
+    predictions = torch.load(run / "predictions-ccg.pt", weights_only=True)
+    assert predictions["names"] == test_names  # per-image maps with the image names
+    assert predictions["maps"].shape[:2] == (len(test_names), 14)
+    assert predictions["scores"].shape == (len(test_names), 14)
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + cfg.epochs
     for term in ("train_base", "train_ir", "train_ik", "train_kr", "train_loss", "lr"):
@@ -49,7 +58,11 @@ def test_run_directory_holds_config_splits_metrics_checkpoints(make_config):
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
     assert metrics["epochs"][1]["lr"] == pytest.approx(cfg.lr * cfg.lr_gamma**2)
     assert "T=0.3" in metrics["final"]["localization"]
-    assert (run / "localization.md").read_text().startswith("| T(IoU) | Atelectasis")
+    report = (run / "results.md").read_text()
+    assert "| T(IoU) | model | Atelectasis" in report
+    for name in ("CCG", "Prior"):  # the model beside every reference map
+        assert f"| 0.3 | {name} |" in report
+    assert len(list((run / "figures").glob("*.png"))) == cfg.num_figures
     state = ckpt.load(run / "checkpoints" / "last.pt")
     assert state["epoch"] == cfg.epochs
     assert state["step_in_epoch"] == 0
@@ -60,7 +73,7 @@ def test_run_directory_holds_config_splits_metrics_checkpoints(make_config):
 def test_every_table4_row_is_one_flag_away(tiny_root, tmp_path):
     parser = build_parser()
     for row, extra in ABLATIONS.items():
-        cfg = resolve_config(parser.parse_args(["--preset", "demo", "--ablation", row]))
+        cfg = resolve_config(parser.parse_args(["train", "--preset", "demo", "--ablation", row]))
         assert cfg.losses == ("base", *extra)
         trainee = build_trainee(cfg, world=1)
         assert trainee.criterion.terms == ("base", *[t for t in ("ir", "ik", "kr") if t in extra])
@@ -68,7 +81,17 @@ def test_every_table4_row_is_one_flag_away(tiny_root, tmp_path):
 
 def test_cli_options_override_the_preset():
     args = build_parser().parse_args(
-        ["--preset", "demo", "--losses", "base,kr", "--lr", "0.5", "--tiny-widths", "8,8,8,8"]
+        [
+            "train",
+            "--preset",
+            "demo",
+            "--losses",
+            "base,kr",
+            "--lr",
+            "0.5",
+            "--tiny-widths",
+            "8,8,8,8",
+        ]
     )
     cfg = resolve_config(args)
     assert cfg.losses == ("base", "kr")
@@ -78,7 +101,7 @@ def test_cli_options_override_the_preset():
 
 
 def test_paper_preset_has_the_paper_defaults():
-    cfg = resolve_config(build_parser().parse_args([]))
+    cfg = resolve_config(build_parser().parse_args(["train"]))
     assert (cfg.backbone, cfg.image_size, cfg.batch_size, cfg.epochs) == ("resnet50", 512, 2, 9)
     assert (cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay) == (1e-3, 0.9, True, 1e-4)
     assert (cfg.lr_step_epochs, cfg.lr_gamma) == (4, 0.1)
@@ -101,7 +124,7 @@ def test_paper_preset_has_the_paper_defaults():
 )
 def test_bad_options_are_rejected_with_the_option_named(argv, match):
     with pytest.raises(ValueError, match=match):
-        resolve_config(build_parser().parse_args(argv))
+        resolve_config(build_parser().parse_args(["train", *argv]))
 
 
 @pytest.mark.parametrize(("setting", "fold"), [("a", 1), ("b", 0), ("c", 4)])
@@ -152,13 +175,13 @@ def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(make_config):
     # 27 training images, batch 4: 7 steps an epoch. Checkpoints every 4 steps and at epoch
     # ends; killed after step 9 (epoch 2, step 2), so the resumed run restarts from global step
     # 8 (epoch 2, step 1), mid-epoch, and replays step 9.
-    full = train(make_config(run_name="uninterrupted", checkpoint_every=4))
+    full = train(make_config(run_name="uninterrupted", checkpoint_every=4)).run_dir
     cfg = make_config(run_name="killed", checkpoint_every=4)
     with pytest.raises(SimulatedKillError):
         train(cfg, stop_after_steps=9)
     state = ckpt.load(Path(cfg.output_dir) / "killed" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 8)
-    resumed = train(cfg, resume_dir=Path(cfg.output_dir) / "killed")
+    resumed = train(cfg, resume_dir=Path(cfg.output_dir) / "killed").run_dir
     a = ckpt.load(full / "checkpoints" / "last.pt")
     b = ckpt.load(resumed / "checkpoints" / "last.pt")
     assert b["global_step"] == a["global_step"] == 14
@@ -209,10 +232,15 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_checkpoint_load_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     torch.save({"weights": torch.ones(1)}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match=r"not a checkpoint of train_ccg\.py"):
+    with pytest.raises(ckpt.CheckpointError, match=r"not a checkpoint of train_ccg\.py"):
         ckpt.load(tmp_path / "x.pt")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
         ckpt.load(tmp_path / "missing.pt")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ckpt.CheckpointError, match="not a checkpoint of the CCG-Net trainer"):
+        ckpt.load(tmp_path / "config.json")
+    with pytest.raises(ckpt.CheckpointError, match="is a directory"):
+        ckpt.load(tmp_path)
 
 
 def test_epoch_order_is_a_padded_permutation_fixed_by_seed_and_epoch():
@@ -236,8 +264,10 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(
     def corrupt_after_three_batches(self, i):
         sample = original(self, i)
         calls["n"] += 1
-        if calls["n"] > 3 * 4:  # batch 4: step 4 gets NaN pixels
-            sample["image"] = torch.full_like(sample["image"], math.nan)
+        if (
+            calls["n"] > 3 * 4
+        ):  # batch 4: step 4 gets NaN pixels (a float image, already normalised)
+            sample["image"] = torch.full((3, 64, 64), math.nan)
         return sample
 
     monkeypatch.setattr(TrainSet, "__getitem__", corrupt_after_three_batches)
@@ -253,11 +283,11 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(
 
 
 def test_cli_reports_non_finite_loss_with_exit_code_3(make_config, monkeypatch, capsys):
+    original = TrainSet.__getitem__
+
     def nan_sample(self, i):
-        sample = dict(self.base[i])
-        sample["image"] = torch.full_like(sample["image"], math.nan)
-        if self.labels is not None:
-            sample["superpixels"] = self.labels[sample["index"]]
+        sample = original(self, i)
+        sample["image"] = torch.full((3, 64, 64), math.nan)
         return sample
 
     monkeypatch.setattr(TrainSet, "__getitem__", nan_sample)
@@ -353,23 +383,27 @@ def test_model_upsamples_the_feature_map_at_test_time_only():
     assert logits.shape == (2, 14, 16, 16)
 
 
-def test_evaluate_only_reproduces_the_final_metrics_of_the_run(make_config, capsys):
-    run = train(make_config(run_name="evalme", epochs=1, losses=("base",)))
-    code = cli.main(["--evaluate", str(run / "checkpoints" / "last.pt")])
-    assert code == 0
+def test_evaluate_only_reproduces_the_final_metrics_of_the_run(make_config, capsys, monkeypatch):
+    run = train(make_config(run_name="evalme", epochs=1, losses=("base",))).run_dir
+    # the old spelling (--evaluate) and the verb, from another working directory
+    monkeypatch.chdir(run.parent)
+    assert cli.main(["--evaluate", str(run / "checkpoints" / "last.pt")]) == 0
+    assert cli.main(["evaluate", str(run)]) == 0  # a run directory means its last.pt
     out = capsys.readouterr().out
-    assert "| T(IoU) | Atelectasis" in out
-    written = json.loads((run / "evaluation-last.json").read_text())
+    assert "| T(IoU) | model | Atelectasis" in out
+    written = json.loads((run / "evaluation-last" / "results.json").read_text())
     final = json.loads((run / "metrics.json").read_text())["final"]
-    assert written["localization"] == final["localization"]
-    direct = evaluate_checkpoint(run / "checkpoints" / "last.pt")
+    assert written["methods"]["Baseline"]["localization"] == final["localization"]
+    assert set(written["methods"]) == {"Baseline", "Prior"}
+    res, _, _ = evaluate_checkpoint(run / "checkpoints" / "last.pt")
     torch.testing.assert_close(
-        torch.tensor(direct["accuracy_matrix"]),
-        torch.tensor(final["accuracy_matrix"]),
+        res.accuracy,
+        torch.tensor(final["accuracy_matrix"], dtype=res.accuracy.dtype),
         rtol=0,
         atol=0,
         equal_nan=True,
     )
+    assert not (run.parent / "runs").exists()  # nothing regenerated under the working dir
 
 
 def test_trivial_prior_is_the_mean_box_mask_per_class():
@@ -398,7 +432,7 @@ def test_trivial_prior_is_the_mean_box_mask_per_class():
 @pytest.mark.slow
 def test_comparison_prints_both_tables_and_the_prior_and_writes_figures(make_config, capsys):
     cfg = make_config(run_name="cmp", epochs=1)
-    root = cli.run_comparison(cfg)
+    root = compare(cfg)
     out = capsys.readouterr().out
     for name in ("CCG", "Baseline", "Prior"):
         for t in ("0.1", "0.3", "0.5", "0.7"):
@@ -424,7 +458,7 @@ def test_progress_bar_shows_loss_and_throughput(make_config, capsys):
 def test_amp_path_trains_resumes_and_checkpoints_the_scaler(make_config):
     # The CUDA AMP path (float16 autocast + GradScaler), forced on the CPU: the same code runs,
     # and a run killed mid-epoch resumes with the scaler's state to the same weights.
-    full = train(make_config(run_name="amp", amp="on", checkpoint_every=4))
+    full = train(make_config(run_name="amp", amp="on", checkpoint_every=4)).run_dir
     a = ckpt.load(full / "checkpoints" / "last.pt")
     assert a["scaler"]["scale"] > 0  # an enabled scaler's state (a disabled one is empty)
     last = json.loads((full / "metrics.json").read_text())["epochs"][-1]
@@ -433,14 +467,16 @@ def test_amp_path_trains_resumes_and_checkpoints_the_scaler(make_config):
     with pytest.raises(SimulatedKillError):
         train(cfg, stop_after_steps=9)
     b = ckpt.load(
-        train(cfg, resume_dir=Path(cfg.output_dir) / "amp-killed") / "checkpoints" / "last.pt"
+        train(cfg, resume_dir=Path(cfg.output_dir) / "amp-killed").run_dir
+        / "checkpoints"
+        / "last.pt"
     )
     assert a["scaler"] == b["scaler"]
     _states_equal(a["model"], b["model"])
 
 
 def test_amp_auto_is_off_on_cpu(make_config):
-    run_dir = train(make_config(run_name="noamp", epochs=1, losses=("base",)))
+    run_dir = train(make_config(run_name="noamp", epochs=1, losses=("base",))).run_dir
     assert ckpt.load(run_dir / "checkpoints" / "last.pt")["scaler"] == {}
 
 
@@ -456,7 +492,7 @@ def test_paper_model_trains_end_to_end_at_a_tiny_input(make_config):
         epochs=1,
         batch_size=8,
     )
-    run = train(cfg)
+    run = train(cfg).run_dir
     state = ckpt.load(run / "checkpoints" / "last.pt")
     assert state["criterion"]["kr_attention.weight"].shape[-1] == 2048
     assert not any(k.endswith("num_batches_tracked") for k in state["model"] if "backbone" in k)
@@ -464,21 +500,23 @@ def test_paper_model_trains_end_to_end_at_a_tiny_input(make_config):
 
 
 def test_superpixels_are_computed_once_per_image_and_cached(make_config, monkeypatch):
-    import ccg_layers
+    import importlib
+
     from examples.ccg_net.data import build_data
 
+    sp_module = importlib.import_module("ccg_layers.superpixels")
     cfg = make_config()
     calls = []
-    real = ccg_layers.superpixels
+    real = sp_module._segment
 
-    def counting(images, *args, **kwargs):
-        calls.append(len(images))
-        return real(images, *args, **kwargs)
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(ccg_layers, "superpixels", counting)
+    monkeypatch.setattr(sp_module, "_segment", counting)
     first = build_data(cfg)
     assert sum(calls) == len(first.train)  # every training image once
-    labels = first.train.labels
+    labels = first.train.superpixels
     assert labels.dtype == torch.uint8
     assert labels.shape == (len(first.train), cfg.superpixel_size, cfg.superpixel_size)
     assert [len(torch.unique(x)) for x in labels] == [cfg.num_patches] * len(labels)
@@ -486,8 +524,8 @@ def test_superpixels_are_computed_once_per_image_and_cached(make_config, monkeyp
     def fail(*args, **kwargs):
         raise AssertionError("superpixels recomputed")
 
-    monkeypatch.setattr(ccg_layers, "superpixels", fail)
+    monkeypatch.setattr(sp_module, "_segment", fail)
     second = build_data(cfg)  # a later run (or a resumed one) reads the cache
-    assert torch.equal(second.train.labels, labels)
+    assert torch.equal(second.train.superpixels, labels)
     sample = second.train[0]
-    assert torch.equal(sample["superpixels"], labels[sample["index"]])
+    assert torch.equal(sample["superpixels"], labels[0])

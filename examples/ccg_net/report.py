@@ -1,0 +1,153 @@
+"""Evaluation results and the one report path: tables, JSON, per-image predictions, figures.
+
+Every table shows the models beside the fixed reference maps of :func:`.data.reference_maps`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, ChestXray14
+from ccg_layers.metrics import classification_auc, localization_accuracy
+
+from .data import test_boxes
+
+#: The T(IoU) thresholds of the paper's tables.
+THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
+#: Columns of the boxed classes in the 14-class order.
+BOXED_COLUMNS = [CLASS_NAMES.index(c) for c in BOXED_CLASSES]
+
+
+def boxed_mean(accuracy: Tensor) -> Tensor:
+    """``(T,)``: the mean of ``accuracy`` ``(T, 14)`` over the boxed classes (NaN ignored)."""
+    return accuracy[:, BOXED_COLUMNS].double().nanmean(dim=1)
+
+
+@dataclass
+class EvalResults:
+    """One model's (or reference map's) evaluation on the test split.
+
+    ``names`` the test images; ``maps`` ``(N, K, h, w)`` probabilities; ``scores`` ``(N, K)``
+    image-level probabilities (``None`` for a reference map); ``accuracy`` ``(T, K)``
+    localization accuracy at :data:`THRESHOLDS` (NaN where a class has no test box); ``auc``
+    ``(K,)`` (``None`` for a reference map); ``mean`` ``(T,)`` over the boxed classes.
+    """
+
+    names: list[str]
+    maps: Tensor
+    scores: Tensor | None
+    accuracy: Tensor
+    auc: Tensor | None
+    mean: Tensor
+
+    def mean_at(self, t: float) -> float:
+        """The boxed-class mean at T(IoU) = ``t``."""
+        return float(self.mean[THRESHOLDS.index(t)])
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: per threshold the boxed classes and their mean; AUC per class."""
+        out: dict[str, Any] = {}
+        for t, row, mean in zip(
+            THRESHOLDS, self.accuracy.tolist(), self.mean.tolist(), strict=True
+        ):
+            out[f"T={t:g}"] = {
+                **{c: _num(row[CLASS_NAMES.index(c)]) for c in BOXED_CLASSES},
+                "Mean": _num(mean),
+            }
+        return {
+            "localization": out,
+            "accuracy_matrix": self.accuracy.tolist(),
+            "auc": None
+            if self.auc is None
+            else dict(zip(CLASS_NAMES, map(_num, self.auc.tolist()), strict=True)),
+        }
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def score_maps(maps: Tensor, test: ChestXray14, scores: Tensor | None = None) -> EvalResults:
+    """Evaluate probability maps ``(N, K, h, w)`` of the test images (and image scores)."""
+    boxes, img, cls = test_boxes(test)
+    acc = localization_accuracy(
+        maps,
+        boxes,
+        img,
+        cls,
+        image_size=(test.image_size, test.image_size),
+        thresholds=THRESHOLDS,
+    )
+    auc = None
+    if scores is not None:
+        auc = classification_auc(scores, test.index.labels[test.rows])
+    return EvalResults(list(test.image_names), maps, scores, acc, auc, boxed_mean(acc))
+
+
+def format_table(results: dict[str, EvalResults]) -> str:
+    """Rows T(IoU) x method, columns the 8 boxed diseases and their mean (Markdown)."""
+    head = ["T(IoU)", "model", *BOXED_CLASSES, "Mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t_i, t in enumerate(THRESHOLDS):
+        for name, res in results.items():
+            values = [*res.accuracy[t_i, BOXED_COLUMNS].tolist(), float(res.mean[t_i])]
+            cells = ["n/a" if math.isnan(v) else f"{v:.2f}" for v in values]
+            lines.append("| " + " | ".join([f"{t:g}", name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: Path,
+    models: dict[str, EvalResults],
+    references: dict[str, EvalResults],
+    test: ChestXray14,
+    *,
+    title: str,
+    num_figures: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """The report of one or more models beside the reference maps, in ``out_dir``.
+
+    Writes ``results.md`` (the table), ``results.json`` (per method the summary, plus
+    ``extra``), ``predictions-<model>.pt`` (per test image its name, probability maps and image
+    scores) and ``num_figures`` overlays in ``figures/``. Returns the text of ``results.md``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    every = {**models, **references}
+    lines = [title, "", format_table(every), ""]
+    means = ", ".join(f"{name} {res.mean_at(0.3):.3f}" for name, res in every.items())
+    lines.append(f"Mean at T(IoU)=0.3: {means}")
+    for name, res in models.items():
+        for ref_name, ref in references.items():
+            margin = res.mean_at(0.3) - ref.mean_at(0.3)
+            lines.append(f"{name} - {ref_name} at T(IoU)=0.3: {margin:+.3f}")
+        torch.save(
+            {"names": res.names, "maps": res.maps.half(), "scores": res.scores},
+            out_dir / f"predictions-{name.lower()}.pt",
+        )
+    if num_figures:
+        from .figures import save_overlays
+
+        figs = save_overlays(
+            test, {k: v.maps for k, v in every.items()}, out_dir / "figures", num_figures
+        )
+        lines.append(f"Figures: {len(figs)} PNGs in {out_dir / 'figures'}")
+    text = "\n".join(lines) + "\n"
+    (out_dir / "results.md").write_text(text)
+    payload = {
+        "methods": {k: v.summary() for k, v in every.items()},
+        "mean_T0.3": {k: v.mean_at(0.3) for k, v in every.items()},
+        "thresholds": list(THRESHOLDS),
+        "class_names": list(CLASS_NAMES),
+        "test_images": list(test.image_names),
+        **(extra or {}),
+    }
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return text

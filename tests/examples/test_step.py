@@ -1,0 +1,201 @@
+"""The training step on the CPU as a GPU would run it: no host synchronisation between log
+points, the data path in uint8, CUDA-only breakages shown where the CPU can show them."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import pytest
+import torch
+
+from examples.ccg_net import checkpoint as ckpt
+from examples.ccg_net import engine
+from examples.ccg_net.data import Collate, build_data, grid_size
+from examples.ccg_net.engine import (
+    DeviceError,
+    Progress,
+    build_trainee,
+    make_optimizer,
+    select_device,
+    train,
+    train_one_epoch,
+)
+from examples.ccg_net.model import FrozenBatchNorm2dCast, build_model
+
+SYNC_METHODS = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "nonzero")
+
+
+@contextlib.contextmanager
+def count_syncs():
+    """Count calls of the Tensor methods that read a value back to the host."""
+    counter = {"n": 0}
+    originals = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
+
+    def wrap(fn):
+        def counted(self, *args, **kwargs):
+            counter["n"] += 1
+            return fn(self, *args, **kwargs)
+
+        return counted
+
+    for name, fn in originals.items():
+        setattr(torch.Tensor, name, wrap(fn))
+    try:
+        yield counter
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def test_the_step_reads_nothing_back_between_log_points(make_config):
+    cfg = make_config(log_every=100, checkpoint_every=0)
+    data = build_data(cfg)
+    data.sampler.set_epoch(0)
+    batches = list(data.train_loader)  # collated beforehand: only the trainer's step is counted
+    assert len(batches) == 7
+    trainee = build_trainee(cfg, world=1)
+    opt, _ = make_optimizer(cfg, trainee)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    at_fetch = []
+    with count_syncs() as counter:
+
+        def feed():
+            for b in batches:
+                at_fetch.append(counter["n"])
+                yield b
+
+        log = train_one_epoch(trainee, opt, scaler, feed(), torch.device("cpu"), cfg, Progress())
+        at_fetch.append(counter["n"])
+    per_step = [b - a for a, b in itertools.pairwise(at_fetch)]
+    # step 1 runs the value checks; steps 2..6 read nothing; the last one is the log point
+    assert per_step[0] > 0
+    assert per_step[1:-1] == [0] * 5, per_step
+    assert per_step[-1] >= 1
+    assert set(log.means) == {"base", "ir", "ik", "kr", "loss"}
+
+
+def test_the_loader_ships_uint8_images_and_builds_grid_targets_in_the_collate(make_config):
+    cfg = make_config()
+    data = build_data(cfg)
+    data.sampler.set_epoch(0)
+    batch = next(iter(data.train_loader))
+    assert batch["image"].dtype == torch.uint8
+    assert batch["image"].shape == (cfg.batch_size, 1, cfg.image_size, cfg.image_size)
+    g = grid_size(cfg)
+    assert batch["grid"].shape == (cfg.batch_size, 14, g, g)
+    assert torch.equal(batch["box_mask"], batch["has_box"])
+    assert batch["superpixels"].dtype == torch.uint8
+    assert isinstance(data.train_loader.collate_fn, Collate)  # runs in the workers
+    # the model normalises on its device: the same logits as from the normalised float image
+    from ccg_layers.datasets import normalize_radiographs
+
+    model = build_model("tiny", "none", head_channels=8, tiny_stride=8).eval()
+    a, _ = model(batch["image"])
+    b, _ = model(normalize_radiographs(batch["image"]))
+    torch.testing.assert_close(a, b)
+
+
+def test_resume_reads_the_rng_states_on_the_cpu_whatever_the_device(make_config, monkeypatch):
+    # On a GPU, map_location=device put the RNG ByteTensors on the GPU and
+    # torch.set_rng_state raised TypeError: the checkpoint is read on the CPU.
+    cfg = make_config(run_name="r", epochs=1, losses=("base",))
+    run = train(cfg).run_dir
+    seen = {}
+    real_load = ckpt.load
+
+    def recording_load(path, map_location="cpu"):
+        seen["map_location"] = map_location
+        return real_load(path, map_location=map_location)
+
+    real_set = torch.set_rng_state
+
+    def strict_set(state):
+        assert state.device.type == "cpu"
+        assert state.dtype == torch.uint8
+        seen["rng"] = True
+        return real_set(state)
+
+    monkeypatch.setattr(ckpt, "load", recording_load)
+    monkeypatch.setattr(torch, "set_rng_state", strict_set)
+    train(cfg, resume_dir=run)
+    assert seen == {"map_location": "cpu", "rng": True}
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank(make_config, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device(make_config(device="cuda:0"), local_rank=1, world=2) == torch.device(
+        "cuda", 1
+    )
+    assert select_device(make_config(device="cuda"), local_rank=3, world=4) == torch.device(
+        "cuda", 3
+    )
+    assert select_device(make_config(device="cuda:1"), local_rank=0, world=1) == torch.device(
+        "cuda", 1
+    )
+    assert select_device(make_config(device="auto"), local_rank=1, world=2) == torch.device(
+        "cuda", 1
+    )
+
+
+def test_cuda_without_a_gpu_is_a_device_error(make_config, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA GPU is visible"):
+        select_device(make_config(device="cuda"))
+    with pytest.raises(DeviceError, match="not a device"):
+        select_device(make_config(device="gpu"))
+
+
+def test_frozen_batchnorm_keeps_float16_activations_under_autocast():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = build_model("resnet50", "none", head_channels=8, freeze_bn=True)
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen
+    assert all(isinstance(m, FrozenBatchNorm2dCast) for m in frozen)
+    dtypes = set()
+    hooks = [m.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype)) for m in frozen]
+    with torch.autocast("cpu", dtype=torch.float16):
+        model(torch.zeros(1, 1, 64, 64, dtype=torch.uint8))
+    for h in hooks:
+        h.remove()
+    assert dtypes == {torch.float16}
+    # and the same values as torchvision's in float32
+    x = torch.randn(2, 4, 3, 3)
+    ref = FrozenBatchNorm2d(4)
+    ref.running_mean.uniform_()
+    ref.running_var.uniform_(0.5, 2)
+    ref.weight.uniform_()
+    ref.bias.uniform_()
+    mine = FrozenBatchNorm2dCast(4)
+    mine.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(mine(x), ref(x))
+
+
+@pytest.mark.slow
+def test_compiled_model_and_loss_train_to_finite_weights(make_config):
+    cfg = make_config(run_name="compiled", epochs=1, compile=True, log_every=2)
+    run = train(cfg)
+    state = ckpt.load(run.run_dir / "checkpoints" / "last.pt")
+    assert state["global_step"] == 7
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert "_orig_mod" not in "".join(state["model"])  # the checkpoint keys are unchanged
+
+
+def test_compile_parts_is_used_after_the_checked_first_step(make_config, monkeypatch):
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        calls.append(kwargs.get("fullgraph", False))
+
+        def run(*args, **kw):
+            calls.append("compiled-call")
+            return fn(*args, **kw)
+
+        return run
+
+    monkeypatch.setattr(engine.torch, "compile", fake_compile)
+    train(make_config(run_name="c", epochs=1, losses=("base",), compile=True))
+    assert calls[:2] == [False, True]  # the model, then the loss as one graph
+    # 7 steps: the first (value checks on) eager, the 6 others through model and loss
+    assert calls.count("compiled-call") == 2 * 6
