@@ -60,3 +60,18 @@ def test_compile_fullgraph_matches_eager():
     logits = args[0].clone().requires_grad_()
     compiled(logits, *args[1:]).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_module_validates_once_at_its_boundary(monkeypatch):
+    import ccg_layers.functional.mil as mil
+
+    calls = []
+    original = mil.check_finite
+
+    def counting(x, name):
+        calls.append(name)
+        original(x, name)
+
+    monkeypatch.setattr(mil, "check_finite", counting)
+    MILGridLoss()(*_inputs())
+    assert calls == ["logits"]
