@@ -9,6 +9,7 @@ eager function once to validate a data pipeline.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
@@ -30,6 +31,7 @@ __all__ = [
     "check_positive",
     "check_reduction",
     "check_shape",
+    "check_size2",
     "check_tensor",
     "reduce",
     "set_value_checks",
@@ -219,6 +221,35 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> None
         raise CCGValueRangeError(f"`{name}` must be {expected}, got {value}.")
 
 
+def _positive_index(value: object) -> int | None:
+    """``value`` as a positive ``int`` if it is an integer (not a bool), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return number if number > 0 else None
+
+
+def check_size2(value: object, name: str) -> tuple[int, int]:
+    """Return ``(H, W)`` from a positive int (a square) or a pair of positive ints.
+
+    Raises:
+        CCGValueRangeError: Anything else, naming ``name``.
+    """
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        pair = [_positive_index(v) for v in value]
+    else:
+        side = _positive_index(value)
+        pair = [side, side]
+    if len(pair) != 2 or pair[0] is None or pair[1] is None:
+        raise CCGValueRangeError(
+            f"`{name}` must be a positive int or two positive ints (H, W), got {value!r}."
+        )
+    return pair[0], pair[1]
+
+
 def check_reduction(reduction: object) -> Reduction:
     """Raise unless ``reduction`` is one of ``"none"``, ``"mean"``, ``"sum"``."""
     if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
@@ -229,13 +260,19 @@ def check_reduction(reduction: object) -> Reduction:
 
 
 def reduce(x: Tensor, reduction: Reduction, *, count: Tensor | int | None = None) -> Tensor:
-    """Apply ``reduction`` to ``x``; ``"mean"`` divides the sum by ``count`` (default numel)."""
+    """Apply ``reduction`` to ``x``; ``"mean"`` divides the sum by ``count`` (default numel).
+
+    The mean of an empty ``x`` (with the default ``count``) is ``0``, like its sum, and stays
+    connected to the graph (its gradient is zero), so an empty batch does not give NaN.
+    """
     if reduction == "none":
         return x
     total = x.sum()
     if reduction == "sum":
         return total
-    return total / (x.numel() if count is None else count)
+    if count is None:
+        return total / x.numel() if x.numel() else total
+    return total / count
 
 
 def describe(mapping: Mapping[str, int]) -> str:

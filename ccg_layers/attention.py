@@ -11,9 +11,12 @@ from torch import Tensor, nn
 from ccg_layers._validation import check_shape, check_tensor
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.functional.attention import (
-    cross_image_attention,
-    multi_head_cross_image_attention,
-    partner_attention,
+    _check_features,
+    _check_image_batch,
+    _check_weight_dtype,
+    _cross_image_attention,
+    _multi_head_cross_image_attention,
+    _partner_attention,
 )
 
 __all__ = ["CrossImageAttention"]
@@ -168,22 +171,28 @@ class CrossImageAttention(nn.Module):
                 f"({', '.join(spec)}), got shape {tuple(x.shape)}."
             )
 
+    def _check_weights_dtype(self, features: Tensor) -> None:
+        for name in ("weight", "weight_u", "weight_v"):
+            param = getattr(self, name)
+            if param is not None:
+                _check_weight_dtype(param, name, features)
+
     def forward_pair(self, fu: Tensor, fv: Tensor) -> tuple[Tensor, Tensor]:
-        """``(F'_u, F'_v)`` of the pairs ``(fu[b], fv[b])`` (paper Eq. 8-9)."""
+        """``(F'_u, F'_v)`` of the pairs ``(fu[b], fv[b])`` (paper Eq. 8-9).
+
+        The inputs are validated once here (the configuration at construction), then the
+        functional kernel runs unchecked.
+        """
         self._check_channels(fu, "fu", ("B", "C", "Hu", "Wu"))
         self._check_channels(fv, "fv", ("B", "C", "Hv", "Wv"))
+        _check_features(fu, fv)
+        self._check_weights_dtype(fu)
         if self.weight is not None:
-            return cross_image_attention(fu, fv, self.weight, scale=self.scale, fused=self.fused)
+            return _cross_image_attention(fu, fv, self.weight, self.scale, self.fused)
         assert self.weight_u is not None
         assert self.weight_v is not None
-        return multi_head_cross_image_attention(
-            fu,
-            fv,
-            self.weight_u,
-            self.weight_v,
-            heads=self.heads,
-            scale=self.scale,
-            fused=self.fused,
+        return _multi_head_cross_image_attention(
+            fu, fv, self.weight_u, self.weight_v, self.heads, self.scale, self.fused
         )
 
     def forward_residual(self, x: Tensor, partner_index: Tensor | None = None) -> Tensor:
@@ -193,15 +202,17 @@ class CrossImageAttention(nn.Module):
                 "`forward_residual` needs a layer built with mode='residual', got mode='pair'."
             )
         self._check_channels(x, "x", ("B", "C", "H", "W"))
-        attended = partner_attention(
+        _check_image_batch(x, partner_index)
+        self._check_weights_dtype(x)
+        attended = _partner_attention(
             x,
             self.weight,
             self.weight_u,
             self.weight_v,
-            partner_index=partner_index,
-            heads=self.heads,
-            scale=self.scale,
-            fused=self.fused,
+            partner_index,
+            self.heads,
+            self.scale,
+            self.fused,
         )
         if attended is x:  # a batch of one image without partner
             return x

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ccg_layers._validation import Reduction, check_positive, check_reduction
-from ccg_layers.errors import CCGValueRangeError
-from ccg_layers.functional.mil import mil_grid_loss
+from ccg_layers._validation import Reduction, check_reduction
+from ccg_layers.functional.mil import _check_inputs, _check_options, _mil_grid_loss
 
 __all__ = ["MILGridLoss"]
 
@@ -45,11 +44,7 @@ class MILGridLoss(nn.Module):
         noisy_or_floor: float | None = None,
     ) -> None:
         super().__init__()
-        check_positive(box_weight, "box_weight", allow_zero=True)
-        if noisy_or_floor is not None and not 0.0 <= noisy_or_floor < 1.0:
-            raise CCGValueRangeError(
-                f"`noisy_or_floor` must be None or in [0, 1), got {noisy_or_floor}."
-            )
+        _check_options(box_weight, noisy_or_floor)
         self.box_weight = float(box_weight)
         self.reduction: Reduction = check_reduction(reduction)
         self.noisy_or_floor = noisy_or_floor
@@ -61,8 +56,12 @@ class MILGridLoss(nn.Module):
         grid_targets: Tensor | None = None,
         box_mask: Tensor | None = None,
     ) -> Tensor:
-        """Compute the loss; see :func:`ccg_layers.functional.mil_grid_loss`."""
-        return mil_grid_loss(
+        """Compute the loss; see :func:`ccg_layers.functional.mil_grid_loss`.
+
+        The inputs are validated here once; the configuration was validated at construction.
+        """
+        _check_inputs(logits, labels, grid_targets, box_mask)
+        return _mil_grid_loss(
             logits,
             labels,
             grid_targets,

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ccg_layers._validation import check_dtype, check_index, check_shape, check_tensor
+from ccg_layers._validation import check_dtype, check_index, check_shape, check_size2, check_tensor
 from ccg_layers._validation import values_checkable as _values_checkable
 from ccg_layers.datasets.chestxray14 import BOXED_CLASSES, CLASS_NAMES
 from ccg_layers.errors import CCGValueRangeError
+from ccg_layers.functional.boxes import check_boxes
 
 __all__ = ["classification_auc", "format_localization_table", "localization_accuracy"]
 
@@ -26,8 +27,8 @@ def localization_accuracy(
     box_image_index: Tensor,
     box_class: Tensor,
     *,
-    image_size: tuple[int, int],
-    thresholds: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
+    image_size: int | tuple[int, int],
+    thresholds: float | Sequence[float] = (0.1, 0.3, 0.5, 0.7),
     prob_threshold: float = 0.5,
     metric: Literal["iou", "iobb"] = "iou",
     interpolation: Literal["nearest", "bilinear"] = "nearest",
@@ -57,8 +58,9 @@ def localization_accuracy(
         boxes: ``(M, 4)`` boxes ``(x1, y1, x2, y2)`` in pixels of an image of ``image_size``.
         box_image_index: ``(M,)`` long, the image of each box in ``[0, N)``.
         box_class: ``(M,)`` long, the class of each box in ``[0, K)``.
-        image_size: ``(H, W)`` of the image the boxes live in.
-        thresholds: The thresholds ``T``.
+        image_size: ``(H, W)`` of the image the boxes live in (an int for a square). A box
+            reaching past it is clipped to it; one wholly outside it is an error.
+        thresholds: The thresholds ``T`` (a single float for one row).
         prob_threshold: The map threshold (paper: 0.5).
         metric: ``"iou"`` or ``"iobb"``.
         interpolation: ``"nearest"`` or ``"bilinear"``.
@@ -92,11 +94,8 @@ def localization_accuracy(
     check_shape(box_class, "box_class", ("M",), dims)
     check_index(box_image_index, "box_image_index", dims["N"])
     check_index(box_class, "box_class", dims["K"])
-    if len(image_size) != 2 or any(int(v) <= 0 for v in image_size):
-        raise CCGValueRangeError(
-            f"`image_size` must be two positive ints (H, W), got {image_size}."
-        )
-    thresholds = tuple(float(t) for t in thresholds)
+    size = check_size2(image_size, "image_size")
+    thresholds = _as_thresholds(thresholds)
     if not thresholds:
         raise CCGValueRangeError("`thresholds` must hold at least one threshold, got none.")
     if metric not in ("iou", "iobb"):
@@ -115,13 +114,10 @@ def localization_accuracy(
             raise CCGValueRangeError(
                 f"`prob_maps` must be probabilities in [0, 1], got values in [{lo}, {hi}]."
             )
-        if boxes.numel() and bool(
-            ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()
-        ):
-            raise CCGValueRangeError("`boxes` must be (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2.")
+    check_boxes(boxes, "boxes", size)
 
     K = dims["K"]
-    H, W = int(image_size[0]), int(image_size[1])
+    H, W = size
     device = prob_maps.device
     out = torch.full((len(thresholds), K), math.nan, dtype=torch.float64, device=device)
     if boxes.shape[0] == 0:
@@ -161,6 +157,18 @@ def localization_accuracy(
     hits.index_add_(1, pair_class, correct)
     counts = torch.bincount(pair_class, minlength=K).double()
     return torch.where(counts > 0, hits / counts.clamp(min=1), out)
+
+
+def _as_thresholds(thresholds: object) -> tuple[float, ...]:
+    """``thresholds`` as a tuple of floats; a single number is one threshold."""
+    if isinstance(thresholds, int | float) and not isinstance(thresholds, bool):
+        return (float(thresholds),)
+    try:
+        return tuple(float(t) for t in thresholds)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise CCGValueRangeError(
+            f"`thresholds` must be a float or a sequence of floats, got {thresholds!r}."
+        ) from None
 
 
 def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:

@@ -265,8 +265,16 @@ def superpixels(
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 3:
+        hint = ""
+        if array.ndim == 4 and array.shape[1] in (3, 4):
+            hint = (
+                " These look like RGB(A) images: superpixels segment one gray channel. The "
+                "ChestXray14 dataset's 3 channels are copies of the one gray radiograph "
+                "(expanded for ImageNet backbones): pass `images[:, 0]`."
+            )
         raise CCGShapeError(
-            f"`images` must have shape (N, H, W) or (N, 1, H, W), got shape {tuple(array.shape)}."
+            f"`images` must have shape (N, H, W) or (N, 1, H, W), got shape "
+            f"{tuple(array.shape)}.{hint}"
         )
     N, H, W = array.shape
     if N == 0:

@@ -319,3 +319,32 @@ def test_error_forward_residual_on_pair_layer():
     layer = CrossImageAttention(8)
     with pytest.raises(CCGValueRangeError, match=r"needs a layer built with mode='residual'"):
         layer.forward_residual(torch.randn(2, 8, 3, 3))
+
+
+@pytest.mark.parametrize("mode", ["pair", "residual"])
+def test_error_non_finite_features_in_both_modes(mode):
+    layer = CrossImageAttention(4, mode=mode)
+    x = torch.randn(2, 4, 3, 3)
+    x[1, 1, 1, 1] = float("nan")
+    name = "fu" if mode == "pair" else "x"
+    with pytest.raises(CCGValueRangeError, match=rf"`{name}` must be finite, got NaN or infinite"):
+        layer(x, torch.randn(2, 4, 3, 3)) if mode == "pair" else layer(x)
+
+
+def test_module_validates_once_at_its_boundary(monkeypatch):
+    """The module checks each input once and calls the unchecked kernel (no re-validation)."""
+    import ccg_layers.functional.attention as fa
+
+    calls = []
+    original = fa.check_finite
+
+    def counting(x, name):
+        calls.append(name)
+        original(x, name)
+
+    monkeypatch.setattr(fa, "check_finite", counting)
+    CrossImageAttention(4)(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 2, 2))
+    assert calls == ["fu", "fv"]
+    calls.clear()
+    CrossImageAttention(4, qk_channels=2, mode="residual")(torch.randn(2, 4, 3, 3))
+    assert calls == ["x"]

@@ -33,6 +33,14 @@ def test_module_equals_function(reduction, floor):
     )
 
 
+def test_module_validates_its_inputs_once_with_the_functions_messages():
+    logits, labels, grid, box_mask = _inputs()
+    grid[0, 0] = 0  # box_mask[0, 0] is True: an all-zero target
+    with pytest.raises(CCGValueRangeError, match=r"`grid_targets` must mark at least one cell"):
+        MILGridLoss()(logits, labels, grid, box_mask)
+    assert float(MILGridLoss()(torch.zeros(0, 4, 8, 8), torch.zeros(0, 4))) == 0.0
+
+
 def test_module_repr_and_validation():
     assert "box_weight=4.0" in repr(MILGridLoss())
     with pytest.raises(CCGValueRangeError, match="`reduction` must be one of"):
@@ -52,3 +60,18 @@ def test_compile_fullgraph_matches_eager():
     logits = args[0].clone().requires_grad_()
     compiled(logits, *args[1:]).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_module_validates_once_at_its_boundary(monkeypatch):
+    import ccg_layers.functional.mil as mil
+
+    calls = []
+    original = mil.check_finite
+
+    def counting(x, name):
+        calls.append(name)
+        original(x, name)
+
+    monkeypatch.setattr(mil, "check_finite", counting)
+    MILGridLoss()(*_inputs())
+    assert calls == ["logits"]

@@ -402,7 +402,8 @@ def test_box_class_out_of_range():
 
 def test_bad_image_size():
     with pytest.raises(
-        CCGValueRangeError, match=r"`image_size` must be two positive ints \(H, W\), got \(8, 0\)"
+        CCGValueRangeError,
+        match=r"`image_size` must be a positive int or two positive ints \(H, W\), got \(8, 0\)",
     ):
         call(image_size=(8, 0))
 

@@ -267,7 +267,11 @@ def test_error_wrong_rank():
 
 
 def test_error_rgb_channels():
-    with pytest.raises(CCGShapeError, match=r"got shape \(1, 3, 8, 8\)"):
+    with pytest.raises(
+        CCGShapeError,
+        match=r"got shape \(1, 3, 8, 8\)\. These look like RGB\(A\) images: .* ChestXray14 "
+        r"dataset's 3 channels are copies of the one gray radiograph .* pass `images\[:, 0\]`",
+    ):
         superpixels(np.zeros((1, 3, 8, 8)), 4)
 
 

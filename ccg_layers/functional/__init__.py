@@ -12,6 +12,12 @@ from ccg_layers.functional.attention import (
     set_fused_attn,
     use_fused_path,
 )
+from ccg_layers.functional.boxes import (
+    boxes_to_grid,
+    boxes_to_grid_targets,
+    maps_to_boxes,
+    xywh_to_xyxy,
+)
 from ccg_layers.functional.graphs import (
     hamming_distance,
     hash_codes,
@@ -24,15 +30,17 @@ from ccg_layers.functional.graphs import (
     sample_graph_loss,
     superpixel_pool,
 )
-from ccg_layers.functional.mil import boxes_to_grid, log_noisy_or, mil_grid_loss, xywh_to_xyxy
+from ccg_layers.functional.mil import log_noisy_or, mil_grid_loss
 
 __all__ = [
     "boxes_to_grid",
+    "boxes_to_grid_targets",
     "cross_image_attention",
     "get_fused_attn",
     "hamming_distance",
     "hash_codes",
     "log_noisy_or",
+    "maps_to_boxes",
     "mil_grid_loss",
     "multi_head_cross_image_attention",
     "normalize_graph",

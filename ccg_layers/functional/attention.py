@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from ccg_layers._validation import check_dtype, check_index, check_shape, check_tensor
+from ccg_layers._validation import (
+    check_dtype,
+    check_finite,
+    check_index,
+    check_shape,
+    check_tensor,
+)
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 
 __all__ = [
@@ -154,6 +160,21 @@ def _check_features(fu: Tensor, fv: Tensor) -> dict[str, int]:
     check_shape(fv, "fv", ("B", "C", "Hv", "Wv"), dims)
     if fu.dtype != fv.dtype:
         raise CCGDTypeError(f"`fv` must have the dtype of `fu` ({fu.dtype}), got {fv.dtype}.")
+    check_finite(fu, "fu")
+    check_finite(fv, "fv")
+    return dims
+
+
+def _check_image_batch(x: Tensor, partner_index: Tensor | None) -> dict[str, int]:
+    """Validate ``x`` (and ``partner_index``) of :func:`partner_attention`."""
+    check_tensor(x, "x")
+    check_dtype(x, "x", ("float",))
+    dims = check_shape(x, "x", ("B", "C", "H", "W"))
+    check_finite(x, "x")
+    if partner_index is not None:
+        check_tensor(partner_index, "partner_index")
+        check_shape(partner_index, "partner_index", ("B",), dims)
+        check_index(partner_index, "partner_index", dims["B"])
     return dims
 
 
@@ -293,7 +314,9 @@ def cross_image_attention(
     Raises:
         CCGShapeError: Wrong rank, mismatched ``B`` or ``C``, ``weight`` not ``(C, C)``.
         CCGDTypeError: Non-float tensors, or dtypes that differ (outside autocast).
-        CCGValueRangeError: Non-finite ``scale``, ``fused`` not a bool or None.
+        CCGValueRangeError: Non-finite features (a value check, see
+            :func:`ccg_layers.set_value_checks`), non-finite ``scale``, ``fused`` not a bool
+            or None.
 
     Example:
         >>> import torch
@@ -311,8 +334,15 @@ def cross_image_attention(
     _check_weight_dtype(weight, "weight", fu)
     scale = _check_scale(scale)
     _check_fused(fused)
+    return _cross_image_attention(fu, fv, weight, scale, fused)
+
+
+def _cross_image_attention(
+    fu: Tensor, fv: Tensor, weight: Tensor, scale: float, fused: bool | None
+) -> tuple[Tensor, Tensor]:
+    """:func:`cross_image_attention` on validated inputs (no checks, no host sync)."""
     (hu, wu), (hv, wv) = fu.shape[-2:], fv.shape[-2:]
-    use_fused = use_fused_path(fused, fu.device, dims["B"], hu * wu, hv * wv)
+    use_fused = use_fused_path(fused, fu.device, fu.shape[0], hu * wu, hv * wv)
 
     xu = fu.flatten(2)  # (B, C, HW_u)
     xv = fv.flatten(2)
@@ -360,7 +390,8 @@ def multi_head_cross_image_attention(
     Raises:
         CCGShapeError: Wrong ranks or sizes, ``heads`` not dividing ``C`` or ``D``.
         CCGDTypeError: Non-float tensors, or dtypes that differ (outside autocast).
-        CCGValueRangeError: Bad ``heads``, ``scale`` or ``fused``.
+        CCGValueRangeError: Non-finite features (a value check), bad ``heads``, ``scale`` or
+            ``fused``.
 
     Example:
         >>> import torch
@@ -374,8 +405,21 @@ def multi_head_cross_image_attention(
     _check_low_rank_weights(weight_u, weight_v, heads, dims, fu)
     scale = _check_scale(scale)
     _check_fused(fused)
+    return _multi_head_cross_image_attention(fu, fv, weight_u, weight_v, heads, scale, fused)
+
+
+def _multi_head_cross_image_attention(
+    fu: Tensor,
+    fv: Tensor,
+    weight_u: Tensor,
+    weight_v: Tensor,
+    heads: int,
+    scale: float,
+    fused: bool | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`multi_head_cross_image_attention` on validated inputs (no checks, no host sync)."""
     (hu, wu), (hv, wv) = fu.shape[-2:], fv.shape[-2:]
-    use_fused = use_fused_path(fused, fu.device, dims["B"] * heads, hu * wu, hv * wv)
+    use_fused = use_fused_path(fused, fu.device, fu.shape[0] * heads, hu * wu, hv * wv)
 
     xu, xv = fu.flatten(2), fv.flatten(2)
     a = _split(torch.einsum("kc,bci->bik", weight_u, xu), heads)  # (B, h, HW_u, D/h)
@@ -424,8 +468,8 @@ def partner_attention(
     Raises:
         CCGShapeError: Wrong shapes, weights given in neither or both forms.
         CCGDTypeError: Non-float ``x`` or weights, a non-integer ``partner_index``.
-        CCGValueRangeError: Partner indices outside ``[0, B)``, bad ``heads``, ``scale``,
-            ``fused``.
+        CCGValueRangeError: Non-finite ``x`` or partner indices outside ``[0, B)`` (value
+            checks), bad ``heads``, ``scale``, ``fused``.
 
     Example:
         >>> import torch
@@ -435,9 +479,7 @@ def partner_attention(
         >>> torch.allclose(out, want, atol=1e-6)
         True
     """
-    check_tensor(x, "x")
-    check_dtype(x, "x", ("float",))
-    dims = check_shape(x, "x", ("B", "C", "H", "W"))
+    dims = _check_image_batch(x, partner_index)
     low_rank = weight_u is not None or weight_v is not None
     if (weight is None) == (not low_rank) or (low_rank and (weight_u is None or weight_v is None)):
         raise CCGShapeError(
@@ -460,15 +502,26 @@ def partner_attention(
         _check_low_rank_weights(weight_u, weight_v, heads, dims, x)
     scale = _check_scale(scale)
     _check_fused(fused)
+    return _partner_attention(x, weight, weight_u, weight_v, partner_index, heads, scale, fused)
+
+
+def _partner_attention(
+    x: Tensor,
+    weight: Tensor | None,
+    weight_u: Tensor | None,
+    weight_v: Tensor | None,
+    partner_index: Tensor | None,
+    heads: int,
+    scale: float,
+    fused: bool | None,
+) -> Tensor:
+    """:func:`partner_attention` on validated inputs (no checks, no host sync)."""
     batch, _, height, width = x.shape
     if partner_index is None:
         if batch <= 1:
             return x  # no partner: identity (documented)
         partner = x.roll(-1, 0)  # partner of i is (i + 1) mod B
     else:
-        check_tensor(partner_index, "partner_index")
-        check_shape(partner_index, "partner_index", ("B",), dims)
-        check_index(partner_index, "partner_index", batch)
         partner = x.index_select(0, partner_index)
 
     length = height * width

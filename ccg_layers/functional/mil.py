@@ -21,8 +21,9 @@ from ccg_layers._validation import (
     values_checkable,
 )
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.functional.boxes import boxes_to_grid, xywh_to_xyxy  # noqa: F401 (old home)
 
-__all__ = ["boxes_to_grid", "log_noisy_or", "mil_grid_loss", "xywh_to_xyxy"]
+__all__ = ["log_noisy_or", "mil_grid_loss"]
 
 _LN2 = math.log(2.0)
 _SMALL_S = 1e-3
@@ -126,12 +127,14 @@ def mil_grid_loss(
         logits: ``(N, K, H, W)`` class-wise grid scores before the sigmoid.
         labels: ``(N, K)`` image-level labels in ``{0, 1}`` (float, int or bool).
         grid_targets: ``(N, K, H, W)`` per-cell targets in ``{0, 1}`` where a box exists,
-            e.g. from :func:`boxes_to_grid`. Required when ``box_mask`` is given.
+            at least one cell marked where ``box_mask`` is true; e.g. from
+            :func:`boxes_to_grid_targets`. Required when ``box_mask`` is given.
         box_mask: ``(N, K)`` bool, true where class ``k`` of image ``i`` has a box. A marked
             class must have label 1. ``None`` means no boxes (pure multiple-instance loss).
         box_weight: :math:`\beta_B`, the weight of the box term (paper: 4).
         reduction: ``"none"`` returns the ``(N, K)`` weighted per-image, per-class terms,
-            ``"sum"`` is Eq. 3 exactly, ``"mean"`` is that sum divided by ``N*K``.
+            ``"sum"`` is Eq. 3 exactly, ``"mean"`` is that sum divided by ``N*K``. The loss of
+            an empty batch (``N = 0``) is ``0`` with both (a zero gradient, not NaN).
         noisy_or_floor: ``None`` (default) for the paper's noisy-OR; ``0.98`` reproduces
             Li et al. 2018, who rescale every ``1 - p_j`` into ``[0.98, 1]`` so that the
             product over many cells does not vanish. See :func:`log_noisy_or`.
@@ -142,7 +145,9 @@ def mil_grid_loss(
     Raises:
         CCGShapeError: Wrong rank or mismatched ``N``, ``K``, ``H``, ``W``.
         CCGValueRangeError: Labels or targets outside ``{0, 1}``, a box on a class whose label
-            is 0, non-finite logits, a bad ``reduction``, ``box_weight`` or ``noisy_or_floor``.
+            is 0, an all-zero target where ``box_mask`` is true, non-finite logits, a bad
+            ``reduction``, ``box_weight`` or ``noisy_or_floor``. (Value checks read tensor
+            values: see :func:`ccg_layers.set_value_checks`.)
         CCGInputError: ``box_mask`` given without ``grid_targets`` or the other way round.
 
     Example:
@@ -159,33 +164,90 @@ def mil_grid_loss(
         5.5452
     """
     reduction = check_reduction(reduction)
+    _check_options(box_weight, noisy_or_floor)
+    _check_inputs(logits, labels, grid_targets, box_mask)
+    return _mil_grid_loss(
+        logits,
+        labels,
+        grid_targets,
+        box_mask,
+        box_weight=box_weight,
+        reduction=reduction,
+        noisy_or_floor=noisy_or_floor,
+    )
+
+
+def _check_options(box_weight: float, noisy_or_floor: float | None) -> None:
+    """Validate the loss's configuration (the module does it once, at construction)."""
+    check_positive(box_weight, "box_weight", allow_zero=True)
+    if noisy_or_floor is not None and not 0.0 <= noisy_or_floor < 1.0:
+        raise CCGValueRangeError(
+            f"`noisy_or_floor` must be None or in [0, 1), got {noisy_or_floor}."
+        )
+
+
+def _check_inputs(
+    logits: Tensor, labels: Tensor, grid_targets: Tensor | None, box_mask: Tensor | None
+) -> None:
+    """Validate the tensors of one call, once (shape and dtype always; values when enabled)."""
     check_tensor(logits, "logits")
     check_tensor(labels, "labels")
     check_dtype(logits, "logits", ("float",))
     dims = check_shape(logits, "logits", ("N", "K", "H", "W"))
     check_shape(labels, "labels", ("N", "K"), dims)
     check_dtype(labels, "labels", ("float", "int", "bool"))
-    check_positive(box_weight, "box_weight", allow_zero=True)
-    if noisy_or_floor is not None and not 0.0 <= noisy_or_floor < 1.0:
-        raise CCGValueRangeError(
-            f"`noisy_or_floor` must be None or in [0, 1), got {noisy_or_floor}."
-        )
     if (grid_targets is None) != (box_mask is None):
         given, missing = (
-            ("box_mask", "grid_targets")
-            if grid_targets is None
-            else (
-                "grid_targets",
-                "box_mask",
-            )
+            ("box_mask", "grid_targets") if grid_targets is None else ("grid_targets", "box_mask")
         )
         raise CCGShapeError(
             f"`{missing}` is required when `{given}` is given: pass both (boxes) or neither "
             f"(image labels only), got `{given}` alone."
         )
+    if grid_targets is not None and box_mask is not None:
+        check_tensor(grid_targets, "grid_targets")
+        check_tensor(box_mask, "box_mask")
+        check_shape(grid_targets, "grid_targets", ("N", "K", "H", "W"), dims)
+        check_shape(box_mask, "box_mask", ("N", "K"), dims)
+        check_dtype(grid_targets, "grid_targets", ("float", "int", "bool"))
+        check_dtype(box_mask, "box_mask", ("bool",))
+    if not values_checkable():
+        return
     check_finite(logits, "logits")
     check_binary(labels, "labels")
+    if grid_targets is None or box_mask is None:
+        return
+    check_binary(grid_targets, "grid_targets")
+    on_negative = box_mask & (labels == 0)
+    if bool(on_negative.any()):
+        i, k = (int(v) for v in on_negative.nonzero()[0])
+        raise CCGValueRangeError(
+            "`box_mask` marks a box on a class whose label is 0: image "
+            f"{i}, class {k} has box_mask=True but labels[{i}, {k}]=0."
+        )
+    empty = box_mask & ~(grid_targets != 0).flatten(2).any(-1)
+    if bool(empty.any()):
+        i, k = (int(v) for v in empty.nonzero()[0])
+        raise CCGValueRangeError(
+            "`grid_targets` must mark at least one cell where `box_mask` is True (an all-zero "
+            f"target trains 'no lesion anywhere' on a positive class): image {i}, class {k} has "
+            f"box_mask=True but grid_targets[{i}, {k}] is all zero ({int(empty.sum())} such "
+            "pair(s)). A box outside the grid's image or of zero area marks no cell: build both "
+            "with boxes_to_grid_targets."
+        )
 
+
+def _mil_grid_loss(
+    logits: Tensor,
+    labels: Tensor,
+    grid_targets: Tensor | None,
+    box_mask: Tensor | None,
+    *,
+    box_weight: float,
+    reduction: Reduction,
+    noisy_or_floor: float | None,
+) -> Tensor:
+    """:func:`mil_grid_loss` on validated inputs (no checks, no host synchronisation)."""
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         z = logits.to(compute_dtype)
@@ -193,82 +255,7 @@ def mil_grid_loss(
         log_pos, log_neg = log_noisy_or(z, noisy_or_floor=noisy_or_floor)
         terms = -(y * log_pos + (1.0 - y) * log_neg)
         if grid_targets is not None and box_mask is not None:
-            check_tensor(grid_targets, "grid_targets")
-            check_tensor(box_mask, "box_mask")
-            check_shape(grid_targets, "grid_targets", ("N", "K", "H", "W"), dims)
-            check_shape(box_mask, "box_mask", ("N", "K"), dims)
-            check_dtype(grid_targets, "grid_targets", ("float", "int", "bool"))
-            check_dtype(box_mask, "box_mask", ("bool",))
-            check_binary(grid_targets, "grid_targets")
-            if values_checkable() and bool((box_mask & (y == 0)).any()):
-                i, k = (int(v) for v in torch.nonzero(box_mask & (y == 0))[0])
-                raise CCGValueRangeError(
-                    "`box_mask` marks a box on a class whose label is 0: image "
-                    f"{i}, class {k} has box_mask=True but labels[{i}, {k}]=0."
-                )
             t = grid_targets.to(compute_dtype)
             bce = F.binary_cross_entropy_with_logits(z, t, reduction="none").sum((-2, -1))
             terms = torch.where(box_mask, box_weight * bce, terms)
     return reduce(terms, reduction)
-
-
-def boxes_to_grid(boxes: Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]) -> Tensor:
-    """Rasterise boxes onto a coarse grid: which cells a box overlaps with positive area.
-
-    The image of ``image_size = (H, W)`` pixels is cut into ``grid_size = (h, w)`` equal
-    cells; cell ``(r, c)`` covers ``[c W/w, (c+1) W/w] x [r H/h, (r+1) H/h]``. A cell is
-    marked when its intersection with the box has positive area, so a box edge lying exactly
-    on a cell border does not mark the neighbouring cell, and a box of zero area marks none.
-
-    Args:
-        boxes: ``(M, 4)`` boxes ``(x1, y1, x2, y2)`` in pixels, ``x1 <= x2``, ``y1 <= y2``.
-        image_size: ``(H, W)`` of the image the boxes live in.
-        grid_size: ``(h, w)`` of the grid.
-
-    Returns:
-        ``(M, h, w)`` bool.
-
-    Example:
-        >>> import torch
-        >>> boxes_to_grid(torch.tensor([[0.0, 0.0, 256.0, 300.0]]), (512, 512), (4, 4)).int()
-        tensor([[[1, 1, 0, 0],
-                 [1, 1, 0, 0],
-                 [1, 1, 0, 0],
-                 [0, 0, 0, 0]]], dtype=torch.int32)
-    """
-    check_tensor(boxes, "boxes")
-    check_shape(boxes, "boxes", ("M", 4))
-    check_dtype(boxes, "boxes", ("float", "int"))
-    for arg, value in (("image_size", image_size), ("grid_size", grid_size)):
-        if len(value) != 2 or any(int(v) <= 0 for v in value):
-            raise CCGValueRangeError(f"`{arg}` must be two positive ints (H, W), got {value}.")
-    check_finite(boxes.float(), "boxes")
-    if (
-        values_checkable()
-        and boxes.numel()
-        and bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any())
-    ):
-        raise CCGValueRangeError("`boxes` must be (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2.")
-    (H, W), (h, w) = image_size, grid_size
-    b = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
-    # Compare in units of cells (c * W / w == x  <=>  c * W == x * w), exact for integer pixels.
-    cols = torch.arange(w, device=b.device, dtype=b.dtype) * W
-    rows = torch.arange(h, device=b.device, dtype=b.dtype) * H
-    x1, y1, x2, y2 = (b[:, i : i + 1] for i in range(4))
-    in_x = (x1 * w < cols + W) & (x2 * w > cols) & (x2 > x1)  # (M, w)
-    in_y = (y1 * h < rows + H) & (y2 * h > rows) & (y2 > y1)  # (M, h)
-    return in_y[:, :, None] & in_x[:, None, :]
-
-
-def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """Convert ``(..., 4)`` boxes from ``(x, y, width, height)`` to ``(x1, y1, x2, y2)``.
-
-    Example:
-        >>> import torch
-        >>> xywh_to_xyxy(torch.tensor([[10.0, 20.0, 5.0, 8.0]]))
-        tensor([[10., 20., 15., 28.]])
-    """
-    check_tensor(boxes, "boxes")
-    check_shape(boxes, "boxes", (4,), leading=True)
-    xy, wh = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([xy, xy + wh], dim=-1)

@@ -662,3 +662,31 @@ def test_error_partner_heads_with_full_weight():
 def test_error_partner_x_wrong_rank():
     with pytest.raises(CCGShapeError, match=r"`x` must have 4 dimensions \(B, C, H, W\)"):
         partner_attention(torch.zeros(4, 2, 2), torch.eye(4))
+
+
+@pytest.mark.parametrize("bad", ["fu", "fv"])
+def test_error_non_finite_features(bad):
+    fu, fv = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 2, 2)
+    (fu if bad == "fu" else fv)[1, 2, 0, 1] = float("nan")
+    msg = rf"`{bad}` must be finite, got NaN or infinite values"
+    with pytest.raises(CCGValueRangeError, match=msg):
+        cross_image_attention(fu, fv, torch.eye(4))
+    with pytest.raises(CCGValueRangeError, match=msg):
+        multi_head_cross_image_attention(fu, fv, torch.eye(4), torch.eye(4), heads=2)
+
+
+def test_error_non_finite_x_in_partner_attention():
+    x = torch.randn(3, 4, 2, 2)
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(CCGValueRangeError, match=r"`x` must be finite, got NaN or infinite"):
+        partner_attention(x, torch.eye(4))
+
+
+def test_non_finite_features_pass_through_with_value_checks_off():
+    import ccg_layers
+
+    fu, fv = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    fu[0, 0, 0, 0] = float("nan")
+    with ccg_layers.set_value_checks(False):
+        out, _ = cross_image_attention(fu, fv, torch.eye(4))
+    assert out.isnan().any()

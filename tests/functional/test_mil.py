@@ -82,6 +82,10 @@ def mil_inputs(draw, max_n=3, max_k=3, max_hw=5, logit_range=6.0):
     labels = torch.randint(0, 2, (N, K), generator=g).double()
     box_mask = (torch.rand(N, K, generator=g) < 0.5) & (labels == 1)
     grid = torch.randint(0, 2, (N, K, H, W), generator=g).double()
+    # a box marks at least one cell (an all-zero target under box_mask is an error)
+    cell = torch.randint(0, H * W, (N, K, 1), generator=g)
+    grid.view(N, K, H * W).scatter_add_(-1, cell, box_mask.double().unsqueeze(-1))
+    grid.clamp_(max=1.0)
     return logits, labels, grid, box_mask
 
 
@@ -318,6 +322,33 @@ def test_error_box_on_negative_label():
         mil_grid_loss(logits, labels, grid, box_mask)
 
 
+def test_error_all_zero_grid_targets_under_box_mask():
+    logits, labels, grid, box_mask = _ok()
+    box_mask[0, 1] = box_mask[1, 2] = True
+    grid[1, 2, 3, 3] = 1  # (1, 2) marks a cell; (0, 1) marks none
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`grid_targets` must mark at least one cell where `box_mask` is True .* image 0, "
+        r"class 1 has box_mask=True but grid_targets\[0, 1\] is all zero \(1 such pair",
+    ):
+        mil_grid_loss(logits, labels, grid, box_mask)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("boxes", [False, True])
+def test_empty_batch_gives_zero_loss_and_zero_gradient(reduction, boxes):
+    logits = torch.zeros(0, 3, 4, 4, requires_grad=True)
+    labels = torch.zeros(0, 3)
+    extra = (torch.zeros(0, 3, 4, 4), torch.zeros(0, 3, dtype=torch.bool)) if boxes else ()
+    loss = mil_grid_loss(logits, labels, *extra, reduction=reduction)
+    assert loss.shape == ()
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert logits.grad is not None
+    assert logits.grad.shape == (0, 3, 4, 4)
+    assert mil_grid_loss(logits, labels, *extra, reduction="none").shape == (0, 3)
+
+
 @pytest.mark.parametrize("reduction", ["avg", None, "MEAN"])
 def test_error_bad_reduction(reduction):
     logits, labels, _, _ = _ok()
@@ -418,7 +449,10 @@ def test_boxes_to_grid_errors():
         boxes_to_grid(torch.zeros(2, 5), (8, 8), (2, 2))
     with pytest.raises(CCGValueRangeError, match=r"x1 <= x2 and y1 <= y2"):
         boxes_to_grid(torch.tensor([[5.0, 0.0, 1.0, 2.0]]), (8, 8), (2, 2))
-    with pytest.raises(CCGValueRangeError, match=r"`grid_size` must be two positive ints"):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`grid_size` must be a positive int or two positive ints \(H, W\), got \(0, 2\)",
+    ):
         boxes_to_grid(torch.zeros(1, 4), (8, 8), (0, 2))
     with pytest.raises(CCGValueRangeError, match=r"`boxes` must be finite"):
         boxes_to_grid(torch.tensor([[0.0, 0.0, float("inf"), 1.0]]), (8, 8), (2, 2))
