@@ -29,8 +29,8 @@ from ccg_layers.datasets import (
     read_split_files,
     split_summary,
 )
+from ccg_layers.functional import boxes_to_grid_targets
 
-from ._pending_api import boxes_to_grid_targets
 from .config import TrainConfig
 
 _log = logging.getLogger("ccg_net")

@@ -11,9 +11,8 @@ import torch
 from torch import Tensor
 
 from ccg_layers.datasets import CLASS_NAMES, read_radiograph
-from ccg_layers.functional import log_noisy_or
+from ccg_layers.functional import log_noisy_or, maps_to_boxes
 
-from ._pending_api import maps_to_boxes
 from .model import CCGNet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -3,7 +3,6 @@ points, the data path in uint8, CUDA-only breakages shown where the CPU can show
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import pytest
@@ -22,30 +21,7 @@ from examples.ccg_net.engine import (
     train_one_epoch,
 )
 from examples.ccg_net.model import FrozenBatchNorm2dCast, build_model
-
-SYNC_METHODS = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "nonzero")
-
-
-@contextlib.contextmanager
-def count_syncs():
-    """Count calls of the Tensor methods that read a value back to the host."""
-    counter = {"n": 0}
-    originals = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
-
-    def wrap(fn):
-        def counted(self, *args, **kwargs):
-            counter["n"] += 1
-            return fn(self, *args, **kwargs)
-
-        return counted
-
-    for name, fn in originals.items():
-        setattr(torch.Tensor, name, wrap(fn))
-    try:
-        yield counter
-    finally:
-        for name, fn in originals.items():
-            setattr(torch.Tensor, name, fn)
+from tests.host_sync import count_host_syncs
 
 
 def test_the_step_reads_nothing_back_between_log_points(make_config):
@@ -58,15 +34,15 @@ def test_the_step_reads_nothing_back_between_log_points(make_config):
     opt, _ = make_optimizer(cfg, trainee)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     at_fetch = []
-    with count_syncs() as counter:
+    with count_host_syncs() as counts:
 
         def feed():
             for b in batches:
-                at_fetch.append(counter["n"])
+                at_fetch.append(sum(counts.values()))
                 yield b
 
         log = train_one_epoch(trainee, opt, scaler, feed(), torch.device("cpu"), cfg, Progress())
-        at_fetch.append(counter["n"])
+        at_fetch.append(sum(counts.values()))
     per_step = [b - a for a, b in itertools.pairwise(at_fetch)]
     # step 1 runs the value checks; steps 2..6 read nothing; the last one is the log point
     assert per_step[0] > 0
