@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _with_verb(argv: Sequence[str]) -> list[str]:
     """``train_ccg.py --preset demo`` (no verb) means ``train``; ``--evaluate CKPT`` evaluate."""
     argv = list(argv)
-    if argv and (argv[0] in VERBS or argv[0] in ("-h", "--help")):
-        return argv
+    if argv and (not argv[0].startswith("-") or argv[0] in ("-h", "--help")):
+        return argv  # a verb (or a mistyped one, for argparse to name)
     if "--evaluate" in argv:
         i = argv.index("--evaluate")
         rest = argv[:i] + argv[i + 2 :]
@@ -213,7 +213,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn user errors into one ``error: ...`` line (exit 2)."""
-    args = build_parser().parse_args(_with_verb(sys.argv[1:] if argv is None else argv))
+    try:
+        args = build_parser().parse_args(_with_verb(sys.argv[1:] if argv is None else argv))
+    except SystemExit as done:  # --help (0) or a usage error, already printed (2)
+        return int(done.code or 0)
     if args.verb is None:
         build_parser().print_help()
         return 2

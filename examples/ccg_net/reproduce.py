@@ -43,7 +43,7 @@ def run_fold(cfg: TrainConfig, root: Path, fold: int) -> dict[str, Tensor]:
     if not report.is_file():
         if (fold_dir / "checkpoints" / "last.pt").is_file():
             print(f"\n=== fold {fold}: resuming {fold_dir} ===")
-            train(cfg, resume_dir=fold_dir)
+            train(cfg, resume_dir=fold_dir, stop_after_steps=cfg.stop_after_steps)
         else:
             print(f"\n=== fold {fold} ===")
             train(dataclasses.replace(cfg, fold=fold, output_dir=str(root), run_name=f"fold{fold}"))
@@ -103,7 +103,7 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
     root = Path(cfg.output_dir) / name
     per_fold = [run_fold(cfg, root, k) for k in folds]
     stats = aggregate(per_fold)
-    synthetic = cfg.data_root is None
+    synthetic = cfg.data_root is None or (Path(cfg.data_root) / "synthetic.json").is_file()
     notes = []
     if synthetic:
         notes.append(

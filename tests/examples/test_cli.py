@@ -1,0 +1,170 @@
+"""The command line: verbs, one-line errors, per-preset help, predict, reproduce, load_model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from examples.ccg_net import cli, load_model
+from examples.ccg_net.engine import SimulatedKillError, train
+from examples.ccg_net.reproduce import reproduce
+
+NIH = Path(__file__).resolve().parents[1] / "data" / "nih"
+
+
+@pytest.fixture
+def tiny_run(make_config):
+    return train(make_config(run_name="tiny", epochs=1, losses=("base",))).run_dir
+
+
+def _assert_one_line_error(capsys, code: int, match: str) -> None:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["train", "--setting", "d"], "--setting must be a, b or c"),
+        (["train", "--image-size", "500"], "--image-size must be a multiple of 32"),
+        (["train", "--lr", "abc"], "invalid float value"),
+        (["train", "--preset", "nope"], "invalid choice"),
+        (["train", "--data-root", "/no/such/folder"], "--data-root /no/such/folder: no such"),
+        (["evaluate", "{tmp}/missing.pt"], "missing.pt not found"),
+        (["evaluate", "{tmp}"], "is a directory, not a checkpoint"),
+        (["evaluate", "{tmp}/config.json"], "is not a checkpoint of the CCG-Net trainer"),
+        (["predict", "--checkpoint", "{tmp}/missing.pt", "--out", "{tmp}/p", "{nih}"], "not found"),
+        (["predict", "--checkpoint", "x", "--out", "{tmp}/p", "{tmp}/no.png"], "no such image"),
+        (["reproduce", "--folds", "0,7"], "--folds must be in 0..4"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_and_leave_no_run_directory(
+    argv, match, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "config.json").write_text("{}")
+    out = tmp_path / "runs"
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(tmp=tmp_path, nih=NIH) for a in argv]
+    if argv[0] in ("train", "reproduce"):
+        argv += ["--output-dir", str(out), "--preset", "demo"] if "--preset" not in argv else []
+    _assert_one_line_error(capsys, cli.main(argv), match)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_no_cuda_is_one_line_and_no_run_directory(make_config, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = make_config()
+    argv = ["train", "--preset", "demo", "--device", "cuda", "--data-root", cfg.data_root]
+    argv += ["--output-dir", cfg.output_dir, "--cache-dir", cfg.cache_dir]
+    _assert_one_line_error(capsys, cli.main(argv), "no CUDA GPU is visible")
+    assert not Path(cfg.output_dir).exists()
+
+
+def test_missing_extras_are_reported_before_any_work(make_config, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tqdm" else real(name, *a)
+    )
+    cfg = make_config()
+    argv = ["--preset", "demo", "--data-root", cfg.data_root, "--output-dir", cfg.output_dir]
+    _assert_one_line_error(capsys, cli.main(argv), "pip install -e '.[examples]'")
+    assert not Path(cfg.output_dir).exists()
+
+
+def test_help_shows_each_presets_default(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(paper: resnet50; demo: tiny)" in text
+    assert "(paper: 512; demo: 128)" in text
+    assert "(default: 0.9)" in text  # the same in every preset
+    assert "preset value" not in text
+    assert cli.main(["--help"]) == 0
+    assert "{train,evaluate,predict,reproduce}" in capsys.readouterr().out
+
+
+def test_load_model_gives_a_ready_ccgnet_and_its_config(tiny_run):
+    model, cfg = load_model(tiny_run / "checkpoints" / "last.pt")
+    assert not model.training
+    assert cfg.image_size == 64
+    logits, _ = model(torch.zeros(1, 1, cfg.image_size, cfg.image_size, dtype=torch.uint8))
+    assert logits.shape == (1, 14, 16, 16)  # test-time upsampled 8x8 grid
+    same, _ = load_model(tiny_run)  # a run directory means its last.pt
+    assert torch.equal(same.state_dict()["head.3.bias"], model.state_dict()["head.3.bias"])
+
+
+def test_predict_writes_a_json_and_overlays_per_image_in_its_own_pixel_frame(
+    tiny_run, tmp_path, capsys
+):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in NIH.glob("*.png"):
+        shutil.copy(p, images / p.name)
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (200, 300, 4), dtype=np.uint8)  # not square, RGBA
+    Image.fromarray(rgba, mode="RGBA").save(images / "rgba.png")
+    deep = (rng.random((90, 120)) * 65535).astype(np.uint16)  # 16-bit
+    Image.fromarray(deep).save(images / "deep.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "single.jpg")
+    out = tmp_path / "pred"
+    argv = ["predict", "--checkpoint", str(tiny_run), "--out", str(out)]
+    # a threshold below every cell: each class's region is the whole image
+    argv += ["--threshold", "0.001", str(images), str(tmp_path / "single.jpg")]
+    assert cli.main(argv) == 0
+    assert "written to" in capsys.readouterr().out
+    records = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert set(records) == {"00000001_000", "00027426_000", "rgba", "deep", "single"}
+    for stem, rec in records.items():
+        assert len(rec["probabilities"]) == 14
+        w, h = rec["width"], rec["height"]
+        assert (w, h) == Image.open(rec["image"]).size
+        assert len(rec["findings"]) == 14
+        for finding in rec["findings"]:
+            assert finding["boxes"] == [
+                {"xyxy": [0.0, 0.0, w, h], "score": pytest.approx(finding["boxes"][0]["score"])}
+            ]
+            png = out / f"{stem}_{finding['class']}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert records["rgba"]["width"] == 300
+
+
+def test_reproduce_runs_every_fold_resumes_a_killed_one_and_aggregates(make_config, capsys):
+    cfg = make_config(run_name="rep", epochs=1, losses=("base",), checkpoint_every=2)
+    cfg.data_root, cfg.synthetic_images, cfg.synthetic_seed = None, 48, 3  # the synthetic twin
+    killed = cfg.__class__(**{**cfg.__dict__, "stop_after_steps": 3})
+    with pytest.raises(SimulatedKillError):
+        reproduce(killed, folds=(0, 1))
+    root = Path(cfg.output_dir) / "rep"
+    assert (root / "fold0" / "checkpoints" / "last.pt").is_file()
+    assert not (root / "fold1").exists()
+    capsys.readouterr()
+    reproduce(cfg, folds=(0, 1))
+    out = capsys.readouterr().out
+    assert "=== fold 0: resuming" in out
+    assert "resumed" in out
+    assert "=== fold 1 ===" in out
+    assert "| 0.3 | Baseline (this run, 2 folds) |" in out
+    assert "| 0.3 | Prior (this run, 2 folds) |" in out
+    assert "synthetic twin" in out
+    assert "not recorded" in out
+    stats = json.loads((root / "reproduce.json").read_text())
+    assert stats["folds"] == [0, 1]
+    assert set(stats["methods"]) == {"Baseline", "Prior"}
+    # a third call reads both folds back: nothing is trained again
+    before = (root / "fold1" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    reproduce(cfg, folds=(0, 1))
+    assert "=== fold" not in capsys.readouterr().out
+    assert (root / "fold1" / "checkpoints" / "last.pt").stat().st_mtime_ns == before
