@@ -1,9 +1,12 @@
 """Time per training step of CCG-Net with all four losses (Eq. 11) against the baseline
 (L_base only), at the demo preset and at the paper's configuration, and peak memory.
 
-A step is what the trainer does per batch: forward, the losses, backward, the SGD update; the
-data are fixed random tensors (superpixel labels as the trainer's cache provides them), so data
-loading is not timed. Both models run in the same process, their steps interleaved
+A step is the trainer's own ``examples.ccg_net.engine.train_step`` (forward, the losses,
+backward, the SGD update; float16 autocast and the gradient scaler on CUDA) with value checks
+off, as the trainer runs every step but the first; the batch is a fixed random one in the
+loader's form (1-channel uint8 images, uint8 superpixel labels), already on the device, so data
+loading is not timed (see ``benchmarks/data_loading.py``). The host synchronisations of one step
+are counted (``tests/host_sync.py``) and shown next to the times. Both models run in the same process, their steps interleaved
 (baseline, CCG, baseline, CCG, ...), so the ratio is measured in one run under the same
 conditions; the table shows medians. The three relation terms are also timed alone (forward
 and backward from fixed C5 feature maps), which resolves their cost below the noise of the
@@ -34,8 +37,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 
+import ccg_layers  # noqa: E402
 from examples.ccg_net.config import LOSS_TERMS, PRESETS, TrainConfig  # noqa: E402
-from examples.ccg_net.engine import Trainee, build_trainee, grid_size, make_optimizer  # noqa: E402
+from examples.ccg_net.data import grid_size  # noqa: E402
+from examples.ccg_net.engine import (  # noqa: E402
+    Trainee,
+    build_trainee,
+    make_optimizer,
+    train_step,
+)
+from tests.host_sync import count_host_syncs  # noqa: E402
 
 
 def setting(name: str) -> TrainConfig:
@@ -45,10 +56,10 @@ def setting(name: str) -> TrainConfig:
     return TrainConfig(preset="paper", weights="none")
 
 
-def make_batch(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
+def make_batch(cfg: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     n, s, k, gs = cfg.batch_size, cfg.image_size, cfg.num_classes, grid_size(cfg)
-    images = torch.randn(n, 3, s, s, generator=g)
+    images = torch.randint(0, 256, (n, 1, s, s), generator=g, dtype=torch.uint8)
     labels = (torch.rand(n, k, generator=g) < 0.3).float()
     box_mask = torch.zeros(n, k, dtype=torch.bool)
     box_mask[0, 0] = True
@@ -56,38 +67,48 @@ def make_batch(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, ..
     grid = torch.zeros(n, k, gs, gs)
     grid[0, 0, : gs // 4, : gs // 4] = 1.0
     sp_size = cfg.superpixel_size
-    superpixels = torch.randint(0, cfg.num_patches, (n, sp_size, sp_size), generator=g)
-    return tuple(t.to(device) for t in (images, labels, grid, box_mask, superpixels))
+    superpixels = torch.randint(
+        0, cfg.num_patches, (n, sp_size, sp_size), generator=g, dtype=torch.uint8
+    )
+    batch = {
+        "image": images,
+        "labels": labels,
+        "grid": grid,
+        "box_mask": box_mask,
+        "superpixels": superpixels,
+    }
+    return {k: v.to(device) for k, v in batch.items()}
 
 
-def build(
-    cfg: TrainConfig, terms: tuple[str, ...], device: torch.device
-) -> tuple[Trainee, torch.optim.Optimizer]:
+Model = tuple[Trainee, torch.optim.Optimizer, torch.amp.GradScaler]
+
+
+def build(cfg: TrainConfig, terms: tuple[str, ...], device: torch.device) -> Model:
     torch.manual_seed(0)
     trainee = build_trainee(dataclasses.replace(cfg, losses=terms), 1).to(device)
     trainee.train()
     opt, _ = make_optimizer(cfg, trainee)
-    return trainee, opt
+    return trainee, opt, torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
 
-def step(
-    trainee: Trainee,
-    opt: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, ...],
-    device: torch.device,
-) -> float:
+def step(model: Model, batch: dict[str, torch.Tensor], device: torch.device) -> float:
+    """One ``train_step`` of the trainer (value checks off, as after its first step), timed."""
+    trainee, opt, scaler = model
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    use_amp = device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-        terms, _ = trainee(*batch)
-    opt.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    opt.step()
+    with ccg_layers.set_value_checks(False):
+        train_step(trainee, batch, opt, scaler, use_amp=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def syncs_per_step(model: Model, batch: dict[str, torch.Tensor], device: torch.device) -> int:
+    """Host synchronisations of one step (Tensor.item, __bool__, ..., tolist, nonzero)."""
+    with count_host_syncs() as counts:
+        step(model, batch, device)
+    return sum(counts.values())
 
 
 def time_pair(cfg: TrainConfig, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
@@ -95,19 +116,24 @@ def time_pair(cfg: TrainConfig, steps: int, warmup: int, device: torch.device) -
     models = {"baseline": build(cfg, ("base",), device), "ccg": build(cfg, LOSS_TERMS, device)}
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(warmup + steps):
-        for name, (trainee, opt) in models.items():
-            t = step(trainee, opt, batch, device)
+        for name, model in models.items():
+            t = step(model, batch, device)
             if i >= warmup:
                 times[name].append(t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = {k: statistics.median(v) for k, v in times.items()}
+    for name, model in models.items():
+        out[f"{name}_syncs"] = syncs_per_step(model, batch, device)
+    return out
 
 
 def time_relation_terms(cfg: TrainConfig, steps: int, device: torch.device) -> float:
     """Median time of the three relation terms alone (forward + backward, from fixed C5 maps)."""
-    images, labels, grid, box_mask, superpixels = make_batch(cfg, device)
-    trainee, _ = build(cfg, LOSS_TERMS, device)
+    batch = make_batch(cfg, device)
+    labels, grid, box_mask = batch["labels"], batch["grid"], batch["box_mask"]
+    superpixels = batch["superpixels"].long()
+    trainee, _, _ = build(cfg, LOSS_TERMS, device)
     with torch.no_grad():
-        logits, feats = trainee.model(images)
+        logits, feats = trainee.model(batch["image"])
     crit = trainee.criterion
     times = []
     for i in range(steps + 2):
@@ -129,15 +155,15 @@ def peak_memory(cfg_name: str, model: str, steps: int, device: torch.device) -> 
     cfg = setting(cfg_name)
     terms = ("base",) if model == "baseline" else LOSS_TERMS
     batch = make_batch(cfg, device)
-    trainee, opt = build(cfg, terms, device)
+    model = build(cfg, terms, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         for _ in range(steps):
-            step(trainee, opt, batch, device)
+            step(model, batch, device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     for _ in range(steps):
-        step(trainee, opt, batch, device)
+        step(model, batch, device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -183,15 +209,16 @@ def main() -> None:
     print()
     print(
         "| setting | model, input | steps | baseline s/step | CCG s/step | CCG / baseline "
-        "| L_IR+L_IK+L_KR alone s (share of baseline step) "
+        "| L_IR+L_IK+L_KR alone s (share of baseline step) | host syncs/step baseline, CCG "
         "| peak mem baseline (MiB) | peak mem CCG (MiB) | CCG - baseline (MiB) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, desc, steps, t, mem in rows:
         print(
             f"| {name} | {desc} | {steps} | {t['baseline']:.4f} | {t['ccg']:.4f} | "
             f"{t['ccg'] / t['baseline']:.3f} | "
             f"{t['relation']:.4f} ({100 * t['relation'] / t['baseline']:.1f}%) | "
+            f"{t['baseline_syncs']:.0f}, {t['ccg_syncs']:.0f} | "
             f"{mem['baseline']:.0f} | {mem['ccg']:.0f} | "
             f"{mem['ccg'] - mem['baseline']:+.0f} |"
         )
