@@ -471,6 +471,7 @@ def train(
     resume_dir: str | Path | None = None,
     stop_after_steps: int | None = None,
     progress: bool | None = None,
+    print_report: bool = True,
 ) -> Run:
     """Train (or resume) a run; see ``docs/training.md``."""
     if resume_dir is not None:
@@ -482,7 +483,9 @@ def train(
     if progress is not None:
         cfg = dataclasses.replace(cfg, progress=progress)
     with distributed_from_env() as (rank, world, local_rank):
-        return _train(absolute_paths(cfg), rank, world, local_rank, resume_dir, stop_after_steps)
+        return _train(
+            absolute_paths(cfg), rank, world, local_rank, resume_dir, stop_after_steps, print_report
+        )
 
 
 def _train(
@@ -492,6 +495,7 @@ def _train(
     local_rank: int,
     resume_dir: str | Path | None,
     stop_after_steps: int,
+    print_report: bool = True,
 ) -> Run:
     is_main = rank == 0
     if resume_dir is None:
@@ -671,7 +675,8 @@ def _train(
             num_figures=cfg.num_figures,
             extra={"split": data.summary},
         )
-        print(text)
+        if print_report:
+            print(text)
     return Run(run_dir, results)
 
 
@@ -707,7 +712,7 @@ def compare(cfg: TrainConfig) -> Path:
         sub = dataclasses.replace(runs[name], num_figures=0)
         print(f"\n=== training {name}: losses {'+'.join(sub.losses)} ===")
         t0 = time.perf_counter()
-        res = train(sub).results
+        res = train(sub, print_report=False).results
         assert res is not None
         results[name] = res
         seconds[name] = time.perf_counter() - t0

@@ -128,6 +128,7 @@ def test_graph_losses_span_the_global_batch_under_two_process_ddp(tiny_root, tmp
     # 27 training images, global batch 4: 7 steps an epoch on each process
     assert state["global_step"] == 7 * cfg.epochs
     assert state["criterion"]["ir.weight"].shape == (4, 4)
+    assert len(state["rng"]) == WORLD  # each process's RNG states, restored per rank
 
 
 @pytest.mark.slow

@@ -175,3 +175,11 @@ def test_compile_parts_is_used_after_the_checked_first_step(make_config, monkeyp
     assert calls[:2] == [False, True]  # the model, then the loss as one graph
     # 7 steps: the first (value checks on) eager, the 6 others through model and loss
     assert calls.count("compiled-call") == 2 * 6
+
+
+def test_channels_last_runs_the_backbone_in_nhwc(make_config):
+    run = train(make_config(run_name="nhwc", epochs=1, losses=("base",), channels_last=True))
+    state = ckpt.load(run.run_dir / "checkpoints" / "last.pt")
+    conv = state["model"]["backbone.stem.0.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
