@@ -5,6 +5,15 @@
 :func:`load_model` turns a trainer checkpoint into a ready ``CCGNet`` and its configuration.
 """
 
-from examples.ccg_net.checkpoint import load_model
+from typing import Any
 
 __all__ = ["load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on use: the command line checks the [examples] extra (torchvision) first
+    if name == "load_model":
+        from examples.ccg_net.checkpoint import load_model
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,14 +12,14 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ccg_layers.datasets import ChestXray14FormatError
 
-from .checkpoint import CheckpointError
 from .config import ABLATIONS, TrainConfig, add_config_options, resolve_config
-from .engine import DeviceError, NonFiniteLossError, compare, evaluate_checkpoint, train
-from .model import WeightsNotFoundError
+
+# (torchvision, tqdm and matplotlib, the ``[examples]`` extra, are imported only after the
+# check in ``_check_extras``, so that a missing one is an error line, not an ImportError)
 
 VERBS = ("train", "evaluate", "predict", "reproduce")
 
@@ -60,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train the baseline and report both beside the reference maps (the demo "
         "preset does this unless --ablation is given)",
     )
-    t.add_argument("--evaluate", metavar="CHECKPOINT", default=None, help=argparse.SUPPRESS)
     add_config_options(t)
 
     e = verbs.add_parser("evaluate", help="evaluate a checkpoint on its test split")
@@ -95,20 +94,18 @@ def _with_verb(argv: Sequence[str]) -> list[str]:
         return argv  # a verb (or a mistyped one, for argparse to name)
     if "--evaluate" in argv:
         i = argv.index("--evaluate")
-        rest = argv[:i] + argv[i + 2 :]
-        keep = [
-            a
-            for j, a in enumerate(rest)
-            if a in ("--data-root", "--device")
-            or (j > 0 and rest[j - 1] in ("--data-root", "--device"))
-        ]
-        return ["evaluate", *argv[i + 1 : i + 2], *keep]
+        out = ["evaluate", *argv[i + 1 : i + 2]]
+        for flag in ("--data-root", "--device"):
+            if flag in argv:
+                j = argv.index(flag)
+                out += argv[j : j + 2]
+        return out
     return ["train", *argv]
 
 
 def _check_extras(cfg: TrainConfig | None, *, figures: bool) -> None:
     """The ``[examples]`` extra's packages this command will use, checked before any work."""
-    need = []
+    need = ["torchvision"]
     if cfg is not None and cfg.progress:
         need.append("tqdm")
     if figures:
@@ -143,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     """Carry out one parsed command."""
     if args.verb == "evaluate":
         _check_extras(None, figures=True)
+        from .engine import evaluate_checkpoint
+
         _, text, out_dir = evaluate_checkpoint(
             args.checkpoint, data_root=args.data_root, device=args.device
         )
@@ -152,9 +151,9 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "predict":
         return _predict(args)
     if args.verb == "reproduce":
+        cfg = _config(args)
         from .reproduce import reproduce
 
-        cfg = _config(args)
         folds = None
         if args.folds:
             try:
@@ -167,11 +166,9 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--folds must be in 0..4, got {args.folds}")
         print(f"reproduction in {reproduce(cfg, folds)}")
         return 0
-    if args.evaluate:  # the old spelling: train_ccg.py --evaluate CHECKPOINT
-        args.verb, args.checkpoint = "evaluate", args.evaluate
-        args.device = args.device or "auto"
-        return run(args)
     cfg = _config(args)
+    from .engine import compare, train
+
     if args.resume:
         run_dir = train(cfg, resume_dir=args.resume, progress=args.progress).run_dir
     elif args.compare_baseline or (cfg.preset == "demo" and args.ablation is None):
@@ -183,11 +180,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    _check_extras(None, figures=not args.no_overlays)
     from .checkpoint import load_model
     from .engine import select_device
     from .predict import find_images, predict
 
-    _check_extras(None, figures=not args.no_overlays)
     if not 0 < args.threshold < 1:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
     if args.batch_size < 1:
@@ -222,17 +219,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run(args)
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except (
-        UsageError,
-        CheckpointError,
-        DeviceError,
-        WeightsNotFoundError,
-        FileNotFoundError,
-        ChestXray14FormatError,
-    ) as err:
-        message: Any = str(err).strip().splitlines()
-        print(f"error: {' '.join(m.strip() for m in message)}", file=sys.stderr)
-        return 2
+    except UsageError as err:
+        return _error(err)
+    except Exception as err:
+        from .checkpoint import CheckpointError
+        from .engine import DeviceError, NonFiniteLossError
+
+        if isinstance(err, NonFiniteLossError):
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        # WeightsNotFoundError is a FileNotFoundError
+        if isinstance(
+            err, CheckpointError | DeviceError | FileNotFoundError | ChestXray14FormatError
+        ):
+            return _error(err)
+        raise
+
+
+def _error(err: Exception) -> int:
+    lines = str(err).strip().splitlines()
+    print(f"error: {' '.join(line.strip() for line in lines)}", file=sys.stderr)
+    return 2

@@ -556,7 +556,7 @@ def _train(
         state.epoch, state.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
         state.global_step = state.first_step = saved["global_step"]
         state.last_checkpoint = last
-        rngs = saved["rng"]
+        rngs = saved["rng"]  # one per process; on another number of processes, rank 0's
         ckpt.set_rng_state(
             rngs[rank]
             if isinstance(rngs, list) and len(rngs) == world

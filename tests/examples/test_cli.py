@@ -72,12 +72,13 @@ def test_no_cuda_is_one_line_and_no_run_directory(make_config, tmp_path, capsys,
     assert not Path(cfg.output_dir).exists()
 
 
-def test_missing_extras_are_reported_before_any_work(make_config, capsys, monkeypatch):
+@pytest.mark.parametrize("missing", ["tqdm", "torchvision", "matplotlib"])
+def test_missing_extras_are_reported_before_any_work(make_config, capsys, monkeypatch, missing):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "tqdm" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a)
     )
     cfg = make_config()
     argv = ["--preset", "demo", "--data-root", cfg.data_root, "--output-dir", cfg.output_dir]
