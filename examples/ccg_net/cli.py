@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbs = p.add_subparsers(dest="verb", metavar="{train,evaluate,predict,reproduce}")
 
-    t = verbs.add_parser("train", help="train a model (the demo preset also trains the baseline)")
+    t = verbs.add_parser(
+        "train",
+        help="train a model (the demo preset also trains the baseline)",
+        usage="%(prog)s [--preset demo|paper] [options]",
+    )
     t.add_argument(
         "--ablation",
         choices=list(ABLATIONS),
@@ -76,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     r.add_argument("--no-overlays", action="store_true", help="write only the JSON files")
 
-    f = verbs.add_parser("reproduce", help="every fold of a setting, mean ± std beside the paper")
+    f = verbs.add_parser(
+        "reproduce",
+        help="every fold of a setting, mean ± std beside the paper",
+        usage="%(prog)s [--folds A,B,...] [--preset demo|paper] [options]",
+    )
     f.add_argument(
         "--folds",
         default=None,

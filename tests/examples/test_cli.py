@@ -107,6 +107,7 @@ def test_load_model_gives_a_ready_ccgnet_and_its_config(tiny_run):
     assert torch.equal(same.state_dict()["head.3.bias"], model.state_dict()["head.3.bias"])
 
 
+@pytest.mark.slow
 def test_predict_writes_a_json_and_overlays_per_image_in_its_own_pixel_frame(
     tiny_run, tmp_path, capsys
 ):
