@@ -42,6 +42,9 @@ def test_wheel_builds_and_imports_outside_the_repo(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ccg_layers/py.typed" in names
     assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
+    licenses = [n for n in names if ".dist-info/" in n and "LICENSE" in n.rsplit("/", 1)[-1]]
+    assert len(licenses) == 1, names  # the MIT license text ships in the wheel
+    assert "MIT License" in zipfile.ZipFile(wheel).read(licenses[0]).decode()
     meta = next(n for n in names if n.endswith("METADATA"))
     requires = [
         line.split(" ", 1)[1]

@@ -79,9 +79,21 @@ def test_reduce():
 
 
 def test_value_checks_are_skipped_while_compiling(monkeypatch):
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(v, "_is_compiling", lambda: True)
     assert not v.values_checkable()
     v.check_binary(torch.tensor([0.5]), "y")  # no error: a compiled graph cannot read values
+
+
+def test_is_compiling_is_true_inside_a_compiled_function():
+    seen = []
+
+    def f(x):
+        seen.append(v._is_compiling())
+        return x + 1
+
+    torch.compile(f, backend="eager")(torch.zeros(1))
+    assert seen == [True]
+    assert not v._is_compiling()
 
 
 def test_value_checks_switch_skips_value_checks_and_restores() -> None:
