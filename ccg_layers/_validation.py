@@ -54,10 +54,12 @@ _VALUE_CHECKS: bool = _env_value_checks()
 
 def _is_compiling() -> bool:
     """``torch.compiler.is_compiling()`` (torch >= 2.3), else ``torch._dynamo``'s (2.1, 2.2)."""
-    is_compiling: Callable[[], bool] | None = getattr(torch.compiler, "is_compiling", None)
-    if is_compiling is None:
-        from torch._dynamo import is_compiling
-    return is_compiling()
+    public: Callable[[], bool] | None = getattr(torch.compiler, "is_compiling", None)
+    if public is not None:
+        return public()
+    from torch._dynamo import is_compiling
+
+    return bool(is_compiling())
 
 
 def value_checks_enabled() -> bool:
