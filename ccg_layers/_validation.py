@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -50,6 +50,16 @@ def _env_value_checks() -> bool:
 
 
 _VALUE_CHECKS: bool = _env_value_checks()
+
+
+def _is_compiling() -> bool:
+    """``torch.compiler.is_compiling()`` (torch >= 2.3), else ``torch._dynamo``'s (2.1, 2.2)."""
+    public: Callable[[], bool] | None = getattr(torch.compiler, "is_compiling", None)
+    if public is not None:
+        return public()
+    from torch._dynamo import is_compiling
+
+    return bool(is_compiling())
 
 
 def value_checks_enabled() -> bool:
@@ -98,7 +108,7 @@ def values_checkable() -> bool:
     """Whether value checks may run: switched on, and not compiling, scripting or exporting."""
     if not _VALUE_CHECKS:
         return False
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+    if _is_compiling() or torch.onnx.is_in_onnx_export():
         return False
     return torch._C._get_tracing_state() is None
 
@@ -150,7 +160,8 @@ def check_shape(
             f"({names}), got shape {_fmt_shape(shape)}."
         )
     tail = shape[len(shape) - len(spec) :]
-    for sym, size in zip(spec, tail, strict=True):
+    for i, sym in enumerate(spec):  # not zip(strict=True): torch 2.1's dynamo cannot trace it
+        size = tail[i]
         if isinstance(sym, int):
             if size != sym:
                 raise CCGShapeError(

@@ -348,3 +348,19 @@ def test_module_validates_once_at_its_boundary(monkeypatch):
     calls.clear()
     CrossImageAttention(4, qk_channels=2, mode="residual")(torch.randn(2, 4, 3, 3))
     assert calls == ["x"]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_output_dtype_under_autocast(fused, low_rank):
+    """docs/attention.md: pair mode returns the autocast dtype, residual mode x's dtype."""
+    kwargs = {"qk_channels": 4, "heads": 2} if low_rank else {}
+    pair = CrossImageAttention(8, fused=fused, **kwargs)
+    residual = CrossImageAttention(8, mode="residual", gate_init=0.5, fused=fused, **kwargs)
+    x = torch.randn(2, 8, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert {t.dtype for t in pair(x, x)} == {torch.bfloat16}
+        assert residual(x).dtype == torch.float32
+        low = torch.nn.functional.conv2d(x, torch.eye(8)[:, :, None, None])
+        assert low.dtype == torch.bfloat16
+        assert residual(low).dtype == torch.bfloat16

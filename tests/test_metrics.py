@@ -408,6 +408,24 @@ def test_bad_image_size():
         call(image_size=(8, 0))
 
 
+def test_int_image_size_is_a_square():
+    torch.testing.assert_close(call(image_size=8), call(image_size=(8, 8)), equal_nan=True)
+
+
+def test_single_float_threshold_is_one_row():
+    one = call(thresholds=0.5)
+    assert one.shape[0] == 1
+    torch.testing.assert_close(one, call(thresholds=(0.5,)), equal_nan=True)
+
+
+def test_bad_thresholds():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`thresholds` must be a float or a sequence of floats, got 'high'",
+    ):
+        call(thresholds="high")
+
+
 def test_empty_thresholds():
     with pytest.raises(CCGValueRangeError, match=r"`thresholds` must hold at least one threshold"):
         call(thresholds=())

@@ -42,6 +42,9 @@ def test_wheel_builds_and_imports_outside_the_repo(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ccg_layers/py.typed" in names
     assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
+    licenses = [n for n in names if ".dist-info/" in n and "LICENSE" in n.rsplit("/", 1)[-1]]
+    assert len(licenses) == 1, names  # the MIT license text ships in the wheel
+    assert "MIT License" in zipfile.ZipFile(wheel).read(licenses[0]).decode()
     meta = next(n for n in names if n.endswith("METADATA"))
     requires = [
         line.split(" ", 1)[1]
@@ -65,3 +68,20 @@ def test_wheel_builds_and_imports_outside_the_repo(tmp_path):
         check=True,
     )
     assert str(wheel) in out.stdout
+
+
+def test_minimum_versions_tested_by_make_test_min_are_the_declared_lower_bounds():
+    """constraints-min.txt (installed by `make test-min`) pins each dependency's lower bound."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M)
+    assert deps is not None
+    declared = dict(re.findall(r'"([A-Za-z0-9_.-]+)>=([0-9.]+)[^"]*"', deps.group(1)))
+    pinned = dict(
+        re.findall(
+            r"^([A-Za-z0-9_.-]+)==([0-9.]+)", (ROOT / "constraints-min.txt").read_text(), re.M
+        )
+    )
+    assert set(declared) == {"torch", "numpy", "einops", "scikit-image"}
+    assert {name: pinned.get(name) for name in declared} == declared

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -79,9 +81,21 @@ def test_reduce():
 
 
 def test_value_checks_are_skipped_while_compiling(monkeypatch):
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(v, "_is_compiling", lambda: True)
     assert not v.values_checkable()
     v.check_binary(torch.tensor([0.5]), "y")  # no error: a compiled graph cannot read values
+
+
+def test_is_compiling_is_true_inside_a_compiled_function():
+    seen = []
+
+    def f(x):
+        seen.append(v._is_compiling())
+        return x + 1
+
+    torch.compile(f, backend="eager")(torch.zeros(1))
+    assert seen == [True]
+    assert not v._is_compiling()
 
 
 def test_value_checks_switch_skips_value_checks_and_restores() -> None:
@@ -117,3 +131,31 @@ def test_value_checks_env_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CCG_VALUE_CHECKS", "maybe")
     with pytest.raises(CCGValueRangeError, match="`CCG_VALUE_CHECKS` must be 0 or 1"):
         _validation._env_value_checks()
+
+
+def test_check_size2_accepts_an_int_or_a_pair():
+    import numpy as np
+
+    assert v.check_size2(100, "image_size") == (100, 100)
+    assert v.check_size2((3, 4), "image_size") == (3, 4)
+    assert v.check_size2([3, 4], "image_size") == (3, 4)
+    assert v.check_size2(torch.Size([3, 4]), "image_size") == (3, 4)
+    assert v.check_size2(np.int64(7), "image_size") == (7, 7)
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 2.0, (3,), (3, 4, 5), (3, 0), "34", None])
+def test_check_size2_names_the_argument(bad):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`grid_size` must be a positive int or two positive ints \(H, W\), got {re.escape(repr(bad))}\.",
+    ):
+        v.check_size2(bad, "grid_size")
+
+
+def test_reduce_mean_of_nothing_is_zero():
+    x = torch.zeros(0, 3, requires_grad=True)
+    out = v.reduce(x, "mean")
+    assert out.shape == ()
+    assert float(out.detach()) == 0.0
+    out.backward()
+    assert x.grad is not None

@@ -228,6 +228,8 @@ def _fused_attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     PyTorch on its flash/memory-efficient kernels (unequal widths fall back to the math kernel,
     which materialises the score matrix).
     """
+    if k.dtype != q.dtype:  # autocast casts the projected queries only (torch < 2.3 on CPU)
+        k, v = k.to(q.dtype), v.to(q.dtype)
     dk, dv = q.shape[-1], v.shape[-1]
     if dk < dv:
         q = F.pad(q, (0, dv - dk))

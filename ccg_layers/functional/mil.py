@@ -92,8 +92,18 @@ def log_noisy_or(logits: Tensor, *, noisy_or_floor: float | None = None) -> tupl
         s = F.softplus(z).sum(-1)
         log_s = torch.logsumexp(_log_softplus(z), dim=-1)
     else:
-        # 1 - (1 - f) p_j = (1 + f e^z) / (1 + e^z):  -log of it = softplus(z) - softplus(z + log f)
-        s = (F.softplus(z) - F.softplus(z + math.log(noisy_or_floor))).sum(-1)
+        a = 1.0 - noisy_or_floor
+        if a <= 0.5:
+            # 1 - a p_j >= 1/2: log1p is exact to rounding (no cancellation, no threshold).
+            s = -torch.log1p(-a * torch.sigmoid(z)).sum(-1)
+        else:
+            # 1 - a p_j = (1 + f e^z) / (1 + e^z), tiny for a small f: the difference of two
+            # softplus, each exact for every z (logaddexp(x, 0); F.softplus switches to x above
+            # 20 and drops e^-20 ~ 2e-9, visible in float64).
+            s = (
+                torch.logaddexp(z, torch.zeros_like(z))
+                - torch.logaddexp(z + math.log(noisy_or_floor), torch.zeros_like(z))
+            ).sum(-1)
         log_a = math.log1p(-noisy_or_floor) + F.logsigmoid(z)  # a_j = (1 - f) p_j
         log_s = torch.logsumexp(_log_neg_log1p_neg(log_a), dim=-1)
     return _log1mexp_neg(s, log_s), -s

@@ -116,6 +116,16 @@ def test_noisy_or_floor_matches_reference(inputs, floor):
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("floor", [0.98, 0.3])
+def test_noisy_or_floor_is_exact_just_above_the_softplus_threshold(floor):
+    # F.softplus returns z itself above 20, dropping e^-20 ~ 2e-9: the floor term must not.
+    logits = torch.tensor([[[[20.0006, -3.0], [25.0, 19.99]]]], dtype=torch.float64)
+    labels = torch.tensor([[0.0]], dtype=torch.float64)
+    got = mil_grid_loss(logits, labels, reduction="none", noisy_or_floor=floor)
+    want = ref_mil_grid_loss(logits, labels, None, None, reduction="none", floor=floor)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
 def test_li_et_al_floor_keeps_image_probability_away_from_one():
     # 256 cells at p = 0.9: without the floor P(neg) = 0.1^256 underflows; with it, it is 0.98^...
     logits = torch.full((1, 1, 16, 16), math.log(9.0), dtype=torch.float64)
