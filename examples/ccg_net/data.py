@@ -368,10 +368,17 @@ def reference_maps(
     """The fixed maps every table shows beside the models: name -> ``(N_test, K, h, w)``.
 
     ``"Prior"``: the training set's mean box mask per class (:func:`trivial_prior`), the
-    same map for every test image.
+    same map for every test image; it needs training boxes, so in setting (b) it is empty.
+    ``"Whole image"``: the whole image as every class's region, a reference that needs no
+    box at all (its IoU with a box is the box's share of the image); the models must beat it
+    in every setting, and setting (b) has only this one.
     """
     prior = trivial_prior(index, split["train"], cfg.image_size)
-    return {"Prior": prior[None].expand(len(split["test"]), -1, -1, -1)}
+    n, k = len(split["test"]), prior.shape[0]
+    return {
+        "Prior": prior[None].expand(n, -1, -1, -1),
+        "Whole image": torch.ones(1, 1, 1, 1).expand(n, k, 1, 1),
+    }
 
 
 def epoch_order(n: int, epoch: int, seed: int, multiple: int) -> Tensor:

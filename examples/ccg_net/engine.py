@@ -36,7 +36,7 @@ from ccg_layers.functional import log_noisy_or
 
 from . import checkpoint as ckpt
 from .config import LOSS_TERMS, TrainConfig, load_config
-from .data import Data, build_data, reference_maps, to_device
+from .data import Data, build_data, grid_size, reference_maps, to_device
 from .losses import CCGLoss
 from .model import CCGNet, build_model, resolve_weights
 from .report import EvalResults, score_maps, write_report
@@ -190,17 +190,31 @@ def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -
     return Trainee(model, criterion)
 
 
+def init_head_bias(model: CCGNet, cfg: TrainConfig, data: Data) -> None:
+    """``--head-bias-init``: from the training split's class prevalence, or a constant."""
+    if cfg.head_bias_init == "prior":
+        rows = [data.index.position(n) for n in data.split["train"]]
+        prior = data.index.labels[rows].float().mean(0)
+        model.init_head_bias(prior, grid_size(cfg) ** 2, cfg.noisy_or_floor)
+    else:
+        nn.init.constant_(model.head[-1].bias, float(cfg.head_bias_init))  # type: ignore[arg-type]
+
+
 def make_optimizer(
     cfg: TrainConfig, module: nn.Module
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
     return opt, sched
 
@@ -540,6 +554,8 @@ def _train(
             "test image"
         )
 
+    if resume_dir is None:
+        init_head_bias(trainee.model, cfg, data)
     opt, sched = make_optimizer(cfg, trainee)
     use_amp = amp_enabled(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)

@@ -62,7 +62,11 @@ class CCGLoss(nn.Module):
         self.kr_pairs = cfg.kr_pairs
         self.terms = tuple(t for t in ("base", "ir", "ik", "kr") if cfg.enabled(t))
         # Eq. 3 sums over the images and classes ("sum"); "mean" divides by N*K.
-        self.base = ccg_layers.MILGridLoss(box_weight=cfg.box_weight, reduction=cfg.base_reduction)
+        self.base = ccg_layers.MILGridLoss(
+            box_weight=cfg.box_weight,
+            reduction=cfg.base_reduction,
+            noisy_or_floor=cfg.noisy_or_floor,
+        )
         self.base_reduction = cfg.base_reduction
         self.ir = ccg_layers.LearnableSampleGraph(global_batch) if cfg.enabled("ir") else None
         self.ik = (

@@ -147,6 +147,25 @@ class CCGNet(nn.Module):
         # the class prior instead of saturating at 1 (common practice for dense detectors).
         nn.init.constant_(self.head[-1].bias, -4.0)  # type: ignore[arg-type]
 
+    @torch.no_grad()
+    def init_head_bias(
+        self, class_prior: Tensor, grid_cells: int, noisy_or_floor: float | None = None
+    ) -> None:
+        """Start every class's image-level noisy-OR probability at its prior.
+
+        With a per-cell probability ``q`` (times ``1 - noisy_or_floor`` under Li et al.'s
+        floor) and ``grid_cells`` cells, the noisy-OR of Eq. 2 is ``1 - (1 - q) ** cells``;
+        solving for ``q`` so that it equals the training prevalence ``class_prior`` (K,)
+        gives the bias ``logit(q)``. The former constant bias of -4 on a 16x16 grid starts
+        every image at P(positive) = 0.99, where the positive images' gradient (proportional
+        to 1 - P) is near zero (docs/results.md, "Weak supervision").
+        """
+        prior = class_prior.double().clamp(1e-4, 1 - 1e-4)
+        q = -torch.expm1(torch.log1p(-prior) / grid_cells)
+        q = (q / (1.0 - (noisy_or_floor or 0.0))).clamp(max=0.5)
+        bias = self.head[-1].bias  # type: ignore[union-attr]
+        bias.copy_(torch.logit(q).to(bias))  # type: ignore[union-attr]
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dtype == torch.uint8:
             # the loader ships 1-channel uint8 (1 byte per pixel); expand and normalise here,
