@@ -46,7 +46,9 @@ def _patch_module(distributed: bool) -> PatchHashGraph:
 
 
 def _module(logits: torch.Tensor, distributed: bool) -> LearnableSampleGraph:
-    module = LearnableSampleGraph(logits.shape[0], distributed=distributed, dtype=torch.float64)
+    module = LearnableSampleGraph(
+        logits.shape[0], form="positional", distributed=distributed, dtype=torch.float64
+    )
     with torch.no_grad():
         module.weight.copy_(logits)
     return module

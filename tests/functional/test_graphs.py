@@ -582,14 +582,14 @@ def test_compiles_without_graph_breaks():
 
 def test_error_sample_graph_loss_graph_wrong_size():
     with pytest.raises(
-        CCGShapeError, match=r"`graph` must have shape \(n, n\) with n=3 .*\(2, 2\)"
+        CCGShapeError, match=r"`graph` must have shape \(n, n \+ K\) with n=3 .*\(2, 2\)"
     ):
         sample_graph_loss(torch.randn(3, 4), torch.ones(2, 2))
 
 
 def test_error_sample_graph_loss_graph_not_square():
     with pytest.raises(
-        CCGShapeError, match=r"`graph` must have 2 dimensions \(n, n\), got shape \(3,\)"
+        CCGShapeError, match=r"`graph` must have 2 dimensions \(n, n \+ K\), got shape \(3,\)"
     ):
         sample_graph_loss(torch.randn(3, 4), torch.ones(3))
 
@@ -660,11 +660,11 @@ def test_error_normalize_graph_bad_parametrization():
         normalize_graph(torch.zeros(2, 2), parametrization="relu")
 
 
-def test_error_normalize_graph_not_square():
+def test_error_normalize_graph_fewer_columns_than_rows():
     with pytest.raises(
-        CCGShapeError, match=r"`logits` must have shape \(n, n\) with n=2 .*\(2, 3\)"
+        CCGShapeError, match=r"`logits` must have shape \(n, n\) or \(n, n \+ K\) .*\(3, 2\)"
     ):
-        normalize_graph(torch.zeros(2, 3))
+        normalize_graph(torch.zeros(3, 2))
 
 
 def test_error_superpixel_pool_labels_out_of_range():
@@ -790,7 +790,9 @@ def test_error_patch_hash_graph_labels_b_batch():
 def test_error_patch_hash_graph_hash_input_channels():
     x, lab, proj, w, b = _phg_args()
     with pytest.raises(
-        CCGShapeError, match=r"`projection` must have shape \(D, bits\) with D=1 .*\(4, 8\)"
+        CCGShapeError,
+        match=r"`hash_input` must have C_hash=4 channels \(the rows of `projection`\), "
+        r"got shape \(2, 1, 8, 8\)",
     ):
         patch_hash_graph_loss(x, lab, proj, w, b, hash_input=torch.rand(2, 1, 8, 8))
 
