@@ -159,7 +159,7 @@ def _cross_distance(features: Tensor, others: Tensor) -> Tensor:
     with torch.autocast(device_type=features.device.type, enabled=False):
         dtype = torch.promote_types(_compute_dtype(features), others.dtype)
         x = features.reshape(n, -1).to(dtype)
-        y = others.detach().reshape(K, -1).to(dtype)
+        y = others.detach().reshape(K, x.shape[1]).to(dtype)
         mean = (x.sum(dim=0) + y.sum(dim=0)) / (n + K)  # a shared centre: exact distances
         x = x - mean
         y = y - mean
@@ -359,25 +359,35 @@ def _normalize(
     """Kernel of :func:`normalize_graph`; ``valid`` is the ``(columns,)`` mask of partners."""
     if parametrization == "free":
         return logits if valid is None else logits * valid.to(logits.dtype)
-    lowest = torch.finfo(logits.dtype).min  # not -inf: a row without partners stays finite
+    # A softmax written out so that equal logits give exactly 1/N (no rounding of
+    # softmax * (N-1)/N); a masked entry gets the lowest finite logit, not -inf, so that a row
+    # without any partner stays finite (weight 0, gradient 0).
+    lowest = torch.finfo(logits.dtype).min
+    tiny = torch.finfo(logits.dtype).tiny
     if pairs:
         P = logits.shape[0]
-        if valid is None:
-            return P * torch.softmax(logits.reshape(-1), dim=0).reshape(logits.shape)
-        mask = valid.expand(logits.shape)
-        flat = torch.softmax(logits.masked_fill(~mask, lowest).reshape(-1), dim=0)
-        return P * flat.reshape(logits.shape) * mask
+        mask = (
+            torch.ones_like(logits, dtype=torch.bool)
+            if valid is None
+            else valid.expand(logits.shape)
+        )
+        flat = logits.masked_fill(~mask, lowest).reshape(-1)
+        e = torch.exp(flat - flat.max()).reshape(logits.shape) * mask
+        return e * (P / e.sum().clamp(min=tiny))
     n, cols = logits.shape
     ids = torch.arange(cols, device=logits.device)
     eye = ids[None, :] == ids[:n, None]  # (n, cols): column u is anchor u's self-pair
     if valid is None:
         partner = ~eye
-        count: Tensor | float = float(cols)
+        count = torch.full((), float(cols), dtype=logits.dtype, device=logits.device)
     else:
         partner = ~eye & valid[None, :]
         count = valid.sum().to(logits.dtype)
-    off = torch.softmax(logits.masked_fill(~partner, lowest), dim=1) * partner
-    off = off * ((count - 1.0) / count)
+    masked = logits.masked_fill(~partner, lowest)
+    e = torch.exp(masked - masked.amax(dim=1, keepdim=True)) * partner
+    # (N-1)/N * e / sum(e) as e / (sum(e) * N / (N-1)): exact for equal logits
+    scale = count / (count - 1.0).clamp(min=1.0)
+    off = e / (e.sum(dim=1, keepdim=True) * scale).clamp(min=tiny)
     self_weight = torch.ones_like(off) / count
     return torch.where(eye, self_weight, off)
 
