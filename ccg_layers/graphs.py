@@ -657,11 +657,11 @@ class PatchHashGraph(_PartnerMemory):
         if self.training and self.memory_size > 0:
             entries, entry_codes = features.detach(), codes
             if features_b is not None and codes_b is not None:
-                entries = torch.cat([entries, features_b.detach()], dim=0)
-                entry_codes = torch.cat([codes, codes_b], dim=0)
-                if self.distributed:
-                    entries = all_gather_batch(entries)
-                    entry_codes = all_gather_batch(entry_codes)
+                parts = [features.detach(), features_b.detach(), codes, codes_b]
+                if self.distributed:  # the global pairs, in the order of the gathered batch
+                    parts = [all_gather_batch(t) for t in parts]
+                entries = torch.cat(parts[:2], dim=0)
+                entry_codes = torch.cat(parts[2:], dim=0)
             self._push([entries, entry_codes], [self.memory_dtype or features.dtype, torch.int8])
         return loss
 
