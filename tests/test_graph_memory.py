@@ -389,3 +389,24 @@ def test_error_map_size_changes_while_the_memory_holds_maps():
 def test_error_graph_accessor_needs_features_in_conditioned_form():
     with pytest.raises(CCGShapeError, match=r"`features` \(n, C, \.\.\.\) are required"):
         LearnableSampleGraph(in_channels=C).graph(4)
+
+
+@pytest.mark.slow
+def test_modules_with_memory_compile_without_graph_breaks():
+    def terms(lsg, ik, kr, x, labels):
+        return lsg(x) + ik(x, labels) + kr(x[:1] * 1.5, labels[1:], x[1:] * 0.5, labels[:1])
+
+    eager, compiled_modules = _modules(memory_size=3), _modules(memory_size=3)
+    _step(*eager, 0)  # the queues are allocated by the first (eager) step
+    _step(*compiled_modules, 0)
+    compiled = torch.compile(terms, fullgraph=True, backend="aot_eager")
+    for seed in (1, 2, 3):
+        x, labels = _batch(2, seed)
+        want = terms(*eager, x, labels)
+        got = compiled(*compiled_modules, x.requires_grad_(), labels)
+        torch.testing.assert_close(got, want)
+        got.backward()
+    for a, b in zip(compiled_modules, eager, strict=True):
+        assert torch.equal(a.memory_features, b.memory_features)
+        assert int(a.memory_pointer) == int(b.memory_pointer)
+        assert a.weight.grad is not None

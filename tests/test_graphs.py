@@ -10,13 +10,19 @@ from hypothesis import given
 from ccg_layers import LearnableSampleGraph, PatchHashGraph, all_gather_batch, superpixels
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
+    conditioned_sample_graph_loss,
     normalize_graph,
     paired_sample_loss,
     pairwise_distance,
     patch_hash_graph_loss,
     sample_graph_loss,
 )
-from tests.functional.test_graphs import ref_patch_hash_graph_loss, ref_sample_graph_loss
+from tests.functional.test_graphs import (
+    ref_conditioned_graph,
+    ref_memory_loss,
+    ref_patch_hash_graph_loss,
+    ref_sample_graph_loss,
+)
 
 # --------------------------------------------------------------------------- LearnableSampleGraph
 
@@ -148,6 +154,86 @@ def test_error_bad_parametrization():
 def test_error_bad_reduction():
     with pytest.raises(CCGValueRangeError, match=r"`reduction` must be one of .* got 'max'"):
         LearnableSampleGraph(2, form="positional", reduction="max")
+
+
+# --------------------------------------------------------------------------- conditioned form
+
+
+def test_conditioned_module_equals_function_and_reference():
+    module = LearnableSampleGraph(in_channels=5, embed_dim=4, dtype=torch.float64)
+    with torch.no_grad():
+        module.weight.normal_()
+    x = torch.randn(4, 5, 2, 2, dtype=torch.float64)
+    want = conditioned_sample_graph_loss(x, module.weight, module.projection)
+    torch.testing.assert_close(module(x), want)
+    graph = ref_conditioned_graph(x, module.weight.detach(), module.projection)
+    torch.testing.assert_close(module.graph(x), graph)
+    torch.testing.assert_close(module(x).detach(), ref_memory_loss(x, graph))
+
+
+def test_conditioned_training_stays_non_negative_and_never_collapses_onto_self_pairs():
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 2, 2)
+    module = LearnableSampleGraph(in_channels=5, embed_dim=8)
+    opt = torch.optim.SGD(module.parameters(), lr=50.0)
+    first = float(module(x).detach())
+    for _ in range(100):
+        opt.zero_grad()
+        loss = module(x)
+        loss.backward()
+        opt.step()
+    g = module.graph(x).detach()
+    assert 0.0 < float(loss.detach()) < 0.9 * first
+    torch.testing.assert_close(g.diagonal(), torch.full((6,), 1 / 6))
+    torch.testing.assert_close(g.sum(1), torch.ones(6))
+
+
+def test_conditioned_form_takes_any_batch_size_and_one_image_gives_zero():
+    module = LearnableSampleGraph(in_channels=3)
+    assert module(torch.randn(9, 3)).shape == ()
+    x = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = module(x)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert bool(torch.isfinite(x.grad).all())
+
+
+def test_conditioned_num_samples_bounds_the_batch():
+    with pytest.raises(CCGShapeError, match=r"1 <= n <= num_samples=2 .* got shape \(3, 4\)"):
+        LearnableSampleGraph(2, in_channels=4)(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_conditioned_under_autocast_is_float32_and_finite(dtype):
+    module = LearnableSampleGraph(in_channels=6, memory_size=3)
+    with torch.no_grad():
+        module.weight.normal_()
+    feats = torch.randn(2, 6, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        module(torch.randn(2, 6, 4, 4).to(dtype))  # the first enqueue sets the stored dtype
+        loss = module(feats.to(dtype) * 1.0)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert bool(torch.isfinite(feats.grad).all())
+    assert bool(torch.isfinite(module.weight.grad).all())
+    assert module.memory_features.dtype == dtype  # stored as the features came
+
+
+def test_conditioned_distributed_flag_without_process_group_equals_local():
+    x = torch.randn(3, 4)
+    a = LearnableSampleGraph(in_channels=4, distributed=True, memory_size=2)
+    b = LearnableSampleGraph(in_channels=4, memory_size=2)
+    torch.testing.assert_close(a(x), b(x))
+    assert torch.equal(a.memory_features, b.memory_features)
+
+
+def test_conditioned_device_dtype_and_repr():
+    module = LearnableSampleGraph(in_channels=3, embed_dim=5, device="cpu", dtype=torch.float64)
+    assert module.weight.shape == (5, 5)
+    assert module.weight.dtype == module.projection.dtype == torch.float64
+    assert "form='conditioned'" in repr(module)
+    assert [name for name, _ in module.named_parameters()] == ["weight"]
+    assert list(module.state_dict()) == ["weight", "projection"]  # no memory buffers at K=0
 
 
 # --------------------------------------------------------------------------- PatchHashGraph
