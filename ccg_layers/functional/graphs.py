@@ -154,17 +154,19 @@ def _pairwise_distance(features: Tensor) -> Tensor:
 
 
 def _cross_distance(features: Tensor, others: Tensor) -> Tensor:
-    """``(n, K)`` distances from each sample to each of ``K`` other (detached) samples."""
+    """``(n, K)`` distances from each sample to each of ``K`` other (detached) samples.
+
+    Direct differences (``torch.cdist`` without the matmul form): with ``n * K`` small this is
+    one pass over the memory without the centred copies a Gram form needs, and exact. The
+    memory is copied once (in the compute dtype): the backward needs its values, and a module
+    updates its queue in place right after the forward.
+    """
     n, K = features.shape[0], others.shape[0]
     with torch.autocast(device_type=features.device.type, enabled=False):
         dtype = torch.promote_types(_compute_dtype(features), others.dtype)
-        x = features.reshape(n, -1).to(dtype)
-        y = others.detach().reshape(K, x.shape[1]).to(dtype)
-        mean = (x.sum(dim=0) + y.sum(dim=0)) / (n + K)  # a shared centre: exact distances
-        x = x - mean
-        y = y - mean
-        sq = (x * x).sum(dim=1)[:, None] + (y * y).sum(dim=1)[None, :] - 2.0 * (x @ y.T)
-        return _safe_sqrt(sq)
+        x = features.reshape(1, n, -1).to(dtype)
+        y = others.detach().reshape(1, K, x.shape[2]).to(dtype, copy=True)
+        return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")[0]
 
 
 def _distances(features: Tensor, memory: Tensor | None) -> Tensor:
