@@ -178,6 +178,20 @@ class _PartnerMemory(nn.Module):
         for name in self._queues if self.memory_size else ():
             saved = state_dict.get(prefix + name)
             current = self._queue(name)
+            if (
+                isinstance(saved, Tensor)
+                and saved.dim() > 0
+                and saved.shape[0]
+                not in (
+                    0,
+                    self.memory_size,
+                )
+            ):
+                error_msgs.append(
+                    f"{prefix}{name}: the saved memory has {saved.shape[0]} slots, this "
+                    f"module has memory_size={self.memory_size}."
+                )
+                continue
             if isinstance(saved, Tensor) and (
                 saved.shape != current.shape or saved.dtype != current.dtype
             ):

@@ -410,3 +410,10 @@ def test_modules_with_memory_compile_without_graph_breaks():
         assert torch.equal(a.memory_features, b.memory_features)
         assert int(a.memory_pointer) == int(b.memory_pointer)
         assert a.weight.grad is not None
+
+
+def test_error_loading_a_memory_of_another_size():
+    lsg = LearnableSampleGraph(in_channels=C, memory_size=4)
+    lsg(_batch(2, 0)[0])
+    with pytest.raises(RuntimeError, match=r"the saved memory has 4 slots, this module has "):
+        LearnableSampleGraph(in_channels=C, memory_size=3).load_state_dict(lsg.state_dict())
