@@ -211,9 +211,9 @@ class LearnableSampleGraph(_PartnerMemory):
 
     **Forms.** ``form="conditioned"`` (default) computes the weight of a pair from the two
     images: :math:`\theta_{uv} = z_u^\top W z_v` with ``z`` the unit-length random projection
-    of the spatially pooled feature map (:func:`~ccg_layers.functional.graph_embedding`,
-    detached) and ``W`` an ``embed_dim x embed_dim`` learned bilinear weight, initialised to 0.
-    It learns *which images are related* (a similarity of their pooled features), so the
+    of the spatially pooled, channel-centred feature map
+    (:func:`~ccg_layers.functional.graph_embedding`, detached; so ``in_channels >= 2``) and
+    ``W`` an ``embed_dim x embed_dim`` learned bilinear weight, initialised to 0. It learns *which images are related* (a similarity of their pooled features), so the
     graph follows the images: permuting the batch permutes ``G`` and leaves the loss
     unchanged, and it works for any batch size. ``form="positional"`` is the paper's literal
     ``num_samples x num_samples`` matrix indexed by batch positions (it learns a weight per
@@ -328,6 +328,11 @@ class LearnableSampleGraph(_PartnerMemory):
                 "paper's position-indexed num_samples x num_samples matrix."
             )
         self.in_channels = _positive_int(in_channels, "in_channels")
+        if self.in_channels < 2:
+            raise CCGValueRangeError(
+                "`in_channels` must be >= 2 with form='conditioned' (a single channel, centred "
+                f"across channels, is 0 for every image), got {in_channels!r}."
+            )
         if self.parametrization == "free":
             raise CCGValueRangeError(
                 "`parametrization='free'` (the literal, unbounded Eq. 4) only exists for "

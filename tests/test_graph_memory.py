@@ -417,3 +417,8 @@ def test_error_loading_a_memory_of_another_size():
     lsg(_batch(2, 0)[0])
     with pytest.raises(RuntimeError, match=r"the saved memory has 4 slots, this module has "):
         LearnableSampleGraph(in_channels=C, memory_size=3).load_state_dict(lsg.state_dict())
+
+
+def test_error_conditioned_form_with_one_channel():
+    with pytest.raises(CCGValueRangeError, match=r"`in_channels` must be >= 2 .* got 1"):
+        LearnableSampleGraph(in_channels=1)

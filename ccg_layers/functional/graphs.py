@@ -480,6 +480,7 @@ def _embed(features: Tensor, projection: Tensor) -> Tensor:
     with torch.autocast(device_type=features.device.type, enabled=False), torch.no_grad():
         dtype = torch.promote_types(_compute_dtype(features), projection.dtype)
         x = features.detach().reshape(n, features.shape[1], -1).to(dtype).mean(dim=2)
+        x = x - x.mean(dim=1, keepdim=True)  # per image: drop the offset all channels share
         return F.normalize(x @ projection.to(dtype), dim=1)
 
 
@@ -499,10 +500,12 @@ def _check_embedding_inputs(features: Tensor, projection: Tensor, name: str) -> 
 def graph_embedding(features: Tensor, projection: Tensor) -> Tensor:
     """The descriptor of each image that the input-conditioned sample graph compares.
 
-    The spatial mean of the feature map (global average pooling), projected by a fixed random
-    ``projection`` to ``d`` dimensions and scaled to unit length: the projection keeps the
-    angles between the pooled features (Johnson-Lindenstrauss), the unit length keeps the
-    graph logits bounded by the norm of the learned weight. Detached (the graph is conditioned
+    The spatial mean of the feature map (global average pooling), centred across its channels
+    (per image: non-negative ReLU features share a large common offset that would make every
+    pair of images look alike), projected by a fixed random ``projection`` to ``d`` dimensions
+    and scaled to unit length: the projection keeps the angles between the pooled features
+    (Johnson-Lindenstrauss), the unit length keeps the graph logits bounded by the norm of the
+    learned weight. Detached (the graph is conditioned
     on the images, the backbone gets its gradient through the distances, as in Eq. 4).
 
     Args:
@@ -514,10 +517,10 @@ def graph_embedding(features: Tensor, projection: Tensor) -> Tensor:
 
     Example:
         >>> import torch
-        >>> z = graph_embedding(torch.ones(2, 3, 4, 4), torch.eye(3)[:, :2])
-        >>> z
-        tensor([[0.7071, 0.7071],
-                [0.7071, 0.7071]])
+        >>> x = torch.tensor([[3.0, 1.0, 2.0], [1.0, 3.0, 2.0]])[:, :, None, None]
+        >>> graph_embedding(x, torch.eye(3)[:, :2])  # channel means 2: centred (1, -1, 0)
+        tensor([[ 0.7071, -0.7071],
+                [-0.7071,  0.7071]])
     """
     _check_embedding_inputs(features, projection, "features")
     return _embed(features, projection)

@@ -838,13 +838,16 @@ def ref_normalize_with_memory(logits, valid):
 
 
 def ref_embedding(features, projection):
-    """Spatial mean of each channel, times the projection, scaled to unit length (loops)."""
+    """Spatial mean of each channel, minus its mean over the channels, times the projection,
+    scaled to unit length (loops)."""
     n, C = features.shape[:2]
     d = projection.shape[1]
     flat = features.double().reshape(n, C, -1)
     out = torch.zeros(n, d, dtype=torch.float64)
     for u in range(n):
         pooled = [sum(flat[u, c].tolist()) / flat.shape[2] for c in range(C)]
+        offset = sum(pooled) / C
+        pooled = [p - offset for p in pooled]
         z = [sum(pooled[c] * float(projection[c, j]) for c in range(C)) for j in range(d)]
         norm = math.sqrt(sum(t * t for t in z))
         out[u] = torch.tensor([t / max(norm, 1e-12) for t in z], dtype=torch.float64)
