@@ -422,3 +422,32 @@ def test_error_loading_a_memory_of_another_size():
 def test_error_conditioned_form_with_one_channel():
     with pytest.raises(CCGValueRangeError, match=r"`in_channels` must be >= 2 .* got 1"):
         LearnableSampleGraph(in_channels=1)
+
+
+def test_conditioned_graph_with_memory_learns_to_prefer_partners_of_the_same_kind_at_batch_2():
+    # two kinds of images (prototype + noise); batches of 2 drawn at random, as a shuffling
+    # loader does; only the graph learns. With the memory the graph learns to put weight on
+    # the partners of the same kind (their features are closer), which a position-indexed
+    # matrix cannot express and which a batch of 2 without memory cannot learn at all.
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(2, 16, 2, 2, generator=g) * 2
+
+    def images(n):
+        kinds = torch.randint(0, 2, (n,), generator=g)
+        return prototypes[kinds] + torch.randn(n, 16, 2, 2, generator=g), kinds
+
+    lsg = LearnableSampleGraph(in_channels=16, embed_dim=16, memory_size=8)
+    opt = torch.optim.SGD(lsg.parameters(), lr=0.05)
+    for _ in range(150):
+        x, _ = images(2)
+        opt.zero_grad()
+        lsg(x).backward()
+        opt.step()
+    x, kinds = images(32)
+    graph = lsg.graph(x, use_memory=False).detach()
+    same = (kinds[:, None] == kinds[None, :]) & ~torch.eye(32, dtype=torch.bool)
+    other = kinds[:, None] != kinds[None, :]
+    # per image, the weight on one same-kind partner over the weight on one other-kind partner
+    ratio = graph[same].mean() / graph[other].mean()
+    assert float(ratio) > 3.0
+    assert torch.equal(LearnableSampleGraph(in_channels=16).graph(x), torch.full((32, 32), 1 / 32))
