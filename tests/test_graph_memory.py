@@ -451,3 +451,27 @@ def test_conditioned_graph_with_memory_learns_to_prefer_partners_of_the_same_kin
     ratio = graph[same].mean() / graph[other].mean()
     assert float(ratio) > 3.0
     assert torch.equal(LearnableSampleGraph(in_channels=16).graph(x), torch.full((32, 32), 1 / 32))
+
+
+def test_patch_graph_with_memory_learns_to_prefer_partners_of_the_same_kind_at_batch_2():
+    # as above for L_IK's W_l: two kinds of images, fixed 2x2-block superpixels
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(2, 16, 4, 4, generator=g) * 2
+    blocks = torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2
+
+    def images(n):
+        kinds = torch.randint(0, 2, (n,), generator=g)
+        return prototypes[kinds] + torch.randn(n, 16, 4, 4, generator=g), kinds
+
+    phg = PatchHashGraph(4, 16, code_bits=32, memory_size=8)
+    opt = torch.optim.SGD(phg.parameters(), lr=0.05)
+    for _ in range(150):
+        x, _ = images(2)
+        opt.zero_grad()
+        phg(x, blocks.expand(2, 4, 4)).backward()
+        opt.step()
+    x, kinds = images(32)
+    graph = phg.graph(x, blocks.expand(32, 4, 4), use_memory=False).detach()
+    same = (kinds[:, None] == kinds[None, :]) & ~torch.eye(32, dtype=torch.bool)
+    other = kinds[:, None] != kinds[None, :]
+    assert float(graph[same].mean() / graph[other].mean()) > 3.0
