@@ -6,8 +6,11 @@
 2. Time of each relation loss (forward + backward) for n in {2, 16, 64} feature maps of
    (2048, 16, 16) with m = 64 patches, against the ResNet-50 (C5) forward at 512x512 for the
    same batch, for scale.
+3. The cross-batch memory at the paper's batch of 2 (issue 10): time of each relation loss
+   (training mode: forward against the memory, enqueue, backward) for memory sizes
+   K in {0, 8, 32}, and the bytes the queues hold.
 
-Run from the repository root:  python benchmarks/graphs.py  [--quick]
+Run from the repository root:  python benchmarks/graphs.py  [--quick] [--only ...]
 """
 
 from __future__ import annotations
@@ -119,12 +122,12 @@ def bench_losses(sizes: list[int], repeats: int) -> None:
     print("ms of wall time (median), CPU ms of this process in brackets.\n")
     backbone = torch.nn.Sequential(*list(resnet50(weights=None).children())[:-2]).eval()
     print(
-        "| n | L_IR LearnableSampleGraph | L_IK PatchHashGraph (n x n) | "
+        "| n | L_IR LearnableSampleGraph (conditioned) | L_IK PatchHashGraph (n x n) | "
         "L_KR patch graph (n pairs) | L_IR + L_IK sharing D | ResNet-50 forward 512x512 | "
         "(L_IR + L_IK + L_KR) / forward |"
     )
     print("|---|---|---|---|---|---|---|")
-    lsg_mod = LearnableSampleGraph(max(sizes))
+    lsg_mod = LearnableSampleGraph(in_channels=2048)
     phg_mod = PatchHashGraph(64, 2048, code_bits=64)
     for n in sizes:
         g = torch.Generator().manual_seed(n)
@@ -150,7 +153,7 @@ def bench_losses(sizes: list[int], repeats: int) -> None:
 
         def shared(f: torch.Tensor = feats, la: torch.Tensor = labels, n: int = n) -> None:
             dist = pairwise_distance(f)
-            graphs = lsg_mod.graph(n) + phg_mod.graph(f, la)
+            graphs = lsg_mod.graph(f) + phg_mod.graph(f, la)
             ((graphs * dist).sum() / n**2).backward()
 
         results = [timed_cpu(fn, repeats) for fn in (ir, ik, kr, shared)]
@@ -164,20 +167,70 @@ def bench_losses(sizes: list[int], repeats: int) -> None:
         )
 
 
+def bench_memory(sizes: list[int], repeats: int) -> None:
+    print("\n### Memory of partners at n = 2 (paper batch), C=2048 at 16x16, m=64, float32\n")
+    print("ms of wall time (median) per training step of the term, CPU ms in brackets.\n")
+    print(
+        "| memory K | L_IR (conditioned) | L_IK (n x n) | L_KR pair form (1 pair) | "
+        "queues held (3 modules) |"
+    )
+    print("|---|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 64, (2, 128, 128), generator=g)
+    for k in sizes:
+        lsg = LearnableSampleGraph(in_channels=2048, memory_size=k)
+        ik = PatchHashGraph(64, 2048, code_bits=64, memory_size=k)
+        kr = PatchHashGraph(64, 2048, code_bits=64, memory_size=k)
+
+        def batch() -> torch.Tensor:
+            return torch.relu(torch.randn(2, 2048, 16, 16, generator=g)).requires_grad_()
+
+        for _ in range(max(1, k // 2 + 1)):  # fill the queues first
+            f = batch()
+            lsg(f)
+            ik(f, labels)
+            kr(f[:1], labels[1:], f[1:], labels[:1])
+
+        def ir(lsg: LearnableSampleGraph = lsg) -> None:
+            lsg(batch()).backward()
+
+        def ik_step(ik: PatchHashGraph = ik) -> None:
+            ik(batch(), labels).backward()
+
+        def kr_step(kr: PatchHashGraph = kr) -> None:
+            f = batch()
+            kr(f[:1], labels[1:], f[1:], labels[:1]).backward()
+
+        def data() -> None:
+            batch()
+
+        base_w, base_c = timed_cpu(data, repeats)  # drawing the batch, subtracted
+        cells = " | ".join(
+            f"{(w - base_w) * 1e3:.1f} ({(c - base_c) * 1e3:.0f})"
+            for w, c in (timed_cpu(fn, repeats) for fn in (ir, ik_step, kr_step))
+        )
+        held = sum(b.nbytes for m in (lsg, ik, kr) for b in m.buffers()) - sum(
+            m.projection.nbytes for m in (lsg, ik, kr)
+        )
+        print(f"| {k} | {cells} | {held / 2**20:.1f} MiB |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="n in {2, 16}, fewer images")
-    parser.add_argument("--only", choices=["superpixels", "losses"], help="run one part")
+    parser.add_argument("--only", choices=["superpixels", "losses", "memory"], help="run one part")
     args = parser.parse_args()
     print(
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, no GPU used; "
         f"load average at start {os.getloadavg()[0]:.1f}."
     )
-    if args.only != "losses":
+    if args.only in (None, "superpixels"):
         bench_superpixels(16 if args.quick else 64)
-    if args.only != "superpixels":
+    if args.only in (None, "losses"):
         bench_losses([2, 16] if args.quick else [2, 16, 64], repeats=3 if args.quick else 5)
+    if args.only in (None, "memory"):
+        bench_memory([0, 8] if args.quick else [0, 8, 32], repeats=3 if args.quick else 7)
     print(f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.")
 
 

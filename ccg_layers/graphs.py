@@ -2,26 +2,39 @@
 
 :class:`LearnableSampleGraph` is the inter-image relation loss ``L_IR`` (paper Eq. 4) and
 :class:`PatchHashGraph` the intra-image knowledge loss ``L_IK`` (Eq. 5-7), which also serves
-the patch graph of the knowledge reasoning loss ``L_KR`` on attended pairs (Eq. 8-10).
+the patch graph of the knowledge reasoning loss ``L_KR`` on attended pairs (Eq. 8-10). Both can
+keep a cross-batch memory of partners (``memory_size``), so that even at a batch of 2 every
+image has several partners and every parameter of the graphs learns.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ccg_layers._validation import Reduction, check_reduction, check_tensor
+from ccg_layers._validation import Reduction, check_finite, check_reduction, check_tensor
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.functional.graphs import (
+    GraphForm,
     GraphParametrization,
+    _check_batch,
+    _check_form,
     _check_parametrization,
-    normalize_graph,
-    patch_hash_graph,
-    patch_hash_graph_loss,
-    sample_graph_loss,
+    _check_patch_graph_args,
+    _conditioned_loss,
+    _embed,
+    _enqueue,
+    _graph_loss,
+    _normalize,
+    _patch_codes,
+    _patch_graph,
+    _patch_loss,
+    _sample_graph,
 )
 
 __all__ = ["LearnableSampleGraph", "PatchHashGraph", "all_gather_batch"]
@@ -66,107 +79,372 @@ def all_gather_batch(x: Tensor, group: dist.ProcessGroup | None = None) -> Tenso
     return torch.cat([part[:c] for part, c in zip(parts, counts, strict=True)], dim=0)
 
 
-class LearnableSampleGraph(nn.Module):
+def _positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "non-negative" if allow_zero else "positive"
+        raise CCGValueRangeError(f"`{name}` must be a {kind} int, got {value!r}.")
+    return value
+
+
+class _PartnerMemory(nn.Module):
+    """A FIFO queue of earlier samples (partners only, never anchors), as persistent buffers.
+
+    Subclasses name their parallel queues in ``_queues``. The queues are allocated at the first
+    enqueue (their entry shape is that of the first batch) and saved in ``state_dict`` with the
+    pointer and the fill count, so a resumed run continues bit-identically.
+    """
+
+    _queues: tuple[str, ...] = ()
+    memory_size: int
+
+    def _init_memory(self, memory_size: int, memory_dtype: torch.dtype | None, device: Any) -> None:
+        self.memory_size = _positive_int(memory_size, "memory_size", allow_zero=True)
+        if memory_dtype is not None and not (
+            isinstance(memory_dtype, torch.dtype) and memory_dtype.is_floating_point
+        ):
+            raise CCGValueRangeError(
+                f"`memory_dtype` must be a floating torch.dtype or None, got {memory_dtype!r}."
+            )
+        self.memory_dtype = memory_dtype
+        if self.memory_size == 0:
+            return
+        self.register_buffer("memory_pointer", torch.zeros((), dtype=torch.long, device=device))
+        self.register_buffer("memory_count", torch.zeros((), dtype=torch.long, device=device))
+        for name in self._queues:
+            self.register_buffer(name, torch.zeros(0, device=device))
+
+    def _queue(self, name: str) -> Tensor:
+        buf = self._buffers[name]
+        assert buf is not None
+        return buf
+
+    def _allocated(self) -> bool:
+        return self.memory_size > 0 and self._queue(self._queues[0]).shape[0] == self.memory_size
+
+    def memory_valid(self) -> Tensor | None:
+        """``(memory_size,)`` bool, the filled slots; ``None`` while the memory is empty/off."""
+        if not self._allocated():
+            return None
+        count = self._buffers["memory_count"]
+        assert count is not None
+        return torch.arange(self.memory_size, device=count.device) < count
+
+    def reset_memory(self) -> None:
+        """Empty the memory (e.g. between training and an evaluation on other data)."""
+        if self.memory_size == 0:
+            return
+        for name in ("memory_pointer", "memory_count"):
+            self._queue(name).zero_()
+        for name in self._queues:
+            self._buffers[name] = torch.zeros(0, device=self._queue(name).device)
+
+    def _memory(self) -> tuple[Tensor, ...] | None:
+        return tuple(self._queue(name) for name in self._queues) if self._allocated() else None
+
+    def _check_entry(self, features: Tensor, name: str) -> None:
+        """The maps of a batch must have the shape of the maps in the memory."""
+        if not self._allocated():
+            return
+        held = self._queue(self._queues[0]).shape[1:]
+        if tuple(features.shape[1:]) != tuple(held):
+            raise CCGShapeError(
+                f"`{name}` must have shape (n, {', '.join(map(str, held))}) like the feature "
+                f"maps already in the memory, got shape {tuple(features.shape)} (call "
+                "`reset_memory()` to change the map size)."
+            )
+
+    def _push(self, entries: Sequence[Tensor], dtypes: Sequence[torch.dtype]) -> None:
+        if not self._allocated():
+            pointer = self._queue("memory_pointer")
+            for name, entry, dtype in zip(self._queues, entries, dtypes, strict=True):
+                self._buffers[name] = torch.zeros(
+                    (self.memory_size, *entry.shape[1:]), dtype=dtype, device=pointer.device
+                )
+        queues = [self._queue(name) for name in self._queues]
+        _enqueue(queues, self._queue("memory_pointer"), self._queue("memory_count"), entries)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # the queues are allocated lazily: adopt the saved shape and dtype before copying
+        for name in self._queues if self.memory_size else ():
+            saved = state_dict.get(prefix + name)
+            current = self._queue(name)
+            if (
+                isinstance(saved, Tensor)
+                and saved.dim() > 0
+                and saved.shape[0]
+                not in (
+                    0,
+                    self.memory_size,
+                )
+            ):
+                error_msgs.append(
+                    f"{prefix}{name}: the saved memory has {saved.shape[0]} slots, this "
+                    f"module has memory_size={self.memory_size}."
+                )
+                continue
+            if isinstance(saved, Tensor) and (
+                saved.shape != current.shape or saved.dtype != current.dtype
+            ):
+                self._buffers[name] = torch.empty(
+                    saved.shape, dtype=saved.dtype, device=current.device
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class LearnableSampleGraph(_PartnerMemory):
     r"""Inter-image relation loss ``L_IR`` with a learnable sample graph (paper Eq. 4).
 
-    :math:`L_{IR} = \sum_{u,v} G(u, v)\, D(F_u, F_v) / n^2` over the ``n`` samples of a batch,
-    with a learnable ``G`` of ``num_samples x num_samples`` initialised to ``1/n``.
+    :math:`L_{IR} = \sum_{u,v} G(u, v)\, D(F_u, F_v) / n^2` over the ``n`` images ``u`` of a
+    batch and their partners ``v``, ``G`` learnable and initialised to the uniform ``1/n``.
 
-    **Parametrisation.** The literal objective with a free ``G`` is unbounded below (the
-    optimiser drives ``G`` to ``-inf``), and a merely normalised ``G`` collapses onto the
-    self-pairs, whose distance is 0. The default ``"softmax"`` stores logits ``theta`` and uses
-    :func:`~ccg_layers.functional.normalize_graph`: every row is a distribution whose
-    self-weight is frozen at ``1/n`` and whose other ``(n-1)/n`` is a softmax over the
-    partners ``v != u``. It starts at exactly ``G = 1/n`` (the paper's initial graph), stays
-    non-negative (so ``L_IR >= 0``) and can only move weight between partners, towards the
-    nearest ones. ``parametrization="free"`` is the literal Eq. 4 (``G`` itself is the
-    parameter, initialised to ``1/num_samples``), kept for reproductions.
+    **Forms.** ``form="conditioned"`` (default) computes the weight of a pair from the two
+    images: :math:`\theta_{uv} = z_u^\top W z_v` with ``z`` the unit-length random projection
+    of the spatially pooled, channel-centred feature map
+    (:func:`~ccg_layers.functional.graph_embedding`, detached; so ``in_channels >= 2``) and
+    ``W`` an ``embed_dim x embed_dim`` learned bilinear weight, initialised to 0. It learns *which images are related* (a similarity of their pooled features), so the
+    graph follows the images: permuting the batch permutes ``G`` and leaves the loss
+    unchanged, and it works for any batch size. ``form="positional"`` is the paper's literal
+    ``num_samples x num_samples`` matrix indexed by batch positions (it learns a weight per
+    pair of *slots*, which a shuffling loader fills with unrelated images each step), kept for
+    reproductions.
 
-    A batch of ``n <= num_samples`` samples uses the leading ``n x n`` block of the logits
-    (renormalised); ``n = 1`` gives 0. With ``distributed=True`` and an initialised process
-    group, the features of all ranks are gathered with gradients (:func:`all_gather_batch`),
-    the graph spans the global batch (``num_samples`` is then the global batch size) and every
-    rank returns the same global loss.
+    **Parametrisation.** Rows are normalised by
+    :func:`~ccg_layers.functional.normalize_graph`: the self-weight is frozen at ``1/N``
+    (``N`` the columns: batch and filled memory slots) and the other ``(N-1)/N`` is a softmax
+    of the logits over the partners ``v != u``. It starts at exactly the uniform graph, stays
+    non-negative (so ``L_IR >= 0``) and cannot collapse onto the self-pairs.
+    ``parametrization="free"`` (positional form only) is the literal, unbounded Eq. 4.
+
+    **Memory.** With ``memory_size=K > 0`` the module keeps the feature maps of the last ``K``
+    images seen in training (and their descriptors ``z``) in a FIFO queue: they are extra
+    partners of every anchor (never anchors, no gradient), so at a batch of 2 each image has
+    ``1 + K`` partners and ``W`` learns; without it, a batch of 2 gives every image a single
+    partner whose softmax weight is 1 whatever the logits. The batch is enqueued after the
+    loss is computed, in training mode only, with one ``index_copy_`` per queue (no host
+    synchronisation). The queues are persistent buffers (with ``memory_pointer`` and
+    ``memory_count``), allocated at the first enqueue in ``memory_dtype`` (default: the
+    features' dtype). Cost per entry: one feature map (``C*h*w`` values, a ``2048x16x16`` map is
+    1 MiB in float16, 2 MiB in float32) plus ``embed_dim`` float32. ``"mean"`` divides by
+    ``n^2`` whatever ``K``.
+
+    **DDP.** With ``distributed=True`` and an initialised process group the features of all
+    ranks are gathered with gradients (:func:`all_gather_batch`), the graph spans the global
+    batch, every rank returns the same global loss, and the enqueued batch is the gathered one,
+    so the memory is identical on every rank.
 
     Args:
-        num_samples: Largest batch (global batch under ``distributed``).
-        parametrization: ``"softmax"`` (default) or ``"free"``.
+        num_samples: Largest batch (global batch under ``distributed``); required by the
+            positional form, an optional bound for the conditioned one.
+        in_channels: ``C`` of the feature maps; required by the conditioned form.
+        form: ``"conditioned"`` (default) or ``"positional"``.
+        embed_dim: ``d`` of the descriptors and of ``W`` (conditioned form).
+        memory_size: ``K``, partners kept from earlier batches (conditioned form); 0 for none.
+        memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
+        parametrization: ``"softmax"`` (default) or ``"free"`` (positional form only).
         distributed: Gather the batch across ranks when a process group is initialised.
-        reduction: ``"mean"`` (Eq. 4), ``"sum"`` or ``"none"`` (the ``(n, n)`` terms).
-        device: Device of the parameter.
-        dtype: Dtype of the parameter.
+        reduction: ``"mean"`` (Eq. 4), ``"sum"`` or ``"none"`` (the ``(n, n + K)`` terms).
+        seed: Seed of the fixed projection (the same on every rank and run).
+        device: Device of the parameter and buffers.
+        dtype: Dtype of the parameter and the projection.
 
     Shape:
-        - features: ``(n, ...)``, e.g. ``(n, 2048, 16, 16)``.
-        - output: scalar (``(n_global, n_global)`` with ``reduction="none"``).
+        - features: ``(n, C, ...)``, e.g. ``(n, 2048, 16, 16)`` (positional form: ``(n, ...)``).
+        - output: scalar (``(n, n + K)`` with ``reduction="none"``).
 
     Example:
         >>> import torch
-        >>> graph = LearnableSampleGraph(num_samples=4)
-        >>> loss = graph(torch.randn(4, 8, 2, 2, requires_grad=True))
-        >>> loss.backward()
-        >>> graph.graph(4)[0]
-        tensor([0.2500, 0.2500, 0.2500, 0.2500], grad_fn=<SelectBackward0>)
+        >>> graph = LearnableSampleGraph(in_channels=8, memory_size=4)
+        >>> for _ in range(2):  # batches of 2; the first fills the memory
+        ...     loss = graph(torch.randn(2, 8, 2, 2, requires_grad=True))
+        ...     loss.backward()
+        >>> graph.weight.grad.abs().sum() > 0  # 1 + 2 partners per image: W learns
+        tensor(True)
+        >>> graph.graph(torch.randn(2, 8, 2, 2)).shape  # (n, n + K)
+        torch.Size([2, 6])
     """
+
+    _queues = ("memory_features", "memory_embeddings")
+    projection: Tensor
 
     def __init__(
         self,
-        num_samples: int,
+        num_samples: int | None = None,
         *,
+        in_channels: int | None = None,
+        form: GraphForm = "conditioned",
+        embed_dim: int = 64,
+        memory_size: int = 0,
+        memory_dtype: torch.dtype | None = None,
         parametrization: GraphParametrization = "softmax",
         distributed: bool = False,
         reduction: Reduction = "mean",
+        seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise CCGValueRangeError(f"`num_samples` must be a positive int, got {num_samples!r}.")
+        self.form: GraphForm = _check_form(form)
+        if num_samples is not None:
+            _positive_int(num_samples, "num_samples")
         self.num_samples = num_samples
         self.parametrization: GraphParametrization = _check_parametrization(parametrization)
         self.distributed = bool(distributed)
         self.reduction: Reduction = check_reduction(reduction)
-        init = 1.0 / num_samples if self.parametrization == "free" else 0.0
+        self.embed_dim = _positive_int(embed_dim, "embed_dim")
+        if self.form == "positional":
+            if num_samples is None:
+                raise CCGValueRangeError(
+                    "`num_samples` is required with form='positional' (the size of the "
+                    "position-indexed matrix), got None."
+                )
+            if memory_size:
+                raise CCGValueRangeError(
+                    "`memory_size` must be 0 with form='positional' (memory slots have no "
+                    f"batch position), got {memory_size!r}; use form='conditioned'."
+                )
+            self.in_channels = in_channels
+            init = 1.0 / num_samples if self.parametrization == "free" else 0.0
+            self.weight = nn.Parameter(
+                torch.full((num_samples, num_samples), init, device=device, dtype=dtype)
+            )
+            self._init_memory(0, memory_dtype, device)
+            return
+        if in_channels is None:
+            raise CCGValueRangeError(
+                "`in_channels` (the channels C of the feature maps) is required with "
+                "form='conditioned', the default, got None; pass form='positional' for the "
+                "paper's position-indexed num_samples x num_samples matrix."
+            )
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        if self.in_channels < 2:
+            raise CCGValueRangeError(
+                "`in_channels` must be >= 2 with form='conditioned' (a single channel, centred "
+                f"across channels, is 0 for every image), got {in_channels!r}."
+            )
+        if self.parametrization == "free":
+            raise CCGValueRangeError(
+                "`parametrization='free'` (the literal, unbounded Eq. 4) only exists for "
+                "form='positional', got it with form='conditioned'."
+            )
+        generator = torch.Generator().manual_seed(seed)
+        projection = torch.randn(self.in_channels, self.embed_dim, generator=generator)
+        self.register_buffer("projection", projection.to(device=device, dtype=dtype))
         self.weight = nn.Parameter(
-            torch.full((num_samples, num_samples), init, device=device, dtype=dtype)
+            torch.zeros(self.embed_dim, self.embed_dim, device=device, dtype=dtype)
         )
+        self._init_memory(memory_size, memory_dtype, device)
 
-    def graph(self, n: int | None = None) -> Tensor:
-        """The ``(n, n)`` graph ``G`` used for a batch of ``n`` (default ``num_samples``)."""
-        n = self.num_samples if n is None else n
-        if not 1 <= n <= self.num_samples:
-            raise CCGShapeError(
-                f"the batch must have 1 <= n <= num_samples={self.num_samples} samples, got n={n}."
-            )
-        return normalize_graph(self.weight[:n, :n], parametrization=self.parametrization)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Compute ``L_IR`` of the batch; see :func:`ccg_layers.functional.sample_graph_loss`."""
-        check_tensor(features, "features")
-        if self.distributed:
-            features = all_gather_batch(features)
-        if features.dim() < 1:
-            raise CCGShapeError(
-                f"`features` must have at least 1 dimension (n, ...), got shape "
-                f"{tuple(features.shape)}."
-            )
+    def _check_n(self, features: Tensor) -> int:
         n = int(features.shape[0])
-        if not 1 <= n <= self.num_samples:
+        if self.num_samples is not None and n > self.num_samples:
             raise CCGShapeError(
                 f"`features` must hold 1 <= n <= num_samples={self.num_samples} samples "
                 f"(the global batch when distributed), got shape {tuple(features.shape)}."
             )
-        return sample_graph_loss(features, self.graph(n), reduction=self.reduction)
+        return n
+
+    def _check_features(self, features: Tensor) -> int:
+        if self.form == "positional":
+            if features.dim() >= 1 and features.shape[0] == 0 and self.num_samples is not None:
+                raise CCGShapeError(
+                    f"`features` must hold 1 <= n <= num_samples={self.num_samples} samples "
+                    f"(the global batch when distributed), got shape {tuple(features.shape)}."
+                )
+            _check_batch(features, "features")
+            return self._check_n(features)
+        _check_batch(features, "features", min_dim=2, what="(n, C, ...)")
+        if features.shape[1] != self.in_channels:
+            raise CCGShapeError(
+                f"`features` must have in_channels={self.in_channels} channels in dimension 1 "
+                f"(n, C, ...), got shape {tuple(features.shape)}."
+            )
+        self._check_entry(features, "features")
+        return self._check_n(features)
+
+    def graph(self, features: Tensor | int | None = None, *, use_memory: bool = True) -> Tensor:
+        """The graph ``G`` that forward uses for ``features`` (read-only; enqueues nothing).
+
+        Conditioned form: ``(n, n + K)`` for the ``(n, C, ...)`` ``features`` (``K`` the
+        memory slots, 0 where unfilled; ``use_memory=False`` for the batch alone, ``(n, n)``).
+        The forward enqueues the batch in training mode, so call this *before* it (or in
+        eval mode) to see the weights that forward used. Positional form: ``(n, n)`` for a
+        batch of ``n`` (an int, or the features; default ``num_samples``).
+        """
+        if self.form == "positional":
+            if isinstance(features, Tensor):
+                features = int(features.shape[0])
+            n = self.num_samples if features is None else features
+            assert self.num_samples is not None
+            if not isinstance(n, int) or not 1 <= n <= self.num_samples:
+                raise CCGShapeError(
+                    f"the batch must have 1 <= n <= num_samples={self.num_samples} samples, "
+                    f"got n={n}."
+                )
+            return _normalize(self.weight[:n, :n], self.parametrization)
+        if not isinstance(features, Tensor):
+            raise CCGShapeError(
+                "`features` (n, C, ...) are required by the conditioned graph, got "
+                f"{type(features).__name__}."
+            )
+        self._check_features(features)
+        memory = self._memory() if use_memory else None
+        z = _embed(features, self.projection)
+        if memory is None:
+            return _sample_graph(z, self.weight, None, None)
+        return _sample_graph(z, self.weight, memory[1], self.memory_valid())
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Compute ``L_IR`` of the batch (and enqueue it in training mode)."""
+        check_tensor(features, "features")
+        if self.distributed:
+            features = all_gather_batch(features)
+        n = self._check_features(features)
+        if self.form == "positional":
+            if n == 1:
+                check_finite(features, "features")
+            graph = _normalize(self.weight[:n, :n], self.parametrization)
+            return _graph_loss(features, graph, None, self.reduction)
+        memory = self._memory()
+        if n == 1 and memory is None:
+            check_finite(features, "features")
+        mem_f, mem_z = (None, None) if memory is None else memory
+        loss, z, _ = _conditioned_loss(
+            features,
+            self.weight,
+            self.projection,
+            mem_f,
+            mem_z,
+            self.memory_valid(),
+            self.reduction,
+        )
+        if self.training and self.memory_size > 0:
+            feature_dtype = self.memory_dtype or features.dtype
+            self._push([features, z], [feature_dtype, z.dtype])
+        return loss
 
     def extra_repr(self) -> str:
         """Show the configuration in ``repr``."""
         return (
-            f"num_samples={self.num_samples}, parametrization={self.parametrization!r}, "
-            f"distributed={self.distributed}, reduction={self.reduction!r}"
+            f"num_samples={self.num_samples}, in_channels={self.in_channels}, "
+            f"form={self.form!r}, embed_dim={self.embed_dim}, memory_size={self.memory_size}, "
+            f"parametrization={self.parametrization!r}, distributed={self.distributed}, "
+            f"reduction={self.reduction!r}"
         )
 
 
-class PatchHashGraph(nn.Module):
+class PatchHashGraph(_PartnerMemory):
     r"""Patch-hash graph loss ``L_IK`` (paper Eq. 5-7), and the patch graph of Eq. 8-10.
 
     Each image's ``num_patches`` superpixel patches (labels from
@@ -174,15 +452,18 @@ class PatchHashGraph(nn.Module):
     to ``code_bits``-bit codes by the sign of a fixed random projection (a buffer). For every
     pair of images the ``m x m`` Hamming graph ``G_l`` (Eq. 7) is mapped by a fully-connected
     layer ``W_l`` to the pair score (Eq. 6), which becomes the pair weight ``G_k`` and weights
-    the Euclidean distance of the pair's feature maps (Eq. 5). See
-    :func:`ccg_layers.functional.patch_hash_graph_loss`.
+    the Euclidean distance of the pair's feature maps (Eq. 5). The graph is a function of the
+    two images (their patch codes), so it follows the images whatever their batch positions.
+    See :func:`ccg_layers.functional.patch_hash_graph_loss`.
 
     **Parametrisation** (as :class:`LearnableSampleGraph`): with a free ``G_k = W_l(G_l)`` the
     loss is unbounded below (``W_l``'s bias alone drives it to ``-inf``). The default
     ``"softmax"`` normalises the scores of each image's partners by a softmax (self-weight
-    frozen at ``1/n``), so ``L_IK >= 0`` and ``W_l`` learns which Hamming patterns mark related
+    frozen at ``1/N``), so ``L_IK >= 0`` and ``W_l`` learns which Hamming patterns mark related
     images; for explicit pairs the weights are ``P * softmax`` over the pairs. ``W_l`` starts
-    at zero, i.e. at the uniform graph ``G_k = 1/n``. ``"free"`` is the literal Eq. 6.
+    at zero, i.e. at the uniform graph ``G_k = 1/n``. A softmax does not see a constant shift,
+    so ``W_l`` has no bias there (it would never get a gradient); ``"free"`` is the literal
+    Eq. 6 and keeps the bias.
 
     Two call forms:
 
@@ -194,6 +475,20 @@ class PatchHashGraph(nn.Module):
     distances are weighted, e.g. the backbone features while the distances use the attended
     maps; its channels must be ``in_channels``.
 
+    **Memory.** With ``memory_size=K > 0`` the module keeps, for the last ``K`` images seen in
+    training, their feature map and their patch codes (``num_patches x code_bits`` int8) in a
+    FIFO queue. They are extra partners of every anchor (never anchors, no gradient): the
+    all-pairs graph is ``(n, n + K)``; in the pair form each pair ``p`` scores its own partner
+    ``F'_v`` and the ``K`` memory maps, ``w = P * softmax`` over all ``P (1 + K)`` entries, and
+    the loss is :math:`\sum_p [w_{p0} D(F'_{u,p}, F'_{v,p}) + \sum_k w_{pk} D(F'_{u,p}, M_k)] / P`,
+    so the paper's single pair at a batch of 2 gets ``1 + K`` weights and ``W_l`` learns. The
+    pair form enqueues both maps of every pair (``2P`` entries), the all-pairs form the batch.
+    Use one module per term (``L_IK``, ``L_KR``): the queue holds whatever maps its forward
+    sees. Cost per entry: one feature map (a ``2048x16x16`` map is 1 MiB in float16) plus
+    ``num_patches * code_bits`` bytes. Enqueued after the loss, in training mode only, without
+    host synchronisation; persistent buffers (``state_dict``), identical on every rank under
+    ``distributed`` (the gathered batch, also for the pair form).
+
     Args:
         num_patches: ``m``, the superpixels per image.
         in_channels: Channels of the map the patches are hashed from.
@@ -202,10 +497,13 @@ class PatchHashGraph(nn.Module):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         distributed: In the all-pairs form, gather features, labels and ``hash_input`` from
             all ranks (as :class:`LearnableSampleGraph`) so the graph spans the global batch.
-            The pair form is always local (each rank's pairs).
+            The pair form's loss is always local (each rank's pairs); its enqueued pairs are
+            gathered.
+        memory_size: ``K``, partners kept from earlier batches; 0 for none.
+        memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
         seed: Seed of the random projection (the same on every rank and run).
-        device: Device of the parameters and buffer.
-        dtype: Dtype of the parameters and buffer.
+        device: Device of the parameters and buffers.
+        dtype: Dtype of the parameters and the projection.
 
     Example:
         >>> import torch
@@ -221,7 +519,9 @@ class PatchHashGraph(nn.Module):
         torch.Size([16, 16])
     """
 
+    _queues = ("memory_features", "memory_codes")
     projection: Tensor
+    bias: nn.Parameter | None
 
     def __init__(
         self,
@@ -232,21 +532,16 @@ class PatchHashGraph(nn.Module):
         parametrization: GraphParametrization = "softmax",
         reduction: Reduction = "mean",
         distributed: bool = False,
+        memory_size: int = 0,
+        memory_dtype: torch.dtype | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("num_patches", num_patches),
-            ("in_channels", in_channels),
-            ("code_bits", code_bits),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise CCGValueRangeError(f"`{name}` must be a positive int, got {value!r}.")
-        self.num_patches = num_patches
-        self.in_channels = in_channels
-        self.code_bits = code_bits
+        self.num_patches = _positive_int(num_patches, "num_patches")
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.code_bits = _positive_int(code_bits, "code_bits")
         self.parametrization: GraphParametrization = _check_parametrization(parametrization)
         self.reduction: Reduction = check_reduction(reduction)
         self.distributed = bool(distributed)
@@ -256,7 +551,85 @@ class PatchHashGraph(nn.Module):
         self.weight = nn.Parameter(
             torch.zeros(num_patches, num_patches, device=device, dtype=dtype)
         )
-        self.bias = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
+        if self.parametrization == "free":
+            self.bias = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self._init_memory(memory_size, memory_dtype, device)
+
+    def _check_source(self, x: Tensor, name: str) -> None:
+        check_tensor(x, name)
+        if x.dim() == 4 and x.shape[1] != self.in_channels:
+            raise CCGShapeError(
+                f"`{name}` must have in_channels={self.in_channels} channels (n, C, h, w) to "
+                f"be hashed, got shape {tuple(x.shape)}."
+            )
+
+    def _validate(
+        self,
+        features: Tensor,
+        labels: Tensor,
+        features_b: Tensor | None,
+        labels_b: Tensor | None,
+        hash_input: Tensor | None,
+        hash_input_b: Tensor | None,
+        *,
+        hash_only: bool = False,
+    ) -> None:
+        """Validate once at the module boundary (the kernels do not re-check)."""
+        first = "hash_input" if hash_only else "features"
+        _check_batch(features, first, min_dim=4, what="(n, C, h, w)")
+        if features.dim() != 4:
+            raise CCGShapeError(
+                f"`{first}` must have 4 dimensions (n, C, h, w), got shape {tuple(features.shape)}."
+            )
+        if not hash_only:
+            if features_b is None and (labels_b is not None or hash_input_b is not None):
+                raise CCGShapeError(
+                    "`labels_b` and `hash_input_b` are only used with `features_b` (pair "
+                    "form), got them without `features_b`."
+                )
+            if features_b is not None:
+                check_tensor(features_b, "features_b")
+                if features_b.shape != features.shape:
+                    raise CCGShapeError(
+                        f"`features_b` must have the shape of `features` "
+                        f"{tuple(features.shape)}, got shape {tuple(features_b.shape)}."
+                    )
+                if labels_b is None:
+                    raise CCGShapeError(
+                        "`labels_b` is required with `features_b` (pair form), got None."
+                    )
+            self._check_entry(features, "features")
+        src_name = "hash_input" if hash_input is not None or hash_only else "features"
+        src = features if hash_input is None else hash_input
+        self._check_source(src, src_name)
+        src_b = features_b if hash_input_b is None else hash_input_b
+        b_name = "hash_input_b" if hash_input_b is not None or hash_only else "features_b"
+        if src_b is not None:
+            self._check_source(src_b, b_name)
+        if hash_only and (src_b is None) != (labels_b is None):
+            given, missing = ("labels_b", b_name) if src_b is None else (b_name, "labels_b")
+            raise CCGShapeError(f"`{missing}` is required with `{given}` (pair form), got None.")
+        _check_patch_graph_args(
+            src,
+            src_name,
+            labels,
+            self.projection,
+            self.weight,
+            self.bias,
+            src_b,
+            b_name,
+            labels_b if src_b is not None else None,
+            None,
+            None,
+        )
+
+    def _memory_args(self, use: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        memory = self._memory() if use else None
+        if memory is None:
+            return None, None, None
+        return memory[0], memory[1], self.memory_valid()
 
     def forward(
         self,
@@ -276,19 +649,40 @@ class PatchHashGraph(nn.Module):
             labels = all_gather_batch(labels)
             if hash_input is not None:
                 hash_input = all_gather_batch(check_tensor(hash_input, "hash_input"))
-        return patch_hash_graph_loss(
+        self._validate(features, labels, features_b, labels_b, hash_input, hash_input_b)
+        m = self.num_patches
+        src = features if hash_input is None else hash_input
+        codes = _patch_codes(src, labels, self.projection, m)
+        codes_b = None
+        if features_b is not None and labels_b is not None:
+            src_b = features_b if hash_input_b is None else hash_input_b
+            codes_b = _patch_codes(src_b, labels_b, self.projection, m)
+        mem_f, mem_c, valid = self._memory_args()
+        if features.shape[0] == 1 and mem_f is None and features_b is None:
+            check_finite(features, "features")
+        loss, _ = _patch_loss(
             features,
-            labels,
-            self.projection,
+            features_b,
+            codes,
+            codes_b,
             self.weight,
             self.bias,
-            hash_input=hash_input,
-            features_b=features_b,
-            labels_b=labels_b,
-            hash_input_b=hash_input_b,
-            parametrization=self.parametrization,
-            reduction=self.reduction,
+            mem_f,
+            mem_c,
+            valid,
+            self.parametrization,
+            self.reduction,
         )
+        if self.training and self.memory_size > 0:
+            entries, entry_codes = features.detach(), codes
+            if features_b is not None and codes_b is not None:
+                parts = [features.detach(), features_b.detach(), codes, codes_b]
+                if self.distributed:  # the global pairs, in the order of the gathered batch
+                    parts = [all_gather_batch(t) for t in parts]
+                entries = torch.cat(parts[:2], dim=0)
+                entry_codes = torch.cat(parts[2:], dim=0)
+            self._push([entries, entry_codes], [self.memory_dtype or features.dtype, torch.int8])
+        return loss
 
     def graph(
         self,
@@ -296,22 +690,29 @@ class PatchHashGraph(nn.Module):
         labels: Tensor,
         hash_input_b: Tensor | None = None,
         labels_b: Tensor | None = None,
+        *,
+        use_memory: bool = True,
     ) -> Tensor:
-        """The graph ``G_k`` (``(n, n)``), or the ``(P,)`` pair weights, that forward uses.
+        """The graph ``G_k`` or the pair weights that forward uses (read-only).
 
+        ``(n, n + K)`` in the all-pairs form, ``(P,)`` for explicit pairs, ``(P, 1 + K)`` for
+        pairs with a memory (column 0 the pair's own partner); ``K`` the memory slots (0
+        weight where unfilled), none with ``use_memory=False``. Pass what forward hashes
+        (``features``, or ``hash_input`` when given). The forward enqueues the batch in
+        training mode, so call this *before* it (or in eval mode) to see the weights it used.
         See :func:`ccg_layers.functional.patch_hash_graph`; with
         :func:`~ccg_layers.functional.pairwise_distance` it lets ``L_IR`` and ``L_IK`` share
         one distance matrix.
         """
-        return patch_hash_graph(
-            hash_input,
-            labels,
-            self.projection,
-            self.weight,
-            self.bias,
-            hash_input_b=hash_input_b,
-            labels_b=labels_b,
-            parametrization=self.parametrization,
+        self._validate(hash_input, labels, None, labels_b, None, hash_input_b, hash_only=True)
+        m = self.num_patches
+        codes = _patch_codes(hash_input, labels, self.projection, m)
+        codes_b = None
+        if hash_input_b is not None and labels_b is not None:
+            codes_b = _patch_codes(hash_input_b, labels_b, self.projection, m)
+        _, mem_c, valid = self._memory_args(use_memory)
+        return _patch_graph(
+            codes, self.weight, self.bias, codes_b, mem_c, valid, self.parametrization
         )
 
     def extra_repr(self) -> str:
@@ -319,5 +720,6 @@ class PatchHashGraph(nn.Module):
         return (
             f"num_patches={self.num_patches}, in_channels={self.in_channels}, "
             f"code_bits={self.code_bits}, parametrization={self.parametrization!r}, "
-            f"distributed={self.distributed}, reduction={self.reduction!r}"
+            f"distributed={self.distributed}, memory_size={self.memory_size}, "
+            f"reduction={self.reduction!r}"
         )

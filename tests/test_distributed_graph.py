@@ -1,7 +1,9 @@
 """LearnableSampleGraph and PatchHashGraph under torch.distributed: 2 gloo processes (CPU).
 
 The distributed loss (features gathered from both ranks with gradients) must equal the
-single-process loss on the concatenated batch, also for uneven shards (the last batch).
+single-process loss on the concatenated batch, also for uneven shards (the last batch). With a
+memory of partners, the queues hold the gathered global batch: identical on both ranks and
+equal to the single-process run on the concatenated batches.
 """
 
 from __future__ import annotations
@@ -46,13 +48,62 @@ def _patch_module(distributed: bool) -> PatchHashGraph:
 
 
 def _module(logits: torch.Tensor, distributed: bool) -> LearnableSampleGraph:
-    module = LearnableSampleGraph(logits.shape[0], distributed=distributed, dtype=torch.float64)
+    module = LearnableSampleGraph(
+        logits.shape[0], form="positional", distributed=distributed, dtype=torch.float64
+    )
     with torch.no_grad():
         module.weight.copy_(logits)
     return module
 
 
 CASES = {"even": (3, 3), "uneven-last-batch": (3, 2)}
+MEMORY_STEPS = ((2, 2), (1, 1), (2, 1))  # per-rank batch sizes of 3 steps; the queue wraps
+
+
+def _memory_modules(distributed: bool) -> dict[str, torch.nn.Module]:
+    kw = {"distributed": distributed, "dtype": torch.float64}
+    return {
+        "ir": LearnableSampleGraph(in_channels=3, embed_dim=4, memory_size=5, **kw),
+        "ik": PatchHashGraph(6, 3, code_bits=16, memory_size=5, **kw),
+        "kr": PatchHashGraph(6, 3, code_bits=16, memory_size=7, **kw),
+    }
+
+
+def _memory_batch(step: int, total: int):
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(total, 3, 4, 4, generator=g, dtype=torch.float64)
+    xb = torch.randn(total, 3, 4, 4, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 6, (2, total, 8, 8), generator=g)
+    return x, xb, labels
+
+
+def _memory_step(modules, x, xb, labels, optimisers) -> dict[str, torch.Tensor]:
+    losses = {
+        "ir": modules["ir"](x),
+        "ik": modules["ik"](x, labels[0]),
+        "kr": modules["kr"](x, labels[0], xb, labels[1]),
+    }
+    for opt in optimisers:
+        opt.zero_grad()
+    sum(losses.values()).backward()
+    for opt in optimisers:
+        opt.step()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def _memory_worker(rank: int, out: str) -> None:
+    modules = _memory_modules(distributed=True)
+    opts = [torch.optim.SGD(m.parameters(), lr=1.0) for m in modules.values()]
+    losses = []
+    for step, sizes in enumerate(MEMORY_STEPS):
+        x, xb, labels = _memory_batch(step, sum(sizes))
+        start = sum(sizes[:rank])
+        part = slice(start, start + sizes[rank])
+        losses.append(_memory_step(modules, x[part], xb[part], labels[:, part], opts))
+    torch.save(
+        {"losses": losses, "state": {k: m.state_dict() for k, m in modules.items()}},
+        Path(out) / f"memory-rank{rank}.pt",
+    )
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -81,15 +132,23 @@ def _worker(rank: int, port: int, out: str) -> None:
                 {"loss": patch_loss.detach(), "grad": local.grad, "weight_grad": patch.weight.grad},
                 Path(out) / f"{name}-patch-rank{rank}.pt",
             )
+        _memory_worker(rank, out)
         dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory) -> Path:
+    """One 2-process run for every case: starting two interpreters with torch dominates."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
 @pytest.mark.slow
-def test_distributed_loss_equals_single_process_loss_on_concatenated_batch(tmp_path):
-    # one spawn for both cases: starting two interpreters with torch dominates the cost
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+def test_distributed_loss_equals_single_process_loss_on_concatenated_batch(spawned):
+    tmp_path = spawned
     for case, sizes in CASES.items():
         features, logits = _data(sizes)
         _compare(tmp_path, case, sizes, _module(logits, distributed=False), (features,))
@@ -100,6 +159,31 @@ def test_distributed_loss_equals_single_process_loss_on_concatenated_batch(tmp_p
             _patch_module(distributed=False),
             (features, _labels(sum(sizes))),
         )
+
+
+@pytest.mark.slow
+def test_distributed_memory_is_the_global_batch_on_every_rank(spawned):
+    ranks = [torch.load(spawned / f"memory-rank{r}.pt") for r in range(WORLD)]
+    single = _memory_modules(distributed=False)
+    opts = [torch.optim.SGD(m.parameters(), lr=1.0) for m in single.values()]
+    for step, sizes in enumerate(MEMORY_STEPS):
+        x, xb, labels = _memory_batch(step, sum(sizes))
+        want = _memory_step(single, x, xb, labels, opts)
+        for rank in ranks:
+            for term in ("ir", "ik"):  # all-pairs forms: the global loss on every rank
+                torch.testing.assert_close(rank["losses"][step][term], want[term], msg=term)
+    for term, module in single.items():
+        assert int(module.memory_count) == module.memory_size  # it wrapped around
+        for key, value in module.state_dict().items():
+            for rank in ranks:
+                # the queues (and for ir/ik the graph parameters) match the single process;
+                # kr's pair loss is local, so only its memory is global
+                if term == "kr" and key == "weight":
+                    continue
+                torch.testing.assert_close(rank["state"][term][key], value, msg=f"{term}.{key}")
+        for key in ("memory_features", "memory_codes", "memory_embeddings"):
+            if key in module.state_dict():
+                assert torch.equal(ranks[0]["state"][term][key], ranks[1]["state"][term][key])
 
 
 def _compare(

@@ -74,6 +74,12 @@ class TrainConfig:
     superpixel_size: int = 64  # labels are cached at this resolution
     superpixel_compactness: float = 0.1
     code_bits: int = 64
+    # input-conditioned graphs (the weight of a pair computed from the two images) or the
+    # paper's literal position-indexed matrix for L_IR (docs/graphs.md)
+    graph_form: str = "conditioned"
+    # cross-batch partner memory of every relation graph; -1: 8 where the batch alone would
+    # leave a graph constant (the paper's batch of 2), else 0
+    memory_size: int = -1
     kr_pairs: str = "half"  # L_KR pairs: "half" (i, i + n/2) or "all" (every pair)
     kr_scale: float | None = None  # None: 1/sqrt(C); 1.0 is the paper's literal P
     # optimisation
@@ -235,6 +241,10 @@ HELP: dict[str, str] = {
     "batch_size": "images per process and step",
     "lr": "learning rate",
     "optimizer": "sgd (Nesterov, the paper) or adamw",
+    "graph_form": "relation graphs: conditioned (a pair's weight from the two images) or "
+    "positional (the paper's batch-slot matrix for L_IR)",
+    "memory_size": "partner memory of each relation graph (-1: 8 where the batch alone leaves "
+    "a graph constant, as at the paper's batch of 2; else 0)",
     "noisy_or_floor": "Li et al.'s floor on each cell's 1 - p in the noisy-OR (None: Eq. 2 as printed)",
     "head_bias_init": "the last conv's bias: prior (noisy-OR starts at the class prevalence) or a number",
     "device": "auto, cpu, cuda or cuda:N",
@@ -298,6 +308,10 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(
                 f"--head-bias-init must be 'prior' or a number, got {cfg.head_bias_init!r}"
             ) from None
+    if cfg.graph_form not in ("conditioned", "positional"):
+        raise ValueError(f"--graph-form must be conditioned or positional, got {cfg.graph_form!r}")
+    if cfg.memory_size < -1:
+        raise ValueError(f"--memory-size must be -1 (auto) or >= 0, got {cfg.memory_size}")
     if cfg.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     if cfg.amp not in ("auto", "on", "off"):

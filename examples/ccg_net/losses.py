@@ -18,6 +18,8 @@ DDP).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -48,6 +50,46 @@ def kr_pairs(n: int, mode: str, device: torch.device | None = None) -> tuple[Ten
     return u, u + n // 2
 
 
+def kr_pair_count(n: int, mode: str) -> int:
+    """How many L_KR pairs a (global) batch of ``n`` makes (:func:`kr_pairs`)."""
+    return n * (n - 1) // 2 if mode == "all" else n // 2
+
+
+def resolve_memory_size(cfg: TrainConfig, global_batch: int) -> int:
+    """``--memory-size``; -1 (auto): 8 partners wherever the batch alone leaves a graph constant.
+
+    A graph row is a softmax over an image's partners: with one partner (a global batch of 2 for
+    L_IR and L_IK, a single pair for L_KR) it is 1 whatever its logits, and the graph's
+    parameters get no gradient. The memory adds partners (detached maps of recent batches).
+    """
+    if cfg.memory_size >= 0:
+        return cfg.memory_size
+    constant = ((cfg.enabled("ir") or cfg.enabled("ik")) and global_batch <= 2) or (
+        cfg.enabled("kr") and kr_pair_count(global_batch, cfg.kr_pairs) <= 1
+    )
+    return 8 if constant else 0
+
+
+def warn_constant_graphs(cfg: TrainConfig, global_batch: int, memory: int) -> None:
+    """Warn (once per run) when a relation graph has nothing to learn in this configuration."""
+    dead = []
+    if cfg.enabled("ir") and global_batch <= 2 and (cfg.graph_form == "positional" or memory == 0):
+        dead.append("L_IR's sample graph")
+    if cfg.enabled("ik") and global_batch <= 2 and memory == 0:
+        dead.append("L_IK's patch-hash graph")
+    if cfg.enabled("kr") and kr_pair_count(global_batch, cfg.kr_pairs) <= 1 and memory == 0:
+        dead.append("L_KR's patch-hash graph")
+    if dead:
+        warnings.warn(
+            f"with a global batch of {global_batch}, --graph-form {cfg.graph_form} and "
+            f"--memory-size {memory}, {', '.join(dead)} stay constant (one partner per image: "
+            "the softmax over partners is 1) and their parameters get no gradient; use "
+            "--memory-size -1 (auto) or a larger batch.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class CCGLoss(nn.Module):
     """Eq. 11 with each term switchable (``cfg.losses``); holds the learnable graph parameters.
 
@@ -68,9 +110,23 @@ class CCGLoss(nn.Module):
             noisy_or_floor=cfg.noisy_or_floor,
         )
         self.base_reduction = cfg.base_reduction
-        self.ir = ccg_layers.LearnableSampleGraph(global_batch) if cfg.enabled("ir") else None
+        memory = resolve_memory_size(cfg, global_batch)
+        self.memory_size = memory
+        warn_constant_graphs(cfg, global_batch, memory)
+        self.ir = (
+            ccg_layers.LearnableSampleGraph(
+                global_batch,
+                in_channels=feature_channels,
+                form=cfg.graph_form,  # type: ignore[arg-type]
+                memory_size=memory if cfg.graph_form == "conditioned" else 0,
+            )
+            if cfg.enabled("ir")
+            else None
+        )
         self.ik = (
-            ccg_layers.PatchHashGraph(cfg.num_patches, feature_channels, code_bits=cfg.code_bits)
+            ccg_layers.PatchHashGraph(
+                cfg.num_patches, feature_channels, code_bits=cfg.code_bits, memory_size=memory
+            )
             if cfg.enabled("ik")
             else None
         )
@@ -79,7 +135,7 @@ class CCGLoss(nn.Module):
                 feature_channels, mode="pair", scale=cfg.kr_scale
             )
             self.kr_graph: nn.Module | None = ccg_layers.PatchHashGraph(
-                cfg.num_patches, feature_channels, code_bits=cfg.code_bits
+                cfg.num_patches, feature_channels, code_bits=cfg.code_bits, memory_size=memory
             )
         else:
             self.kr_attention = self.kr_graph = None

@@ -11,13 +11,20 @@ from hypothesis import given
 
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
+    conditioned_graph_logits,
+    conditioned_sample_graph_loss,
+    graph_embedding,
     hamming_distance,
     hash_codes,
+    memory_enqueue_,
     normalize_graph,
     paired_sample_loss,
     pairwise_distance,
+    patch_codes,
     patch_graph_logits,
+    patch_hash_graph,
     patch_hash_graph_loss,
+    sample_graph,
     sample_graph_loss,
     superpixel_pool,
 )
@@ -582,14 +589,14 @@ def test_compiles_without_graph_breaks():
 
 def test_error_sample_graph_loss_graph_wrong_size():
     with pytest.raises(
-        CCGShapeError, match=r"`graph` must have shape \(n, n\) with n=3 .*\(2, 2\)"
+        CCGShapeError, match=r"`graph` must have shape \(n, n \+ K\) with n=3 .*\(2, 2\)"
     ):
         sample_graph_loss(torch.randn(3, 4), torch.ones(2, 2))
 
 
 def test_error_sample_graph_loss_graph_not_square():
     with pytest.raises(
-        CCGShapeError, match=r"`graph` must have 2 dimensions \(n, n\), got shape \(3,\)"
+        CCGShapeError, match=r"`graph` must have 2 dimensions \(n, n \+ K\), got shape \(3,\)"
     ):
         sample_graph_loss(torch.randn(3, 4), torch.ones(3))
 
@@ -660,11 +667,11 @@ def test_error_normalize_graph_bad_parametrization():
         normalize_graph(torch.zeros(2, 2), parametrization="relu")
 
 
-def test_error_normalize_graph_not_square():
+def test_error_normalize_graph_fewer_columns_than_rows():
     with pytest.raises(
-        CCGShapeError, match=r"`logits` must have shape \(n, n\) with n=2 .*\(2, 3\)"
+        CCGShapeError, match=r"`logits` must have shape \(n, n\) or \(n, n \+ K\) .*\(3, 2\)"
     ):
-        normalize_graph(torch.zeros(2, 3))
+        normalize_graph(torch.zeros(3, 2))
 
 
 def test_error_superpixel_pool_labels_out_of_range():
@@ -790,7 +797,9 @@ def test_error_patch_hash_graph_labels_b_batch():
 def test_error_patch_hash_graph_hash_input_channels():
     x, lab, proj, w, b = _phg_args()
     with pytest.raises(
-        CCGShapeError, match=r"`projection` must have shape \(D, bits\) with D=1 .*\(4, 8\)"
+        CCGShapeError,
+        match=r"`hash_input` must have C_hash=4 channels \(the rows of `projection`\), "
+        r"got shape \(2, 1, 8, 8\)",
     ):
         patch_hash_graph_loss(x, lab, proj, w, b, hash_input=torch.rand(2, 1, 8, 8))
 
@@ -807,3 +816,505 @@ def test_error_patch_hash_graph_labels_out_of_range():
             w,
             b,
         )
+
+
+# --------------------------------------------------------------------------- memory references
+
+
+def ref_normalize_with_memory(logits, valid):
+    """Row u: self-weight 1/N (N the valid columns), (N-1)/N shared by a softmax over the
+    valid partners v != u; 0 on invalid columns. Plain loops in float64."""
+    x = logits.double().tolist()
+    n, cols = len(x), len(x[0])
+    out = torch.zeros(n, cols, dtype=torch.float64)
+    N = sum(bool(v) for v in valid)
+    for u in range(n):
+        partners = [v for v in range(cols) if v != u and bool(valid[v])]
+        z = sum(math.exp(x[u][v]) for v in partners)
+        out[u, u] = 1.0 / N
+        for v in partners:
+            out[u, v] = (N - 1) / N * math.exp(x[u][v]) / z
+    return out
+
+
+def ref_embedding(features, projection):
+    """Spatial mean of each channel, minus its mean over the channels, times the projection,
+    scaled to unit length (loops)."""
+    n, C = features.shape[:2]
+    d = projection.shape[1]
+    flat = features.double().reshape(n, C, -1)
+    out = torch.zeros(n, d, dtype=torch.float64)
+    for u in range(n):
+        pooled = [sum(flat[u, c].tolist()) / flat.shape[2] for c in range(C)]
+        offset = sum(pooled) / C
+        pooled = [p - offset for p in pooled]
+        z = [sum(pooled[c] * float(projection[c, j]) for c in range(C)) for j in range(d)]
+        norm = math.sqrt(sum(t * t for t in z))
+        out[u] = torch.tensor([t / max(norm, 1e-12) for t in z], dtype=torch.float64)
+    return out
+
+
+def ref_conditioned_graph(features, weight, projection, mem_z=None, valid=None):
+    """Eq. 4's G with theta_uv = z_u^T W z_v over the batch and the memory (loops)."""
+    z = ref_embedding(features, projection)
+    partners = z if mem_z is None else torch.cat([z, mem_z.double()])
+    n, cols = z.shape[0], partners.shape[0]
+    d = z.shape[1]
+    theta = torch.zeros(n, cols, dtype=torch.float64)
+    for u in range(n):
+        for v in range(cols):
+            theta[u, v] = sum(
+                float(z[u, i]) * float(weight[i, j]) * float(partners[v, j])
+                for i in range(d)
+                for j in range(d)
+            )
+    columns = [True] * cols if valid is None else [True] * n + [bool(t) for t in valid]
+    return ref_normalize_with_memory(theta, columns)
+
+
+def ref_memory_loss(features, graph, memory=None, reduction="mean"):
+    """sum over anchors u and partners v (batch, then memory) of G(u, v) D(F_u, F_v) / n^2."""
+    n = features.shape[0]
+    partners = list(features) + ([] if memory is None else list(memory))
+    terms = torch.zeros(n, len(partners), dtype=torch.float64)
+    for u in range(n):
+        for v, other in enumerate(partners):
+            terms[u, v] = float(graph[u, v]) * ref_distance(features[u], other)
+    if reduction == "none":
+        return terms
+    return terms.sum() if reduction == "sum" else terms.sum() / (n * n)
+
+
+@st.composite
+def conditioned_inputs(draw, max_n=4, max_k=3):
+    n = draw(st.integers(1, max_n))
+    K = draw(st.integers(0, max_k))
+    C, d = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    g = _gen(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(n, C, 2, 2, generator=g, dtype=torch.float64)
+    weight = torch.randn(d, d, generator=g, dtype=torch.float64) * draw(st.sampled_from([0, 1, 5]))
+    projection = torch.randn(C, d, generator=g, dtype=torch.float64)
+    mem_x = torch.randn(K, C, 2, 2, generator=g, dtype=torch.float64)
+    mem_z = graph_embedding(mem_x, projection) if K else torch.zeros(0, d, dtype=torch.float64)
+    valid = torch.rand(K, generator=g) < 0.7
+    return x, weight, projection, mem_x, mem_z, valid
+
+
+# --------------------------------------------------------------------------- conditioned L_IR
+
+
+@given(conditioned_inputs(), st.booleans())
+def test_sample_graph_matches_loop_reference(inputs, with_memory):
+    x, weight, projection, _, mem_z, valid = inputs
+    if with_memory:
+        got = sample_graph(x, weight, projection, memory_embeddings=mem_z, memory_valid=valid)
+        want = ref_conditioned_graph(x, weight, projection, mem_z, valid)
+    else:
+        got = sample_graph(x, weight, projection)
+        want = ref_conditioned_graph(x, weight, projection)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got.sum(1), torch.ones(x.shape[0], dtype=torch.float64))
+    assert bool((got >= 0).all())
+
+
+@given(conditioned_inputs(), st.sampled_from(["none", "mean", "sum"]))
+def test_conditioned_sample_graph_loss_matches_loop_reference(inputs, reduction):
+    x, weight, projection, mem_x, mem_z, valid = inputs
+    got = conditioned_sample_graph_loss(
+        x,
+        weight,
+        projection,
+        memory_features=mem_x,
+        memory_embeddings=mem_z,
+        memory_valid=valid,
+        reduction=reduction,
+    )
+    graph = ref_conditioned_graph(x, weight, projection, mem_z, valid)
+    want = ref_memory_loss(x, graph, mem_x, reduction)
+    torch.testing.assert_close(got, want)
+
+
+@given(conditioned_inputs())
+def test_conditioned_graph_is_exactly_uniform_at_zero_weight(inputs):
+    x, weight, projection, _, mem_z, valid = inputs
+    n, K = x.shape[0], mem_z.shape[0]
+    got = sample_graph(x, weight * 0, projection, memory_embeddings=mem_z, memory_valid=valid)
+    N = n + int(valid.sum())
+    f64 = torch.float64
+    want = torch.cat([torch.full((n, n), 1.0 / N, dtype=f64), (valid.to(f64) / N).expand(n, K)], 1)
+    assert torch.equal(got, want)  # bit-exact: the paper's 1/n (1/N with the memory)
+
+
+@given(conditioned_inputs(max_n=5), st.integers(0, 2**31 - 1))
+def test_conditioned_graph_and_loss_follow_a_permutation_of_the_batch(inputs, seed):
+    x, weight, projection, mem_x, mem_z, valid = inputs
+    n, K = x.shape[0], mem_x.shape[0]
+    perm = torch.randperm(n, generator=_gen(seed))
+    mem = {"memory_embeddings": mem_z, "memory_valid": valid}
+    g = sample_graph(x, weight, projection, **mem)
+    g_perm = sample_graph(x[perm], weight, projection, **mem)
+    columns = torch.cat([perm, torch.arange(n, n + K)])  # batch columns move, memory stays
+    torch.testing.assert_close(g_perm, g[perm][:, columns], rtol=1e-12, atol=1e-12)
+    loss = conditioned_sample_graph_loss(x, weight, projection, memory_features=mem_x, **mem)
+    loss_perm = conditioned_sample_graph_loss(
+        x[perm], weight, projection, memory_features=mem_x, **mem
+    )
+    # the Gram form's rounding differs with the order of the samples
+    torch.testing.assert_close(loss_perm, loss, rtol=1e-9, atol=1e-9)
+
+
+def test_conditioned_loss_never_collapses_onto_self_pairs_and_stays_non_negative():
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 2, 2)
+    projection = torch.randn(5, 8)
+    weight = torch.zeros(8, 8, requires_grad=True)
+    opt = torch.optim.SGD([weight], lr=50.0)
+    for _ in range(100):
+        opt.zero_grad()
+        loss = conditioned_sample_graph_loss(x, weight, projection)
+        loss.backward()
+        opt.step()
+    g = sample_graph(x, weight.detach(), projection)
+    assert float(loss.detach()) > 0.0
+    torch.testing.assert_close(g.diagonal(), torch.full((6,), 1 / 6))
+    torch.testing.assert_close(g.sum(1), torch.ones(6))
+    # the weight moved towards each image's nearer partners: below the uniform graph's loss
+    uniform = conditioned_sample_graph_loss(x, torch.zeros(8, 8), projection)
+    assert float(loss.detach()) < 0.9 * float(uniform)
+
+
+def test_gradcheck_conditioned_sample_graph_loss_with_memory():
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    projection = torch.randn(3, 4, dtype=torch.float64)
+    mem_x = torch.randn(3, 3, 2, 2, dtype=torch.float64)
+    mem_z = graph_embedding(mem_x, projection)
+    valid = torch.tensor([True, False, True])
+    mem = {"memory_features": mem_x, "memory_embeddings": mem_z, "memory_valid": valid}
+    assert torch.autograd.gradcheck(
+        lambda w: conditioned_sample_graph_loss(x.detach(), w, projection, **mem), (weight,)
+    )
+    # the graph is conditioned on detached descriptors: the features' gradient is that of
+    # the distances under the graph held fixed (Eq. 4, where G is not a function of F)
+    graph = sample_graph(x, weight, projection, memory_embeddings=mem_z, memory_valid=valid)
+    assert torch.autograd.gradcheck(
+        lambda a: sample_graph_loss(a, graph.detach(), memory=mem_x), (x,)
+    )
+    conditioned_sample_graph_loss(x, weight, projection, **mem).backward()
+    want = torch.autograd.grad(sample_graph_loss(x, graph.detach(), memory=mem_x), x)[0]
+    torch.testing.assert_close(x.grad, want)
+
+
+def test_graph_embedding_matches_reference_and_has_no_gradient():
+    x = torch.randn(3, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    projection = torch.randn(5, 6, dtype=torch.float64)
+    z = graph_embedding(x, projection)
+    assert not z.requires_grad
+    torch.testing.assert_close(z, ref_embedding(x.detach(), projection))
+    assert torch.equal(graph_embedding(torch.zeros(1, 5), projection), torch.zeros(1, 6).double())
+
+
+def test_conditioned_graph_logits_are_the_bilinear_form():
+    z = torch.randn(3, 4, dtype=torch.float64)
+    mem = torch.randn(2, 4, dtype=torch.float64)
+    w = torch.randn(4, 4, dtype=torch.float64)
+    got = conditioned_graph_logits(z, w, mem)
+    partners = torch.cat([z, mem])
+    want = torch.tensor(
+        [[float(z[u] @ w @ partners[v]) for v in range(5)] for u in range(3)], dtype=torch.float64
+    )
+    torch.testing.assert_close(got, want)
+
+
+@given(st.integers(1, 4), st.integers(0, 4), st.integers(0, 2**31 - 1))
+def test_normalize_graph_with_memory_matches_reference(n, K, seed):
+    g = _gen(seed)
+    logits = torch.randn(n, n + K, generator=g, dtype=torch.float64) * 3
+    valid = torch.cat([torch.ones(n, dtype=torch.bool), torch.rand(K, generator=g) < 0.5])
+    got = normalize_graph(logits, valid=valid)
+    torch.testing.assert_close(got, ref_normalize_with_memory(logits, valid.tolist()))
+    torch.testing.assert_close(got.sum(1), torch.ones(n, dtype=torch.float64))
+
+
+def test_sample_graph_loss_with_memory_matches_reference():
+    x = torch.randn(2, 3, 2, dtype=torch.float64)
+    memory = torch.randn(3, 3, 2, dtype=torch.float64)
+    graph = torch.rand(2, 5, dtype=torch.float64)
+    for reduction in ("none", "mean", "sum"):
+        torch.testing.assert_close(
+            sample_graph_loss(x, graph, memory=memory, reduction=reduction),
+            ref_memory_loss(x, graph, memory, reduction),
+        )
+
+
+def test_one_sample_with_memory_partners_is_not_zero():
+    x = torch.randn(1, 3, 2, 2)
+    projection = torch.randn(3, 4)
+    mem_x = torch.randn(2, 3, 2, 2)
+    loss = conditioned_sample_graph_loss(
+        x,
+        torch.zeros(4, 4),
+        projection,
+        memory_features=mem_x,
+        memory_embeddings=graph_embedding(mem_x, projection),
+    )
+    want = (pairwise_distance(torch.cat([x, mem_x]))[0, 1:].sum() / 3).float()
+    torch.testing.assert_close(loss, want)
+
+
+# --------------------------------------------------------------------------- patch graph memory
+
+
+def ref_patch_loss_with_memory(
+    x, labels, projection, weight, mem_x, mem_codes, valid, xb=None, lb=None
+):
+    """Eq. 5-7 with memory partners, every piece from the loop references above."""
+    m = weight.shape[0]
+
+    def codes_of(t, lab):
+        pooled, ok = ref_superpixel_pool(t, lab, m)
+        z = pooled @ projection.double()
+        return torch.where(z >= 0, 1.0, -1.0).double() * ok[..., None]
+
+    ca = codes_of(x, labels)
+    n, K = x.shape[0], mem_x.shape[0]
+    zero = torch.tensor(0.0)
+    if xb is None:
+        partners = list(ca) + list(mem_codes.double())
+        scores = torch.tensor(
+            [[ref_patch_scores(ca[u], c, weight, zero) for c in partners] for u in range(n)],
+            dtype=torch.float64,
+        )
+        graph = ref_normalize_with_memory(scores, [True] * n + valid.tolist())
+        return ref_memory_loss(x, graph, mem_x)
+    cb = codes_of(xb, lb)
+    rows = []
+    for p in range(n):
+        rows.append(
+            [ref_patch_scores(ca[p], cb[p], weight, zero)]
+            + [ref_patch_scores(ca[p], mem_codes[k].double(), weight, zero) for k in range(K)]
+        )
+    ok = [True, *valid.tolist()]
+    z = sum(math.exp(s) for row in rows for s, o in zip(row, ok, strict=True) if o)
+    total = 0.0
+    for p, row in enumerate(rows):
+        partners = [xb[p], *mem_x]
+        for s, o, other in zip(row, ok, partners, strict=True):
+            if o:
+                total += n * math.exp(s) / z * ref_distance(x[p], other)
+    return torch.tensor(total / n, dtype=torch.float64)
+
+
+@given(patch_inputs(), st.integers(0, 3), st.booleans(), st.integers(0, 2**31 - 1))
+def test_patch_hash_graph_loss_with_memory_matches_reference(inputs, K, pair_form, seed):
+    x, labels, projection, weight, _ = inputs
+    g = _gen(seed)
+    _, C, h, w = x.shape
+    m, bits = weight.shape[0], projection.shape[1]
+    mem_x = torch.randn(K, C, h, w, generator=g, dtype=torch.float64)
+    mem_labels = torch.randint(0, m, (K, *labels.shape[1:]), generator=g)
+    mem_codes = torch.zeros(0, m, bits, dtype=torch.int8)
+    if K:
+        mem_codes = patch_codes(mem_x, mem_labels, projection, m).to(torch.int8)
+    valid = torch.rand(K, generator=g) < 0.7
+    kwargs = {"memory_features": mem_x, "memory_codes": mem_codes, "memory_valid": valid}
+    if pair_form:
+        xb = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        lb = labels.flip(0)
+        got = patch_hash_graph_loss(
+            x, labels, projection, weight, features_b=xb, labels_b=lb, **kwargs
+        )
+        want = ref_patch_loss_with_memory(
+            x, labels, projection, weight, mem_x, mem_codes, valid, xb, lb
+        )
+    else:
+        got = patch_hash_graph_loss(x, labels, projection, weight, **kwargs)
+        want = ref_patch_loss_with_memory(x, labels, projection, weight, mem_x, mem_codes, valid)
+    torch.testing.assert_close(got, want)
+
+
+def test_patch_hash_graph_with_memory_shapes_and_uniform_start():
+    x = torch.randn(2, 4, 4, 4)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    proj = torch.randn(4, 8)
+    mem_codes = patch_codes(torch.randn(3, 4, 4, 4), torch.randint(0, 3, (3, 8, 8)), proj, 3)
+    valid = torch.tensor([True, True, False])
+    g = patch_hash_graph(
+        x, labels, proj, torch.zeros(3, 3), memory_codes=mem_codes, memory_valid=valid
+    )
+    want = torch.tensor([[0.25, 0.25, 0.25, 0.25, 0.0]]).expand(2, 5)
+    assert torch.equal(g, want)
+    pairs = patch_hash_graph(
+        x,
+        labels,
+        proj,
+        torch.zeros(3, 3),
+        hash_input_b=x.flip(0),
+        labels_b=labels,
+        memory_codes=mem_codes,
+        memory_valid=valid,
+    )
+    # P * softmax over the P * (1 + K_valid) = 6 entries: each row sums to 1 at the start
+    torch.testing.assert_close(pairs, torch.tensor([[1 / 3, 1 / 3, 1 / 3, 0.0]]).expand(2, 4))
+
+
+def test_gradcheck_patch_hash_graph_loss_with_memory():
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 6, 6))
+    proj = torch.randn(2, 8, dtype=torch.float64)
+    weight = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    mem_x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    mem_codes = patch_codes(mem_x, torch.randint(0, 3, (2, 6, 6)), proj, 3)
+    kw = {"memory_features": mem_x, "memory_codes": mem_codes}
+    assert torch.autograd.gradcheck(
+        lambda a, w: patch_hash_graph_loss(a, labels, proj, w, **kw), (x, weight)
+    )
+    xb = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b, w: patch_hash_graph_loss(
+            a, labels, proj, w, features_b=b, labels_b=labels, **kw
+        ),
+        (x, xb, weight),
+    )
+
+
+def test_patch_codes_match_pool_then_hash():
+    x = torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    labels = torch.randint(0, 5, (3, 8, 8))
+    proj = torch.randn(4, 16, dtype=torch.float64)
+    pooled, valid = superpixel_pool(x, labels, 5)
+    assert torch.equal(patch_codes(x, labels, proj, 5), hash_codes(pooled, proj) * valid[..., None])
+
+
+# --------------------------------------------------------------------------- memory_enqueue_
+
+
+@given(st.integers(1, 5), st.lists(st.integers(1, 7), min_size=1, max_size=6))
+def test_memory_enqueue_is_a_fifo_with_wrap_around(size, batch_sizes):
+    queue = torch.zeros(size, 2)
+    codes = torch.zeros(size, 1, dtype=torch.int8)
+    pointer, count = torch.tensor(0), torch.tensor(0)
+    slots = [None] * size  # loop reference: write one entry after the other
+    ref_ptr, seen = 0, 0
+    for b in batch_sizes:
+        entries = torch.arange(seen, seen + b, dtype=torch.float32)
+        memory_enqueue_(
+            [queue, codes],
+            pointer,
+            count,
+            [entries[:, None].expand(b, 2), (entries[:, None] % 100).to(torch.int8)],
+        )
+        for e in entries.tolist():
+            slots[ref_ptr] = e
+            ref_ptr = (ref_ptr + 1) % size
+        seen += b
+        filled = [i for i, s in enumerate(slots) if s is not None]
+        assert int(pointer) == ref_ptr
+        assert int(count) == len(filled)
+        for i in filled:
+            assert float(queue[i, 0]) == slots[i] == float(queue[i, 1])
+            assert int(codes[i, 0]) == int(slots[i]) % 100
+
+
+def test_memory_enqueue_detaches_and_casts():
+    queue = torch.zeros(2, 3, dtype=torch.float16)
+    x = torch.randn(1, 3, requires_grad=True)
+    memory_enqueue_([queue], torch.tensor(1), torch.tensor(0), [x])
+    assert not queue.requires_grad
+    assert torch.equal(queue[1], x.detach().half()[0])
+
+
+def test_error_memory_enqueue_entry_shape():
+    with pytest.raises(CCGShapeError, match=r"`entries\[0\]` must have shape \(n, 3\) .*\(2, 4\)"):
+        memory_enqueue_([torch.zeros(2, 3)], torch.tensor(0), torch.tensor(0), [torch.zeros(2, 4)])
+
+
+def test_error_memory_enqueue_pointer_not_integer():
+    with pytest.raises(CCGDTypeError, match=r"`pointer` must have a int dtype"):
+        memory_enqueue_(
+            [torch.zeros(2, 3)], torch.tensor(0.0), torch.tensor(0), [torch.zeros(1, 3)]
+        )
+
+
+# --------------------------------------------------------------------------- new bad inputs
+
+
+def test_error_empty_batch_is_named_not_zero_division():
+    x, lab, proj, w, _ = _phg_args()
+    with pytest.raises(CCGShapeError, match=r"`features` must hold at least 1 .*\(0, 4, 4, 4\)"):
+        patch_hash_graph_loss(x[:0], lab[:0], proj, w)
+    with pytest.raises(CCGShapeError, match=r"`hash_input` must hold at least 1 image"):
+        patch_hash_graph(x[:0], lab[:0], proj, w)
+    with pytest.raises(CCGShapeError, match=r"`features` must hold at least 1 sample"):
+        sample_graph_loss(torch.zeros(0, 3), torch.zeros(0, 0))
+    with pytest.raises(CCGShapeError, match=r"`logits` must have shape \(n, n\) or"):
+        normalize_graph(torch.zeros(0, 0))
+
+
+def test_error_features_channels_name_the_argument_not_the_projection():
+    _, lab, proj, w, _ = _phg_args()
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`features` must have C_hash=4 channels \(the rows of `projection`\), got shape "
+        r"\(2, 8, 4, 4\)",
+    ):
+        patch_hash_graph_loss(torch.randn(2, 8, 4, 4), lab, proj, w)
+
+
+def test_error_conditioned_features_channels():
+    with pytest.raises(
+        CCGShapeError, match=r"`features` must have C=3 channels .* got shape \(2, 5, 2, 2\)"
+    ):
+        sample_graph(torch.randn(2, 5, 2, 2), torch.zeros(4, 4), torch.randn(3, 4))
+
+
+def test_error_conditioned_memory_features_without_embeddings():
+    with pytest.raises(
+        CCGShapeError, match=r"`memory_features` and `memory_embeddings` go together"
+    ):
+        conditioned_sample_graph_loss(
+            torch.randn(2, 3),
+            torch.zeros(4, 4),
+            torch.randn(3, 4),
+            memory_features=torch.randn(1, 3),
+        )
+
+
+def test_error_conditioned_memory_sizes_disagree():
+    with pytest.raises(CCGShapeError, match=r"`memory_features` must hold K=2 maps"):
+        conditioned_sample_graph_loss(
+            torch.randn(2, 3),
+            torch.zeros(4, 4),
+            torch.randn(3, 4),
+            memory_features=torch.randn(1, 3),
+            memory_embeddings=torch.randn(2, 4),
+        )
+
+
+def test_error_memory_valid_wrong_length_and_dtype():
+    args = (torch.randn(2, 3), torch.zeros(4, 4), torch.randn(3, 4))
+    with pytest.raises(CCGShapeError, match=r"`memory_valid` must have shape \(K\) with K=2"):
+        sample_graph(
+            *args, memory_embeddings=torch.randn(2, 4), memory_valid=torch.ones(3, dtype=torch.bool)
+        )
+    with pytest.raises(CCGDTypeError, match=r"`memory_valid` must have a bool dtype"):
+        sample_graph(*args, memory_embeddings=torch.randn(2, 4), memory_valid=torch.ones(2))
+
+
+def test_error_memory_features_shape():
+    with pytest.raises(
+        CCGShapeError, match=r"`memory` must have shape \(K, 3, 2\) like one sample .*\(1, 3, 3\)"
+    ):
+        sample_graph_loss(torch.randn(2, 3, 2), torch.ones(2, 3), memory=torch.randn(1, 3, 3))
+
+
+def test_error_patch_memory_codes_without_features_and_bad_values():
+    x, lab, proj, w, _ = _phg_args()
+    with pytest.raises(CCGShapeError, match=r"`memory_features` and `memory_codes` go together"):
+        patch_hash_graph_loss(x, lab, proj, w, memory_codes=torch.zeros(1, 3, 8))
+    with pytest.raises(CCGValueRangeError, match=r"`memory_codes` must hold only -1, 0"):
+        patch_hash_graph(x, lab, proj, w, memory_codes=torch.full((1, 3, 8), 3.0))
+    with pytest.raises(
+        CCGShapeError, match=r"`memory_codes` must have shape \(K, m, bits\) with m=3"
+    ):
+        patch_hash_graph(x, lab, proj, w, memory_codes=torch.zeros(1, 4, 8))
