@@ -164,7 +164,7 @@ def test_reproduce_runs_every_fold_resumes_a_killed_one_and_aggregates(make_conf
     assert "not recorded" in out
     stats = json.loads((root / "reproduce.json").read_text())
     assert stats["folds"] == [0, 1]
-    assert set(stats["methods"]) == {"Baseline", "Prior"}
+    assert set(stats["methods"]) == {"Baseline", "Prior", "Whole image"}
     # a third call reads both folds back: nothing is trained again
     before = (root / "fold1" / "checkpoints" / "last.pt").stat().st_mtime_ns
     reproduce(cfg, folds=(0, 1))

@@ -394,7 +394,7 @@ def test_evaluate_only_reproduces_the_final_metrics_of_the_run(make_config, caps
     written = json.loads((run / "evaluation-last" / "results.json").read_text())
     final = json.loads((run / "metrics.json").read_text())["final"]
     assert written["methods"]["Baseline"]["localization"] == final["localization"]
-    assert set(written["methods"]) == {"Baseline", "Prior"}
+    assert set(written["methods"]) == {"Baseline", "Prior", "Whole image"}
     res, _, _ = evaluate_checkpoint(run / "checkpoints" / "last.pt")
     torch.testing.assert_close(
         res.accuracy,
@@ -442,7 +442,7 @@ def test_comparison_prints_both_tables_and_the_prior_and_writes_figures(make_con
     assert len(pngs) == cfg.num_figures
     assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((root / "results.json").read_text())
-    assert set(results["mean_T0.3"]) == {"CCG", "Baseline", "Prior"}
+    assert set(results["mean_T0.3"]) == {"CCG", "Baseline", "Prior", "Whole image"}
     assert (root / "baseline" / "checkpoints" / "last.pt").is_file()
     assert (root / "ccg" / "checkpoints" / "last.pt").is_file()
 
