@@ -32,8 +32,9 @@ from examples.ccg_net.config import TrainConfig  # noqa: E402
 from examples.ccg_net.data import build_data  # noqa: E402
 
 
-def images_per_s(cfg: TrainConfig, imagenet: bool, epochs: int) -> tuple[float, int]:
-    """Images per second over ``epochs`` passes (after one warm-up batch), bytes per image."""
+def images_per_s(cfg: TrainConfig, imagenet: bool, epochs: int) -> tuple[float, int, float]:
+    """Images per second over ``epochs`` passes (after one warm-up batch), bytes per image, and
+    this process's CPU milliseconds per image (all the work when there are no workers)."""
     data = build_data(cfg)
     assert data.train is not None
     assert data.sampler is not None
@@ -44,7 +45,7 @@ def images_per_s(cfg: TrainConfig, imagenet: bool, epochs: int) -> tuple[float, 
     data.sampler.set_epoch(0)
     it = iter(data.train_loader)
     next(it)  # start the workers
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for batch in it:
         n += len(batch["names"])
         nbytes = batch["image"][0].numel() * batch["image"].element_size()
@@ -52,7 +53,8 @@ def images_per_s(cfg: TrainConfig, imagenet: bool, epochs: int) -> tuple[float, 
         data.sampler.set_epoch(epoch)
         for batch in data.train_loader:
             n += len(batch["names"])
-    return n / (time.perf_counter() - t0), nbytes
+    cpu_ms = 1000 * (time.process_time() - c0) / n
+    return n / (time.perf_counter() - t0), nbytes, cpu_ms
 
 
 def main() -> None:
@@ -83,14 +85,15 @@ def main() -> None:
     )
     print()
     print(
-        "| workers | uint8 1-channel images/s | bytes/image | ImageNet float32 images/s | bytes/image |"
+        "| workers | uint8 1-channel images/s | CPU ms/image (main process) | bytes/image "
+        "| ImageNet float32 images/s | bytes/image |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for w in (int(x) for x in args.workers.split(",")):
         cfg = dataclasses.replace(base, num_workers=w)
-        rate, size = images_per_s(cfg, False, args.epochs)
-        rate_f, size_f = images_per_s(cfg, True, args.epochs)
-        print(f"| {w} | {rate:.1f} | {size} | {rate_f:.1f} | {size_f} |")
+        rate, size, cpu = images_per_s(cfg, False, args.epochs)
+        rate_f, size_f, _ = images_per_s(cfg, True, args.epochs)
+        print(f"| {w} | {rate:.1f} | {cpu:.1f} | {size} | {rate_f:.1f} | {size_f} |")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ targets built in the loader's workers), and the fixed reference maps (the trivia
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -32,8 +31,6 @@ from ccg_layers.datasets import (
 from ccg_layers.functional import boxes_to_grid_targets
 
 from .config import TrainConfig
-
-_log = logging.getLogger("ccg_net")
 
 
 def dataset_root(cfg: TrainConfig) -> Path:

@@ -471,6 +471,34 @@ _NO_BUFFER_SYNC = (
 )
 
 
+def restore(
+    path: Path,
+    trainee: Trainee,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    state: Progress,
+    rank: int,
+    world: int,
+) -> None:
+    """Everything of a checkpoint back in place: weights, optimiser, scheduler, scaler, where
+    the run was, and this process's RNG states."""
+    # read on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
+    saved = ckpt.load(path, map_location="cpu")
+    trainee.model.load_state_dict(saved["model"])
+    trainee.criterion.load_state_dict(saved["criterion"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    state.epoch, state.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
+    state.global_step = state.first_step = saved["global_step"]
+    state.last_checkpoint = path
+    rngs = saved["rng"]  # one per process; on another number of processes, rank 0's
+    if isinstance(rngs, list):
+        rngs = rngs[rank] if len(rngs) == world else rngs[0]
+    ckpt.set_rng_state(rngs)
+
+
 @dataclass
 class Run:
     """A finished run: its directory and (on the main process) its test results."""
@@ -562,22 +590,7 @@ def _train(
     state = Progress(run_dir=run_dir)
     last = ckpt_dir / "last.pt"
     if resume_dir is not None:
-        # on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
-        saved = ckpt.load(last, map_location="cpu")
-        trainee.model.load_state_dict(saved["model"])
-        trainee.criterion.load_state_dict(saved["criterion"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        state.epoch, state.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
-        state.global_step = state.first_step = saved["global_step"]
-        state.last_checkpoint = last
-        rngs = saved["rng"]  # one per process; on another number of processes, rank 0's
-        ckpt.set_rng_state(
-            rngs[rank]
-            if isinstance(rngs, list) and len(rngs) == world
-            else (rngs[0] if isinstance(rngs, list) else rngs)
-        )
+        restore(last, trainee, opt, sched, scaler, state, rank, world)
         if is_main:
             print(
                 f"resumed {run_dir} at epoch {state.epoch} step {state.step_in_epoch} "

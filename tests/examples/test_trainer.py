@@ -383,13 +383,26 @@ def test_model_upsamples_the_feature_map_at_test_time_only():
     assert logits.shape == (2, 14, 16, 16)
 
 
-def test_evaluate_only_reproduces_the_final_metrics_of_the_run(make_config, capsys, monkeypatch):
-    run = train(make_config(run_name="evalme", epochs=1, losses=("base",))).run_dir
-    # the old spelling (--evaluate) and the verb, from another working directory
-    monkeypatch.chdir(run.parent)
+def test_evaluate_only_reproduces_the_final_metrics_of_the_run(
+    make_config, capsys, monkeypatch, tmp_path
+):
+    # the synthetic twin with relative folders, trained in one working directory ...
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = make_config(run_name="evalme", epochs=1, losses=("base",), data_root=None)
+    cfg.synthetic_images, cfg.synthetic_seed = 48, 3
+    cfg.cache_dir, cfg.output_dir = "cache", "runs"
+    run = train(cfg).run_dir
+    assert run == tmp_path / "a" / "runs" / "evalme"
+    # ... evaluated from another: the old spelling (--evaluate) and the verb
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
     assert cli.main(["--evaluate", str(run / "checkpoints" / "last.pt")]) == 0
     assert cli.main(["evaluate", str(run)]) == 0  # a run directory means its last.pt
     out = capsys.readouterr().out
+    assert "generated the synthetic" not in out  # the run's dataset, not a new one here
+    assert not any((tmp_path / "b").iterdir())
     assert "| T(IoU) | model | Atelectasis" in out
     written = json.loads((run / "evaluation-last" / "results.json").read_text())
     final = json.loads((run / "metrics.json").read_text())["final"]
@@ -403,7 +416,6 @@ def test_evaluate_only_reproduces_the_final_metrics_of_the_run(make_config, caps
         atol=0,
         equal_nan=True,
     )
-    assert not (run.parent / "runs").exists()  # nothing regenerated under the working dir
 
 
 def test_trivial_prior_is_the_mean_box_mask_per_class():
