@@ -32,7 +32,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 import ccg_layers
 from ccg_layers.datasets import save_split
-from ccg_layers.functional import log_noisy_or
 
 from . import checkpoint as ckpt
 from .config import LOSS_TERMS, TrainConfig, load_config
@@ -171,7 +170,7 @@ class Trainee(nn.Module):
 
 def model_from_config(cfg: TrainConfig, weights: str) -> CCGNet:
     """The model a configuration describes, with backbone ``weights`` (a path, "imagenet", "none")."""
-    return build_model(
+    model = build_model(
         cfg.backbone,
         weights,
         num_classes=cfg.num_classes,
@@ -181,6 +180,8 @@ def model_from_config(cfg: TrainConfig, weights: str) -> CCGNet:
         tiny_widths=tuple(cfg.tiny_widths),
         tiny_stride=cfg.tiny_stride,
     )
+    model.noisy_or_floor = cfg.noisy_or_floor
+    return model
 
 
 def build_trainee(cfg: TrainConfig, world: int, *, weights: str | None = None) -> Trainee:
@@ -388,10 +389,9 @@ def evaluate(
     model.eval()
     maps, scores = [], []
     for batch in data_loader:
-        logits, _ = model(batch["image"].to(device, non_blocking=True))
-        logits = logits.float()
-        maps.append(torch.sigmoid(logits).cpu())
-        scores.append(log_noisy_or(logits)[0].exp().cpu())
+        logits, feats = model(batch["image"].to(device, non_blocking=True))
+        maps.append(torch.sigmoid(logits.float()).cpu())
+        scores.append(model.image_scores(feats).cpu())
     model.train(was_training)
     return score_maps(torch.cat(maps), data.test, torch.cat(scores))
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ccg_layers.datasets import CLASS_NAMES, read_radiograph
-from ccg_layers.functional import log_noisy_or, maps_to_boxes
+from ccg_layers.functional import maps_to_boxes
 
 from .model import CCGNet
 
@@ -64,9 +64,9 @@ def predict(
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         images = torch.stack([read_radiograph(p, image_size) for p in chunk])
-        logits = model(images.to(device))[0].float()
-        probs = torch.sigmoid(logits).cpu()
-        scores = log_noisy_or(logits)[0].exp().cpu()
+        logits, feats = model(images.to(device))
+        probs = torch.sigmoid(logits.float()).cpu()
+        scores = model.image_scores(feats).cpu()
         boxes, img, cls, box_scores = maps_to_boxes(
             probs, threshold=threshold, image_size=image_size
         )
