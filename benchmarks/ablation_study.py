@@ -1,0 +1,232 @@
+"""Table 4 on the synthetic twin: the baseline and the relation rows, over seeds, with CIs.
+
+Every (setting, row, seed) is one run of the reference trainer (``--preset demo``, the same
+settings for every row: they were tuned for the baseline, docs/results.md), trained in its own
+process on one thread, several side by side (``--jobs``). A finished run is not trained again,
+so a killed study continues where it stopped. For each setting and T(IoU) the study prints the
+mean localization accuracy over the 8 boxed classes with its 95% CI over seeds (Student t),
+and the paired difference to the baseline (same seed: same data order and initialisation of
+the shared parts) with its 95% CI.
+
+    python benchmarks/ablation_study.py                       # the full study
+    python benchmarks/ablation_study.py --quick               # one seed, tiny: a smoke test
+    python benchmarks/ablation_study.py --settings b c --rows baseline ir+ik+kr --seeds 0 1 2
+
+The synthetic generator is fixed for the study; nothing here changes the data per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = ("baseline", "ik", "ir", "kr", "ir+ik", "ir+ik+kr")
+THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
+BOXED = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+)
+# two-sided 95% Student t quantiles by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% CI (Student t; NaN half-width for one value)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, math.nan
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, _T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def run_one(setting: str, row: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
+    """Train (or reuse) one run; returns its results.json plus the wall time."""
+    name = f"{setting}-{row}-s{seed}"
+    run_dir = out / name
+    done = run_dir / "results.json"
+    if not done.is_file():
+        if run_dir.exists():  # a killed run: start it again from scratch, same seed
+            import shutil
+
+            shutil.rmtree(run_dir)
+        cmd = [
+            sys.executable,
+            "-m",
+            "examples.ccg_net",
+            "train",
+            "--preset",
+            "demo",
+            "--setting",
+            setting,
+            "--ablation",
+            row,
+            "--seed",
+            str(seed),
+            "--threads",
+            "1",
+            "--progress",
+            "false",
+            "--eval-every",
+            "0",
+            "--output-dir",
+            str(out),
+            "--run-name",
+            name,
+            *extra,
+        ]
+        t0 = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        log = out / f"{name}.log"
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
+        (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    res = json.loads(done.read_text())
+    wall = run_dir / "wall_seconds.txt"
+    res["wall_seconds"] = float(wall.read_text()) if wall.is_file() else math.nan
+    return res
+
+
+def model_entry(res: dict[str, Any]) -> dict[str, Any]:
+    """The trained model's entry of a results.json (its one non-reference method)."""
+    refs = {"Prior", "Whole image"}
+    (name,) = [k for k in res["methods"] if k not in refs]
+    return res["methods"][name]  # type: ignore[no-any-return]
+
+
+def boxed_means(entry: dict[str, Any]) -> dict[float, float]:
+    loc = entry["localization"]
+    return {t: float(loc[f"T={t:g}"]["Mean"]) for t in THRESHOLDS}
+
+
+def boxed_auc(entry: dict[str, Any]) -> float:
+    vals = [entry["auc"][c] for c in BOXED if entry["auc"][c] == entry["auc"][c]]
+    return sum(vals) / len(vals)
+
+
+def summarize(
+    results: dict[tuple[str, str, int], dict[str, Any]],
+    settings: list[str],
+    rows: list[str],
+    seeds: list[int],
+) -> str:
+    """The study's tables (Markdown)."""
+    lines = []
+    for s in settings:
+        lines.append(f"\n### Setting ({s}), {len(seeds)} seeds: mean over the 8 boxed classes")
+        first = results[(s, rows[0], seeds[0])]
+        lines.append(
+            f"test images: {len(first['test_images'])}; 95% CIs over seeds (Student t); "
+            "Δ = row − baseline, paired by seed"
+        )
+        head = ["row", "AUC"] + [f"T={t:g}" for t in THRESHOLDS]
+        if "baseline" in rows:
+            head += [f"Δ T={t:g}" for t in (0.1, 0.3, 0.5, 0.7)]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for r in rows:
+            entries = [model_entry(results[(s, r, k)]) for k in seeds]
+            auc = mean_ci([boxed_auc(e) for e in entries])
+            per_t = {t: mean_ci([boxed_means(e)[t] for e in entries]) for t in THRESHOLDS}
+            cells = [r, _fmt(auc)]
+            cells += [_fmt(per_t[t]) for t in THRESHOLDS]
+            if "baseline" in rows:
+                base = [model_entry(results[(s, "baseline", k)]) for k in seeds]
+                for t in (0.1, 0.3, 0.5, 0.7):
+                    diffs = [
+                        boxed_means(e)[t] - boxed_means(b)[t]
+                        for e, b in zip(entries, base, strict=True)
+                    ]
+                    cells.append("—" if r == "baseline" else _fmt(mean_ci(diffs), signed=True))
+            lines.append("| " + " | ".join(cells) + " |")
+        ref = results[(s, rows[0], seeds[0])]["methods"]
+        for name in ("Prior", "Whole image"):
+            if name in ref:
+                m = {t: ref[name]["localization"][f"T={t:g}"]["Mean"] for t in THRESHOLDS}
+                lines.append(
+                    f"| {name} (reference) | — | "
+                    + " | ".join(f"{m[t]:.3f}" for t in THRESHOLDS)
+                    + " |"
+                    + (" — |" * 4 if "baseline" in rows else "")
+                )
+    return "\n".join(lines)
+
+
+def _fmt(mc: tuple[float, float], signed: bool = False) -> str:
+    m, h = mc
+    body = f"{m:+.3f}" if signed else f"{m:.3f}"
+    return body if math.isnan(h) else f"{body} ± {h:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--settings", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "ablation-study")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, 160 images at 64 px, 1 epoch, settings b and c, baseline and "
+        "ir+ik+kr (a smoke test of the whole pipeline, under a minute)",
+    )
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more trainer options")
+    args = p.parse_args(argv)
+    extra = [a for a in args.extra if a != "--"]
+    if args.quick:
+        args.settings, args.rows, args.seeds = ["b", "c"], ["baseline", "ir+ik+kr"], [0]
+        extra = [
+            "--synthetic-images",
+            "160",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--num-figures",
+            "0",
+            *extra,
+        ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [(s, r, k) for k in args.seeds for s in args.settings for r in args.rows]
+    t0 = time.perf_counter()
+    print(
+        f"{len(jobs)} runs ({len(args.settings)} settings x {len(args.rows)} rows x "
+        f"{len(args.seeds)} seeds), {args.jobs} side by side, in {args.out}",
+        flush=True,
+    )
+    # the synthetic data and superpixels are made once, before the parallel runs
+    first = jobs[0]
+    results = {first: run_one(*first, args.out, extra)}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {j: pool.submit(run_one, *j, args.out, extra) for j in jobs[1:]}
+        for j, f in futures.items():
+            results[j] = f.result()
+            print(f"done {j} ({results[j]['wall_seconds']:.0f} s)", flush=True)
+    text = summarize(results, args.settings, args.rows, args.seeds)
+    wall = time.perf_counter() - t0
+    text += f"\n\nWall time {wall / 60:.1f} min for {len(jobs)} runs ({args.jobs} jobs).\n"
+    (args.out / "study.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
