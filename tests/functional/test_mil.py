@@ -108,7 +108,7 @@ def test_matches_reference_without_boxes(inputs, reduction):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
-@given(mil_inputs(logit_range=30.0), st.sampled_from([0.98, 0.5, 0.0]))
+@given(mil_inputs(logit_range=30.0), st.sampled_from([0.98, 0.5, 0.3, 1e-6, 0.0]))
 def test_noisy_or_floor_matches_reference(inputs, floor):
     logits, labels, grid, box_mask = inputs
     got = mil_grid_loss(logits, labels, grid, box_mask, reduction="none", noisy_or_floor=floor)
@@ -172,9 +172,11 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(
         lambda z: mil_grid_loss(z, labels, grid, box_mask, reduction="none"), (logits,)
     )
-    assert torch.autograd.gradcheck(
-        lambda z: mil_grid_loss(z, labels, reduction="sum", noisy_or_floor=0.98), (logits,)
-    )
+    for floor in (0.98, 0.3):  # both forms of the floor term
+        assert torch.autograd.gradcheck(
+            lambda z, f=floor: mil_grid_loss(z, labels, reduction="sum", noisy_or_floor=f),
+            (logits,),
+        )
 
 
 @pytest.mark.parametrize("tiny", [1e-5, 1e-3, 0.5, 0.9, 5.0])
