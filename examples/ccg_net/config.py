@@ -172,9 +172,12 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {s!r}")
 
 
-def _float_or_none(s: str) -> float | None:
-    if s.lower() == "none":
-        return None
+_NONE = "none"  # what an option of a ``float | None`` field gives for "none" (None = not given)
+
+
+def _float_or_none(s: str) -> float | str:
+    if s.lower() == _NONE:
+        return _NONE
     try:
         return float(s)
     except ValueError:
@@ -266,6 +269,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, f.name, None)
         if f.name == "preset" or value is None:
             continue
+        if value == _NONE and f.name in ("kr_scale", "noisy_or_floor"):
+            value = None
         if isinstance(f.default, tuple) or f.name in ("losses", "tiny_widths"):
             parts = [s.strip() for s in str(value).split(",") if s.strip()]
             value = tuple(int(s) for s in parts) if f.name == "tiny_widths" else tuple(parts)
