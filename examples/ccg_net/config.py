@@ -109,6 +109,7 @@ class TrainConfig:
     stop_after_steps: int = 0  # testing aid: stop abruptly after this many steps (a "kill")
     max_test_images: int = 0  # 0: all
     num_figures: int = 8
+    parallel_runs: int = 1  # the comparison (demo): train baseline and CCG side by side (<= 2)
 
     def enabled(self, term: str) -> bool:
         """Whether the loss term ``term`` is on."""
@@ -160,6 +161,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 0,
         "log_every": 20,
         "num_figures": 6,
+        "parallel_runs": 2,
     },
 }
 
@@ -259,6 +261,7 @@ HELP: dict[str, str] = {
     "channels_last": "NHWC memory format for the backbone",
     "compile": "torch.compile the model and the loss",
     "num_figures": "overlay figures in the report",
+    "parallel_runs": "the demo's comparison: 2 trains baseline and CCG side by side",
 }
 
 
@@ -321,6 +324,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     if cfg.amp not in ("auto", "on", "off"):
         raise ValueError(f"--amp must be auto, on or off, got {cfg.amp!r}")
+    if cfg.parallel_runs < 1:
+        raise ValueError(f"--parallel-runs must be >= 1, got {cfg.parallel_runs}")
     if cfg.log_every < 1:
         raise ValueError(f"--log-every must be >= 1, got {cfg.log_every}")
 

@@ -16,10 +16,12 @@ import datetime
 import inspect
 import json
 import math
+import multiprocessing
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -717,6 +719,14 @@ def _title(cfg: TrainConfig, data: Data) -> str:
     )
 
 
+def _timed_train(cfg: TrainConfig) -> tuple[EvalResults, float]:
+    """One run of :func:`compare` (a top-level function: it may run in another process)."""
+    t0 = time.perf_counter()
+    res = train(cfg, print_report=False).results
+    assert res is not None
+    return res, time.perf_counter() - t0
+
+
 def compare(cfg: TrainConfig) -> Path:
     """Train the baseline and the CCG model with the same data and seed, then report them beside
     the reference maps; tables, JSON, predictions and figures go to one run directory."""
@@ -737,14 +747,25 @@ def compare(cfg: TrainConfig) -> Path:
     (root / "config.json").write_text(cfg.to_json() + "\n")
     results: dict[str, EvalResults] = {}
     seconds: dict[str, float] = {}
-    for name in ("Baseline", "CCG"):
-        sub = dataclasses.replace(runs[name], num_figures=0)
-        print(f"\n=== training {name}: losses {'+'.join(sub.losses)} ===")
-        t0 = time.perf_counter()
-        res = train(sub, print_report=False).results
-        assert res is not None
-        results[name] = res
-        seconds[name] = time.perf_counter() - t0
+    names = ("Baseline", "CCG")
+    subs = {name: dataclasses.replace(runs[name], num_figures=0) for name in names}
+    if cfg.parallel_runs > 1:
+        # side by side, one process each (the demo: one thread each on a 2-core machine);
+        # only the CCG run shows a progress bar
+        print(
+            f"\n=== training {' and '.join(names)} side by side "
+            f"({', '.join(f'{n}: ' + '+'.join(subs[n].losses) for n in names)}) ==="
+        )
+        subs["Baseline"].progress = False
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(cfg.parallel_runs, 2), mp_context=ctx) as pool:
+            futures = {name: pool.submit(_timed_train, subs[name]) for name in names}
+            for name in names:
+                results[name], seconds[name] = futures[name].result()
+    else:
+        for name in names:
+            print(f"\n=== training {name}: losses {'+'.join(subs[name].losses)} ===")
+            results[name], seconds[name] = _timed_train(subs[name])
     text = write_report(
         root,
         {"CCG": results["CCG"], "Baseline": results["Baseline"]},

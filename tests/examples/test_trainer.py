@@ -459,6 +459,14 @@ def test_comparison_prints_both_tables_and_the_prior_and_writes_figures(make_con
     assert (root / "ccg" / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
+def test_comparison_side_by_side_equals_one_after_the_other(make_config):
+    one = json.loads((compare(make_config(run_name="seq", epochs=1)) / "results.json").read_text())
+    cfg = make_config(run_name="par", epochs=1, parallel_runs=2)
+    two = json.loads((compare(cfg) / "results.json").read_text())
+    assert one["methods"] == two["methods"]
+
+
 def test_progress_bar_shows_loss_and_throughput(make_config, capsys):
     train(make_config(run_name="bar", epochs=1, losses=("base",), progress=True))
     err = capsys.readouterr().err
