@@ -107,10 +107,10 @@ def test_optimizer_flag_selects_adamw_or_nesterov_sgd():
 
 
 def test_demo_preset_is_the_tuned_weak_supervision_recipe():
-    demo = PRESETS["demo"]
-    assert demo["optimizer"] == "adamw"
-    assert demo["synthetic_images"] == 3000
-    assert TrainConfig(**demo).head_bias_init == "prior"
+    demo = TrainConfig(**PRESETS["demo"])
+    assert (demo.optimizer, demo.lr, demo.weight_decay) == ("sgd", 3e-3, 1e-4)
+    assert (demo.synthetic_images, demo.epochs, demo.lr_step_epochs) == (3000, 6, 4)
+    assert (demo.head_bias_init, demo.noisy_or_floor) == ("prior", 0.98)
 
 
 @pytest.mark.parametrize(
