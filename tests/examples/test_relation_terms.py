@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,10 @@ from hypothesis import strategies as st
 
 from examples.ccg_net.cli import build_parser
 from examples.ccg_net.config import PRESETS, TrainConfig, resolve_config
+from examples.ccg_net.engine import build_trainee
 from examples.ccg_net.losses import CCGLoss, resolve_memory_size
+
+from .trainer_helpers import tiny_config
 
 C, GRID, M = 16, 4, 4  # feature channels, C5 grid side, superpixels per image
 RELATION_MODULES = ("ir", "ik", "kr_attention", "kr_graph")
@@ -204,6 +208,28 @@ def test_warning_names_only_the_graphs_left_constant():
     assert "L_KR" not in msg
     assert criterion.ik is not None
     assert criterion.ik.memory_size == 8
+
+
+def test_the_memory_holds_float16_maps_under_float16_autocast():
+    # the trainer's step runs the model and the loss under float16 autocast with AMP: the
+    # queues take the features' dtype, 1 MiB per 2048x16x16 map instead of 2 (docs/training.md)
+    cfg = tiny_config(Path("unused"), Path("unused"), batch_size=2)
+    trainee = build_trainee(cfg, world=1)
+    images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    labels, grid = torch.zeros(2, 14), torch.zeros(2, 14, 8, 8)
+    box_mask = torch.zeros(2, 14, dtype=torch.bool)
+    sp = torch.randint(0, cfg.num_patches, (2, 16, 16))
+    with torch.autocast("cpu", dtype=torch.float16):
+        trainee(images, labels, grid, box_mask, sp)
+    state = trainee.criterion.state_dict()
+    channels = trainee.model.feature_channels
+    for term in ("ir", "ik", "kr_graph"):
+        maps = state[f"{term}.memory_features"]
+        assert maps.dtype == torch.float16, term
+        assert maps.shape == (8, channels, 8, 8), term
+        assert maps[:2].abs().sum() > 0, term  # the batch (L_KR: its pair's two maps)
+    assert state["ir.memory_embeddings"].dtype == torch.float32
+    assert state["ik.memory_codes"].dtype == torch.int8
 
 
 # --------------------------------------------------------------------------- graph form
