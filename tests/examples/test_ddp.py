@@ -127,8 +127,121 @@ def test_graph_losses_span_the_global_batch_under_two_process_ddp(tiny_root, tmp
     assert state["epoch"] == cfg.epochs
     # 27 training images, global batch 4: 7 steps an epoch on each process
     assert state["global_step"] == 7 * cfg.epochs
-    assert state["criterion"]["ir.weight"].shape == (4, 4)
     assert len(state["rng"]) == WORLD  # each process's RNG states, restored per rank
+    # a global batch of 4 leaves no graph constant: no memory (auto), the graph weights learned
+    assert not any(".memory_" in k for k in state["criterion"])
+    for term in ("ir", "ik", "kr_graph"):
+        assert state["criterion"][f"{term}.weight"].abs().sum() > 0, term
+
+
+MEMORY_STEPS = 6
+
+
+def _memory_batches(m: int):
+    """Global batches of 2 (the paper's), a different pair each step, with one box."""
+    g = torch.Generator().manual_seed(11)
+    for _ in range(MEMORY_STEPS):
+        images = torch.randn(2, 3, 64, 64, generator=g)
+        labels = (torch.rand(2, 14, generator=g) < 0.3).float()
+        box_mask = torch.zeros(2, 14, dtype=torch.bool)
+        box_mask[1, 4] = True
+        labels[box_mask] = 1.0
+        grid = torch.zeros(2, 14, 8, 8)
+        grid[1, 4, 2:5, 3:6] = 1.0
+        superpixels = torch.randint(0, m, (2, 16, 16), generator=g)
+        yield images, labels, grid, box_mask, superpixels
+
+
+def _memory_state(trainee: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainee.criterion.state_dict().items() if ".memory_" in k}
+
+
+def _train_steps(net: nn.Module, trainee: nn.Module, shard) -> None:
+    opt = torch.optim.SGD(trainee.parameters(), lr=0.05)
+    for batch in _memory_batches(trainee.criterion.ik.num_patches):
+        opt.zero_grad()
+        terms, _ = net(*shard(batch))
+        terms["loss"].backward()
+        opt.step()
+
+
+def _memory_worker(rank: int, port: int, root: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        # batch 1 per process: the paper's global batch of 2, so the memory is on (auto)
+        cfg = tiny_config(Path(root), Path(out), batch_size=1)
+        torch.manual_seed(0)
+        trainee = build_trainee(cfg, WORLD)
+        _freeze_bn(trainee)
+        net = DistributedDataParallel(trainee)
+        _train_steps(net, trainee, lambda b: [t[rank : rank + 1] for t in b])
+        torch.save(
+            {
+                "memory_size": trainee.criterion.memory_size,
+                "memory": _memory_state(trainee),
+                "criterion": {
+                    k: v.detach().clone() for k, v in trainee.criterion.named_parameters()
+                },
+            },
+            Path(out) / f"memory-rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_partner_memory_holds_the_global_batch_on_every_rank_under_two_process_ddp(
+    tiny_root, tmp_path
+):
+    mp.spawn(_memory_worker, args=(_free_port(), str(tiny_root), str(tmp_path)), nprocs=WORLD)
+    ranks = [torch.load(tmp_path / f"memory-rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+    # the single-process reference: the same steps on the concatenated batches of 2
+    cfg = tiny_config(tiny_root, tmp_path, batch_size=WORLD)
+    torch.manual_seed(0)
+    trainee = build_trainee(cfg, 1)
+    _freeze_bn(trainee)
+    _train_steps(trainee, trainee, lambda b: list(b))
+    reference = _memory_state(trainee)
+
+    assert trainee.criterion.memory_size == 8
+    assert [r["memory_size"] for r in ranks] == [8, 8]
+    assert sorted(reference) == sorted(
+        f"{t}.memory_{q}"
+        for t, qs in (
+            ("ir", ("features", "embeddings")),
+            ("ik", ("features", "codes")),
+            ("kr_graph", ("features", "codes")),
+        )
+        for q in (*qs, "pointer", "count")
+    )
+    # 6 steps x 2 images (x 2 attended maps of the one pair for L_KR) into queues of 8
+    assert reference["ir.memory_count"] == reference["kr_graph.memory_count"] == 8
+    assert reference["ir.memory_pointer"] == 12 % 8
+    assert reference["kr_graph.memory_pointer"] == 12 % 8
+    for key, ref in reference.items():
+        # identical on both processes, bit for bit ...
+        assert torch.equal(ranks[0]["memory"][key], ranks[1]["memory"][key]), key
+        # ... and the single-process run's memory on the concatenated batches
+        if ref.is_floating_point():
+            torch.testing.assert_close(ranks[0]["memory"][key], ref, rtol=1e-4, atol=1e-5, msg=key)
+        else:
+            assert torch.equal(ranks[0]["memory"][key], ref), key
+    # with the memory the graph weights (initialised at 0: the uniform graph) learn at the
+    # global batch of 2, the same on every rank
+    for name in ("ir.weight", "ik.weight", "kr_graph.weight"):
+        assert trainee.criterion.get_parameter(name).abs().sum() > 0, name
+    for name, p in trainee.criterion.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["criterion"][name], p.detach(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -160,7 +273,10 @@ def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
     state = ckpt.load(run / "checkpoints" / "last.pt")
     # 27 training images, 2 processes x batch 2: 7 global steps; the graph spans 4 images
     assert state["global_step"] == 7
-    assert state["criterion"]["ir.weight"].shape == (4, 4)
+    # the input-conditioned sample graph (its weight is d x d whatever the batch), no memory at
+    # a global batch of 4
+    assert state["criterion"]["ir.weight"].shape == (64, 64)
+    assert not any(".memory_" in k for k in state["criterion"])
     assert "| T(IoU) | model | Atelectasis" in out.stdout
 
 

@@ -195,6 +195,38 @@ def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(make_config):
     assert b["criterion"]["ir.weight"].abs().sum() > 0
 
 
+def test_resume_at_the_papers_batch_of_2_restores_the_partner_memory_exactly(make_config):
+    # the paper's batch of 2: the memory is on (auto, 8 partners) and non-empty at the kill.
+    # 27 training images, batch 2: 14 steps an epoch; checkpoints every 4 steps; killed after
+    # step 7, so the resumed run restarts from global step 4 with the memory of step 4 and
+    # replays steps 5-7 (their enqueues included)
+    overrides = {"batch_size": 2, "epochs": 1, "checkpoint_every": 4, "num_figures": 0}
+    full = train(make_config(run_name="uninterrupted", **overrides)).run_dir
+    cfg = make_config(run_name="killed", **overrides)
+    with pytest.raises(SimulatedKillError):
+        train(cfg, stop_after_steps=7)
+    killed = ckpt.load(Path(cfg.output_dir) / "killed" / "checkpoints" / "last.pt")
+    assert killed["global_step"] == 4
+    # the checkpoint holds a partly filled memory of every graph (4 steps x 2 maps each)
+    for term in ("ir", "ik", "kr_graph"):
+        assert killed["criterion"][f"{term}.memory_count"] == 8, term
+        assert killed["criterion"][f"{term}.memory_features"].shape[0] == 8, term
+    assert killed["criterion"]["ir.memory_pointer"] == 0  # wrapped around once
+    resumed = train(cfg, resume_dir=Path(cfg.output_dir) / "killed").run_dir
+    a = ckpt.load(full / "checkpoints" / "last.pt")
+    b = ckpt.load(resumed / "checkpoints" / "last.pt")
+    assert b["global_step"] == a["global_step"] == 14
+    _states_equal(a["model"], b["model"])  # bit for bit
+    _states_equal(a["criterion"], b["criterion"])  # graph weights and memory buffers
+    memory = [k for k in b["criterion"] if ".memory_" in k]
+    assert len(memory) == 3 * 4  # features, codes/descriptors, pointer, count per graph
+    assert b["criterion"]["ir.memory_pointer"] == 28 % 8  # 14 steps x 2 images, wrapped
+    # the memory held real maps and the graph weights learned from them at batch 2
+    assert b["criterion"]["ir.memory_features"].abs().sum() > 0
+    for term in ("ir", "ik", "kr_graph"):
+        assert b["criterion"][f"{term}.weight"].abs().sum() > 0, term
+
+
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     import random
 

@@ -1,0 +1,321 @@
+"""The relation terms through the trainer's loss (CCGLoss built from a TrainConfig).
+
+Issue 10: at the paper's batch of 2 the trainer must leave no relation graph constant (the
+partner memory, on by default there), warn once when a configuration does, keep the paper's
+position-indexed matrix reachable, and compute relation terms that do not depend on the order
+of the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from examples.ccg_net.cli import build_parser
+from examples.ccg_net.config import PRESETS, TrainConfig, resolve_config
+from examples.ccg_net.engine import build_trainee
+from examples.ccg_net.losses import CCGLoss, resolve_memory_size
+
+from .trainer_helpers import tiny_config
+
+C, GRID, M = 16, 4, 4  # feature channels, C5 grid side, superpixels per image
+RELATION_MODULES = ("ir", "ik", "kr_attention", "kr_graph")
+
+
+def _config(**overrides: object) -> TrainConfig:
+    """The paper preset (batch 2, all four losses, memory auto) at a tiny patch count."""
+    cfg = TrainConfig(num_patches=M, code_bits=16)
+    return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
+
+
+def _superpixels(n: int, g: torch.Generator) -> torch.Tensor:
+    """Hand-made (n, 8, 8) labels with M = 4 segments each: the quadrants, their borders moved
+    per image so that the segments differ in size and position between images."""
+    labels = torch.empty(n, 8, 8, dtype=torch.long)
+    rows, cols = torch.randint(2, 7, (n,), generator=g), torch.randint(2, 7, (n,), generator=g)
+    r = torch.arange(8)
+    for i in range(n):
+        top = (r < rows[i])[:, None]
+        left = (r < cols[i])[None, :]
+        labels[i] = torch.where(top, torch.where(left, 0, 1), torch.where(left, 2, 3))
+    return labels
+
+
+def _batch(n: int, seed: int, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 14, GRID, GRID, generator=g, dtype=dtype)
+    feats = torch.randn(n, C, GRID, GRID, generator=g, dtype=dtype)
+    # images of two kinds (a shared offset pattern), so pooled descriptors and codes vary
+    kind = torch.randn(2, C, 1, 1, generator=g, dtype=dtype)
+    feats = feats + 2 * kind[torch.randint(0, 2, (n,), generator=g)]
+    labels = (torch.rand(n, 14, generator=g) < 0.3).to(dtype)
+    box_mask = torch.zeros(n, 14, dtype=torch.bool)
+    box_mask[0, 3] = True
+    labels[box_mask] = 1.0
+    grid = torch.zeros(n, 14, GRID, GRID, dtype=dtype)
+    grid[0, 3, 1:3, 0:2] = 1.0
+    return logits, feats, labels, grid, box_mask, _superpixels(n, g)
+
+
+def _fill_memory(criterion: CCGLoss, steps: int, n: int = 2) -> None:
+    """Training-mode forwards of fresh batches: each enqueues its maps into every memory."""
+    criterion.train()
+    for s in range(steps):
+        criterion(*_batch(n, 100 + s))
+
+
+# --------------------------------------------------------------------------- gradients at n = 2
+
+
+def test_every_relation_parameter_learns_at_the_papers_batch_of_2_with_the_memory_filled():
+    criterion = CCGLoss(_config(), C, global_batch=2)
+    assert criterion.memory_size == 8  # auto: the batch of 2 alone leaves the graphs constant
+    # 2 images a step into L_IR and L_IK's queues; the pair form of L_KR enqueues both maps of
+    # its one pair: 4 steps fill all three queues of 8
+    _fill_memory(criterion, 4)
+    for name in ("ir", "ik", "kr_graph"):
+        valid = getattr(criterion, name).memory_valid()
+        assert valid is not None, name
+        assert bool(valid.all()), name
+    logits, feats, labels, grid, box_mask, sp = _batch(2, 0)
+    feats.requires_grad_(True)
+    criterion.zero_grad()
+    out = criterion(logits, feats, labels, grid, box_mask, sp)
+    out["loss"].backward()
+    params = [
+        (f"{m}.{n}", p)
+        for m in RELATION_MODULES
+        for n, p in getattr(criterion, m).named_parameters()
+    ]
+    assert {n for n, _ in params} == {
+        "ir.weight",
+        "ik.weight",
+        "kr_attention.weight",
+        "kr_graph.weight",
+    }
+    for name, p in params:
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_without_the_memory_the_graph_parameters_get_exactly_zero_gradient_at_batch_2():
+    # the failure the memory fixes, through the same loss: one partner per image, softmax 1
+    with pytest.warns(UserWarning, match="stay constant"):
+        criterion = CCGLoss(_config(memory_size=0), C, global_batch=2)
+    logits, feats, labels, grid, box_mask, sp = _batch(2, 0)
+    criterion(logits, feats.requires_grad_(True), labels, grid, box_mask, sp)["loss"].backward()
+    for name in ("ir", "ik", "kr_graph"):
+        grad = getattr(criterion, name).weight.grad
+        assert grad is not None, name
+        assert torch.count_nonzero(grad) == 0, name
+    assert criterion.kr_attention is not None
+    assert criterion.kr_attention.weight.grad.abs().sum() > 0  # W_P learns through D anyway
+
+
+# --------------------------------------------------------------------------- memory size, warning
+
+
+def test_auto_memory_is_8_at_the_papers_batch_of_2_and_0_at_the_demos_batch_of_8():
+    paper = TrainConfig()
+    demo = TrainConfig(preset="demo", **PRESETS["demo"])
+    assert (paper.memory_size, demo.memory_size) == (-1, -1)
+    assert resolve_memory_size(paper, paper.batch_size) == 8
+    assert resolve_memory_size(demo, demo.batch_size) == 0
+    # batch 1 on each of 2 processes is the paper's global batch of 2
+    assert resolve_memory_size(paper, 2 * 1) == 8
+    # L_IR / L_IK alone: constant up to a global batch of 2 (one partner per image)
+    ir_only = dataclasses.replace(paper, losses=("base", "ir"))
+    assert [resolve_memory_size(ir_only, n) for n in (1, 2, 3, 4)] == [8, 8, 0, 0]
+    # L_KR alone ("half" pairs): constant while the batch makes a single pair
+    kr_only = dataclasses.replace(paper, losses=("base", "kr"))
+    assert [resolve_memory_size(kr_only, n) for n in (2, 3, 4)] == [8, 8, 0]
+    kr_all = dataclasses.replace(kr_only, kr_pairs="all")
+    assert [resolve_memory_size(kr_all, n) for n in (2, 3)] == [8, 0]
+    # the baseline has no graph; an explicit size is kept
+    assert resolve_memory_size(dataclasses.replace(paper, losses=("base",)), 2) == 0
+    assert resolve_memory_size(dataclasses.replace(paper, memory_size=3), 2) == 3
+    assert resolve_memory_size(dataclasses.replace(demo, memory_size=5), 8) == 5
+
+
+def test_the_memory_size_reaches_every_graph_module_of_the_loss():
+    criterion = CCGLoss(_config(), C, global_batch=2)
+    assert criterion.ir is not None
+    assert criterion.ik is not None
+    assert criterion.kr_graph is not None
+    sizes = [m.memory_size for m in (criterion.ir, criterion.ik, criterion.kr_graph)]
+    assert sizes == [8, 8, 8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at batch 8 without a memory
+        criterion = CCGLoss(_config(batch_size=8), C, global_batch=8)
+    assert criterion.ir is not None
+    assert criterion.ik is not None
+    assert criterion.kr_graph is not None
+    assert [m.memory_size for m in (criterion.ir, criterion.ik, criterion.kr_graph)] == [0] * 3
+    for name in ("memory_features", "memory_pointer"):  # and nothing to save
+        assert not any(k.endswith(name) for k in criterion.state_dict())
+
+
+def test_memory_size_flag_parses():
+    cfg = resolve_config(build_parser().parse_args(["train", "--memory-size", "0"]))
+    assert cfg.memory_size == 0
+    cfg = resolve_config(build_parser().parse_args(["train", "--memory-size", "16"]))
+    assert resolve_memory_size(cfg, 2) == 16
+    with pytest.raises(ValueError, match="--memory-size must be -1"):
+        resolve_config(build_parser().parse_args(["train", "--memory-size", "-2"]))
+
+
+def test_memory_size_0_at_batch_2_warns_once_naming_every_constant_graph():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        criterion = CCGLoss(_config(memory_size=0), C, global_batch=2)
+        for s in range(3):  # the forwards do not warn again
+            criterion(*_batch(2, s))
+    messages = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1, messages
+    msg = messages[0]
+    for graph in ("L_IR's sample graph", "L_IK's patch-hash graph", "L_KR's patch-hash graph"):
+        assert graph in msg
+    assert "global batch of 2" in msg
+    assert "--memory-size 0" in msg
+    assert "--memory-size -1" in msg  # and how to fix it
+
+
+def test_warning_names_only_the_graphs_left_constant():
+    # L_KR alone at batch 4 ("half": 2 pairs): nothing constant, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CCGLoss(_config(losses=("base", "kr"), memory_size=0), C, global_batch=4)
+    # a global batch of 3: L_IR and L_IK have 2 partners per image, L_KR ("half") one pair
+    with pytest.warns(UserWarning, match="stay constant") as seen:
+        CCGLoss(_config(memory_size=0), C, global_batch=3)
+    (msg,) = [str(w.message) for w in seen]
+    assert "L_KR's patch-hash graph" in msg
+    assert "L_IR" not in msg
+    assert "L_IK" not in msg
+    # the positional form cannot use the memory: at batch 2 only L_IR stays constant
+    with pytest.warns(UserWarning, match="stay constant") as seen:
+        criterion = CCGLoss(_config(graph_form="positional"), C, global_batch=2)
+    (msg,) = [str(w.message) for w in seen]
+    assert "L_IR's sample graph" in msg
+    assert "--graph-form positional" in msg
+    assert "L_IK" not in msg
+    assert "L_KR" not in msg
+    assert criterion.ik is not None
+    assert criterion.ik.memory_size == 8
+
+
+def test_the_memory_holds_float16_maps_under_float16_autocast():
+    # the trainer's step runs the model and the loss under float16 autocast with AMP: the
+    # queues take the features' dtype, 1 MiB per 2048x16x16 map instead of 2 (docs/training.md)
+    cfg = tiny_config(Path("unused"), Path("unused"), batch_size=2)
+    trainee = build_trainee(cfg, world=1)
+    images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    labels, grid = torch.zeros(2, 14), torch.zeros(2, 14, 8, 8)
+    box_mask = torch.zeros(2, 14, dtype=torch.bool)
+    sp = torch.randint(0, cfg.num_patches, (2, 16, 16))
+    with torch.autocast("cpu", dtype=torch.float16):
+        trainee(images, labels, grid, box_mask, sp)
+    state = trainee.criterion.state_dict()
+    channels = trainee.model.feature_channels
+    for term in ("ir", "ik", "kr_graph"):
+        maps = state[f"{term}.memory_features"]
+        assert maps.dtype == torch.float16, term
+        assert maps.shape == (8, channels, 8, 8), term
+        assert maps[:2].abs().sum() > 0, term  # the batch (L_KR: its pair's two maps)
+    assert state["ir.memory_embeddings"].dtype == torch.float32
+    assert state["ik.memory_codes"].dtype == torch.int8
+
+
+# --------------------------------------------------------------------------- graph form
+
+
+def test_graph_form_positional_keeps_the_papers_n_by_n_matrix():
+    cfg = resolve_config(build_parser().parse_args(["train", "--graph-form", "positional"]))
+    assert cfg.graph_form == "positional"
+    with pytest.warns(UserWarning, match="L_IR's sample graph"):
+        criterion = CCGLoss(dataclasses.replace(cfg, num_patches=M, code_bits=16), C, 2)
+    ir = criterion.ir
+    assert ir is not None
+    assert (ir.form, ir.memory_size) == ("positional", 0)
+    assert criterion.state_dict()["ir.weight"].shape == (2, 2)  # G[u, v] of the batch slots
+    torch.testing.assert_close(ir.graph(2), torch.full((2, 2), 0.5))  # the paper's 1/n
+    # L_IR = sum_uv G(u, v) D(F_u, F_v) / n^2 with that matrix
+    logits, feats, labels, grid, box_mask, sp = _batch(2, 0)
+    out = criterion(logits, feats, labels, grid, box_mask, sp)
+    d = ((feats[0] - feats[1]) ** 2).sum().sqrt()
+    torch.testing.assert_close(out["ir"], 2 * 0.5 * d / 4)
+    # the default is the input-conditioned form: a bilinear weight on image descriptors
+    conditioned = CCGLoss(_config(), C, 2).ir
+    assert conditioned is not None
+    assert conditioned.form == "conditioned"
+    assert conditioned.weight.shape == (conditioned.embed_dim, conditioned.embed_dim)
+
+
+def test_graph_form_flag_rejects_other_values():
+    with pytest.raises(ValueError, match="--graph-form must be conditioned or positional"):
+        resolve_config(build_parser().parse_args(["train", "--graph-form", "slots"]))
+
+
+# --------------------------------------------------------------------------- permutation
+
+
+def _trained_like(criterion: CCGLoss, seed: int) -> None:
+    """Random non-zero graph and attention weights: graphs far from the uniform 1/n."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in RELATION_MODULES:
+            for p in getattr(criterion, m).parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+
+
+@pytest.mark.slow
+@given(
+    half=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+    fill=st.integers(0, 3),
+    data=st.data(),
+)
+def test_relation_terms_do_not_depend_on_the_order_of_the_batch(half, seed, fill, data):
+    """loss(X[pi]) == loss(X) for every term, the memory filled or not.
+
+    L_IR and L_IK see all pairs of the batch: any permutation. L_KR ("half") pairs image i with
+    image i + n/2, so a permutation keeps its pairs when it moves the pairs as units (the same
+    sigma on both halves); a pair is ordered (u attends to v through W_P, the patch graph of
+    F'_u against F'_v), so the two images of a pair keep their roles.
+    """
+    n = 2 * half
+    cfg = _config(batch_size=n, memory_size=4)
+    criterion = CCGLoss(cfg, C, global_batch=n).double()
+    _trained_like(criterion, seed)
+    criterion.train()
+    for s in range(fill):  # float64 batches of the same size into the memory
+        criterion(*_batch(n, 1000 + seed + s, torch.float64))
+    criterion.eval()  # reads the memory, enqueues nothing: both orders see the same partners
+    batch = _batch(n, seed, torch.float64)
+    ref = criterion(*batch)
+
+    pi_all = torch.tensor(data.draw(st.permutations(range(n))))
+    sigma = torch.tensor(data.draw(st.permutations(range(half))))
+    pi_pairs = torch.cat([sigma, sigma + half])
+    got_all = criterion(*(t[pi_all] for t in batch))
+    got_pairs = criterion(*(t[pi_pairs] for t in batch))
+    for term in ("base", "ir", "ik"):
+        torch.testing.assert_close(got_all[term], ref[term], rtol=1e-10, atol=1e-12)
+    for term in ("base", "ir", "ik", "kr", "loss"):
+        torch.testing.assert_close(got_pairs[term], ref[term], rtol=1e-10, atol=1e-12)
+    # ... and the graphs follow the images: G(X[pi]) = pi G(X) pi^T (the memory columns stay)
+    assert criterion.ir is not None
+    assert criterion.ik is not None
+    feats, sp = batch[1], batch[5]
+    for graph, p in (
+        (criterion.ir.graph(feats), criterion.ir.graph(feats[pi_all])),
+        (criterion.ik.graph(feats, sp), criterion.ik.graph(feats[pi_all], sp[pi_all])),
+    ):
+        expected = torch.cat([graph[pi_all][:, pi_all], graph[pi_all, n:]], dim=1)
+        torch.testing.assert_close(p, expected, rtol=1e-10, atol=1e-12)
