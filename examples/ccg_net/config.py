@@ -196,7 +196,11 @@ def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         "--preset",
         choices=sorted(PRESETS),
         default="paper",
-        help="the defaults of every option below (default: paper)",
+        help="the defaults of every option below (default: paper). paper: ResNet-50 at 512, "
+        "batch 2, SGD; its relation graphs are input-conditioned (a pair's weight computed "
+        "from the two images) with an 8-image partner memory, since at a batch of 2 each image "
+        "has one partner and a graph would stay constant (docs/training.md). demo: the "
+        "synthetic twin, a small ResNet, batch 8, no memory needed",
     )
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):

@@ -115,7 +115,8 @@ class CCGLoss(nn.Module):
         warn_constant_graphs(cfg, global_batch, memory)
         self.ir = (
             ccg_layers.LearnableSampleGraph(
-                global_batch,
+                # the positional form is an n x n matrix; the conditioned one takes any batch
+                global_batch if cfg.graph_form == "positional" else None,
                 in_channels=feature_channels,
                 form=cfg.graph_form,  # type: ignore[arg-type]
                 memory_size=memory if cfg.graph_form == "conditioned" else 0,
