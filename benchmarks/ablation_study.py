@@ -169,6 +169,48 @@ def summarize(
     return "\n".join(lines)
 
 
+def summary_json(
+    results: dict[tuple[str, str, int], dict[str, Any]],
+    settings: list[str],
+    rows: list[str],
+    seeds: list[int],
+) -> dict[str, Any]:
+    """Per setting and row: mean, 95% CI half-width and SD over seeds of the boxed-class mean
+    at each T(IoU) and of the AUC, and the same for the paired difference to the baseline."""
+
+    def stats(values: list[float]) -> dict[str, float]:
+        m, h = mean_ci(values)
+        sd = (
+            math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+            if len(values) > 1
+            else math.nan
+        )
+        return {"mean": m, "ci95": h, "sd": sd, "n": len(values)}
+
+    out: dict[str, Any] = {"seeds": seeds, "settings": {}}
+    for s in settings:
+        per_row: dict[str, Any] = {}
+        for r in rows:
+            entries = [model_entry(results[(s, r, k)]) for k in seeds]
+            row: dict[str, Any] = {"auc": stats([boxed_auc(e) for e in entries])}
+            for t in THRESHOLDS:
+                row[f"T={t:g}"] = stats([boxed_means(e)[t] for e in entries])
+            if "baseline" in rows and r != "baseline":
+                base = [model_entry(results[(s, "baseline", k)]) for k in seeds]
+                row["minus_baseline"] = {
+                    f"T={t:g}": stats(
+                        [
+                            boxed_means(e)[t] - boxed_means(b)[t]
+                            for e, b in zip(entries, base, strict=True)
+                        ]
+                    )
+                    for t in THRESHOLDS
+                }
+            per_row[r] = row
+        out["settings"][s] = per_row
+    return out
+
+
 def _fmt(mc: tuple[float, float], signed: bool = False) -> str:
     m, h = mc
     body = f"{m:+.3f}" if signed else f"{m:.3f}"
@@ -224,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     text += f"\n\nWall time {wall / 60:.1f} min for {len(jobs)} runs ({args.jobs} jobs).\n"
     (args.out / "study.md").write_text(text)
+    summary = summary_json(results, args.settings, args.rows, args.seeds)
+    (args.out / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(text)
     return 0
 
