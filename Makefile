@@ -12,7 +12,7 @@ MIN_VENV ?= .venv-min
 MIN_PY := $(MIN_VENV)/bin/python
 MIN_STAMP := $(MIN_VENV)/.ccg-installed
 
-.PHONY: demo test test-min lint typecheck pytest format bench clean
+.PHONY: study demo test test-min lint typecheck pytest format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,13 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench: $(STAMP)
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	for b in $(filter-out benchmarks/ablation_study.py benchmarks/graph_evidence.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done
+	$(PY) benchmarks/ablation_study.py --quick --out runs/ablation-study-quick
+
+# The Table 4 study on the synthetic twin (docs/results.md): hours on 2 cores.
+study: $(STAMP)
+	$(PY) benchmarks/ablation_study.py
+	$(PY) benchmarks/graph_evidence.py --glob "runs/ablation-study/*-ir+ik+kr-s*"
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
