@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch import Tensor
 from ccg_layers.datasets import BOXED_CLASSES, NUM_FOLDS
 
 from .config import TrainConfig
+from .data import dataset_root
 from .engine import absolute_paths, train
 from .report import BOXED_COLUMNS, THRESHOLDS, boxed_mean
 
@@ -101,7 +104,16 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
     folds = folds if folds is not None else default_folds(cfg.setting)
     name = cfg.run_name or f"reproduce-{cfg.preset}-setting-{cfg.setting}"
     root = Path(cfg.output_dir) / name
-    per_fold = [run_fold(cfg, root, k) for k in folds]
+    if cfg.parallel_runs > 1 and len(folds) > 1:
+        # folds side by side, one process each (the demo preset: two on a 2-core machine);
+        # the dataset is made once, here, before they start
+        dataset_root(cfg)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(cfg.parallel_runs, len(folds)), mp_context=ctx) as pool:
+            futures = [pool.submit(run_fold, cfg, root, k) for k in folds]
+            per_fold = [f.result() for f in futures]
+    else:
+        per_fold = [run_fold(cfg, root, k) for k in folds]
     stats = aggregate(per_fold)
     synthetic = cfg.data_root is None or (Path(cfg.data_root) / "synthetic.json").is_file()
     notes = []

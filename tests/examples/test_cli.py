@@ -170,3 +170,13 @@ def test_reproduce_runs_every_fold_resumes_a_killed_one_and_aggregates(make_conf
     reproduce(cfg, folds=(0, 1))
     assert "=== fold" not in capsys.readouterr().out
     assert (root / "fold1" / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_reproduce_side_by_side_equals_fold_after_fold(make_config):
+    cfg = make_config(run_name="seq", epochs=1, losses=("base",))
+    cfg.data_root, cfg.synthetic_images, cfg.synthetic_seed = None, 48, 3
+    one = json.loads((reproduce(cfg, folds=(0, 1)) / "reproduce.json").read_text())
+    par = cfg.__class__(**{**cfg.__dict__, "run_name": "par", "parallel_runs": 2})
+    two = json.loads((reproduce(par, folds=(0, 1)) / "reproduce.json").read_text())
+    assert one["methods"] == two["methods"]
