@@ -40,7 +40,7 @@ from .config import LOSS_TERMS, TrainConfig, load_config
 from .data import Data, build_data, grid_size, reference_maps, to_device
 from .losses import CCGLoss
 from .model import CCGNet, build_model, resolve_weights
-from .report import EvalResults, score_maps, write_report
+from .report import EvalResults, gap_against_seed_spread, score_maps, write_report
 
 
 class NonFiniteLossError(RuntimeError):
@@ -778,6 +778,7 @@ def compare(cfg: TrainConfig) -> Path:
             "seconds": {**seconds, "total": time.perf_counter() - t_start},
         },
     )
+    text += gap_against_seed_spread(results["CCG"], results["Baseline"], cfg.setting)
     total = time.perf_counter() - t_start
     text += (
         f"Training time: baseline {seconds['Baseline']:.0f} s, CCG {seconds['CCG']:.0f} s; "

@@ -151,3 +151,38 @@ def write_report(
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     return text
+
+
+#: The Table 4 study's recorded summary (``benchmarks/ablation_study.py``'s ``study.json``,
+#: docs/results.md): the seed-to-seed spread a single comparison is read against.
+STUDY_RECORD = Path(__file__).resolve().parents[2] / "docs" / "ablation-study.json"
+
+
+def gap_against_seed_spread(
+    ccg: EvalResults, baseline: EvalResults, setting: str, record: Path = STUDY_RECORD
+) -> str:
+    """This run's CCG − baseline gap at T(IoU) 0.1 and 0.3, read against the paired
+    differences the study measured over seeds in the same setting (when it was recorded)."""
+    lines = []
+    study = json.loads(record.read_text()) if record.is_file() else {}
+    row = study.get("settings", {}).get(setting, {}).get("ir+ik+kr", {})
+    for t in (0.1, 0.3):
+        gap = ccg.mean_at(t) - baseline.mean_at(t)
+        line = f"CCG - Baseline at T(IoU)={t:g}: {gap:+.3f}"
+        diff = row.get("minus_baseline", {}).get(f"T={t:g}")
+        if diff and diff["n"] > 1:
+            inside = abs(gap - diff["mean"]) <= 2 * diff["sd"]
+            line += (
+                f"; over {diff['n']} seeds the study measured {diff['mean']:+.3f} "
+                f"(95% CI ± {diff['ci95']:.3f}, seed-to-seed SD {diff['sd']:.3f}): this gap is "
+                + ("inside" if inside else "outside")
+                + " the seed-to-seed spread (mean ± 2 SD)"
+            )
+            if diff["mean"] - diff["ci95"] > 0 or diff["mean"] + diff["ci95"] < 0:
+                line += ", and the study's mean difference is not zero"
+            else:
+                line += ", and the study's mean difference is within noise of zero"
+        else:
+            line += f" (no study recorded for setting {setting} in {record.name})"
+        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,41 @@
+"""The demo's summary reads its CCG − baseline gap against the study's seed-to-seed spread."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from examples.ccg_net.report import gap_against_seed_spread
+
+
+def _res(m01: float, m03: float) -> SimpleNamespace:
+    return SimpleNamespace(mean_at=lambda t: {0.1: m01, 0.3: m03}[t])
+
+
+def _record(tmp_path, mean: float, sd: float, ci: float):
+    diff = {"mean": mean, "sd": sd, "ci95": ci, "n": 5}
+    data = {"settings": {"b": {"ir+ik+kr": {"minus_baseline": {"T=0.1": diff, "T=0.3": diff}}}}}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_gap_inside_the_spread_and_a_study_mean_within_noise(tmp_path):
+    rec = _record(tmp_path, mean=0.01, sd=0.05, ci=0.06)
+    text = gap_against_seed_spread(_res(0.60, 0.30), _res(0.55, 0.28), "b", rec)
+    assert "CCG - Baseline at T(IoU)=0.1: +0.050" in text
+    assert "inside the seed-to-seed spread" in text
+    assert "within noise of zero" in text
+
+
+def test_gap_outside_the_spread_and_a_study_mean_away_from_zero(tmp_path):
+    rec = _record(tmp_path, mean=-0.5, sd=0.02, ci=0.03)
+    text = gap_against_seed_spread(_res(0.60, 0.30), _res(0.55, 0.28), "b", rec)
+    assert "outside the seed-to-seed spread" in text
+    assert "is not zero" in text
+
+
+def test_no_recorded_study_for_the_setting_is_said(tmp_path):
+    rec = _record(tmp_path, mean=0.0, sd=0.1, ci=0.1)
+    text = gap_against_seed_spread(_res(0.6, 0.3), _res(0.5, 0.2), "a", rec)
+    assert "no study recorded for setting a" in text
