@@ -343,6 +343,8 @@ def test_cli_reports_non_finite_loss_with_exit_code_3(make_config, monkeypatch, 
         "false",
         "--cache-images",
         "false",
+        "--parallel-runs",
+        "1",  # in this process: the monkeypatched dataset does not reach spawned ones
         "--compare-baseline",
     ]
     assert cli.main(argv) == 3

@@ -108,7 +108,7 @@ def test_optimizer_flag_selects_adamw_or_nesterov_sgd():
 
 def test_demo_preset_is_the_tuned_weak_supervision_recipe():
     demo = TrainConfig(**PRESETS["demo"])
-    assert (demo.optimizer, demo.lr, demo.weight_decay) == ("sgd", 3e-3, 1e-4)
+    assert (demo.optimizer, demo.lr, demo.weight_decay) == ("sgd", 3e-4, 1e-4)
     assert (demo.synthetic_images, demo.epochs, demo.lr_step_epochs) == (3000, 6, 4)
     assert (demo.head_bias_init, demo.noisy_or_floor) == ("prior", 0.98)
 
@@ -146,3 +146,14 @@ def test_whole_image_reference_needs_no_box_and_scores_the_box_share(make_config
         # one box per (image, class) in the fixture's test images
         expected = (share[sel] > 0.1).float().mean()
         assert res.accuracy[0, k] == pytest.approx(float(expected))
+
+
+@pytest.mark.parametrize(("setting", "lr"), [("a", 3e-4), ("b", 3e-3), ("c", 3e-4)])
+def test_demo_learning_rate_follows_the_setting_unless_given(setting, lr):
+    parse = build_parser().parse_args
+    cfg = resolve_config(parse(["train", "--preset", "demo", "--setting", setting]))
+    assert cfg.lr == lr
+    cfg = resolve_config(parse(["train", "--preset", "demo", "--setting", setting, "--lr", "0.01"]))
+    assert cfg.lr == 0.01
+    # the paper preset keeps its own rate in every setting
+    assert resolve_config(parse(["train", "--setting", setting])).lr == 1e-3
