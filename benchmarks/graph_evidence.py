@@ -130,6 +130,8 @@ def evaluate_run(
     if trained.ik is not None:
         sp = superpixel_labels(cfg, test.paths[:n]).long()
     ratios: dict[str, list[float]] = {}
+    spread: list[float] = []  # mean Euclidean distance between two test images' C5 maps
+    norms: list[float] = []  # mean norm of a test image's C5 map
     for idx in torch.arange(n).split(chunk):
         if len(idx) < max(2, chunk // 2):
             continue
@@ -137,6 +139,10 @@ def evaluate_run(
         _, feats = model(images)
         sp_chunk = sp[idx].to(device) if sp is not None else None
         lab = labels[idx].to(device)
+        flat = feats.float().flatten(1)
+        d = torch.cdist(flat, flat)
+        spread.append(float(d.sum() / (len(idx) * (len(idx) - 1))))
+        norms.append(float(flat.norm(dim=1).mean()))
         for which, criterion in (("trained", trained), ("control", control)):
             for name, graph in graphs_of(criterion, feats.float(), sp_chunk).items():
                 r = share_ratio(graph, lab)
@@ -145,12 +151,15 @@ def evaluate_run(
     result: dict[str, Any] = {
         "run": str(run_dir),
         "images": n,
-        "chunks": max((len(v) for v in ratios.values()), default=0),
+        "chunks": len(spread),
         "losses": list(cfg.losses),
         "graph_form": cfg.graph_form,
     }
     for key, values in ratios.items():
         result[key] = sum(values) / len(values)
+    result["feature_distance"] = sum(spread) / len(spread) if spread else math.nan
+    # (a baseline run has no graph: only these two, to compare its features with CCG's)
+    result["feature_norm"] = sum(norms) / len(norms) if norms else math.nan
     return result
 
 
@@ -164,14 +173,16 @@ def report(results: list[dict[str, Any]]) -> str:
         "Weight to partners sharing a disease label / weight to partners sharing none "
         "(test split, self-pairs excluded; 1.000 = no preference)",
         "",
-        f"| run | images | {TITLES['ir']} | {TITLES['ik']} | control (untrained) |",
-        "|---|---|---|---|---|",
+        f"| run | images | {TITLES['ir']} | {TITLES['ik']} | control (untrained) | "
+        "C5 distance between images | C5 norm |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         control = [r[f"control_{g}"] for g in GRAPHS if f"control_{g}" in r]
         lines.append(
             f"| {Path(r['run']).name} | {r['images']} | {_fmt(r.get('trained_ir'))} | "
-            f"{_fmt(r.get('trained_ik'))} | {', '.join(_fmt(c) for c in control) or '-'} |"
+            f"{_fmt(r.get('trained_ik'))} | {', '.join(_fmt(c) for c in control) or '-'} | "
+            f"{_fmt(r.get('feature_distance'))} | {_fmt(r.get('feature_norm'))} |"
         )
     cells = []
     for g in GRAPHS:
@@ -184,7 +195,7 @@ def report(results: list[dict[str, Any]]) -> str:
     controls = [r[f"control_{g}"] for r in results for g in GRAPHS if f"control_{g}" in r]
     control = _fmt(sum(controls) / len(controls)) if controls else "-"
     lines.append(
-        f"| mean ± 95% CI over {len(results)} run(s) | | {cells[0]} | {cells[1]} | {control} |"
+        f"| mean ± 95% CI over {len(results)} run(s) | | {cells[0]} | {cells[1]} | {control} | | |"
     )
     return "\n".join(lines)
 
@@ -216,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{run}: {r['images']} test images, {r['chunks']} chunks: "
             + ", ".join(
-                f"{k} {_fmt(r[k])}" for k in sorted(r) if k.startswith(("trained", "control"))
+                f"{k} {_fmt(r[k])}"
+                for k in sorted(r)
+                if k.startswith(("trained", "control", "feature"))
             )
         )
         results.append(r)

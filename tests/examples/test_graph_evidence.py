@@ -97,7 +97,9 @@ def test_graph_evidence_prints_the_ratios_of_a_trained_run_and_the_uniform_contr
     assert result["trained_ir"] != 1.0
     assert result["trained_ik"] != 1.0
     row = next(s for s in text.splitlines() if s.startswith("| ccg-evidence |"))
-    assert row.endswith("1.000, 1.000 |")
+    assert re.search(r"1\.000, 1\.000 \| \d+\.\d{3} \| \d+\.\d{3} \|$", row), row
+    assert result["feature_distance"] > 0
+    assert result["feature_norm"] > 0
     assert "| mean ± 95% CI over 1 run(s) |" in text
     # --glob finds the same run
     assert ge.main(["--glob", str(run.parent / "ccg-*"), "--chunk", "6", "--max-images", "0"]) == 0
