@@ -80,6 +80,9 @@ class TrainConfig:
     # cross-batch partner memory of every relation graph; -1: 8 where the batch alone would
     # leave a graph constant (the paper's batch of 2), else 0
     memory_size: int = -1
+    # epochs of L_base alone before the relation terms join (0: Eq. 11 from the first step, the
+    # paper; the paper's ResNet-50 starts from ImageNet features, the demo's from random ones)
+    relation_start_epoch: int = 0
     kr_pairs: str = "half"  # L_KR pairs: "half" (i, i + n/2) or "all" (every pair)
     kr_scale: float | None = None  # None: 1/sqrt(C); 1.0 is the paper's literal P
     # optimisation
@@ -257,6 +260,7 @@ HELP: dict[str, str] = {
     "batch_size": "images per process and step",
     "lr": "learning rate (demo: 3e-3 in setting b, 3e-4 in a and c)",
     "optimizer": "sgd (Nesterov, the paper) or adamw",
+    "relation_start_epoch": "epochs of L_base alone before the relation terms join (0: the paper)",
     "graph_form": "relation graphs: conditioned (a pair's weight from the two images) or "
     "positional (the paper's batch-slot matrix for L_IR)",
     "memory_size": "partner memory of each relation graph (-1: 8 where the batch alone leaves "
@@ -333,6 +337,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--graph-form must be conditioned or positional, got {cfg.graph_form!r}")
     if cfg.memory_size < -1:
         raise ValueError(f"--memory-size must be -1 (auto) or >= 0, got {cfg.memory_size}")
+    if not 0 <= cfg.relation_start_epoch <= cfg.epochs:
+        raise ValueError(
+            f"--relation-start-epoch must be in [0, --epochs={cfg.epochs}], "
+            f"got {cfg.relation_start_epoch}"
+        )
     if cfg.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     if cfg.amp not in ("auto", "on", "off"):

@@ -638,6 +638,7 @@ def _train(
     trainee.train()
     while state.epoch < cfg.epochs:
         data.sampler.set_epoch(state.epoch, state.step_in_epoch)
+        trainee.criterion.start_epoch(state.epoch)
         bar = None
         if is_main and cfg.progress:
             from tqdm import tqdm

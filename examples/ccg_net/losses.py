@@ -110,6 +110,9 @@ class CCGLoss(nn.Module):
             noisy_or_floor=cfg.noisy_or_floor,
         )
         self.base_reduction = cfg.base_reduction
+        # the relation terms' switch (see start_epoch): a buffer, so it costs no host sync
+        self.register_buffer("relation_on", torch.ones(()), persistent=False)
+        self.relation_start_epoch = cfg.relation_start_epoch
         memory = resolve_memory_size(cfg, global_batch)
         self.memory_size = memory
         warn_constant_graphs(cfg, global_batch, memory)
@@ -169,9 +172,17 @@ class CCGLoss(nn.Module):
                 out["ik"] = self.ik(feats, sp)
             if self.kr_attention is not None and self.kr_graph is not None:
                 out["kr"] = self._kr(feats, sp)
-        total = sum(self.weights[k] * v for k, v in out.items())
-        out["loss"] = total  # type: ignore[assignment]
+        relation = [self.weights[k] * v for k, v in out.items() if k != "base"]
+        total = self.weights["base"] * base
+        if relation:
+            # 0 during --relation-start-epoch's first epochs (set by the trainer), else 1
+            total = total + self.relation_on * sum(relation)
+        out["loss"] = total
         return out
+
+    def start_epoch(self, epoch: int) -> None:
+        """``--relation-start-epoch``: L_base alone before that epoch (0-based), then Eq. 11."""
+        self.relation_on.fill_(float(epoch >= self.relation_start_epoch))
 
     def _kr(self, feats: Tensor, sp: Tensor | None) -> Tensor:
         n = feats.shape[0]

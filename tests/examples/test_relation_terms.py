@@ -319,3 +319,35 @@ def test_relation_terms_do_not_depend_on_the_order_of_the_batch(half, seed, fill
     ):
         expected = torch.cat([graph[pi_all][:, pi_all], graph[pi_all, n:]], dim=1)
         torch.testing.assert_close(p, expected, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- relation start
+
+
+def test_relation_terms_join_at_the_relation_start_epoch():
+    criterion = CCGLoss(_config(relation_start_epoch=2), C, global_batch=4)
+    logits, feats, labels, grid, box_mask, sp = _batch(4, 3)
+    feats.requires_grad_(True)
+    for epoch, on in ((0, False), (1, False), (2, True), (5, True)):
+        criterion.start_epoch(epoch)
+        criterion.zero_grad()
+        feats.grad = None
+        out = criterion(logits, feats, labels, grid, box_mask, sp)
+        relation = sum(0.25 * out[k] for k in ("ir", "ik", "kr"))
+        expected = 0.25 * out["base"] + (relation if on else 0.0)
+        assert torch.allclose(out["loss"], expected), epoch
+        out["loss"].backward()
+        # the relation terms are still computed (for the log), but give no gradient before
+        grads = [criterion.ir.weight.grad, criterion.kr_attention.weight.grad]
+        assert all((g is not None and bool(g.abs().sum() > 0)) == on for g in grads), epoch
+        assert (feats.grad is not None and bool(feats.grad.abs().sum() > 0)) == on, epoch
+
+
+def test_relation_start_epoch_flag_is_checked():
+    from examples.ccg_net.cli import build_parser
+    from examples.ccg_net.config import resolve_config
+
+    cfg = resolve_config(build_parser().parse_args(["train", "--relation-start-epoch", "3"]))
+    assert cfg.relation_start_epoch == 3
+    with pytest.raises(ValueError, match="--relation-start-epoch must be in"):
+        resolve_config(build_parser().parse_args(["train", "--relation-start-epoch", "10"]))
