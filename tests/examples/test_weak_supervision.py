@@ -108,7 +108,7 @@ def test_optimizer_flag_selects_adamw_or_nesterov_sgd():
 
 def test_demo_preset_is_the_tuned_weak_supervision_recipe():
     demo = TrainConfig(**PRESETS["demo"])
-    assert (demo.optimizer, demo.lr, demo.weight_decay) == ("sgd", 3e-4, 1e-4)
+    assert (demo.optimizer, demo.lr, demo.weight_decay, demo.setting) == ("sgd", 3e-3, 1e-4, "b")
     assert (demo.synthetic_images, demo.epochs, demo.lr_step_epochs) == (3000, 6, 4)
     assert (demo.head_bias_init, demo.noisy_or_floor) == ("prior", 0.98)
 
