@@ -29,18 +29,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ccg_layers.datasets import BOXED_CLASSES as BOXED  # noqa: E402
+
 ROWS = ("baseline", "ik", "ir", "kr", "ir+ik", "ir+ik+kr")
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
-BOXED = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-)
 # two-sided 95% Student t quantiles by degrees of freedom
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
