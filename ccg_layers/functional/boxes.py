@@ -102,14 +102,18 @@ def _grid_cells(boxes: Tensor, image_size: tuple[int, int], grid_size: tuple[int
 
 
 def _cell_edges(cells: Tensor, n_cells: int, n_pixels: int) -> Tensor:
-    """Pixel edge where cell ``c`` starts: the first ``j`` with ``floor((j + 0.5) n / N) >= c``.
+    """Pixel edge where cell ``c`` starts: the first pixel the metric maps to a cell ``>= c``.
 
-    ``ceil(c N / n - 1/2)`` in exact integer arithmetic: pixel ``j`` of ``N`` belongs to cell
-    ``floor((j + 1/2) n / N)`` of ``n``, the nearest-neighbour mapping of
-    :func:`ccg_layers.metrics.localization_accuracy` (``c N / n`` when ``n`` divides ``N``).
+    :func:`ccg_layers.metrics.localization_accuracy` gives pixel ``j`` of ``N`` the cell
+    ``floor((j + 1/2) n / N)`` of ``n`` through ``F.interpolate(mode="nearest-exact")``, which
+    computes it in floating point: where ``(j + 1/2) n / N`` is an integer, rounding can put the
+    pixel in the cell below. The edges are read off that very interpolation of the cell indices,
+    so a box covers exactly the pixels the metric gives its cells (``c N / n`` when ``n``
+    divides ``N``).
     """
-    numerator = 2 * cells * n_pixels - n_cells
-    return -torch.div(-numerator, 2 * n_cells, rounding_mode="floor")
+    index = torch.arange(n_cells, dtype=torch.float32, device=cells.device)
+    src = F.interpolate(index.view(1, 1, n_cells, 1), size=(n_pixels, 1), mode="nearest-exact")
+    return torch.searchsorted(src.view(-1).contiguous(), cells.to(torch.float32), right=False)
 
 
 # --------------------------------------------------------------------------- public
@@ -259,8 +263,8 @@ def maps_to_boxes(
     evaluates with ``prob_threshold=threshold`` (and ``interpolation="nearest"``). Each
     8-connected component of it gives one box: the bounding box of the image pixels the
     component covers, pixel ``j`` of ``W_img`` belonging to cell ``floor((j + 1/2) w / W_img)``
-    of ``w`` (the metric's nearest-neighbour mapping; cell ``c`` spans ``[c W_img / w,
-    (c+1) W_img / w)`` when ``w`` divides ``W_img``). So a rectangular region gives back
+    of ``w`` as the metric's ``nearest-exact`` interpolation computes it (in floating point;
+    cell ``c`` spans ``[c W_img / w, (c+1) W_img / w)`` when ``w`` divides ``W_img``). So a rectangular region gives back
     exactly its pixels, and the metric scores the box against the map as IoU 1.
 
     The score of a box is the **maximum** probability inside its region (the peak of the

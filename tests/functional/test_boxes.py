@@ -360,6 +360,18 @@ def test_boxes_are_the_region_the_metric_evaluates(inputs, H_img, W_img):
         assert float(acc[0, box_class[m]]) == 1.0
 
 
+def test_boxes_follow_the_metrics_floating_point_cell_mapping():
+    # 6 cells over 37 pixels: (18 + 1/2) * 6 / 37 is exactly 3, but the metric's nearest-exact
+    # interpolation computes it in float32 and gives pixel 18 to cell 2; the box must agree
+    maps = torch.tensor([0.745, 0.948, 0.728, 0.066, 0.154, 0.317]).reshape(1, 1, 6, 1)
+    boxes, image_index, box_class, _ = maps_to_boxes(maps, image_size=(37, 1))
+    assert boxes.tolist() == [[0.0, 0.0, 1.0, 19.0]]
+    acc = localization_accuracy(
+        maps, boxes, image_index, box_class, image_size=(37, 1), thresholds=0.999
+    )
+    assert float(acc[0, 0]) == 1.0
+
+
 @given(separated_regions())
 def test_boxes_back_to_grid_targets_round_trip(inputs):
     maps, _ = inputs
