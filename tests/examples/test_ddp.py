@@ -53,7 +53,8 @@ def _freeze_bn(module: nn.Module) -> None:
             m.eval()
 
 
-def _worker(rank: int, port: int, root: str, out: str) -> None:
+def _join_gloo(rank: int, port: int) -> None:
+    """Join the 2-process gloo group on 127.0.0.1 as torchrun would describe it."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -63,6 +64,10 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
     )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def _worker(rank: int, port: int, root: str, out: str) -> None:
+    _join_gloo(rank, port)
     try:
         cfg = tiny_config(Path(root), Path(out), batch_size=PER_RANK)
         torch.manual_seed(0)
@@ -166,15 +171,7 @@ def _train_steps(net: nn.Module, trainee: nn.Module, shard) -> None:
 
 
 def _memory_worker(rank: int, port: int, root: str, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    _join_gloo(rank, port)
     try:
         # batch 1 per process: the paper's global batch of 2, so the memory is on (auto)
         cfg = tiny_config(Path(root), Path(out), batch_size=1)
