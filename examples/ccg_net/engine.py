@@ -697,7 +697,7 @@ def _train(
             results = evaluate(trainee.model, data.test_loader, device, data)
         assert metrics is not None
         metrics.finish({**results.summary(), "split": data.summary})
-        name = "CCG" if len(cfg.losses) > 1 else "Baseline"
+        name = _model_name(cfg)
         text = write_report(
             run_dir,
             {name: results},
@@ -710,6 +710,11 @@ def _train(
         if print_report:
             print(text)
     return Run(run_dir, results)
+
+
+def _model_name(cfg: TrainConfig) -> str:
+    """The report's name of a run's model: CCG with any relation term, else the baseline."""
+    return "CCG" if len(cfg.losses) > 1 else "Baseline"
 
 
 def _title(cfg: TrainConfig, data: Data) -> str:
@@ -807,7 +812,7 @@ def evaluate_checkpoint(
     data = build_data(cfg, device=dev, with_train=False)
     res = evaluate(model, data.test_loader, dev, data)
     out_dir = path.parent.parent / f"evaluation-{path.stem}"
-    name = "CCG" if len(cfg.losses) > 1 else "Baseline"
+    name = _model_name(cfg)
     text = write_report(
         out_dir,
         {name: res},

@@ -7,6 +7,7 @@ import os
 import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def _freeze_bn(module: nn.Module) -> None:
             m.eval()
 
 
-def _join_gloo(rank: int, port: int) -> None:
+def _join_gloo(rank: int, port: int, **kwargs: Any) -> None:
     """Join the 2-process gloo group on 127.0.0.1 as torchrun would describe it."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -63,7 +64,7 @@ def _join_gloo(rank: int, port: int) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, **kwargs)
 
 
 def _worker(rank: int, port: int, root: str, out: str) -> None:
@@ -281,15 +282,7 @@ def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
 def _nan_worker(rank: int, port: int, root: str, out: str) -> None:
     # rank 1's model outputs NaN from its third step on; both ranks must stop with the
     # non-finite error at the next log point (not hang in mismatched collectives)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    _join_gloo(rank, port, timeout=timedelta(seconds=60))
     seen = {}
     real_ddp = engine.DistributedDataParallel
 
