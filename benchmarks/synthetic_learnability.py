@@ -29,7 +29,7 @@ from ccg_layers.datasets import (
     ensure_synthetic_dataset,
     read_chestxray14,
 )
-from ccg_layers.functional import boxes_to_grid
+from ccg_layers.functional import boxes_to_grid_targets
 from ccg_layers.metrics import format_localization_table, localization_accuracy
 
 S, G = 128, 16
@@ -42,11 +42,16 @@ def load(root: Path, names: list[str] | None) -> dict:
 
 
 def grid_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    n = batch["image"].shape[0]
-    grid = torch.zeros(n, 14, G, G)
-    cells = boxes_to_grid(batch["boxes"], (S, S), (G, G)).float()
-    grid.index_put_((batch["box_image_index"], batch["box_class"]), cells, accumulate=True)
-    return grid.clamp(max=1), batch["has_box"]
+    grid, _ = boxes_to_grid_targets(
+        batch["boxes"],
+        batch["box_image_index"],
+        batch["box_class"],
+        num_images=batch["image"].shape[0],
+        num_classes=14,
+        image_size=S,
+        grid_size=G,
+    )
+    return grid, batch["has_box"]
 
 
 def model() -> nn.Module:
