@@ -181,3 +181,26 @@ def test_reproduce_side_by_side_equals_fold_after_fold(make_config):
     par = cfg.__class__(**{**cfg.__dict__, "run_name": "par", "parallel_runs": 2})
     two = json.loads((reproduce(par, folds=(0, 1)) / "reproduce.json").read_text())
     assert one["methods"] == two["methods"]
+
+
+def test_published_rows_are_well_formed_and_shown_beside_their_setting():
+    from examples.ccg_net.report import THRESHOLDS
+    from examples.ccg_net.reproduce import PUBLISHED_ROWS, paper_table, published_rows
+
+    for row in PUBLISHED_ROWS:
+        assert row.source
+        assert set(row.settings) <= {"a", "b", "c"}
+        for values in row.accuracy.values():
+            assert len(values) == 8
+            assert all(0.0 <= v <= 1.0 for v in values)
+        assert set(row.mean) <= set(row.accuracy)
+    (wang,) = published_rows("b")
+    assert published_rows("a") == []
+    assert published_rows("c") == []
+    nan = torch.full((len(THRESHOLDS), 9), float("nan"))
+    table = paper_table({"Baseline": {"mean": nan, "std": nan}}, "b", 1)
+    line = next(x for x in table.splitlines() if x.startswith("| 0.3 | Wang et al. 2017"))
+    # as printed (Table 7, T(IoU)=0.3), and no mean where the source prints none
+    assert line.endswith("| 0.24 | 0.46 | 0.30 | 0.28 | 0.15 | 0.04 | 0.17 | 0.13 | — |")
+    assert wang.accuracy[0.3][1] == 0.4589
+    assert "Wang" not in paper_table({"Baseline": {"mean": nan, "std": nan}}, "a", 1)
