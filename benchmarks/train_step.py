@@ -10,13 +10,20 @@ are counted (``tests/host_sync.py``) and shown next to the times. Both models ru
 (baseline, CCG, baseline, CCG, ...), so the ratio is measured in one run under the same
 conditions; the table shows medians. The three relation terms are also timed alone (forward
 and backward from fixed C5 feature maps), which resolves their cost below the noise of the
-ratio. Peak memory is measured for each model in a fresh
+ratio. The floating-point operations of one step of each model are counted as well
+(``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions, forward and
+backward), which gives the relation terms' share of the step independently of the machine and
+its load: the floor any implementation of the same arithmetic reaches where the step is
+compute-bound. Peak memory is measured for each model in a fresh
 subprocess (CUDA: ``torch.cuda.max_memory_allocated`` during the steps; CPU: the peak resident
 set size of the whole process, ``ru_maxrss``, which includes torch itself, the model and the
 optimiser state).
 
-    python benchmarks/train_step.py                 # both settings
+    python benchmarks/train_step.py                 # demo, paper and paper-qk256
     python benchmarks/train_step.py --settings demo --steps 20
+
+``paper-qk256`` is the paper configuration with ``--kr-qk-channels 256`` (a rank-256
+``W_P = W_u^T W_v`` instead of the paper's full 2048 x 2048 matrix).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
 import ccg_layers  # noqa: E402
 from examples.ccg_net.config import LOSS_TERMS, PRESETS, TrainConfig  # noqa: E402
 from examples.ccg_net.data import grid_size  # noqa: E402
@@ -48,12 +57,19 @@ from examples.ccg_net.engine import (  # noqa: E402
 )
 from tests.host_sync import count_host_syncs  # noqa: E402
 
+SETTINGS = ("demo", "paper", "paper-qk256")
+
 
 def setting(name: str) -> TrainConfig:
     if name == "demo":
         return TrainConfig(preset="demo", **PRESETS["demo"])
     # the paper: ResNet-50 C5, 512x512, batch 2 (random weights: the timing does not care)
-    return TrainConfig(preset="paper", weights="none")
+    cfg = TrainConfig(preset="paper", weights="none")
+    if name == "paper-qk256":
+        cfg = dataclasses.replace(cfg, kr_qk_channels=256)
+    elif name != "paper":
+        raise ValueError(f"--settings: each must be one of {SETTINGS}, got {name!r}")
+    return cfg
 
 
 def make_batch(cfg: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -126,6 +142,23 @@ def time_pair(cfg: TrainConfig, steps: int, warmup: int, device: torch.device) -
     return out
 
 
+def step_flops(cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """FLOPs of one training step of the baseline and of CCG (memory filled); ``"relation"``
+    is their difference, what the three relation terms add to the step."""
+    batch = make_batch(cfg, device)
+    out = {}
+    for name, terms in (("baseline", ("base",)), ("ccg", LOSS_TERMS)):
+        model = build(cfg, terms, device)
+        for _ in range(2):  # two steps: the memory holds partners, as in training
+            step(model, batch, device)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(model, batch, device)
+        out[name] = float(counter.get_total_flops())
+    out["relation"] = out["ccg"] - out["baseline"]
+    return out
+
+
 def time_relation_terms(cfg: TrainConfig, steps: int, device: torch.device) -> float:
     """Median time of the three relation terms alone (forward + backward, from fixed C5 maps)."""
     batch = make_batch(cfg, device)
@@ -170,7 +203,7 @@ def peak_memory(cfg_name: str, model: str, steps: int, device: torch.device) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--settings", default="demo,paper")
+    p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--steps", type=int, default=0, help="timed steps per model (0: per setting)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0)
@@ -195,6 +228,7 @@ def main() -> None:
         steps = args.steps or (20 if name == "demo" else 5)
         t = time_pair(cfg, steps, warmup=2, device=device)
         t["relation"] = time_relation_terms(cfg, steps, device)
+        flops = step_flops(cfg, device)
         mem = {}
         for model in ("baseline", "ccg"):
             cmd = [sys.executable, __file__, "--device", str(device), "--_memory", name, model]
@@ -206,22 +240,27 @@ def main() -> None:
             f"{cfg.backbone} {cfg.image_size}px, batch {cfg.batch_size}, "
             f"{grid_size(cfg)}x{grid_size(cfg)} grid, m={cfg.num_patches}"
         )
-        rows.append((name, desc, steps, t, mem))
+        if cfg.kr_qk_channels:
+            desc += f", W_P rank {cfg.kr_qk_channels}"
+        rows.append((name, desc, steps, t, mem, flops))
     print()
     print(
         "| setting | model, input | steps | baseline s/step | CCG s/step | CCG / baseline "
         "| L_IR+L_IK+L_KR alone s (share of baseline step) | host syncs/step baseline, CCG "
-        "| peak mem baseline (MiB) | peak mem CCG (MiB) | CCG - baseline (MiB) |"
+        "| peak mem baseline (MiB) | peak mem CCG (MiB) | CCG - baseline (MiB) "
+        "| GFLOP/step baseline | L_IR+L_IK+L_KR GFLOP (share of baseline) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, desc, steps, t, mem in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, desc, steps, t, mem, flops in rows:
         print(
             f"| {name} | {desc} | {steps} | {t['baseline']:.4f} | {t['ccg']:.4f} | "
             f"{t['ccg'] / t['baseline']:.3f} | "
             f"{t['relation']:.4f} ({100 * t['relation'] / t['baseline']:.1f}%) | "
             f"{t['baseline_syncs']:.0f}, {t['ccg_syncs']:.0f} | "
             f"{mem['baseline']:.0f} | {mem['ccg']:.0f} | "
-            f"{mem['ccg'] - mem['baseline']:+.0f} |"
+            f"{mem['ccg'] - mem['baseline']:+.0f} | "
+            f"{flops['baseline'] / 1e9:.1f} | "
+            f"{flops['relation'] / 1e9:.2f} ({100 * flops['relation'] / flops['baseline']:.2f}%) |"
         )
 
 

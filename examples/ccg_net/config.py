@@ -85,6 +85,8 @@ class TrainConfig:
     relation_start_epoch: int = 0
     kr_pairs: str = "half"  # L_KR pairs: "half" (i, i + n/2) or "all" (every pair)
     kr_scale: float | None = None  # None: 1/sqrt(C); 1.0 is the paper's literal P
+    # 0: the paper's full C x C W_P of Eq. 8; D > 0: W_P = W_u^T W_v of rank D (cheaper)
+    kr_qk_channels: int = 0
     # optimisation
     epochs: int = 9
     batch_size: int = 2  # per process; the graph losses span the global batch
@@ -268,6 +270,8 @@ HELP: dict[str, str] = {
     "positional (the paper's batch-slot matrix for L_IR)",
     "memory_size": "partner memory of each relation graph (-1: 8 where the batch alone leaves "
     "a graph constant, as at the paper's batch of 2; else 0)",
+    "kr_qk_channels": "L_KR's W_P: 0 the paper's full C x C matrix, D > 0 a rank-D W_u^T W_v "
+    "(fewer FLOPs; docs/benchmarks.md)",
     "noisy_or_floor": "Li et al.'s floor on each cell's 1 - p in the noisy-OR (None: Eq. 2 as printed)",
     "head_bias_init": "the last conv's bias: prior (noisy-OR starts at the class prevalence) or a number",
     "device": "auto, cpu, cuda or cuda:N",
@@ -327,6 +331,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--base-reduction must be sum or mean, got {cfg.base_reduction!r}")
     if cfg.kr_pairs not in ("half", "all"):
         raise ValueError(f"--kr-pairs must be half or all, got {cfg.kr_pairs!r}")
+    if cfg.kr_qk_channels < 0:
+        raise ValueError(
+            f"--kr-qk-channels must be 0 (the paper's full W_P) or a positive rank, "
+            f"got {cfg.kr_qk_channels}"
+        )
     if cfg.noisy_or_floor is not None and not 0.0 <= cfg.noisy_or_floor < 1.0:
         raise ValueError(f"--noisy-or-floor must be in [0, 1), got {cfg.noisy_or_floor}")
     if cfg.head_bias_init != "prior":

@@ -136,7 +136,10 @@ class CCGLoss(nn.Module):
         )
         if cfg.enabled("kr"):
             self.kr_attention: nn.Module | None = ccg_layers.CrossImageAttention(
-                feature_channels, mode="pair", scale=cfg.kr_scale
+                feature_channels,
+                qk_channels=cfg.kr_qk_channels or None,  # 0: the paper's full C x C W_P
+                mode="pair",
+                scale=cfg.kr_scale,
             )
             self.kr_graph: nn.Module | None = ccg_layers.PatchHashGraph(
                 cfg.num_patches, feature_channels, code_bits=cfg.code_bits, memory_size=memory

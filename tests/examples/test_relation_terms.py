@@ -262,6 +262,33 @@ def test_graph_form_flag_rejects_other_values():
         resolve_config(build_parser().parse_args(["train", "--graph-form", "slots"]))
 
 
+def test_kr_qk_channels_gives_a_low_rank_w_p_whose_factors_both_learn():
+    criterion = CCGLoss(_config(kr_qk_channels=4), C, global_batch=2)
+    att = criterion.kr_attention
+    assert att is not None
+    assert att.weight is None  # no full C x C W_P
+    assert att.weight_u.shape == (4, C)
+    assert att.weight_v.shape == (4, C)
+    _fill_memory(criterion, 4)
+    logits, feats, labels, grid, box_mask, sp = _batch(2, 0)
+    criterion.zero_grad()
+    criterion(logits, feats.requires_grad_(True), labels, grid, box_mask, sp)["loss"].backward()
+    for p in (att.weight_u, att.weight_v, criterion.kr_graph.weight):
+        assert p.grad is not None
+        assert p.grad.abs().sum() > 0
+    # the default is the paper's full matrix
+    full = CCGLoss(_config(), C, global_batch=2).kr_attention
+    assert full is not None
+    assert full.weight.shape == (C, C)
+
+
+def test_kr_qk_channels_flag_is_checked():
+    args = build_parser().parse_args(["train", "--kr-qk-channels", "256"])
+    assert resolve_config(args).kr_qk_channels == 256
+    with pytest.raises(ValueError, match="--kr-qk-channels must be 0"):
+        resolve_config(build_parser().parse_args(["train", "--kr-qk-channels", "-1"]))
+
+
 # --------------------------------------------------------------------------- permutation
 
 

@@ -1,0 +1,39 @@
+"""benchmarks/train_step.py: the FLOP count of a step (machine-independent, so testable)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import train_step
+
+from .trainer_helpers import tiny_config
+
+
+def _tiny(tmp_path: Path, **overrides: object):
+    cfg = tiny_config(tmp_path, tmp_path)
+    return dataclasses.replace(cfg, batch_size=2, **overrides)  # type: ignore[arg-type]
+
+
+def test_step_flops_counts_what_the_relation_terms_add(tmp_path):
+    cpu = torch.device("cpu")
+    full = train_step.step_flops(_tiny(tmp_path), cpu)
+    assert full["baseline"] > 0
+    assert full["relation"] > 0
+    # a rank-2 W_P costs fewer FLOPs than the full C x C matrix; the baseline is the same
+    low = train_step.step_flops(_tiny(tmp_path, kr_qk_channels=2), cpu)
+    assert low["baseline"] == full["baseline"]
+    assert low["relation"] < full["relation"]
+
+
+def test_settings_are_named():
+    assert train_step.setting("paper-qk256").kr_qk_channels == 256
+    assert train_step.setting("paper").kr_qk_channels == 0
+    with pytest.raises(ValueError, match="--settings"):
+        train_step.setting("papr")
