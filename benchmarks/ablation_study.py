@@ -35,18 +35,18 @@ from ccg_layers.datasets import BOXED_CLASSES as BOXED  # noqa: E402
 
 ROWS = ("baseline", "ik", "ir", "kr", "ir+ik", "ir+ik+kr")
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
-# two-sided 95% Student t quantiles by degrees of freedom
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% CI (Student t; NaN half-width for one value)."""
+    from scipy import stats  # scikit-image's dependency
+
     n = len(values)
     m = sum(values) / n
     if n < 2:
         return m, math.nan
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, _T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return m, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
 def run_one(setting: str, row: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:

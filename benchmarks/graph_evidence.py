@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from benchmarks.ablation_study import mean_ci  # noqa: E402
 from examples.ccg_net import checkpoint as ckpt  # noqa: E402
 from examples.ccg_net import load_model  # noqa: E402
 from examples.ccg_net.config import TrainConfig  # noqa: E402
@@ -64,18 +65,6 @@ def share_ratio(graph: Tensor, labels: Tensor) -> float:
     if same.numel() == 0 or other.numel() == 0:
         return math.nan
     return float(same.double().mean() / other.double().mean())
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% CI (Student t; NaN for fewer than 2 values)."""
-    from scipy import stats
-
-    t = torch.tensor(values, dtype=torch.float64)
-    m = float(t.mean())
-    if len(values) < 2:
-        return m, math.nan
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * float(t.std()) / math.sqrt(len(values))
-    return m, half
 
 
 def load_criterion(state: dict[str, Any], cfg: TrainConfig, channels: int, batch: int) -> CCGLoss:

@@ -26,9 +26,13 @@ def _study():
 def test_mean_ci_is_the_student_t_interval():
     study = _study()
     m, h = study.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
-    # sd = sqrt(2.5), t(0.975, 4) = 2.776
+    # sd = sqrt(2.5), t(0.975, 4) = 2.776445
     assert m == 3.0
-    assert h == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
+    assert h == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    # twelve values: t(0.975, 11) = 2.200985, not the normal 1.96
+    values = [float(v % 2) for v in range(12)]  # six 0s and six 1s: sd = sqrt(12 / 44)
+    m, h = study.mean_ci(values)
+    assert h == pytest.approx(2.200985 * math.sqrt(12 / 44) / math.sqrt(12), rel=1e-6)
     m, h = study.mean_ci([0.5])
     assert m == 0.5
     assert math.isnan(h)

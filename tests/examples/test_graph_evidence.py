@@ -66,13 +66,6 @@ def test_share_ratio_is_above_1_when_the_graph_prefers_partners_with_a_finding_i
     assert ge.share_ratio(torch.full((5, 5), 0.2), labels) == 1.0  # uniform: no preference
 
 
-def test_mean_ci_is_the_student_t_interval():
-    m, half = ge.mean_ci([1.0, 2.0, 3.0])
-    assert m == pytest.approx(2.0)
-    assert half == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-6)  # t(0.975, 2) s / sqrt(n)
-    assert ge.mean_ci([1.5])[1] != ge.mean_ci([1.5])[1]  # NaN for one run
-
-
 def test_graph_evidence_prints_the_ratios_of_a_trained_run_and_the_uniform_control(
     make_config, capsys, tmp_path
 ):
