@@ -83,6 +83,9 @@ class TrainConfig:
     # epochs of L_base alone before the relation terms join (0: Eq. 11 from the first step, the
     # paper; the paper's ResNet-50 starts from ImageNet features, the demo's from random ones)
     relation_start_epoch: int = 0
+    # what the relation terms compare: "raw" the C5 maps as they are (the paper); "unit" each
+    # map divided by its L2 norm (distances in [0, 2]: shrinking the features gains nothing)
+    relation_features: str = "raw"
     kr_pairs: str = "half"  # L_KR pairs: "half" (i, i + n/2) or "all" (every pair)
     kr_scale: float | None = None  # None: 1/sqrt(C); 1.0 is the paper's literal P
     # 0: the paper's full C x C W_P of Eq. 8; D > 0: W_P = W_u^T W_v of rank D (cheaper)
@@ -266,6 +269,8 @@ HELP: dict[str, str] = {
     "lr": "learning rate (demo: 3e-3 in setting b, 3e-4 in a and c)",
     "optimizer": "sgd (Nesterov, the paper) or adamw",
     "relation_start_epoch": "epochs of L_base alone before the relation terms join (0: the paper)",
+    "relation_features": "what the relation terms compare: raw C5 maps (the paper) or unit (each "
+    "map divided by its L2 norm)",
     "graph_form": "relation graphs: conditioned (a pair's weight from the two images) or "
     "positional (the paper's batch-slot matrix for L_IR)",
     "memory_size": "partner memory of each relation graph (-1: 8 where the batch alone leaves "
@@ -345,6 +350,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(
                 f"--head-bias-init must be 'prior' or a number, got {cfg.head_bias_init!r}"
             ) from None
+    if cfg.relation_features not in ("raw", "unit"):
+        raise ValueError(f"--relation-features must be raw or unit, got {cfg.relation_features!r}")
     if cfg.graph_form not in ("conditioned", "positional"):
         raise ValueError(f"--graph-form must be conditioned or positional, got {cfg.graph_form!r}")
     if cfg.memory_size < -1:

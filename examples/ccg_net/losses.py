@@ -33,6 +33,14 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def unit_maps(x: Tensor) -> Tensor:
+    """Each sample of ``x`` ``(n, ...)`` divided by its L2 norm (taken in float32 at least)."""
+    norm = torch.linalg.vector_norm(
+        x.flatten(1), dim=1, dtype=torch.promote_types(x.dtype, torch.float32)
+    )
+    return x / norm.clamp_min(1e-12).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
 def kr_pairs(n: int, mode: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """The image pairs (u, v) of L_KR in a (global) batch of ``n``.
 
@@ -113,6 +121,7 @@ class CCGLoss(nn.Module):
         # the relation terms' switch (see start_epoch): a buffer, so it costs no host sync
         self.register_buffer("relation_on", torch.ones(()), persistent=False)
         self.relation_start_epoch = cfg.relation_start_epoch
+        self.unit = cfg.relation_features == "unit"
         memory = resolve_memory_size(cfg, global_batch)
         self.memory_size = memory
         warn_constant_graphs(cfg, global_batch, memory)
@@ -169,10 +178,11 @@ class CCGLoss(nn.Module):
         if len(self.terms) > 1:
             feats = ccg_layers.all_gather_batch(features)
             sp = ccg_layers.all_gather_batch(superpixels) if superpixels is not None else None
+            rel = unit_maps(feats) if self.unit else feats
             if self.ir is not None:
-                out["ir"] = self.ir(feats)
+                out["ir"] = self.ir(rel)
             if self.ik is not None:
-                out["ik"] = self.ik(feats, sp)
+                out["ik"] = self.ik(rel, sp)
             if self.kr_attention is not None and self.kr_graph is not None:
                 out["kr"] = self._kr(feats, sp)
         relation = [self.weights[k] * v for k, v in out.items() if k != "base"]
@@ -196,5 +206,7 @@ class CCGLoss(nn.Module):
         assert self.kr_graph is not None
         assert sp is not None
         fu_att, fv_att = self.kr_attention(feats[u], feats[v])
+        if self.unit:  # the attention sees the maps as they are, the graph compares unit maps
+            fu_att, fv_att = unit_maps(fu_att), unit_maps(fv_att)
         # F'_u lives on v's grid (v's patches), F'_v on u's grid.
         return self.kr_graph(fu_att, sp[v], features_b=fv_att, labels_b=sp[u])

@@ -289,6 +289,47 @@ def test_kr_qk_channels_flag_is_checked():
         resolve_config(build_parser().parse_args(["train", "--kr-qk-channels", "-1"]))
 
 
+def test_unit_relation_features_make_the_relation_terms_blind_to_the_features_scale():
+    # "unit": each map divided by its norm, so shrinking every feature lowers no relation
+    # term; "raw" (the paper): every relation term is a distance, linear in the scale
+    logits, feats, labels, grid, box_mask, sp = _batch(4, 0)
+
+    def terms(form: str, scale: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        criterion = CCGLoss(_config(relation_features=form, memory_size=0), C, global_batch=4)
+        criterion.eval()
+        return criterion(logits, feats * scale, labels, grid, box_mask, sp)
+
+    unit, unit_small = terms("unit", 1.0), terms("unit", 0.01)
+    raw, raw_small = terms("raw", 1.0), terms("raw", 0.01)
+    for k in ("ir", "ik", "kr"):
+        assert 0 < unit[k] <= 2.0, k  # weighted means of distances between unit maps
+    for k in ("ir", "ik"):  # (L_KR's attention sees the maps as they are: its softmax does not)
+        torch.testing.assert_close(unit_small[k], unit[k], rtol=1e-4, atol=0.0)
+    for k in ("ir", "ik"):
+        torch.testing.assert_close(raw_small[k], 0.01 * raw[k], rtol=1e-4, atol=0.0)
+
+
+def test_unit_maps_have_norm_1_and_keep_the_dtype():
+    from examples.ccg_net.losses import unit_maps
+
+    x = torch.randn(3, 5, 4, 4, dtype=torch.float64) * torch.tensor([1e-3, 1.0, 1e3]).double().view(
+        3, 1, 1, 1
+    )
+    y = unit_maps(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y.flatten(1).norm(dim=1), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(y * x.flatten(1).norm(dim=1).view(3, 1, 1, 1), x)
+
+
+def test_relation_features_flag_is_checked():
+    args = build_parser().parse_args(["train", "--relation-features", "unit"])
+    assert resolve_config(args).relation_features == "unit"
+    assert TrainConfig().relation_features == "raw"  # the paper's distances by default
+    with pytest.raises(ValueError, match="--relation-features must be raw or unit"):
+        resolve_config(build_parser().parse_args(["train", "--relation-features", "cosine"]))
+
+
 # --------------------------------------------------------------------------- permutation
 
 
