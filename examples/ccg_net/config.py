@@ -184,6 +184,52 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEMO_LR_BY_SETTING: dict[str, float] = {"a": 3e-4, "b": 3e-3, "c": 3e-4}
 
 
+#: Options that change where a run writes, how it reports or how fast it runs, not what it
+#: learns (the seed is among them: the study spans seeds).
+RUN_ONLY_FIELDS = frozenset(
+    {
+        "seed",
+        "output_dir",
+        "run_name",
+        "cache_dir",
+        "data_root",
+        "threads",
+        "progress",
+        "eval_every",
+        "num_figures",
+        "parallel_runs",
+        "log_every",
+        "checkpoint_every",
+        "device",
+        "num_workers",
+        "cache_images",
+        "stop_after_steps",
+        "compile",
+        "channels_last",
+        "deterministic",
+        "amp",
+    }
+)
+
+
+def differs_from_demo(cfg: TrainConfig) -> list[str]:
+    """The options (as flags) in which ``cfg`` learns differently from ``--preset demo`` with its
+    defaults in ``cfg.setting`` (the configuration docs/ablation-study.json was measured with);
+    the CCG terms are the study's full model, ``--losses`` of the comparison's CCG run."""
+    ref = TrainConfig(preset="demo", **PRESETS["demo"])
+    ref.setting = cfg.setting
+    ref.lr = DEMO_LR_BY_SETTING.get(cfg.setting, ref.lr)
+    if cfg.preset != "demo":
+        return ["--preset"]
+    return [
+        "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RUN_ONLY_FIELDS
+        and f.name not in ("preset", "losses")
+        and getattr(cfg, f.name) != getattr(ref, f.name)
+    ] + (["--losses"] if len(cfg.losses) > 1 and cfg.losses != LOSS_TERMS else [])
+
+
 def _parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "on"):
         return True

@@ -36,7 +36,7 @@ import ccg_layers
 from ccg_layers.datasets import save_split
 
 from . import checkpoint as ckpt
-from .config import LOSS_TERMS, TrainConfig, load_config
+from .config import LOSS_TERMS, TrainConfig, differs_from_demo, load_config
 from .data import Data, build_data, grid_size, reference_maps, to_device
 from .losses import CCGLoss
 from .model import CCGNet, build_model, resolve_weights
@@ -784,7 +784,9 @@ def compare(cfg: TrainConfig) -> Path:
             "seconds": {**seconds, "total": time.perf_counter() - t_start},
         },
     )
-    text += gap_against_seed_spread(results["CCG"], results["Baseline"], cfg.setting)
+    text += gap_against_seed_spread(
+        results["CCG"], results["Baseline"], cfg.setting, differs=differs_from_demo(cfg)
+    )
     total = time.perf_counter() - t_start
     text += (
         f"Training time: baseline {seconds['Baseline']:.0f} s, CCG {seconds['CCG']:.0f} s; "

@@ -159,11 +159,24 @@ STUDY_RECORD = Path(__file__).resolve().parents[2] / "docs" / "ablation-study.js
 
 
 def gap_against_seed_spread(
-    ccg: EvalResults, baseline: EvalResults, setting: str, record: Path = STUDY_RECORD
+    ccg: EvalResults,
+    baseline: EvalResults,
+    setting: str,
+    record: Path = STUDY_RECORD,
+    differs: list[str] | None = None,
 ) -> str:
     """This run's CCG − baseline gap at T(IoU) 0.1 and 0.3, read against the paired
-    differences the study measured over seeds in the same setting (when it was recorded)."""
+    differences the study measured over seeds in the same setting (when it was recorded, and
+    only when the run's configuration is the study's: ``differs`` lists the options in which
+    it is not)."""
     lines = []
+    if differs:
+        return "".join(
+            f"CCG - Baseline at T(IoU)={t:g}: {ccg.mean_at(t) - baseline.mean_at(t):+.3f} (not "
+            f"read against the study in {record.name}: it was measured with --preset demo's "
+            f"defaults, and this run differs in {', '.join(differs)})\n"
+            for t in (0.1, 0.3)
+        )
     study = json.loads(record.read_text()) if record.is_file() else {}
     row = study.get("settings", {}).get(setting, {}).get("ir+ik+kr", {})
     for t in (0.1, 0.3):

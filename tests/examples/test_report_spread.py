@@ -39,3 +39,30 @@ def test_no_recorded_study_for_the_setting_is_said(tmp_path):
     rec = _record(tmp_path, mean=0.0, sd=0.1, ci=0.1)
     text = gap_against_seed_spread(_res(0.6, 0.3), _res(0.5, 0.2), "a", rec)
     assert "no study recorded for setting a" in text
+
+
+def test_a_run_configured_unlike_the_study_is_not_read_against_it(tmp_path):
+    rec = _record(tmp_path, mean=-0.5, sd=0.02, ci=0.03)
+    text = gap_against_seed_spread(
+        _res(0.60, 0.30), _res(0.55, 0.28), "b", rec, differs=["--image-size", "--epochs"]
+    )
+    assert "CCG - Baseline at T(IoU)=0.1: +0.050 (not read against the study" in text
+    assert "differs in --image-size, --epochs" in text
+    assert "spread" not in text
+
+
+def test_differs_from_demo_names_what_changes_learning_and_ignores_run_options():
+    from examples.ccg_net.cli import build_parser
+    from examples.ccg_net.config import differs_from_demo, resolve_config
+
+    def differs(*argv: str) -> list[str]:
+        return differs_from_demo(resolve_config(build_parser().parse_args(["train", *argv])))
+
+    assert differs("--preset", "demo") == []
+    # another setting takes its own demo learning rate; seeds and threads change no learning
+    assert differs("--preset", "demo", "--setting", "c", "--seed", "3", "--threads", "2") == []
+    assert differs("--preset", "demo", "--lr", "1e-2") == ["--lr"]
+    changed = differs("--preset", "demo", "--relation-features", "unit", "--epochs", "2")
+    assert sorted(changed) == ["--epochs", "--relation-features"]
+    assert differs("--preset", "demo", "--ablation", "ik") == ["--losses"]
+    assert differs() == ["--preset"]
