@@ -57,3 +57,37 @@ def test_quick_study_runs_every_job_and_reports_paired_differences(tmp_path, cap
     before = (out / "b-baseline-s0" / "results.json").stat().st_mtime_ns
     assert study.main(["--quick", "--out", str(out), "--jobs", "1"]) == 0
     assert (out / "b-baseline-s0" / "results.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_holdout_evaluates_every_run_on_an_independent_twin(tmp_path, capsys):
+    study = _study()
+    out = tmp_path / "study"
+    argv = ["--quick", "--out", str(out), "--jobs", "2", "--holdout-seed", "7"]
+    assert study.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "independent test set" in text
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["holdout"]["synthetic_seed"] == 7
+    for setting in ("b", "c"):
+        for row in ("baseline", "ir+ik+kr"):
+            run = out / f"{setting}-{row}-s0"
+            held = json.loads((run / "holdout-s7.json").read_text())
+            cache = Path(json.loads((run / "config.json").read_text())["cache_dir"])
+            # every annotated image of the twin generated with seed 7 (the runs trained on
+            # seed 0's), whatever the run's own test split
+            assert held["holdout_seed"] == 7
+            assert len(held["test_images"]) > 0
+            assert (cache / "synthetic-chestxray14-n160-s7-64px").is_dir()
+            assert set(held["methods"]) == {
+                "Baseline" if row == "baseline" else "CCG",
+                "Whole image",
+            }
+        assert summary["holdout"]["settings"][setting]["ir+ik+kr"]["T=0.1"]["n"] == 1
+    # the same images for every run
+    names = {
+        tuple(json.loads((out / f"{s}-{r}-s0" / "holdout-s7.json").read_text())["test_images"])
+        for s in ("b", "c")
+        for r in ("baseline", "ir+ik+kr")
+    }
+    assert len(names) == 1
