@@ -14,6 +14,8 @@ out, and so is a last chunk of fewer than half ``--chunk`` images.
   hashing the C5 maps over the test images' SLIC superpixels as ``CCGLoss`` does in training.
 
 A ratio above 1 means the graph gives more weight to partners with a finding in common. The
+weight spread (SD / mean of a row's weights to its partners, 0 for the uniform graph) tells a
+graph that stayed uniform from one that learned a preference unrelated to the labels. The
 control is the same computation with a fresh, untrained loss on the same features: its graphs
 are exactly uniform (``1/n``), so its ratio is 1.000. The mean over runs comes with a 95% CI
 (Student t over the runs, e.g. the seeds of a study).
@@ -65,6 +67,15 @@ def share_ratio(graph: Tensor, labels: Tensor) -> float:
     if same.numel() == 0 or other.numel() == 0:
         return math.nan
     return float(same.double().mean() / other.double().mean())
+
+
+def row_spread(graph: Tensor) -> float:
+    """How far a graph is from uniform: the coefficient of variation (SD / mean) of each row's
+    weights to its partners (self-pairs excluded), averaged over the rows; 0 for the uniform 1/n.
+    """
+    n = graph.shape[0]
+    off = graph.double()[~torch.eye(n, dtype=torch.bool, device=graph.device)].reshape(n, n - 1)
+    return float((off.std(dim=1) / off.mean(dim=1)).mean())
 
 
 def load_criterion(state: dict[str, Any], cfg: TrainConfig, channels: int, batch: int) -> CCGLoss:
@@ -137,6 +148,8 @@ def evaluate_run(
                 r = share_ratio(graph, lab)
                 if not math.isnan(r):
                     ratios.setdefault(f"{which}_{name}", []).append(r)
+                if which == "trained":
+                    ratios.setdefault(f"spread_{name}", []).append(row_spread(graph))
     result: dict[str, Any] = {
         "run": str(run_dir),
         "images": n,
@@ -160,18 +173,20 @@ def report(results: list[dict[str, Any]]) -> str:
     """The per-run table, the mean with its 95% CI over runs, and the control."""
     lines = [
         "Weight to partners sharing a disease label / weight to partners sharing none "
-        "(test split, self-pairs excluded; 1.000 = no preference)",
+        "(test split, self-pairs excluded; 1.000 = no preference). Weight spread: SD / mean "
+        "of a row's weights to its partners (0 = uniform, the untrained graph).",
         "",
         f"| run | images | {TITLES['ir']} | {TITLES['ik']} | control (untrained) | "
-        "C5 distance between images | C5 norm |",
-        "|---|---|---|---|---|---|---|",
+        "C5 distance between images | C5 norm | weight spread L_IR, L_IK |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         control = [r[f"control_{g}"] for g in GRAPHS if f"control_{g}" in r]
         lines.append(
             f"| {Path(r['run']).name} | {r['images']} | {_fmt(r.get('trained_ir'))} | "
             f"{_fmt(r.get('trained_ik'))} | {', '.join(_fmt(c) for c in control) or '-'} | "
-            f"{_fmt(r.get('feature_distance'))} | {_fmt(r.get('feature_norm'))} |"
+            f"{_fmt(r.get('feature_distance'))} | {_fmt(r.get('feature_norm'))} | "
+            f"{_fmt(r.get('spread_ir'))}, {_fmt(r.get('spread_ik'))} |"
         )
     cells = []
     for g in GRAPHS:
@@ -184,7 +199,8 @@ def report(results: list[dict[str, Any]]) -> str:
     controls = [r[f"control_{g}"] for r in results for g in GRAPHS if f"control_{g}" in r]
     control = _fmt(sum(controls) / len(controls)) if controls else "-"
     lines.append(
-        f"| mean ± 95% CI over {len(results)} run(s) | | {cells[0]} | {cells[1]} | {control} | | |"
+        f"| mean ± 95% CI over {len(results)} run(s) | | {cells[0]} | {cells[1]} | {control} "
+        "| | | |"
     )
     return "\n".join(lines)
 

@@ -66,6 +66,13 @@ def test_share_ratio_is_above_1_when_the_graph_prefers_partners_with_a_finding_i
     assert ge.share_ratio(torch.full((5, 5), 0.2), labels) == 1.0  # uniform: no preference
 
 
+def test_row_spread_is_0_for_the_uniform_graph_and_the_coefficient_of_variation_otherwise():
+    assert ge.row_spread(torch.full((4, 4), 0.25)) == 0.0
+    graph = torch.tensor([[9.0, 1.0, 3.0], [2.0, 9.0, 2.0], [1.0, 1.0, 9.0]])
+    # rows' partners: (1, 3), (2, 2), (1, 1); CVs sqrt(2) / 2, 0, 0
+    assert ge.row_spread(graph) == pytest.approx(2**0.5 / 2 / 3)
+
+
 def test_graph_evidence_prints_the_ratios_of_a_trained_run_and_the_uniform_control(
     make_config, capsys, tmp_path
 ):
@@ -90,7 +97,11 @@ def test_graph_evidence_prints_the_ratios_of_a_trained_run_and_the_uniform_contr
     assert result["trained_ir"] != 1.0
     assert result["trained_ik"] != 1.0
     row = next(s for s in text.splitlines() if s.startswith("| ccg-evidence |"))
-    assert re.search(r"1\.000, 1\.000 \| \d+\.\d{3} \| \d+\.\d{3} \|$", row), row
+    assert re.search(
+        r"1\.000, 1\.000 \| \d+\.\d{3} \| \d+\.\d{3} \| \d+\.\d{3}, \d+\.\d{3} \|$", row
+    ), row
+    assert result["spread_ir"] > 0
+    assert result["spread_ik"] > 0
     assert result["feature_distance"] > 0
     assert result["feature_norm"] > 0
     assert "| mean ± 95% CI over 1 run(s) |" in text
