@@ -53,7 +53,7 @@ bench: $(STAMP)
 	for b in $(filter-out benchmarks/ablation_study.py benchmarks/graph_evidence.py,$(wildcard benchmarks/*.py)); do $(PY) $$b || exit 1; done
 	$(PY) benchmarks/ablation_study.py --quick --out runs/ablation-study-quick
 
-# The Table 4 study on the synthetic twin (docs/results.md): about 1.5 h on 2 cores.
+# The Table 4 study on the synthetic twin (docs/results.md): about 100 min on 2 cores.
 study: $(STAMP)
 	$(PY) benchmarks/ablation_study.py --holdout-seed 1
 	$(PY) benchmarks/graph_evidence.py --glob "runs/ablation-study/*-ir+ik+kr-s*"

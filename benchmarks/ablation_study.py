@@ -186,6 +186,7 @@ def summarize(
             f"test images: {len(first['test_images'])}; 95% CIs over seeds (Student t); "
             "Δ = row − baseline, paired by seed"
         )
+        lines.append("")
         head = ["row", "AUC"] + [f"T={t:g}" for t in THRESHOLDS]
         if "baseline" in rows:
             head += [f"Δ T={t:g}" for t in (0.1, 0.3, 0.5, 0.7)]
