@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class TrainConfig:
     # what the relation terms compare: "raw" the C5 maps as they are (the paper); "unit" each
     # map divided by its L2 norm (distances in [0, 2]: shrinking the features gains nothing)
     relation_features: str = "raw"
+    # learning-rate multiplier of the relation graphs' parameters (L_IR's weight and the W_l of
+    # both patch graphs); 1: the paper's single rate for everything
+    graph_lr_mult: float = 1.0
     kr_pairs: str = "half"  # L_KR pairs: "half" (i, i + n/2) or "all" (every pair)
     kr_scale: float | None = None  # None: 1/sqrt(C); 1.0 is the paper's literal P
     # 0: the paper's full C x C W_P of Eq. 8; D > 0: W_P = W_u^T W_v of rank D (cheaper)
@@ -317,6 +321,8 @@ HELP: dict[str, str] = {
     "relation_start_epoch": "epochs of L_base alone before the relation terms join (0: the paper)",
     "relation_features": "what the relation terms compare: raw C5 maps (the paper) or unit (each "
     "map divided by its L2 norm)",
+    "graph_lr_mult": "learning-rate multiplier of the relation graphs' parameters (1: one rate "
+    "for everything, the paper)",
     "graph_form": "relation graphs: conditioned (a pair's weight from the two images) or "
     "positional (the paper's batch-slot matrix for L_IR)",
     "memory_size": "partner memory of each relation graph (-1: 8 where the batch alone leaves "
@@ -398,6 +404,8 @@ def validate_config(cfg: TrainConfig) -> None:
             ) from None
     if cfg.relation_features not in ("raw", "unit"):
         raise ValueError(f"--relation-features must be raw or unit, got {cfg.relation_features!r}")
+    if not (cfg.graph_lr_mult > 0 and math.isfinite(cfg.graph_lr_mult)):
+        raise ValueError(f"--graph-lr-mult must be a positive number, got {cfg.graph_lr_mult}")
     if cfg.graph_form not in ("conditioned", "positional"):
         raise ValueError(f"--graph-form must be conditioned or positional, got {cfg.graph_form!r}")
     if cfg.memory_size < -1:

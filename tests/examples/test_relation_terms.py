@@ -330,6 +330,40 @@ def test_relation_features_flag_is_checked():
         resolve_config(build_parser().parse_args(["train", "--relation-features", "cosine"]))
 
 
+def test_graph_lr_mult_puts_the_graph_parameters_in_a_group_of_their_own(tmp_path):
+    from examples.ccg_net.engine import make_optimizer
+
+    cfg = tiny_config(tmp_path, tmp_path, graph_lr_mult=100.0, batch_size=2)
+    trainee = build_trainee(cfg, 1)
+    opt, sched = make_optimizer(cfg, trainee)
+    rest, graphs = opt.param_groups
+    crit = trainee.criterion
+    graph_params = [*crit.ir.parameters(), *crit.ik.parameters(), *crit.kr_graph.parameters()]
+    assert {id(p) for p in graphs["params"]} == {id(p) for p in graph_params}
+    assert graphs["lr"] == pytest.approx(100 * cfg.lr)
+    assert rest["lr"] == cfg.lr
+    # W_P and the network stay at the base rate; every trainable parameter is in one group
+    assert any(p is crit.kr_attention.weight for p in rest["params"])
+    n_trainable = sum(1 for p in trainee.parameters() if p.requires_grad)
+    assert len(rest["params"]) + len(graphs["params"]) == n_trainable
+    # the schedule decays both
+    for _ in range(cfg.lr_step_epochs):
+        opt.step()
+        sched.step()
+    assert graphs["lr"] == pytest.approx(100 * cfg.lr * cfg.lr_gamma)
+    # the default: one group, the paper's single rate
+    (only,) = make_optimizer(tiny_config(tmp_path, tmp_path), trainee)[0].param_groups
+    assert only["lr"] == cfg.lr
+
+
+def test_graph_lr_mult_flag_is_checked():
+    args = build_parser().parse_args(["train", "--graph-lr-mult", "30"])
+    assert resolve_config(args).graph_lr_mult == 30.0
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ValueError, match="--graph-lr-mult must be a positive number"):
+            resolve_config(build_parser().parse_args(["train", "--graph-lr-mult", bad]))
+
+
 # --------------------------------------------------------------------------- permutation
 
 
