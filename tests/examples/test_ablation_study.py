@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location(
-        "ablation_study", ROOT / "benchmarks" / "ablation_study.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import ablation_study as study
 
 
 def test_mean_ci_is_the_student_t_interval():
-    study = _study()
     m, h = study.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     # sd = sqrt(2.5), t(0.975, 4) = 2.776445
     assert m == 3.0
@@ -40,7 +27,6 @@ def test_mean_ci_is_the_student_t_interval():
 
 @pytest.mark.slow
 def test_quick_study_runs_every_job_and_reports_paired_differences(tmp_path, capsys):
-    study = _study()
     out = tmp_path / "study"
     assert study.main(["--quick", "--out", str(out), "--jobs", "2"]) == 0
     text = capsys.readouterr().out
@@ -61,7 +47,6 @@ def test_quick_study_runs_every_job_and_reports_paired_differences(tmp_path, cap
 
 @pytest.mark.slow
 def test_holdout_evaluates_every_run_on_an_independent_twin(tmp_path, capsys):
-    study = _study()
     out = tmp_path / "study"
     argv = ["--quick", "--out", str(out), "--jobs", "2", "--holdout-seed", "7"]
     assert study.main(argv) == 0

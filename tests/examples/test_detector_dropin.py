@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location(
-        "detector_dropin", ROOT / "examples" / "detector_dropin.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from examples import detector_dropin as example
 
 
 @pytest.mark.slow
 def test_detector_dropin_reduced_run():
-    example = _load_example()
     result = example.main(["--light", "--size", "96", "--steps", "4", "--seed", "0"])
     assert result["detections"] > 0  # the comparison is not vacuous
     assert result["identical"] is True
@@ -36,8 +21,6 @@ def test_detector_dropin_reduced_run():
 def test_fpn_wrapper_adds_one_residual_layer_per_level():
     import torch
     from torch import nn
-
-    example = _load_example()
 
     class TwoLevels(nn.Module):
         def forward(self, x):

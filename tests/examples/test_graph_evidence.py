@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks import graph_evidence as ge
 from examples.ccg_net.engine import train
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "graph_evidence", ROOT / "benchmarks" / "graph_evidence.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["graph_evidence"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ge = _load_benchmark()
 
 
 def _ratio_by_loops(graph: torch.Tensor, labels: torch.Tensor) -> float:
