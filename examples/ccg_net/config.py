@@ -220,11 +220,11 @@ def differs_from_demo(cfg: TrainConfig) -> list[str]:
     """The options (as flags) in which ``cfg`` learns differently from ``--preset demo`` with its
     defaults in ``cfg.setting`` (the configuration docs/ablation-study.json was measured with);
     the CCG terms are the study's full model, ``--losses`` of the comparison's CCG run."""
+    if cfg.preset != "demo":
+        return ["--preset"]
     ref = TrainConfig(preset="demo", **PRESETS["demo"])
     ref.setting = cfg.setting
     ref.lr = DEMO_LR_BY_SETTING.get(cfg.setting, ref.lr)
-    if cfg.preset != "demo":
-        return ["--preset"]
     return [
         "--" + f.name.replace("_", "-")
         for f in dataclasses.fields(TrainConfig)

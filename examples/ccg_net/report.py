@@ -169,7 +169,6 @@ def gap_against_seed_spread(
     differences the study measured over seeds in the same setting (when it was recorded, and
     only when the run's configuration is the study's: ``differs`` lists the options in which
     it is not)."""
-    lines = []
     if differs:
         return "".join(
             f"CCG - Baseline at T(IoU)={t:g}: {ccg.mean_at(t) - baseline.mean_at(t):+.3f} (not "
@@ -177,6 +176,7 @@ def gap_against_seed_spread(
             f"defaults, and this run differs in {', '.join(differs)})\n"
             for t in (0.1, 0.3)
         )
+    lines = []
     study = json.loads(record.read_text()) if record.is_file() else {}
     row = study.get("settings", {}).get(setting, {}).get("ir+ik+kr", {})
     for t in (0.1, 0.3):
