@@ -137,26 +137,19 @@ def time_pair(cfg: TrainConfig, steps: int, warmup: int, device: torch.device) -
             if i >= warmup:
                 times[name].append(t)
     out = {k: statistics.median(v) for k, v in times.items()}
+    # after the timed steps: the memory holds partners, as in training
     for name, model in models.items():
         out[f"{name}_syncs"] = syncs_per_step(model, batch, device)
+        out[f"{name}_flops"] = step_flops(model, batch, device)
     return out
 
 
-def step_flops(cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """FLOPs of one training step of the baseline and of CCG (memory filled); ``"relation"``
-    is their difference, what the three relation terms add to the step."""
-    batch = make_batch(cfg, device)
-    out = {}
-    for name, terms in (("baseline", ("base",)), ("ccg", LOSS_TERMS)):
-        model = build(cfg, terms, device)
-        for _ in range(2):  # two steps: the memory holds partners, as in training
-            step(model, batch, device)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step(model, batch, device)
-        out[name] = float(counter.get_total_flops())
-    out["relation"] = out["ccg"] - out["baseline"]
-    return out
+def step_flops(model: Model, batch: dict[str, torch.Tensor], device: torch.device) -> float:
+    """Floating-point operations of one step (matmuls and convolutions, forward and backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(model, batch, device)
+    return float(counter.get_total_flops())
 
 
 def time_relation_terms(cfg: TrainConfig, steps: int, device: torch.device) -> float:
@@ -228,7 +221,6 @@ def main() -> None:
         steps = args.steps or (20 if name == "demo" else 5)
         t = time_pair(cfg, steps, warmup=2, device=device)
         t["relation"] = time_relation_terms(cfg, steps, device)
-        flops = step_flops(cfg, device)
         mem = {}
         for model in ("baseline", "ccg"):
             cmd = [sys.executable, __file__, "--device", str(device), "--_memory", name, model]
@@ -242,7 +234,7 @@ def main() -> None:
         )
         if cfg.kr_qk_channels:
             desc += f", W_P rank {cfg.kr_qk_channels}"
-        rows.append((name, desc, steps, t, mem, flops))
+        rows.append((name, desc, steps, t, mem))
     print()
     print(
         "| setting | model, input | steps | baseline s/step | CCG s/step | CCG / baseline "
@@ -251,7 +243,8 @@ def main() -> None:
         "| GFLOP/step baseline | L_IR+L_IK+L_KR GFLOP (share of baseline) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, desc, steps, t, mem, flops in rows:
+    for name, desc, steps, t, mem in rows:
+        relation_flops = t["ccg_flops"] - t["baseline_flops"]
         print(
             f"| {name} | {desc} | {steps} | {t['baseline']:.4f} | {t['ccg']:.4f} | "
             f"{t['ccg'] / t['baseline']:.3f} | "
@@ -259,8 +252,8 @@ def main() -> None:
             f"{t['baseline_syncs']:.0f}, {t['ccg_syncs']:.0f} | "
             f"{mem['baseline']:.0f} | {mem['ccg']:.0f} | "
             f"{mem['ccg'] - mem['baseline']:+.0f} | "
-            f"{flops['baseline'] / 1e9:.1f} | "
-            f"{flops['relation'] / 1e9:.2f} ({100 * flops['relation'] / flops['baseline']:.2f}%) |"
+            f"{t['baseline_flops'] / 1e9:.1f} | "
+            f"{relation_flops / 1e9:.2f} ({100 * relation_flops / t['baseline_flops']:.2f}%) |"
         )
 
 
