@@ -365,6 +365,25 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+MIN_TINY_WIDTH = 8
+"""The narrowest stage of :class:`TinyResNet` (see its docstring for the torch crash below it)."""
+
+
+def check_tiny_backbone(widths: tuple[int, ...], stride: int) -> None:
+    """Raise ``ValueError`` naming the option unless ``widths``/``stride`` build a TinyResNet."""
+    if len(widths) != 4:
+        raise ValueError(f"--tiny-widths needs 4 stage widths, got {tuple(widths)}")
+    narrow = [w for w in widths if w < MIN_TINY_WIDTH]
+    if narrow:
+        raise ValueError(
+            f"--tiny-widths must all be >= {MIN_TINY_WIDTH}, got {tuple(widths)}: a stride-2 1x1 "
+            f"convolution with fewer than {MIN_TINY_WIDTH} input channels crashes torch's CPU "
+            "backward in channels_last (docs/training.md)"
+        )
+    if stride not in (8, 16):
+        raise ValueError(f"--tiny-stride must be 8 or 16, got {stride}")
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Reject inconsistent settings with a message naming the option."""
     bad = [t for t in cfg.losses if t not in LOSS_TERMS]
@@ -378,6 +397,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--fold must be in 0..4, got {cfg.fold}")
     if cfg.backbone not in ("resnet50", "tiny"):
         raise ValueError(f"--backbone must be resnet50 or tiny, got {cfg.backbone!r}")
+    if cfg.backbone == "tiny":
+        check_tiny_backbone(tuple(cfg.tiny_widths), cfg.tiny_stride)
     if cfg.image_size % 32:
         raise ValueError(f"--image-size must be a multiple of 32, got {cfg.image_size}")
     if cfg.batch_size < 1 or cfg.epochs < 1:
@@ -437,9 +458,11 @@ __all__ = [
     "ABLATIONS",
     "DEMO_LR_BY_SETTING",
     "LOSS_TERMS",
+    "MIN_TINY_WIDTH",
     "PRESETS",
     "TrainConfig",
     "add_config_options",
+    "check_tiny_backbone",
     "load_config",
     "resolve_config",
     "validate_config",

@@ -21,6 +21,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from ccg_layers.datasets import normalize_radiographs
 from ccg_layers.functional import log_noisy_or
 
+from .config import check_tiny_backbone
+
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights were asked for but are not on this machine."""
@@ -32,14 +34,18 @@ class TinyResNet(nn.Module):
     A 3x3 stride-2 stem (plus a max-pool when ``stride == 16``), then four stages of one block
     each with ``widths`` channels and strides 1, 2, 2, 1: output stride 8 or 16, so a 128x128
     (stride 8) or 256x256 (stride 16) input gives a 16x16 map like ResNet-50's C5 at 512x512.
+
+    Every width is at least ``MIN_TINY_WIDTH`` (8). Narrower stages would give the
+    stride-2 1x1 downsample convolutions fewer than 8 input channels, and the backward of such
+    a convolution in channels_last crashes the process (SIGSEGV) in torch 2.14.1's oneDNN 3.12
+    with its AVX2 kernels and one thread, as on AMD EPYC CPUs without AVX-512; ``--compile``
+    reaches the same kernel, because inductor lays convolutions out in channels_last
+    (docs/training.md, "A torch crash the tiny backbone avoids").
     """
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), stride: int = 16) -> None:
         super().__init__()
-        if len(widths) != 4:
-            raise ValueError(f"tiny_widths needs 4 stage widths, got {widths}")
-        if stride not in (8, 16):
-            raise ValueError(f"the tiny backbone's stride must be 8 or 16, got {stride}")
+        check_tiny_backbone(widths, stride)
         w0 = widths[0]
         stem: list[nn.Module] = [
             nn.Conv2d(3, w0, 3, stride=2, padding=1, bias=False),

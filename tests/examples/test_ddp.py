@@ -262,7 +262,7 @@ def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
         *("--data-root", str(tiny_root)),
         *("--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "runs")),
         *("--run-name", "torchrun", "--image-size", "64", "--tiny-stride", "8"),
-        *("--tiny-widths", "4,8,8,8", "--head-channels", "8", "--num-patches", "4"),
+        *("--tiny-widths", "8,8,8,8", "--head-channels", "8", "--num-patches", "4"),
         *("--superpixel-size", "16", "--code-bits", "16", "--batch-size", "2"),
         *("--epochs", "1", "--progress", "false", "--cache-images", "false"),
     ]

@@ -10,6 +10,7 @@ import torch
 
 from examples.ccg_net import checkpoint as ckpt
 from examples.ccg_net import engine
+from examples.ccg_net.config import PRESETS, validate_config
 from examples.ccg_net.data import Collate, build_data, grid_size
 from examples.ccg_net.engine import (
     DeviceError,
@@ -148,9 +149,16 @@ def test_frozen_batchnorm_keeps_float16_activations_under_autocast():
     torch.testing.assert_close(mine(x), ref(x))
 
 
+# The backbone users run on the CPU: the demo preset's tiny widths (the test config's narrower
+# ones are the minimum the trainer accepts).
+USER_WIDTHS = PRESETS["demo"]["tiny_widths"]
+
+
 @pytest.mark.slow
 def test_compiled_model_and_loss_train_to_finite_weights(make_config):
-    cfg = make_config(run_name="compiled", epochs=1, compile=True, log_every=2)
+    cfg = make_config(
+        run_name="compiled", epochs=1, compile=True, log_every=2, tiny_widths=USER_WIDTHS
+    )
     run = train(cfg)
     state = ckpt.load(run.run_dir / "checkpoints" / "last.pt")
     assert state["global_step"] == 7
@@ -178,8 +186,61 @@ def test_compile_parts_is_used_after_the_checked_first_step(make_config, monkeyp
 
 
 def test_channels_last_runs_the_backbone_in_nhwc(make_config):
-    run = train(make_config(run_name="nhwc", epochs=1, losses=("base",), channels_last=True))
+    cfg = make_config(
+        run_name="nhwc", epochs=1, losses=("base",), channels_last=True, tiny_widths=USER_WIDTHS
+    )
+    run = train(cfg)
     state = ckpt.load(run.run_dir / "checkpoints" / "last.pt")
     conv = state["model"]["backbone.stem.0.weight"]
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# torch 2.14.1's oneDNN 3.12 crashes (SIGSEGV or abort) in the backward of a stride-2 1x1
+# convolution with 2-7 input channels in channels_last, with one thread, on its AVX2 kernels
+# (the ones it picks on AMD EPYC CPUs without AVX-512). ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN use
+# those kernels on any x86-64 CPU (elsewhere it is ignored), so the test below runs the path of
+# those machines everywhere.
+def _avx2_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", OMP_NUM_THREADS="1")
+
+
+@pytest.mark.parametrize("option", ["channels_last", "compile"])
+def test_channels_last_and_compile_train_on_avx2_kernels_with_one_thread(
+    option, tiny_root, tmp_path
+):
+    # The narrowest backbone the trainer accepts, in a fresh process on the AVX2 kernels with
+    # one thread: the configuration that died with SIGSEGV before the width rule.
+    import subprocess
+    import sys
+
+    from .trainer_helpers import ROOT
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from tests.examples.trainer_helpers import tiny_config\n"
+        "from examples.ccg_net.engine import train\n"
+        f"cfg = tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), epochs=1, losses=('base',),"
+        f" {option}=True)\n"
+        "train(cfg)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_root), str(tmp_path)],
+        env=_avx2_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "runs").is_dir()
+
+
+@pytest.mark.parametrize("widths", [(4, 8, 8, 8), (8, 7, 8, 8), (8, 8, 8, 2)])
+def test_a_tiny_width_below_8_is_an_error_naming_the_option(make_config, widths):
+    with pytest.raises(ValueError, match=r"--tiny-widths must all be >= 8"):
+        validate_config(make_config(tiny_widths=widths))
+    with pytest.raises(ValueError, match=r"--tiny-widths must all be >= 8"):
+        build_model("tiny", "none", tiny_widths=widths, tiny_stride=8)

@@ -23,7 +23,7 @@ def tiny_config(root: Path, out: Path, **overrides: object) -> TrainConfig:
         image_size=64,
         backbone="tiny",
         weights="none",
-        tiny_widths=(4, 8, 8, 8),
+        tiny_widths=(8, 8, 8, 8),
         tiny_stride=8,
         head_channels=8,
         freeze_bn=False,
