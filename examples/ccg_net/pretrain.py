@@ -71,14 +71,21 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def cached(out: Path, pcfg: TrainConfig) -> bool:
-    """Whether ``out`` holds the weights of exactly this pretraining configuration."""
+    """Whether ``out`` holds the weights of exactly this pretraining configuration.
+
+    An option the recorded configuration does not name (one added to the trainer after the file
+    was written) counts as equal when it has its default value, which is how the older trainer
+    ran.
+    """
     meta = out.with_suffix(".json")
     if not (out.is_file() and meta.is_file()):
         return False
     try:
-        return bool(json.loads(meta.read_text())["config"] == _learning_key(pcfg))
-    except (ValueError, KeyError):
+        recorded = json.loads(meta.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
         return False
+    defaults = json.loads(TrainConfig().to_json())
+    return all(recorded.get(k, defaults.get(k)) == v for k, v in _learning_key(pcfg).items())
 
 
 def pretrain(cfg: TrainConfig, out: Path | None = None, seed: int = PRETRAIN_SEED) -> Path:

@@ -46,6 +46,12 @@ def test_pretrained_file_loads_as_weights_and_is_reused(make_config, tmp_path, m
     monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("trained again"))
     assert cached(out, pretrain_config(cfg, seed=5))
     assert pretrain(cfg, out, seed=5) == out
+    # an option added to the trainer later, at its default, keeps the file; a changed one not
+    recorded = json.loads(out.with_suffix(".json").read_text())
+    del recorded["config"]["box_weight"]
+    out.with_suffix(".json").write_text(json.dumps(recorded))
+    assert cached(out, pretrain_config(cfg, seed=5))
+    assert not cached(out, pretrain_config(make_config(synthetic_images=48, box_weight=2.0), 5))
     # another learning configuration is not the cached one
     assert not cached(out, pretrain_config(make_config(synthetic_images=48, epochs=2), seed=5))
 
