@@ -22,8 +22,11 @@ from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.functional.graphs import (
     GraphForm,
     GraphParametrization,
+    _batch_alike,
     _check_batch,
     _check_form,
+    _check_image_labels,
+    _check_margin,
     _check_parametrization,
     _check_patch_graph_args,
     _conditioned_loss,
@@ -31,6 +34,7 @@ from ccg_layers.functional.graphs import (
     _enqueue,
     _graph_loss,
     _normalize,
+    _pair_alike,
     _patch_codes,
     _patch_graph,
     _patch_loss,
@@ -142,6 +146,40 @@ class _PartnerMemory(nn.Module):
     def _memory(self) -> tuple[Tensor, ...] | None:
         return tuple(self._queue(name) for name in self._queues) if self._allocated() else None
 
+    def _init_contrast(self, contrast_margin: float | None) -> None:
+        """``contrast_margin`` (call before ``_init_memory``): the memory also queues labels."""
+        self.contrast_margin = (
+            None if contrast_margin is None else _check_margin(contrast_margin, "contrast_margin")
+        )
+        if self.contrast_margin is not None:
+            self._queues = (*type(self)._queues, "memory_image_labels")
+
+    def _image_labels(
+        self, image_labels: Tensor | None, n: int, name: str = "image_labels"
+    ) -> Tensor | None:
+        """The image labels of a batch of ``n``: required with a contrast margin, else refused."""
+        if self.contrast_margin is None:
+            if image_labels is not None:
+                raise CCGValueRangeError(
+                    f"`{name}` is only used with `contrast_margin` set (the contrast form), "
+                    "got it with contrast_margin=None."
+                )
+            return None
+        if image_labels is None:
+            raise CCGShapeError(
+                f"`{name}` (n, C) multi-hot image labels are required with "
+                f"contrast_margin={self.contrast_margin}, got None."
+            )
+        held = None
+        if self._allocated():
+            held = int(self._queue("memory_image_labels").shape[1])
+        return _check_image_labels(image_labels, name, n=n, c=held)
+
+    def _memory_labels(self) -> Tensor | None:
+        if self.contrast_margin is None or not self._allocated():
+            return None
+        return self._queue("memory_image_labels")
+
     def _check_entry(self, features: Tensor, name: str) -> None:
         """The maps of a batch must have the shape of the maps in the memory."""
         if not self._allocated():
@@ -244,6 +282,14 @@ class LearnableSampleGraph(_PartnerMemory):
     batch, every rank returns the same global loss, and the enqueued batch is the gathered one,
     so the memory is identical on every rank.
 
+    **Contrast form** (beyond the paper; ``contrast_margin=m``): ``forward`` takes the batch's
+    multi-hot ``image_labels`` ``(n, C)`` and every distance becomes
+    ``s D + (1 - s) max(0, m - D)`` (:func:`~ccg_layers.functional.contrast_distances`, ``s``
+    from :func:`~ccg_layers.functional.alike_pairs`): pairs sharing a finding, or both without
+    any, are pulled, the others pushed up to the margin. The memory then also queues each
+    partner's labels (``memory_image_labels``, float32; gathered like the features under
+    ``distributed``). ``m`` is in the distances' units: meant for unit-normalised maps.
+
     Args:
         num_samples: Largest batch (global batch under ``distributed``); required by the
             positional form, an optional bound for the conditioned one.
@@ -255,6 +301,8 @@ class LearnableSampleGraph(_PartnerMemory):
         parametrization: ``"softmax"`` (default) or ``"free"`` (positional form only).
         distributed: Gather the batch across ranks when a process group is initialised.
         reduction: ``"mean"`` (Eq. 4), ``"sum"`` or ``"none"`` (the ``(n, n + K)`` terms).
+        contrast_margin: ``None`` (default) for the paper's pull-only Eq. 4; a finite positive
+            float for the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the fixed projection (the same on every rank and run).
         device: Device of the parameter and buffers.
         dtype: Dtype of the parameter and the projection.
@@ -290,11 +338,13 @@ class LearnableSampleGraph(_PartnerMemory):
         parametrization: GraphParametrization = "softmax",
         distributed: bool = False,
         reduction: Reduction = "mean",
+        contrast_margin: float | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self._init_contrast(contrast_margin)
         self.form: GraphForm = _check_form(form)
         if num_samples is not None:
             _positive_int(num_samples, "num_samples")
@@ -405,21 +455,34 @@ class LearnableSampleGraph(_PartnerMemory):
             return _sample_graph(z, self.weight, None, None)
         return _sample_graph(z, self.weight, memory[1], self.memory_valid())
 
-    def forward(self, features: Tensor) -> Tensor:
-        """Compute ``L_IR`` of the batch (and enqueue it in training mode)."""
+    def forward(self, features: Tensor, *, image_labels: Tensor | None = None) -> Tensor:
+        """Compute ``L_IR`` of the batch (and enqueue it in training mode).
+
+        ``image_labels`` ``(n, C)`` (the contrast form, required with ``contrast_margin``):
+        the batch's multi-hot labels, float 0/1 or bool (gathered under ``distributed``).
+        """
         check_tensor(features, "features")
         if self.distributed:
             features = all_gather_batch(features)
+            if image_labels is not None:
+                labels = check_tensor(image_labels, "image_labels")
+                if labels.dtype == torch.bool:  # collectives of gloo take no bool
+                    labels = labels.to(torch.float32)
+                image_labels = all_gather_batch(labels)
         n = self._check_features(features)
+        y = self._image_labels(image_labels, n)
+        margin = self.contrast_margin
         if self.form == "positional":
             if n == 1:
                 check_finite(features, "features")
             graph = _normalize(self.weight[:n, :n], self.parametrization)
-            return _graph_loss(features, graph, None, self.reduction)
+            alike = None if y is None else _batch_alike(y, None)
+            return _graph_loss(features, graph, None, self.reduction, alike, margin)
         memory = self._memory()
         if n == 1 and memory is None:
             check_finite(features, "features")
-        mem_f, mem_z = (None, None) if memory is None else memory
+        mem_f, mem_z = (None, None) if memory is None else memory[:2]
+        alike = None if y is None else _batch_alike(y, self._memory_labels())
         loss, z, _ = _conditioned_loss(
             features,
             self.weight,
@@ -428,10 +491,15 @@ class LearnableSampleGraph(_PartnerMemory):
             mem_z,
             self.memory_valid(),
             self.reduction,
+            alike,
+            margin,
         )
         if self.training and self.memory_size > 0:
             feature_dtype = self.memory_dtype or features.dtype
-            self._push([features, z], [feature_dtype, z.dtype])
+            if y is None:
+                self._push([features, z], [feature_dtype, z.dtype])
+            else:
+                self._push([features, z, y], [feature_dtype, z.dtype, torch.float32])
         return loss
 
     def extra_repr(self) -> str:
@@ -441,6 +509,7 @@ class LearnableSampleGraph(_PartnerMemory):
             f"form={self.form!r}, embed_dim={self.embed_dim}, memory_size={self.memory_size}, "
             f"parametrization={self.parametrization!r}, distributed={self.distributed}, "
             f"reduction={self.reduction!r}"
+            + ("" if self.contrast_margin is None else f", contrast_margin={self.contrast_margin}")
         )
 
 
@@ -489,6 +558,14 @@ class PatchHashGraph(_PartnerMemory):
     host synchronisation; persistent buffers (``state_dict``), identical on every rank under
     ``distributed`` (the gathered batch, also for the pair form).
 
+    **Contrast form** (beyond the paper; ``contrast_margin=m``): ``forward`` takes the images'
+    multi-hot ``image_labels`` ``(n, C)`` (and ``image_labels_b`` ``(P, C)`` of the second
+    images in the pair form) and every distance becomes ``s D + (1 - s) max(0, m - D)``
+    (:func:`~ccg_layers.functional.contrast_distances`); in the pair form ``s`` is that of
+    each pair ``(u_p, v_p)`` and, for the memory columns, of the anchor and the memory entry.
+    The memory also queues the labels (``memory_image_labels``, float32). Note: ``labels``
+    are the superpixel label maps; the findings are ``image_labels``.
+
     Args:
         num_patches: ``m``, the superpixels per image.
         in_channels: Channels of the map the patches are hashed from.
@@ -501,6 +578,8 @@ class PatchHashGraph(_PartnerMemory):
             gathered.
         memory_size: ``K``, partners kept from earlier batches; 0 for none.
         memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
+        contrast_margin: ``None`` (default) for the paper's pull-only form; a finite positive
+            float for the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the random projection (the same on every rank and run).
         device: Device of the parameters and buffers.
         dtype: Dtype of the parameters and the projection.
@@ -534,11 +613,13 @@ class PatchHashGraph(_PartnerMemory):
         distributed: bool = False,
         memory_size: int = 0,
         memory_dtype: torch.dtype | None = None,
+        contrast_margin: float | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self._init_contrast(contrast_margin)
         self.num_patches = _positive_int(num_patches, "num_patches")
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.code_bits = _positive_int(code_bits, "code_bits")
@@ -640,8 +721,18 @@ class PatchHashGraph(_PartnerMemory):
         *,
         hash_input: Tensor | None = None,
         hash_input_b: Tensor | None = None,
+        image_labels: Tensor | None = None,
+        image_labels_b: Tensor | None = None,
     ) -> Tensor:
-        """Compute ``L_IK`` (or the pair loss); see :func:`~ccg_layers.functional.patch_hash_graph_loss`."""
+        """Compute ``L_IK`` (or the pair loss); see :func:`~ccg_layers.functional.patch_hash_graph_loss`.
+
+        ``image_labels`` ``(n, C)`` and, in the pair form, ``image_labels_b`` ``(P, C)``: the
+        multi-hot labels of the images (contrast form, required with ``contrast_margin``).
+        """
+        if image_labels is not None and image_labels.dtype == torch.bool:
+            image_labels = image_labels.to(torch.float32)  # gloo's collectives take no bool
+        if image_labels_b is not None and image_labels_b.dtype == torch.bool:
+            image_labels_b = image_labels_b.to(torch.float32)
         if self.distributed and features_b is None:
             check_tensor(features, "features")
             check_tensor(labels, "labels")
@@ -649,7 +740,23 @@ class PatchHashGraph(_PartnerMemory):
             labels = all_gather_batch(labels)
             if hash_input is not None:
                 hash_input = all_gather_batch(check_tensor(hash_input, "hash_input"))
+            if image_labels is not None:
+                image_labels = all_gather_batch(check_tensor(image_labels, "image_labels"))
         self._validate(features, labels, features_b, labels_b, hash_input, hash_input_b)
+        y = self._image_labels(image_labels, int(features.shape[0]))
+        y_b = None
+        if features_b is None and image_labels_b is not None:
+            raise CCGShapeError(
+                "`image_labels_b` is only used in the pair form (with `features_b`), got it "
+                "without `features_b`."
+            )
+        if features_b is not None and y is not None:
+            y_b = self._image_labels(image_labels_b, int(features.shape[0]), "image_labels_b")
+            if y_b is not None and y_b.shape[1] != y.shape[1]:
+                raise CCGShapeError(
+                    f"`image_labels_b` must have shape {tuple(y.shape)} like `image_labels`, "
+                    f"got shape {tuple(y_b.shape)}."
+                )
         m = self.num_patches
         src = features if hash_input is None else hash_input
         codes = _patch_codes(src, labels, self.projection, m)
@@ -660,6 +767,10 @@ class PatchHashGraph(_PartnerMemory):
         mem_f, mem_c, valid = self._memory_args()
         if features.shape[0] == 1 and mem_f is None and features_b is None:
             check_finite(features, "features")
+        alike = None
+        if y is not None:
+            mem_y = self._memory_labels()
+            alike = _batch_alike(y, mem_y) if y_b is None else _pair_alike(y, y_b, mem_y)
         loss, _ = _patch_loss(
             features,
             features_b,
@@ -672,16 +783,28 @@ class PatchHashGraph(_PartnerMemory):
             valid,
             self.parametrization,
             self.reduction,
+            alike,
+            self.contrast_margin,
         )
         if self.training and self.memory_size > 0:
-            entries, entry_codes = features.detach(), codes
+            entries, entry_codes, entry_labels = features.detach(), codes, y
             if features_b is not None and codes_b is not None:
                 parts = [features.detach(), features_b.detach(), codes, codes_b]
+                if y is not None and y_b is not None:
+                    parts += [y, y_b]
                 if self.distributed:  # the global pairs, in the order of the gathered batch
                     parts = [all_gather_batch(t) for t in parts]
                 entries = torch.cat(parts[:2], dim=0)
-                entry_codes = torch.cat(parts[2:], dim=0)
-            self._push([entries, entry_codes], [self.memory_dtype or features.dtype, torch.int8])
+                entry_codes = torch.cat(parts[2:4], dim=0)
+                if y is not None:
+                    entry_labels = torch.cat(parts[4:6], dim=0)
+            feature_dtype = self.memory_dtype or features.dtype
+            if entry_labels is None:
+                self._push([entries, entry_codes], [feature_dtype, torch.int8])
+            else:
+                self._push(
+                    [entries, entry_codes, entry_labels], [feature_dtype, torch.int8, torch.float32]
+                )
         return loss
 
     def graph(
@@ -722,4 +845,5 @@ class PatchHashGraph(_PartnerMemory):
             f"code_bits={self.code_bits}, parametrization={self.parametrization!r}, "
             f"distributed={self.distributed}, memory_size={self.memory_size}, "
             f"reduction={self.reduction!r}"
+            + ("" if self.contrast_margin is None else f", contrast_margin={self.contrast_margin}")
         )

@@ -475,3 +475,231 @@ def test_patch_graph_with_memory_learns_to_prefer_partners_of_the_same_kind_at_b
     same = (kinds[:, None] == kinds[None, :]) & ~torch.eye(32, dtype=torch.bool)
     other = kinds[:, None] != kinds[None, :]
     assert float(graph[same].mean() / graph[other].mean()) > 3.0
+
+
+# --------------------------------------------------------------------------- contrast form
+# (beyond the paper): the modules with contrast_margin take the images' multi-hot labels, and
+# the memory queues each partner's labels with its map
+
+
+NC = 3  # findings per image in these tests
+
+
+def _findings(n, seed):
+    g = torch.Generator().manual_seed(1000 + seed)
+    y = (torch.rand(n, NC, generator=g) < 0.4).float()
+    y[0] = 0.0  # a "No finding" image in every batch
+    return y
+
+
+def _contrast_modules(memory_size=4, margin=1.5):
+    return (
+        LearnableSampleGraph(
+            in_channels=C, embed_dim=8, memory_size=memory_size, contrast_margin=margin
+        ),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, contrast_margin=margin),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, contrast_margin=margin),
+    )
+
+
+def _contrast_step(lsg, ik, kr, seed, n=2):
+    x, labels = _batch(n, seed)
+    y = _findings(n, seed)
+    h = n // 2
+    return (
+        lsg(x, image_labels=y)
+        + ik(x, labels, image_labels=y)
+        + kr(x[:h], labels[:h], x[h:], labels[h:], image_labels=y[:h], image_labels_b=y[h:])
+    )
+
+
+def test_contrast_module_equals_function_with_the_memory():
+    lsg, ik, kr = _contrast_modules(memory_size=4)
+    for seed in range(3):
+        _contrast_step(lsg, ik, kr, seed)
+    x, labels = _batch(4, 7)
+    y = _findings(4, 7)
+    want = conditioned_sample_graph_loss(
+        x,
+        lsg.weight,
+        lsg.projection,
+        memory_features=lsg.memory_features,
+        memory_embeddings=lsg.memory_embeddings,
+        memory_valid=lsg.memory_valid(),
+        image_labels=y,
+        memory_image_labels=lsg.memory_image_labels,
+        margin=1.5,
+    )
+    mem = {
+        "memory_features": ik.memory_features,
+        "memory_codes": ik.memory_codes,
+        "memory_valid": ik.memory_valid(),
+        "memory_image_labels": ik.memory_image_labels,
+    }
+    want_ik = patch_hash_graph_loss(
+        x, labels, ik.projection, ik.weight, image_labels=y, margin=1.5, **mem
+    )
+    mem_kr = {
+        "memory_features": kr.memory_features,
+        "memory_codes": kr.memory_codes,
+        "memory_valid": kr.memory_valid(),
+        "memory_image_labels": kr.memory_image_labels,
+    }
+    want_kr = patch_hash_graph_loss(
+        x[:2], labels[:2], kr.projection, kr.weight, features_b=x[2:], labels_b=labels[2:],
+        image_labels=y[:2], image_labels_b=y[2:], margin=1.5, **mem_kr,
+    )  # fmt: skip
+    assert lsg.memory_image_labels.shape == (4, NC)
+    torch.testing.assert_close(lsg(x, image_labels=y.bool()), want)  # bool labels work too
+    torch.testing.assert_close(ik(x, labels, image_labels=y), want_ik)
+    got_kr = kr(x[:2], labels[:2], x[2:], labels[2:], image_labels=y[:2], image_labels_b=y[2:])
+    torch.testing.assert_close(got_kr, want_kr)
+    # and it differs from the pull form (some pairs are unlike)
+    assert not torch.allclose(want, conditioned_sample_graph_loss(
+        x, lsg.weight, lsg.projection, memory_features=lsg.memory_features,
+        memory_embeddings=lsg.memory_embeddings, memory_valid=lsg.memory_valid(),
+    ))  # fmt: skip
+
+
+def test_contrast_memory_keeps_the_labels_fifo_with_wrap_around():
+    lsg = LearnableSampleGraph(in_channels=C, embed_dim=8, memory_size=5, contrast_margin=1.0)
+    seen_x, seen_y = [], []
+    for step, n in enumerate((2, 2, 3, 1, 4)):
+        x, _ = _batch(n, step)
+        y = _findings(n, step)
+        lsg(x, image_labels=y)
+        seen_x.extend(x)
+        seen_y.extend(y)
+    assert lsg.memory_image_labels.dtype == torch.float32
+    for i in range(len(seen_x) - 5, len(seen_x)):
+        assert torch.equal(lsg.memory_features[i % 5], seen_x[i])
+        assert torch.equal(lsg.memory_image_labels[i % 5], seen_y[i])
+
+
+def test_contrast_pair_form_enqueues_the_labels_of_both_images_of_every_pair():
+    kr = PatchHashGraph(M, C, code_bits=BITS, memory_size=8, contrast_margin=1.0)
+    x, labels = _batch(4, 0)
+    y = _findings(4, 0)
+    kr(x[:2], labels[:2], x[2:], labels[2:], image_labels=y[:2], image_labels_b=y[2:])
+    assert torch.equal(kr.memory_features[:4], x)
+    assert torch.equal(kr.memory_image_labels[:4], y)
+
+
+def test_pull_modules_keep_no_label_queue_and_their_state_dict_keys():
+    for module in _modules(memory_size=2):
+        assert "memory_image_labels" not in module.state_dict()
+    for module in _contrast_modules(memory_size=2):
+        assert "memory_image_labels" in module.state_dict()
+
+
+def test_contrast_state_dict_round_trip_with_a_filled_memory_gives_identical_losses():
+    def make():
+        modules = _contrast_modules(memory_size=3)
+        params = [p for m in modules for p in m.parameters()]
+        return modules, torch.optim.SGD(params, lr=0.5)
+
+    def run(modules, opt, seeds):
+        losses = []
+        for seed in seeds:
+            opt.zero_grad()
+            loss = _contrast_step(*modules, seed, n=4)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return losses
+
+    modules, opt = make()
+    run(modules, opt, range(3))  # wrapped around already
+    saved = copy.deepcopy(([m.state_dict() for m in modules], opt.state_dict()))
+    want = run(modules, opt, range(3, 6))
+    resumed, opt2 = make()
+    for module, state in zip(resumed, saved[0], strict=True):
+        module.load_state_dict(state)
+    opt2.load_state_dict(saved[1])
+    assert torch.equal(resumed[0].memory_image_labels, saved[0][0]["memory_image_labels"])
+    got = run(resumed, opt2, range(3, 6))
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_contrast_zero_host_synchronisations_with_value_checks_off():
+    def step():
+        lsg, ik, kr = _contrast_modules(memory_size=4)
+        positional = LearnableSampleGraph(4, form="positional", contrast_margin=1.0)
+        _contrast_step(lsg, ik, kr, 0)  # allocate and fill the queues before counting
+        x, _labels = _batch(4, 1)
+        y = _findings(4, 1)
+        x.requires_grad_()
+        with _count_host_syncs() as calls:
+            loss = _contrast_step(lsg, ik, kr, 1, n=4) + positional(x, image_labels=y)
+            loss.backward()
+        return calls
+
+    with ccg_layers.set_value_checks(False):
+        assert step() == []
+    assert len(step()) > 0  # with the checks on the labels' values are read back
+
+
+@pytest.mark.parametrize("margin", [0, -0.5, float("nan"), float("inf"), "1.0", True])
+def test_error_bad_contrast_margin(margin):
+    with pytest.raises(CCGValueRangeError, match=r"`contrast_margin` must be a finite positive"):
+        LearnableSampleGraph(in_channels=C, contrast_margin=margin)
+    with pytest.raises(CCGValueRangeError, match=r"`contrast_margin` must be a finite positive"):
+        PatchHashGraph(M, C, contrast_margin=margin)
+
+
+def test_error_contrast_module_without_image_labels():
+    lsg, ik, kr = _contrast_modules()
+    x, labels = _batch(2, 0)
+    y = _findings(2, 0)
+    with pytest.raises(CCGShapeError, match=r"`image_labels` \(n, C\) multi-hot .* required"):
+        lsg(x)
+    with pytest.raises(CCGShapeError, match=r"`image_labels` \(n, C\) multi-hot .* required"):
+        ik(x, labels)
+    with pytest.raises(CCGShapeError, match=r"`image_labels_b` \(n, C\) multi-hot .* required"):
+        kr(x[:1], labels[:1], x[1:], labels[1:], image_labels=y[:1])
+
+
+def test_error_contrast_module_image_labels_wrong_shape():
+    lsg, ik, _ = _contrast_modules()
+    x, labels = _batch(2, 0)
+    with pytest.raises(CCGShapeError, match=r"`image_labels`"):
+        lsg(x, image_labels=torch.zeros(3, NC))
+    with pytest.raises(CCGShapeError, match=r"`image_labels`"):
+        ik(x, labels, image_labels=torch.zeros(2))
+
+
+@pytest.mark.parametrize("bad", [0.5, float("nan"), float("inf"), -1.0])
+def test_error_contrast_module_image_labels_not_multi_hot(bad):
+    lsg, ik, _ = _contrast_modules()
+    x, labels = _batch(2, 0)
+    y = torch.zeros(2, NC)
+    y[1, 2] = bad
+    with pytest.raises(CCGValueRangeError, match=r"`image_labels` must hold multi-hot labels"):
+        lsg(x, image_labels=y)
+    with pytest.raises(CCGValueRangeError, match=r"`image_labels` must hold multi-hot labels"):
+        ik(x, labels, image_labels=y)
+
+
+def test_error_contrast_module_classes_change_while_the_memory_holds_labels():
+    lsg, _, _ = _contrast_modules()
+    x, _ = _batch(2, 0)
+    lsg(x, image_labels=torch.zeros(2, NC))
+    with pytest.raises(CCGShapeError, match=r"`image_labels`"):
+        lsg(x, image_labels=torch.zeros(2, NC + 1))
+
+
+def test_error_image_labels_without_contrast_margin():
+    lsg, ik, _ = _modules()
+    x, labels = _batch(2, 0)
+    with pytest.raises(CCGValueRangeError, match=r"`image_labels` is only used with"):
+        lsg(x, image_labels=torch.zeros(2, NC))
+    with pytest.raises(CCGValueRangeError, match=r"`image_labels` is only used with"):
+        ik(x, labels, image_labels=torch.zeros(2, NC))
+
+
+def test_error_image_labels_b_without_pair_form():
+    _, ik, _ = _contrast_modules()
+    x, labels = _batch(2, 0)
+    with pytest.raises(CCGShapeError, match=r"`image_labels_b` is only used in the pair form"):
+        ik(x, labels, image_labels=torch.zeros(2, NC), image_labels_b=torch.zeros(2, NC))

@@ -19,8 +19,10 @@ from ccg_layers.functional.boxes import (
     xywh_to_xyxy,
 )
 from ccg_layers.functional.graphs import (
+    alike_pairs,
     conditioned_graph_logits,
     conditioned_sample_graph_loss,
+    contrast_distances,
     graph_embedding,
     hamming_distance,
     hash_codes,
@@ -39,10 +41,12 @@ from ccg_layers.functional.graphs import (
 from ccg_layers.functional.mil import log_noisy_or, mil_grid_loss
 
 __all__ = [
+    "alike_pairs",
     "boxes_to_grid",
     "boxes_to_grid_targets",
     "conditioned_graph_logits",
     "conditioned_sample_graph_loss",
+    "contrast_distances",
     "cross_image_attention",
     "get_fused_attn",
     "graph_embedding",

@@ -27,6 +27,7 @@ samples (detached; partners only, never anchors): the graph of a batch of ``n`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -50,8 +51,10 @@ from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 __all__ = [
     "GraphForm",
     "GraphParametrization",
+    "alike_pairs",
     "conditioned_graph_logits",
     "conditioned_sample_graph_loss",
+    "contrast_distances",
     "graph_embedding",
     "hamming_distance",
     "hash_codes",
@@ -233,13 +236,207 @@ def _check_memory_features(memory: Tensor | None, features: Tensor, name: str) -
 
 
 def _graph_loss(
-    features: Tensor, graph: Tensor, memory: Tensor | None, reduction: Reduction
+    features: Tensor,
+    graph: Tensor,
+    memory: Tensor | None,
+    reduction: Reduction,
+    alike: Tensor | None = None,
+    margin: float | None = None,
 ) -> Tensor:
     n = features.shape[0]
     dist = _distances(features, memory)
     _check_distances_finite(dist, "`features`" if memory is None else "`features` and the memory")
+    if alike is not None and margin is not None:
+        dist = _contrast(dist, alike, margin)
     terms = graph.to(dist.dtype) * dist
     return reduce(terms, reduction, count=n * n)
+
+
+# --------------------------------------------------------------------------- contrast (beyond
+# the paper: every relation loss of Eq. 4-10 only pulls; this form also pushes unlike pairs)
+
+
+def _check_margin(margin: object, name: str = "margin") -> float:
+    """A finite positive float (an int is accepted; a bool is not)."""
+    if (
+        isinstance(margin, bool)
+        or not isinstance(margin, (int, float))
+        or not math.isfinite(margin)
+        or margin <= 0
+    ):
+        raise CCGValueRangeError(f"`{name}` must be a finite positive float, got {margin!r}.")
+    return float(margin)
+
+
+def _check_image_labels(
+    labels: object, name: str, n: int | None = None, c: int | None = None
+) -> Tensor:
+    """``(n, C)`` multi-hot image labels, float or bool, values 0/1 (value check switchable)."""
+    t = check_tensor(labels, name)
+    check_dtype(t, name, ("float", "bool"))
+    dims: dict[str, int] = {}
+    if n is not None:
+        dims["n"] = n
+    if c is not None:
+        dims["C"] = c
+    check_shape(t, name, ("n", "C"), dims)
+    binary = t.dtype == torch.bool or t.numel() == 0 or not values_checkable()
+    if not binary and not bool(((t == 0) | (t == 1)).all()):
+        raise CCGValueRangeError(
+            f"`{name}` must hold multi-hot labels (0 or 1), got other or non-finite values."
+        )
+    return t
+
+
+def _alike(labels: Tensor, partners: Tensor) -> Tensor:
+    """``(n, M)`` bool: rows share a positive label, or both rows are all zero."""
+    with torch.autocast(device_type=labels.device.type, enabled=False):
+        a = labels.to(torch.float32)
+        b = partners.to(device=a.device, dtype=torch.float32)
+        shared = (a @ b.T) > 0.5  # 0/1 values: the counts are exact integers
+        none_a = a.sum(dim=1) < 0.5
+        none_b = b.sum(dim=1) < 0.5
+        return shared | (none_a[:, None] & none_b[None, :])
+
+
+def _pair_alike(labels: Tensor, labels_b: Tensor, memory_labels: Tensor | None) -> Tensor:
+    """``(P,)`` alike-ness of each pair; ``(P, 1 + K)`` with the anchor against the memory."""
+    with torch.autocast(device_type=labels.device.type, enabled=False):
+        a = labels.to(torch.float32)
+        b = labels_b.to(device=a.device, dtype=torch.float32)
+        own = ((a * b).sum(dim=1) > 0.5) | ((a.sum(dim=1) < 0.5) & (b.sum(dim=1) < 0.5))
+    if memory_labels is None:
+        return own
+    return torch.cat([own[:, None], _alike(labels, memory_labels)], dim=1)
+
+
+def alike_pairs(labels: Tensor, partner_labels: Tensor | None = None) -> Tensor:
+    r"""Which pairs of images are *alike*, from their image-level multi-hot labels (one matmul).
+
+    :math:`s(u, v) = [y_u \cdot y_v > 0] \lor [y_u = 0 \land y_v = 0]`: the two images share
+    a positive finding, or neither has any ("No finding"). ``s(u, u) = 1``. The columns are the
+    batch, then the ``K`` partners of a memory (``partner_labels``), in the layout of the
+    ``(n, n + K)`` graphs. Used by :func:`contrast_distances` (beyond the paper).
+
+    Args:
+        labels: ``(n, C)`` multi-hot labels of the batch, float (0/1) or bool.
+        partner_labels: ``(K, C)`` labels of the memory partners; ``None`` for none.
+
+    Returns:
+        ``(n, n + K)`` bool.
+
+    Raises:
+        CCGShapeError: Not ``(n, C)``, or ``partner_labels`` with another ``C``.
+        CCGDTypeError: Neither floating nor bool.
+        CCGValueRangeError: Values other than 0 and 1 (with the value checks on).
+
+    Example:
+        >>> import torch
+        >>> y = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+        >>> alike_pairs(y, torch.tensor([[0.0, 0.0]])).int()
+        tensor([[1, 1, 0, 0, 0],
+                [1, 1, 1, 0, 0],
+                [0, 1, 1, 0, 0],
+                [0, 0, 0, 1, 1]], dtype=torch.int32)
+    """
+    y = _check_image_labels(labels, "labels")
+    n, c = int(y.shape[0]), int(y.shape[1])
+    if n == 0:
+        raise CCGShapeError(f"`labels` must hold at least 1 sample (n, C), got shape {(n, c)}.")
+    if partner_labels is None:
+        return _alike(y, y)
+    mem = _check_image_labels(partner_labels, "partner_labels", c=c)
+    return _alike(y, torch.cat([y.to(torch.float32), mem.to(y.device, torch.float32)]))
+
+
+def _contrast(distances: Tensor, alike: Tensor, margin: float) -> Tensor:
+    return torch.where(alike, distances, (margin - distances).clamp_min(0.0))
+
+
+def contrast_distances(distances: Tensor, alike: Tensor, margin: float) -> Tensor:
+    r"""The contrast-constrained pair cost (beyond the paper; Hadsell, Chopra & LeCun 2006).
+
+    :math:`c(u, v) = s\, D + (1 - s) \max(0, m - D)`: alike pairs (``s = 1``,
+    :func:`alike_pairs`) are pulled together as in Eq. 4-10, unlike pairs pushed apart until
+    their distance reaches the margin ``m``. The distance itself (not its square) keeps the
+    paper's units. Weighted by a graph, :math:`\sum G(u, v)\, c(u, v) / n^2` has a minimum
+    other than "every image alike". ``m`` is in the distances' units: it is meant for
+    unit-normalised maps (distances in ``[0, 2]``, ``[0, \sqrt 2]`` for non-negative maps).
+    Raw maps have no fixed scale: rescaling the features moves every distance against the
+    margin, so a network can undercut any margin (shrinking the maps shrinks the pull terms,
+    and the push terms are bounded by ``m``); compare unit maps.
+
+    Args:
+        distances: ``(...)`` non-negative distances, e.g. ``(n, n + K)`` or ``(P,)``.
+        alike: Bool of the same shape, ``s(u, v)``.
+        margin: Finite positive float ``m``.
+
+    Returns:
+        The costs, same shape and dtype as ``distances``.
+
+    Raises:
+        CCGShapeError: ``alike`` has another shape.
+        CCGDTypeError: ``distances`` not floating or ``alike`` not bool.
+        CCGValueRangeError: ``margin`` not a finite positive float.
+
+    Example:
+        >>> import torch
+        >>> d = torch.tensor([0.5, 0.5, 1.5])
+        >>> contrast_distances(d, torch.tensor([True, False, False]), margin=1.0)
+        tensor([0.5000, 0.5000, 0.0000])
+    """
+    m = _check_margin(margin)
+    check_tensor(distances, "distances")
+    check_dtype(distances, "distances", ("float",))
+    check_tensor(alike, "alike")
+    check_dtype(alike, "alike", ("bool",))
+    if alike.shape != distances.shape:
+        raise CCGShapeError(
+            f"`alike` must have the shape of `distances` {tuple(distances.shape)}, got shape "
+            f"{tuple(alike.shape)}."
+        )
+    return _contrast(distances, alike, m)
+
+
+def _check_contrast_args(
+    image_labels: Tensor | None,
+    margin: object,
+    n: int,
+    memory_image_labels: Tensor | None,
+    k: int,
+    has_memory: bool,
+) -> tuple[Tensor | None, float | None]:
+    """The contrast arguments of a loss: both or neither; the memory's labels with a memory."""
+    if image_labels is None:
+        if margin is not None or memory_image_labels is not None:
+            given = "margin" if margin is not None else "memory_image_labels"
+            raise CCGShapeError(
+                f"`image_labels` is required with `{given}` (the contrast form), got None."
+            )
+        return None, None
+    if margin is None:
+        raise CCGValueRangeError(
+            "`margin` is required with `image_labels` (the contrast form), got None."
+        )
+    m = _check_margin(margin)
+    y = _check_image_labels(image_labels, "image_labels", n=n)
+    c = int(y.shape[1])
+    if has_memory:
+        if memory_image_labels is None:
+            raise CCGShapeError(
+                "`memory_image_labels` is required with `image_labels` and a memory, got None."
+            )
+        _check_image_labels(memory_image_labels, "memory_image_labels", n=k, c=c)
+    elif memory_image_labels is not None:
+        raise CCGShapeError("`memory_image_labels` is only used with a memory, got it without one.")
+    return y, m
+
+
+def _batch_alike(labels: Tensor, memory_labels: Tensor | None) -> Tensor:
+    if memory_labels is None:
+        return _alike(labels, labels)
+    partners = torch.cat([labels.to(torch.float32), memory_labels.to(labels.device, torch.float32)])
+    return _alike(labels, partners)
 
 
 def sample_graph_loss(
@@ -247,6 +444,9 @@ def sample_graph_loss(
     graph: Tensor,
     *,
     memory: Tensor | None = None,
+    image_labels: Tensor | None = None,
+    memory_image_labels: Tensor | None = None,
+    margin: float | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Graph-weighted mean distance between samples (paper Eq. 4; Eq. 5 with ``G_k``).
@@ -258,10 +458,19 @@ def sample_graph_loss(
     runs over the memory; the mean still divides by ``n^2`` (rows of a normalised graph sum to
     1, so each anchor's weighted mean distance counts the same whatever ``K``).
 
+    Contrast form (beyond the paper; ``image_labels`` with ``margin``): ``D`` is replaced by
+    :func:`contrast_distances` with the pairs of :func:`alike_pairs`,
+    :math:`L = \sum_{u,v} G(u, v)\, [s D + (1 - s) \max(0, m - D)] / n^2`.
+
     Args:
         features: ``(n, ...)`` one feature map (or any tensor) per sample.
         graph: ``(n, n)`` weights ``G(u, v)``, or ``(n, n + K)`` with ``memory``.
         memory: ``(K, ...)`` earlier samples (same shape per sample as ``features``).
+        image_labels: ``(n, C)`` multi-hot image labels (float 0/1 or bool): the contrast
+            form; ``None`` (default) for the paper's pull-only form.
+        memory_image_labels: ``(K, C)`` labels of the memory; required with both.
+        margin: The contrast margin ``m`` (finite, > 0), in the distances' units; required
+            with ``image_labels``.
         reduction: ``"mean"`` is Eq. 4 (sum over the terms divided by ``n^2``),
             ``"sum"`` the plain sum, ``"none"`` the terms ``G(u, v) D(F_u, F_v)``.
 
@@ -287,9 +496,11 @@ def sample_graph_loss(
     K = _check_memory_features(memory, features, "memory")
     check_shape(graph, "graph", ("n", "n + K"), {"n": n, "n + K": n + K})
     check_finite(graph, "graph")
+    y, m = _check_contrast_args(image_labels, margin, n, memory_image_labels, K, memory is not None)
     if n == 1 and K == 0:  # no off-diagonal distance to read the features' finiteness from
         check_finite(features, "features")
-    return _graph_loss(features, graph, memory, reduction)
+    alike = None if y is None else _batch_alike(y, memory_image_labels)
+    return _graph_loss(features, graph, memory, reduction, alike, m)
 
 
 def _paired_terms(features_a: Tensor, features_b: Tensor) -> Tensor:
@@ -662,6 +873,9 @@ def conditioned_sample_graph_loss(
     memory_features: Tensor | None = None,
     memory_embeddings: Tensor | None = None,
     memory_valid: Tensor | None = None,
+    image_labels: Tensor | None = None,
+    memory_image_labels: Tensor | None = None,
+    margin: float | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""``L_IR`` (paper Eq. 4) with the input-conditioned sample graph of :func:`sample_graph`.
@@ -670,6 +884,8 @@ def conditioned_sample_graph_loss(
     images of the batch (the anchors), ``v`` over the batch and the ``K`` memory partners
     (earlier images, detached: they receive no gradient). ``G(u, v)`` is a function of images
     ``u`` and ``v`` only, so the loss does not depend on the order of the batch.
+    ``image_labels`` with ``margin`` give the contrast form (beyond the paper), as in
+    :func:`sample_graph_loss`.
 
     Args:
         features: ``(n, C, ...)`` feature maps of the batch.
@@ -678,6 +894,9 @@ def conditioned_sample_graph_loss(
         memory_features: ``(K, C, ...)`` feature maps of the memory partners.
         memory_embeddings: ``(K, d)`` their descriptors; required with ``memory_features``.
         memory_valid: ``(K,)`` bool, the filled slots; ``None`` for all.
+        image_labels: ``(n, C)`` multi-hot labels for the contrast form; ``None`` for pull.
+        memory_image_labels: ``(K, C)`` the memory's labels; required with both.
+        margin: Contrast margin (finite, > 0); required with ``image_labels``.
         reduction: ``"mean"`` (``/ n^2``), ``"sum"`` or ``"none"`` (the ``(n, n + K)`` terms).
 
     Returns:
@@ -714,10 +933,27 @@ def conditioned_sample_graph_loss(
             f"`memory_features` must hold K={K} maps like `memory_embeddings`, got shape "
             f"{tuple(memory_features.shape)}."
         )
+    y, m = _check_contrast_args(
+        image_labels,
+        margin,
+        int(features.shape[0]),
+        memory_image_labels,
+        K,
+        memory_features is not None,
+    )
     if features.shape[0] == 1 and K == 0:
         check_finite(features, "features")
+    alike = None if y is None else _batch_alike(y, memory_image_labels)
     return _conditioned_loss(
-        features, weight, projection, memory_features, memory_embeddings, memory_valid, reduction
+        features,
+        weight,
+        projection,
+        memory_features,
+        memory_embeddings,
+        memory_valid,
+        reduction,
+        alike,
+        m,
     )[0]
 
 
@@ -729,11 +965,13 @@ def _conditioned_loss(
     memory_embeddings: Tensor | None,
     memory_valid: Tensor | None,
     reduction: Reduction,
+    alike: Tensor | None = None,
+    margin: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Kernel: the loss, the batch's descriptors (for the memory) and the graph."""
     z = _embed(features, projection)
     graph = _sample_graph(z, weight, memory_embeddings, memory_valid)
-    return _graph_loss(features, graph, memory_features, reduction), z, graph
+    return _graph_loss(features, graph, memory_features, reduction, alike, margin), z, graph
 
 
 # --------------------------------------------------------------------------- superpixels, hashing
@@ -1209,11 +1447,16 @@ def _patch_loss(
     memory_valid: Tensor | None,
     parametrization: GraphParametrization,
     reduction: Reduction,
+    alike: Tensor | None = None,
+    margin: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Kernel of :func:`patch_hash_graph_loss` from the codes: the loss and the graph."""
+    """Kernel of :func:`patch_hash_graph_loss` from the codes: the loss and the graph.
+
+    ``alike`` (contrast form): ``(n, n + K)``, or in the pair form ``(P,)`` / ``(P, 1 + K)``.
+    """
     graph = _patch_graph(codes, weight, bias, codes_b, memory_codes, memory_valid, parametrization)
     if features_b is None:
-        return _graph_loss(features, graph, memory_features, reduction), graph
+        return _graph_loss(features, graph, memory_features, reduction, alike, margin), graph
     P = features.shape[0]
     dist = _paired_terms(features, features_b)
     if memory_features is not None:
@@ -1222,6 +1465,8 @@ def _patch_loss(
         dist,
         "`features_a` and `features_b`" if memory_features is None else "the features",
     )
+    if alike is not None and margin is not None:
+        dist = _contrast(dist, alike, margin)
     return reduce(graph.to(dist.dtype) * dist, reduction, count=P), graph
 
 
@@ -1239,6 +1484,10 @@ def patch_hash_graph_loss(
     memory_features: Tensor | None = None,
     memory_codes: Tensor | None = None,
     memory_valid: Tensor | None = None,
+    image_labels: Tensor | None = None,
+    image_labels_b: Tensor | None = None,
+    memory_image_labels: Tensor | None = None,
+    margin: float | None = None,
     parametrization: GraphParametrization = "softmax",
     reduction: Reduction = "mean",
 ) -> Tensor:
@@ -1258,6 +1507,11 @@ def patch_hash_graph_loss(
     resp. :math:`\sum_p [w_{p0} D(F'_{u,p}, F'_{v,p}) + \sum_k w_{pk} D(F'_{u,p}, M_k)] / P`.
     The memory gets no gradient.
 
+    Contrast form (beyond the paper; ``image_labels`` with ``margin``): every distance ``D``
+    becomes :func:`contrast_distances`' ``s D + (1 - s) max(0, m - D)``; ``s`` from
+    :func:`alike_pairs` for all pairs, per pair ``s(u_p, v_p)`` from ``image_labels[p]`` and
+    ``image_labels_b[p]`` in the pair form, and between the anchor and each memory entry.
+
     Args:
         features: ``(n, C, h, w)`` feature maps whose distances are weighted.
         labels: ``(n, H, W)`` superpixel labels in ``[0, m)``.
@@ -1272,6 +1526,12 @@ def patch_hash_graph_loss(
         memory_features: ``(K, C, h, w)`` maps of the memory partners.
         memory_codes: ``(K, m, bits)`` their codes; required with ``memory_features``.
         memory_valid: ``(K,)`` bool, the filled slots; ``None`` for all.
+        image_labels: ``(n, C)`` multi-hot image labels (float 0/1 or bool) of the images of
+            ``features``: the contrast form; ``None`` (default) for the paper's pull form.
+        image_labels_b: ``(P, C)`` those of the second images; required in the pair form.
+        memory_image_labels: ``(K, C)`` those of the memory; required with a memory.
+        margin: Contrast margin (finite, > 0), in the distances' units; required with
+            ``image_labels``.
         parametrization: ``"softmax"`` (default, well-posed) or ``"free"`` (literal Eq. 6).
         reduction: ``"mean"`` (Eq. 5, ``/n^2``; ``/P`` for pairs), ``"sum"`` or ``"none"``.
 
@@ -1337,6 +1597,21 @@ def patch_hash_graph_loss(
             f"`memory_features` must hold K={K} maps like `memory_codes`, got shape "
             f"{tuple(memory_features.shape)}."
         )
+    y, margin_ = _check_contrast_args(
+        image_labels,
+        margin,
+        int(features.shape[0]),
+        memory_image_labels,
+        K,
+        memory_features is not None,
+    )
+    alike = None
+    if y is not None:
+        alike = _contrast_alike(y, image_labels_b, memory_image_labels, features_b is not None)
+    elif image_labels_b is not None:
+        raise CCGShapeError(
+            "`image_labels` is required with `image_labels_b` (the contrast form), got None."
+        )
     if features.shape[0] == 1 and K == 0 and features_b is None:
         check_finite(features, "features")
     codes = _patch_codes(src, labels, projection, m)
@@ -1355,7 +1630,28 @@ def patch_hash_graph_loss(
         memory_valid,
         parametrization,
         reduction,
+        alike,
+        margin_,
     )[0]
+
+
+def _contrast_alike(
+    labels: Tensor, labels_b: Tensor | None, memory_labels: Tensor | None, pairs: bool
+) -> Tensor:
+    """Check ``image_labels_b`` against the form and build the ``alike`` of :func:`_patch_loss`."""
+    if not pairs:
+        if labels_b is not None:
+            raise CCGShapeError(
+                "`image_labels_b` is only used in the pair form (with `features_b`), got it "
+                "without `features_b`."
+            )
+        return _batch_alike(labels, memory_labels)
+    if labels_b is None:
+        raise CCGShapeError(
+            "`image_labels_b` is required with `image_labels` in the pair form, got None."
+        )
+    _check_image_labels(labels_b, "image_labels_b", n=int(labels.shape[0]), c=int(labels.shape[1]))
+    return _pair_alike(labels, labels_b, memory_labels)
 
 
 # --------------------------------------------------------------------------- memory
