@@ -38,7 +38,7 @@ from ccg_layers.datasets import save_split
 from . import checkpoint as ckpt
 from .config import LOSS_TERMS, TrainConfig, differs_from_demo, load_config
 from .data import Data, build_data, grid_size, reference_maps, to_device
-from .losses import CCGLoss
+from .losses import CCGLoss, warn_literal_form_without_boxes
 from .model import CCGNet, build_model, resolve_weights
 from .report import EvalResults, gap_against_seed_spread, score_maps, write_report
 
@@ -593,6 +593,8 @@ def _train(
             "test image"
         )
 
+    if is_main:
+        warn_literal_form_without_boxes(cfg, int(data.summary["train_annotated"]))
     if resume_dir is None:
         init_head_bias(trainee.model, cfg, data)
     opt, sched = make_optimizer(cfg, trainee)

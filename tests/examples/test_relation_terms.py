@@ -623,3 +623,39 @@ def test_tiny_training_run_with_the_contrast_form_finishes_with_finite_weights(m
         assert queued.shape == (8, 14), term  # the auto memory of the batch of 2
         assert torch.isfinite(state["criterion"][f"{term}.weight"]).all(), term
         assert state["criterion"][f"{term}.weight"].abs().sum() > 0, term
+
+
+# ------------------------------------------------- the literal form without boxes (issue 20)
+
+
+def _warnings_of_a_run(make_config, **overrides):
+    import warnings
+
+    from examples.ccg_net.engine import train
+
+    cfg = make_config(epochs=1, **overrides)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(cfg)
+    return [str(w.message) for w in seen if "literal form" in str(w.message)]
+
+
+def test_the_literal_form_without_boxes_warns_once_with_the_measured_collapse(make_config):
+    msgs = _warnings_of_a_run(make_config, setting="b")
+    assert len(msgs) == 1
+    assert "collapsed every image's features" in msgs[0]
+    assert "full model minus baseline at T(IoU)=0.1: -0.69" in msgs[0]  # the study's record
+    assert "Which form to use" in msgs[0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"setting": "a"},  # boxes in training
+        {"setting": "b", "losses": ("base",)},  # no relation term
+        {"setting": "b", "relation_features": "unit"},
+        {"setting": "b", "relation_features": "unit", "relation_form": "contrast"},
+    ],
+)
+def test_no_collapse_warning_where_the_study_measured_none(make_config, overrides):
+    assert _warnings_of_a_run(make_config, **overrides) == []
