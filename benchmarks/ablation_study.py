@@ -369,27 +369,40 @@ def tune_pretrained_lr(
 ) -> dict[str, Any]:
     """The pretrained baseline's learning rate per setting: seed 0 at each of ``TUNE_LRS``,
     scored on a validation twin (synthetic seed ``validation_seed``, never the test set) by the
-    primary endpoint's quantity (mean accuracy at T(IoU)=0.3), ties broken by AUC."""
-    grid = [(s, lr) for s in settings for lr in TUNE_LRS[s]]
+    primary endpoint's quantity (mean accuracy at T(IoU)=0.3), ties broken by AUC. While the
+    best rate is at an end of the grid, the grid grows by a factor of 3 beyond it (at most
+    twice per setting)."""
 
-    def one(s: str, lr: float) -> dict[str, Any]:
+    def one(s: str, lr: float) -> dict[str, float]:
         folder = out / f"tune-lr{lr:g}"
         folder.mkdir(parents=True, exist_ok=True)
         run_one(s, "baseline", 0, folder, ["--weights", str(weights), "--lr", f"{lr:g}"])
-        return holdout_one(s, "baseline", 0, folder, validation_seed)
+        entry = model_entry(holdout_one(s, "baseline", 0, folder, validation_seed))
+        return {"T=0.3": boxed_means(entry)[PRIMARY_T], "auc": boxed_auc(entry)}
 
-    with ThreadPoolExecutor(jobs) as pool:
-        futures = {g: pool.submit(one, *g) for g in grid}
-        scores = {g: f.result() for g, f in futures.items()}
+    grids = {s: sorted(TUNE_LRS[s]) for s in settings}
+    scores: dict[tuple[str, float], dict[str, float]] = {}
+    pending = [(s, lr) for s in settings for lr in grids[s]]
+    for _ in range(3):  # the grid, then up to two extensions
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = {g: pool.submit(one, *g) for g in pending}
+            scores.update({g: f.result() for g, f in futures.items()})
+        pending = []
+        for s in settings:
+            grid = grids[s]
+            best = max(grid, key=lambda lr: (scores[(s, lr)]["T=0.3"], scores[(s, lr)]["auc"]))
+            grown = len(grid) - len(TUNE_LRS[s])
+            if best == grid[-1] and grown < 2:
+                pending.append((s, float(f"{grid[-1] * 3:.3g}")))
+            elif best == grid[0] and grown < 2:
+                pending.append((s, float(f"{grid[0] / 3:.3g}")))
+        for s, lr in pending:
+            grids[s] = sorted([*grids[s], lr])
+        if not pending:
+            break
     chosen: dict[str, Any] = {}
     for s in settings:
-        table = {
-            f"{lr:g}": {
-                "T=0.3": boxed_means(model_entry(scores[(s, lr)]))[PRIMARY_T],
-                "auc": boxed_auc(model_entry(scores[(s, lr)])),
-            }
-            for lr in TUNE_LRS[s]
-        }
+        table = {f"{lr:g}": scores[(s, lr)] for lr in grids[s] if (s, lr) in scores}
         best = max(table, key=lambda k: (table[k]["T=0.3"], table[k]["auc"]))
         chosen[s] = {"lr": float(best), "validation": table}
     return chosen

@@ -157,3 +157,20 @@ def test_decisive_jobs_put_each_form_in_its_folder_and_share_the_baseline():
         "--lr",
         "0.0003",
     ]
+
+
+def test_tuning_grows_the_grid_past_an_end_while_the_best_rate_is_there(tmp_path, monkeypatch):
+    peak = {"b": 0.03, "c": 3e-4}  # (b) beyond the grid's top, (c) inside it
+
+    def fake_holdout(setting, row, seed, folder, holdout):
+        lr = float(folder.name.removeprefix("tune-lr"))
+        assert holdout == 2  # the validation twin, never the test set
+        return _result(1.0 - abs(math.log(lr / peak[setting])), 0.9)
+
+    monkeypatch.setattr(study, "run_one", lambda *a, **k: {})
+    monkeypatch.setattr(study, "holdout_one", fake_holdout)
+    chosen = study.tune_pretrained_lr(tmp_path, Path("w.pt"), ["b", "c"], 2, 1)
+    assert chosen["b"]["lr"] == pytest.approx(0.03)
+    assert set(chosen["b"]["validation"]) == {"0.001", "0.003", "0.01", "0.03", "0.09"}
+    assert chosen["c"]["lr"] == pytest.approx(3e-4)
+    assert set(chosen["c"]["validation"]) == {"0.0001", "0.0003", "0.001"}
