@@ -40,7 +40,14 @@ from .config import LOSS_TERMS, TrainConfig, differs_from_demo, load_config
 from .data import Data, build_data, grid_size, reference_maps, to_device
 from .losses import CCGLoss, warn_literal_form_without_boxes
 from .model import CCGNet, build_model, resolve_weights
-from .report import EvalResults, gap_against_seed_spread, score_maps, write_report
+from .report import (
+    EvalResults,
+    demo_preamble,
+    gap_against_seed_spread,
+    score_maps,
+    study_variant,
+    write_report,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -748,6 +755,8 @@ def compare(cfg: TrainConfig) -> Path:
     """Train the baseline and the CCG model with the same data and seed, then report them beside
     the reference maps; tables, JSON, predictions and figures go to one run directory."""
     t_start = time.perf_counter()
+    if cfg.data_root is None:  # what is compared, on which data, what the study measured
+        print(demo_preamble(cfg, cfg.synthetic_images), flush=True)
     cfg = absolute_paths(cfg)
     # every start-up error before the run directory exists
     resolve_weights(cfg.weights, cfg.backbone)
@@ -796,7 +805,11 @@ def compare(cfg: TrainConfig) -> Path:
         },
     )
     text += gap_against_seed_spread(
-        results["CCG"], results["Baseline"], cfg.setting, differs=differs_from_demo(cfg)
+        results["CCG"],
+        results["Baseline"],
+        cfg.setting,
+        differs=differs_from_demo(cfg),
+        variant=study_variant(cfg),
     )
     total = time.perf_counter() - t_start
     text += (

@@ -17,6 +17,7 @@ from torch import Tensor
 from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, ChestXray14
 from ccg_layers.metrics import classification_auc, localization_accuracy
 
+from .config import TrainConfig
 from .data import test_boxes
 
 #: The T(IoU) thresholds of the paper's tables.
@@ -158,17 +159,79 @@ def write_report(
 STUDY_RECORD = Path(__file__).resolve().parents[2] / "docs" / "ablation-study.json"
 
 
+FORM_NAMES = {
+    "paper": "the paper's literal form (pull only, raw C5 maps)",
+    "unit": "pull only on unit-normalised maps (--relation-features unit)",
+    "contrast": "the contrast-constrained form on unit-normalised maps "
+    "(--relation-form contrast --relation-features unit)",
+}
+INIT_NAMES = {
+    "random": "random initialisation",
+    "pretrained": "the backbone pretrained on an independent twin (pretrain)",
+}
+
+
+def study_variant(cfg: TrainConfig) -> tuple[str, str]:
+    """``(init, form)`` of the decisive study (docs/results.md) that ``cfg`` runs."""
+    if cfg.relation_form == "contrast":
+        form = "contrast"
+    else:
+        form = "unit" if cfg.relation_features == "unit" else "paper"
+    return ("random" if cfg.weights == "none" else "pretrained"), form
+
+
+def _interval(d: list[float] | tuple[float, float]) -> str:
+    return f"{d[0]:+.3f} ± {d[1]:.3f}"
+
+
+def _verdict(d: list[float] | tuple[float, float]) -> str:
+    lo, hi = d[0] - d[1], d[0] + d[1]
+    if lo > 0:
+        return "a gain"
+    if hi < 0:
+        return "a loss"
+    return "no difference the study could tell from zero"
+
+
+def demo_preamble(cfg: TrainConfig, images: int, record: Path = STUDY_RECORD) -> str:
+    """The first lines ``make demo`` prints: what is compared, on which data, and what the
+    study measured for this configuration (its paired gap with the 95% CI over seeds)."""
+    init, form = study_variant(cfg)
+    lines = [
+        f"make demo: the baseline (L_base alone) against CCG-Net (L_base + L_IR + L_IK + L_KR, "
+        f"{FORM_NAMES[form]}), both from {INIT_NAMES[init]}, on the SYNTHETIC ChestX-ray14 twin "
+        f"({images} generated {cfg.image_size}-px images, not radiographs), setting "
+        f"({cfg.setting}), one seed.",
+    ]
+    study = json.loads(record.read_text()) if record.is_file() else {}
+    entry = study.get("decisive", {}).get("settings", {}).get(cfg.setting, {}).get(init, {})
+    row = entry.get(form)
+    if row is None:
+        lines.append(f"No study of this configuration in setting ({cfg.setting}) is recorded.")
+        return "\n".join(lines) + "\n"
+    d = row["minus_baseline"]
+    n = len(study["decisive"]["seeds"])
+    lines.append(
+        f"Measured over {n} seeds on an independent test set (docs/results.md): CCG - baseline "
+        f"at T(IoU)=0.3 {_interval(d['T=0.3'])}, AUC {_interval(d['auc'])} (95% CIs): "
+        f"{_verdict(d['T=0.3'])}. This run is one more seed; read its gap against that."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def gap_against_seed_spread(
     ccg: EvalResults,
     baseline: EvalResults,
     setting: str,
     record: Path = STUDY_RECORD,
     differs: list[str] | None = None,
+    variant: tuple[str, str] | None = None,
 ) -> str:
     """This run's CCG − baseline gap at T(IoU) 0.1 and 0.3, read against the paired
     differences the study measured over seeds in the same setting (when it was recorded, and
     only when the run's configuration is the study's: ``differs`` lists the options in which
-    it is not)."""
+    it is not). With ``variant`` ``(init, form)`` recorded by the decisive study, its
+    differences (on the independent test set) are used; else Table 4's full-model row."""
     if differs:
         return "".join(
             f"CCG - Baseline at T(IoU)={t:g}: {ccg.mean_at(t) - baseline.mean_at(t):+.3f} (not "
@@ -179,6 +242,16 @@ def gap_against_seed_spread(
     lines = []
     study = json.loads(record.read_text()) if record.is_file() else {}
     row = study.get("settings", {}).get(setting, {}).get("ir+ik+kr", {})
+    decisive = study.get("decisive", {}).get("settings", {}).get(setting, {})
+    if variant is not None and variant[1] in decisive.get(variant[0], {}):
+        per_seed = decisive[variant[0]][variant[1]]["per_seed_minus_baseline"]
+        row = {"minus_baseline": {}}
+        for key, values in per_seed.items():
+            n = len(values)
+            m = sum(values) / n
+            sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+            ci = decisive[variant[0]][variant[1]]["minus_baseline"][key][1]
+            row["minus_baseline"][key] = {"mean": m, "sd": sd, "ci95": ci, "n": n}
     for t in (0.1, 0.3):
         gap = ccg.mean_at(t) - baseline.mean_at(t)
         line = f"CCG - Baseline at T(IoU)={t:g}: {gap:+.3f}"

@@ -66,3 +66,47 @@ def test_differs_from_demo_names_what_changes_learning_and_ignores_run_options()
     assert sorted(changed) == ["--epochs", "--relation-features"]
     assert differs("--preset", "demo", "--ablation", "ik") == ["--losses"]
     assert differs() == ["--preset"]
+
+
+def _decisive_record(tmp_path, per_seed: list[float]):
+    n = len(per_seed)
+    m = sum(per_seed) / n
+    row = {
+        "minus_baseline": {"T=0.1": [m, 0.02], "T=0.3": [m, 0.02], "auc": [0.001, 0.004]},
+        "per_seed_minus_baseline": {"T=0.1": per_seed, "T=0.3": per_seed, "auc": [0.001] * n},
+    }
+    data = {"decisive": {"seeds": list(range(n)), "settings": {"b": {"random": {"unit": row}}}}}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _cfg(**kw):
+    from examples.ccg_net.config import PRESETS, TrainConfig
+
+    return TrainConfig(preset="demo", **{**PRESETS["demo"], **kw})
+
+
+def test_the_demo_says_first_what_is_compared_on_which_data_and_what_the_study_measured(tmp_path):
+    from examples.ccg_net.report import demo_preamble
+
+    rec = _decisive_record(tmp_path, [0.01, -0.01, 0.0, 0.02, 0.0])
+    text = demo_preamble(_cfg(weights="none", relation_features="unit"), 3000, rec)
+    first, second = text.strip().splitlines()
+    assert "SYNTHETIC ChestX-ray14 twin (3000 generated 128-px images" in first
+    assert "unit-normalised maps" in first
+    assert "random initialisation" in first
+    assert "CCG - baseline at T(IoU)=0.3 +0.004 ± 0.020" in second
+    assert "no difference the study could tell from zero" in second
+    # a configuration the study did not measure says so
+    text = demo_preamble(_cfg(weights="none", relation_form="contrast"), 3000, rec)
+    assert "No study of this configuration in setting (b) is recorded." in text
+
+
+def test_the_gap_is_read_against_the_decisive_studys_seeds_when_it_has_the_variant(tmp_path):
+    rec = _decisive_record(tmp_path, [0.01, -0.01, 0.0, 0.02, 0.0])
+    text = gap_against_seed_spread(
+        _res(0.60, 0.30), _res(0.55, 0.30), "b", rec, variant=("random", "unit")
+    )
+    assert "over 5 seeds the study measured +0.004 (95% CI ± 0.020" in text
+    assert "within noise of zero" in text
