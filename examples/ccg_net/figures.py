@@ -18,13 +18,15 @@ def save_overlays(
     out_dir: Path,
     count: int = 8,
     prob_threshold: float = 0.5,
+    notes: dict[str, str] | None = None,
 ) -> list[Path]:
     """One PNG per (test image, boxed class), for the first ``count`` such pairs.
 
     Each PNG has one panel per method in ``maps`` (e.g. CCG, baseline, prior; each ``(N, K, h,
     w)`` probabilities on the test images): the radiograph, the class's probability map as a
     translucent heatmap, the predicted region (probability > ``prob_threshold``) outlined in
-    red and the ground-truth box in green.
+    red and the ground-truth box in green. ``notes`` maps a method to a line shown under its
+    panel's title (e.g. why a reference map is empty).
     """
     import matplotlib
 
@@ -69,7 +71,9 @@ def save_overlays(
                             (x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.5
                         )
                     )
-            ax.set_title(f"{name}: {CLASS_NAMES[k]}", fontsize=9)
+            note = (notes or {}).get(name)
+            title = f"{name}: {CLASS_NAMES[k]}" + (f"\n({note})" if note else "")
+            ax.set_title(title, fontsize=9 if not note else 7)
             ax.axis("off")
         fig.suptitle(f"{ds.image_names[i]}  (green: ground truth, red: p > 0.5)", fontsize=8)
         fig.tight_layout()

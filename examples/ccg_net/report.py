@@ -133,11 +133,23 @@ def write_report(
             {"names": res.names, "maps": res.maps.half(), "scores": res.scores},
             out_dir / f"predictions-{name.lower()}.pt",
         )
+    # a reference map that is empty by construction says so (the prior needs training boxes)
+    notes = {
+        name: "empty by construction: no box in training"
+        for name, ref in references.items()
+        if name == "Prior" and not bool(ref.maps.any())
+    }
+    for name, note in notes.items():
+        lines.append(f"{name}: {note} (it is the training boxes' mean mask).")
     if num_figures:
         from .figures import save_overlays
 
         figs = save_overlays(
-            test, {k: v.maps for k, v in every.items()}, out_dir / "figures", num_figures
+            test,
+            {k: v.maps for k, v in every.items()},
+            out_dir / "figures",
+            num_figures,
+            notes=notes,
         )
         lines.append(f"Figures: {len(figs)} PNGs in {out_dir / 'figures'}")
     text = "\n".join(lines) + "\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from examples.ccg_net.report import gap_against_seed_spread
 
 
@@ -110,3 +112,13 @@ def test_the_gap_is_read_against_the_decisive_studys_seeds_when_it_has_the_varia
     )
     assert "over 5 seeds the study measured +0.004 (95% CI ± 0.020" in text
     assert "within noise of zero" in text
+
+
+@pytest.mark.parametrize(("setting", "empty"), [("b", True), ("a", False)])
+def test_an_empty_prior_says_it_is_empty_by_construction(make_config, setting, empty):
+    from examples.ccg_net.engine import train
+
+    run = train(make_config(setting=setting, epochs=1, losses=("base",), num_figures=2)).run_dir
+    text = (run / "results.md").read_text()
+    assert ("Prior: empty by construction: no box in training" in text) == empty
+    assert len(list((run / "figures").glob("*.png"))) == 2
