@@ -322,7 +322,8 @@ HELP: dict[str, str] = {
     "num_workers": "DataLoader workers (-1: from the machine)",
     "cache_images": "keep the decoded training images in memory",
     "backbone": "resnet50 or tiny",
-    "weights": "backbone weights: imagenet (torchvision's cache), a file, or none",
+    "weights": "backbone weights: imagenet (torchvision's cache), a file, none, or twin (the "
+    "backbone pretrained on an independent synthetic twin by `pretrain`, made on first use)",
     "losses": "loss terms of Eq. 11, comma-separated, from base,ir,ik,kr",
     "epochs": "epochs",
     "batch_size": "images per process and step",
@@ -413,6 +414,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--backbone must be resnet50 or tiny, got {cfg.backbone!r}")
     if cfg.backbone == "tiny":
         check_tiny_backbone(tuple(cfg.tiny_widths), cfg.tiny_stride)
+    if cfg.weights == "twin" and cfg.data_root is not None:
+        raise ValueError(
+            "--weights twin pretrains on the synthetic twin, the stand-in for ImageNet where "
+            f"there is none; with --data-root {cfg.data_root} pass --weights imagenet or a file"
+        )
     if cfg.image_size % 32:
         raise ValueError(f"--image-size must be a multiple of 32, got {cfg.image_size}")
     if cfg.batch_size < 1 or cfg.epochs < 1:

@@ -178,7 +178,13 @@ class Trainee(nn.Module):
 
 
 def model_from_config(cfg: TrainConfig, weights: str) -> CCGNet:
-    """The model a configuration describes, with backbone ``weights`` (a path, "imagenet", "none")."""
+    """The model a configuration describes, with backbone ``weights`` (a path, "imagenet",
+    "none", or "twin": the file of :func:`.pretrain.twin_weights`, made beforehand by
+    :func:`train` or :func:`compare`)."""
+    if weights == "twin":
+        from .pretrain import PRETRAIN_SEED, default_output
+
+        weights = str(default_output(cfg, PRETRAIN_SEED))
     model = build_model(
         cfg.backbone,
         weights,
@@ -558,7 +564,15 @@ def _train(
     print_report: bool = True,
 ) -> Run:
     is_main = rank == 0
-    if resume_dir is None:
+    if resume_dir is None and cfg.weights == "twin":
+        # the pretrained file, made once (by the main process; the others wait and read it)
+        if is_main:
+            from .pretrain import twin_weights
+
+            twin_weights(cfg)
+        if world > 1:
+            dist.barrier()
+    elif resume_dir is None:
         # fail at start-up, before any data work, when pretrained weights are asked for and absent
         resolve_weights(cfg.weights, cfg.backbone)
     device = select_device(cfg, local_rank, world)
@@ -759,7 +773,12 @@ def compare(cfg: TrainConfig) -> Path:
         print(demo_preamble(cfg, cfg.synthetic_images), flush=True)
     cfg = absolute_paths(cfg)
     # every start-up error before the run directory exists
-    resolve_weights(cfg.weights, cfg.backbone)
+    if cfg.weights == "twin":  # made once here, read by both runs
+        from .pretrain import twin_weights
+
+        twin_weights(cfg)
+    else:
+        resolve_weights(cfg.weights, cfg.backbone)
     select_device(cfg)
     data = build_data(cfg, with_train=False)
     root = new_run_dir(dataclasses.replace(cfg, run_name=cfg.run_name or None))

@@ -51,11 +51,35 @@ def default_output(cfg: TrainConfig, seed: int = PRETRAIN_SEED) -> Path:
     return Path(cfg.output_dir) / "pretrained" / f"{cfg.preset}-twin-s{seed}.pt"
 
 
+#: Options of the relation terms: they do nothing in a pretraining run (L_base alone).
+RELATION_FIELDS = frozenset(
+    {
+        "num_patches",
+        "superpixel_size",
+        "superpixel_compactness",
+        "code_bits",
+        "graph_form",
+        "memory_size",
+        "relation_start_epoch",
+        "relation_features",
+        "relation_form",
+        "contrast_margin",
+        "graph_lr_mult",
+        "kr_pairs",
+        "kr_scale",
+        "kr_qk_channels",
+        "w_ir",
+        "w_ik",
+        "w_kr",
+    }
+)
+
+
 def _learning_key(cfg: TrainConfig) -> dict[str, Any]:
-    """What decides the weights: every option but where and how fast the run goes."""
-    return {
-        k: v for k, v in json.loads(cfg.to_json()).items() if k not in RUN_ONLY_FIELDS | {"seed"}
-    } | {"seed": cfg.seed}
+    """What decides the weights: every option but where and how fast the run goes and the
+    relation terms' options (a pretraining run has none)."""
+    skip = (RUN_ONLY_FIELDS - {"seed"}) | RELATION_FIELDS
+    return {k: v for k, v in json.loads(cfg.to_json()).items() if k not in skip}
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -138,4 +162,24 @@ def pretrain(cfg: TrainConfig, out: Path | None = None, seed: int = PRETRAIN_SEE
     return out
 
 
-__all__ = ["PRETRAIN_SEED", "cached", "default_output", "pretrain", "pretrain_config"]
+def twin_weights(cfg: TrainConfig) -> Path:
+    """``--weights twin``: the file ``pretrain --preset <cfg.preset>`` writes (made now, once,
+    if it is not there): pretrained with seed 0 and, for the demo, the demo's rate of setting
+    (b), whatever the run's own seed, setting and rate, so every run of a comparison or a study
+    starts from the same file."""
+    from .config import DEMO_LR_BY_SETTING
+
+    base = dataclasses.replace(cfg, seed=0, weights="none")
+    if cfg.preset == "demo":
+        base.lr = DEMO_LR_BY_SETTING["b"]
+    return pretrain(base)
+
+
+__all__ = [
+    "PRETRAIN_SEED",
+    "cached",
+    "default_output",
+    "pretrain",
+    "pretrain_config",
+    "twin_weights",
+]

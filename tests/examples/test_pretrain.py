@@ -70,3 +70,35 @@ def test_pretrain_cli_error_is_one_line_before_any_work(tmp_path, capsys):
     assert err[0].startswith("error: --pretrain-seed must differ from --synthetic-seed (0)")
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_weights_twin_pretrains_once_and_starts_the_run_from_that_file(make_config, monkeypatch):
+    from examples.ccg_net import pretrain as pre
+    from examples.ccg_net.engine import model_from_config, train
+
+    calls = []
+    real = pre.pretrain
+    monkeypatch.setattr(pre, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = make_config(data_root=None, synthetic_images=48, epochs=1, weights="twin", seed=3)
+    train(cfg)
+    path = pre.default_output(cfg)
+    assert path.is_file()
+    # the run's seed does not change the pretraining: one file for every seed of a study
+    assert json.loads(path.with_suffix(".json").read_text())["config"]["seed"] == 0
+    state = torch.load(path, weights_only=True)
+    model = model_from_config(cfg, "twin")
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    # another seed of the same study reuses the file
+    before = path.stat().st_mtime_ns
+    train(make_config(data_root=None, synthetic_images=48, epochs=1, weights="twin", seed=4))
+    assert len(calls) == 2  # asked twice ...
+    assert path.stat().st_mtime_ns == before  # ... written once
+
+
+def test_weights_twin_with_real_data_is_refused(make_config):
+    from examples.ccg_net.config import validate_config
+
+    with pytest.raises(ValueError, match="--weights twin pretrains on the synthetic twin"):
+        validate_config(make_config(weights="twin"))
