@@ -409,15 +409,21 @@ def tune_pretrained_lr(
 
 
 def decisive_jobs(
-    settings: list[str], inits: list[str], forms: list[str], seeds: list[int]
+    settings: list[str],
+    inits: list[str],
+    forms: list[str],
+    seeds: list[int],
+    skip: tuple[str, ...] = (),
 ) -> list[DJob]:
+    """Every run of the study; ``skip`` names cells ``init/form`` left out."""
     jobs: list[DJob] = []
     for k in seeds:
         for s in settings:
             for init in inits:
                 jobs.append((f"{init}-raw", s, "baseline", k))
                 for form in forms:
-                    jobs.append((f"{init}-{FORMS[form][0]}", s, "ir+ik+kr", k))
+                    if f"{init}/{form}" not in skip:
+                        jobs.append((f"{init}-{FORMS[form][0]}", s, "ir+ik+kr", k))
     return jobs
 
 
@@ -438,6 +444,7 @@ def decisive_summary(
     inits: list[str],
     forms: list[str],
     seeds: list[int],
+    skip: tuple[str, ...] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Tables (Markdown) and JSON of the decisive study on the independent test set: per
     setting and initialisation, each row's mean ± 95% CI, and each form's paired Δ to the
@@ -473,6 +480,9 @@ def decisive_summary(
                 + " — |" * len(metrics)
             )
             for form in forms:
+                if f"{init}/{form}" in skip:
+                    lines.append(f"| {form} | not run in this study (--skip) |" + " |" * 9)
+                    continue
                 v = values(f"{init}-{FORMS[form][0]}", s, "ir+ik+kr")
                 diffs = {m: [a - b for a, b in zip(v[m], base[m], strict=True)] for m in metrics}
                 cis = {m: mean_ci(diffs[m]) for m in metrics}
@@ -542,7 +552,8 @@ def run_decisive(args: argparse.Namespace) -> int:
         tuned = tune_pretrained_lr(out, weights, args.settings, args.validation_seed, args.jobs)
         print(f"pretrained baseline's learning rates: {json.dumps(tuned)}", flush=True)
     lrs = {s: float(v["lr"]) for s, v in tuned.items()}
-    jobs = decisive_jobs(args.settings, args.inits, args.forms, args.seeds)
+    skip = tuple(args.skip)
+    jobs = decisive_jobs(args.settings, args.inits, args.forms, args.seeds, skip)
     print(f"{len(jobs)} runs, {args.jobs} side by side, in {out}", flush=True)
 
     def train_job(folder: str, s: str, row: str, k: int) -> dict[str, Any]:
@@ -563,7 +574,7 @@ def run_decisive(args: argparse.Namespace) -> int:
 
     first_then_rest(train_job)
     held = first_then_rest(held_job)
-    text, summary = decisive_summary(held, args.settings, args.inits, args.forms, args.seeds)
+    text, summary = decisive_summary(held, args.settings, args.inits, args.forms, args.seeds, skip)
     wall = time.perf_counter() - t0
     header = (
         f"Decisive study: {len(jobs)} runs, evaluated on every annotated image of the twin with "
@@ -609,6 +620,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
     p.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS))
     p.add_argument("--validation-seed", type=int, default=2)
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        metavar="INIT/FORM",
+        help="cells of the decisive study not to run (e.g. random/unit)",
+    )
     p.add_argument("--_holdout", nargs=2, metavar=("RUN_DIR", "SEED"), help=argparse.SUPPRESS)
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more trainer options")
     args = p.parse_args(argv)

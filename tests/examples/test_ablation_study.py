@@ -174,3 +174,14 @@ def test_tuning_grows_the_grid_past_an_end_while_the_best_rate_is_there(tmp_path
     assert set(chosen["b"]["validation"]) == {"0.001", "0.003", "0.01", "0.03", "0.09"}
     assert chosen["c"]["lr"] == pytest.approx(3e-4)
     assert set(chosen["c"]["validation"]) == {"0.0001", "0.0003", "0.001"}
+
+
+def test_a_skipped_cell_is_neither_run_nor_summarised():
+    jobs = study.decisive_jobs(["b"], ["random"], ["paper", "unit"], [0], skip=("random/unit",))
+    assert jobs == [("random-raw", "b", "baseline", 0), ("random-raw", "b", "ir+ik+kr", 0)]
+    held = {j: _result(0.3, 0.9) for j in jobs}
+    text, summary = study.decisive_summary(
+        held, ["b"], ["random"], ["paper", "unit"], [0], skip=("random/unit",)
+    )
+    assert "| unit | not run in this study (--skip) |" in text
+    assert set(summary["primary"]) == {"b/random/paper"}
