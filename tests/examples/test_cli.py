@@ -37,7 +37,7 @@ def _assert_one_line_error(capsys, code: int, match: str) -> None:
     ("argv", "match"),
     [
         (["train", "--setting", "d"], "--setting must be a, b or c"),
-        (["train", "--image-size", "500"], "--image-size must be a multiple of 32"),
+        (["train", "--image-size", "500"], "--image-size must be a positive multiple of 32"),
         (["train", "--lr", "abc"], "invalid float value"),
         (["train", "--preset", "nope"], "invalid choice"),
         (["train", "--data-root", "/no/such/folder"], "--data-root /no/such/folder: no such"),
@@ -82,7 +82,9 @@ def test_missing_extras_are_reported_before_any_work(make_config, capsys, monkey
     )
     cfg = make_config()
     argv = ["--preset", "demo", "--data-root", cfg.data_root, "--output-dir", cfg.output_dir]
-    _assert_one_line_error(capsys, cli.main(argv), "pip install -e '.[examples]'")
+    # no verb: as examples/train_ccg.py (what make demo runs) calls it
+    code = cli.main(argv, default_verb="train")
+    _assert_one_line_error(capsys, code, "pip install -e '.[examples]'")
     assert not Path(cfg.output_dir).exists()
 
 
@@ -94,7 +96,7 @@ def test_help_shows_each_presets_default(capsys):
     assert "(default: 0.9)" in text  # the same in every preset
     assert "preset value" not in text
     assert cli.main(["--help"]) == 0
-    assert "{train,evaluate,predict,reproduce}" in capsys.readouterr().out
+    assert "{train,evaluate,predict,reproduce,pretrain}" in capsys.readouterr().out
 
 
 def test_load_model_gives_a_ready_ccgnet_and_its_config(tiny_run):
