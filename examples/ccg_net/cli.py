@@ -9,7 +9,6 @@ exit code 2; a non-finite loss is exit code 3.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import os
 import sys
@@ -174,14 +173,17 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _check_splits(cfg: TrainConfig, folds: Sequence[int]) -> None:
-    """The split of each fold against the dataset's size and the batch, before any work (the
-    synthetic twin's split is drawn without generating it)."""
+    """Before any work: the backbone's weights (they need no data), then the split of each fold
+    against the dataset's size and the batch (the synthetic twin's split is drawn without
+    generating it)."""
     from .data import plan_split
+    from .model import resolve_weights
+
+    resolve_weights(cfg.weights, cfg.backbone)  # WeightsNotFoundError: one line, exit 2
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes share a step
     try:
-        for fold in folds:
-            plan_split(dataclasses.replace(cfg, fold=fold), world)
+        plan_split(cfg, world, tuple(folds))
     except ValueError as err:
         raise UsageError(str(err)) from None
 

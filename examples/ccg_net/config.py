@@ -489,7 +489,7 @@ def validate_config(cfg: TrainConfig) -> None:
     _need_float(cfg, "w_base", positive=True)
     floor = cfg.noisy_or_floor
     if floor is not None and not (_is_number(floor) and 0.0 <= floor < 1.0):
-        raise ValueError(f"--noisy-or-floor must be none or a number in [0, 1), got {floor!r}")
+        raise ValueError(f"--noisy-or-floor must be in [0, 1) or none, got {floor!r}")
     if cfg.head_bias_init != "prior":
         try:
             bias = float(cfg.head_bias_init)
@@ -497,7 +497,7 @@ def validate_config(cfg: TrainConfig) -> None:
             bias = math.nan
         if not math.isfinite(bias):
             raise ValueError(
-                f"--head-bias-init must be 'prior' or a finite number, got {cfg.head_bias_init!r}"
+                f"--head-bias-init must be 'prior' or a number (finite), got {cfg.head_bias_init!r}"
             )
     if cfg.base_reduction not in ("sum", "mean"):
         raise ValueError(f"--base-reduction must be sum or mean, got {cfg.base_reduction!r}")

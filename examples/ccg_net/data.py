@@ -5,6 +5,7 @@ targets built in the loader's workers), and the fixed reference maps (the trivia
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -123,19 +124,25 @@ def check_split(
         )
 
 
-def plan_split(cfg: TrainConfig, world: int | None = 1) -> dict[str, list[str]]:
-    """:func:`check_split` before any work: the split ``cfg`` will train on, made without
-    generating the synthetic dataset (:func:`~ccg_layers.datasets.synthetic_index`) or
-    writing anything."""
+def plan_split(
+    cfg: TrainConfig, world: int | None = 1, folds: tuple[int, ...] | None = None
+) -> dict[int, dict[str, list[str]]]:
+    """:func:`check_split` before any work: the split of each fold (default: ``cfg.fold``)
+    ``cfg`` will train on, made without generating the synthetic dataset
+    (:func:`~ccg_layers.datasets.synthetic_index`) or writing anything."""
     if cfg.data_root is None:
         from ccg_layers.datasets import synthetic_index
 
         index = synthetic_index(cfg.synthetic_images, cfg.synthetic_seed)
     else:
         index = read_chestxray14(cfg.data_root)
-    split, _ = make_split(cfg, index)
-    check_split(cfg, index, split, world)
-    return split
+    splits = {}
+    for fold in (cfg.fold,) if folds is None else folds:
+        fold_cfg = dataclasses.replace(cfg, fold=fold)
+        split, _ = make_split(fold_cfg, index)
+        check_split(fold_cfg, index, split, world)
+        splits[fold] = split
+    return splits
 
 
 def load_split(
