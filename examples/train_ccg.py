@@ -1,5 +1,6 @@
 """Train / evaluate CCG-Net: ``python examples/train_ccg.py --preset demo`` (what `make demo`
-runs), ``--preset paper --data-root /path/to/ChestX-ray14`` for the paper's setting.
+runs), ``--preset paper --data-root /path/to/ChestX-ray14`` for the paper's setting. Without a
+verb this script trains (``python -m examples.ccg_net`` needs one).
 
 See docs/training.md for every setting, torchrun, and the ablation flags.
 """
@@ -12,4 +13,4 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `examples.ccg_n
 from examples.ccg_net.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(default_verb="train"))

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         ensure_synthetic_dataset,
         generate_synthetic_chestxray14,
         render_synthetic_image,
+        synthetic_index,
     )
 
 # The synthetic generator is imported on first use, so that its command line
@@ -50,6 +51,7 @@ _SYNTHETIC = (
     "ensure_synthetic_dataset",
     "generate_synthetic_chestxray14",
     "render_synthetic_image",
+    "synthetic_index",
 )
 
 
@@ -90,4 +92,5 @@ __all__ = [
     "render_synthetic_image",
     "save_split",
     "split_summary",
+    "synthetic_index",
 ]

@@ -27,7 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ccg_layers.datasets.chestxray14 import BBOX_LIST_FILE, BOX_FRAME, BOXED_CLASSES, CLASS_NAMES
+from ccg_layers.datasets.chestxray14 import (
+    BBOX_LIST_FILE,
+    BOX_FRAME,
+    BOXED_CLASSES,
+    CLASS_NAMES,
+    ChestXray14Index,
+)
 
 __all__ = [
     "SyntheticConfig",
@@ -35,6 +41,7 @@ __all__ = [
     "generate_synthetic_chestxray14",
     "main",
     "render_synthetic_image",
+    "synthetic_index",
 ]
 
 _log = logging.getLogger(__name__)
@@ -566,6 +573,59 @@ def _sample_labels(
     return labels, boxed
 
 
+def _draw_records(
+    rng: np.random.Generator, n: int, cfg: SyntheticConfig
+) -> tuple[list[tuple[int, int]], list[list[str]], list[dict[str, bool]]]:
+    """Each image's (patient, follow-up), labels and boxed classes.
+
+    These are the draws that come before any image is rendered; :func:`synthetic_index` repeats
+    them without rendering.
+    """
+    ids = _sample_patients(rng, n, cfg.mean_images_per_patient)
+    labels, written = _sample_labels(rng, n, cfg)
+    return ids, labels, written
+
+
+def synthetic_index(
+    num_images: int, seed: int = 0, *, config: SyntheticConfig | None = None
+) -> ChestXray14Index:
+    """The index of ``generate_synthetic_chestxray14(_, num_images, seed=seed)``, drawn only.
+
+    No image is rendered and no file written: the same image names, labels, patients, follow-ups and
+    boxed classes (whatever ``image_size``), so the same :func:`chestxray14_splits`. The box
+    coordinates and view positions are drawn with each image, so here the boxes are NaN and
+    the view positions empty: use it for splits and counts, not for targets.
+
+    Example:
+        >>> index = synthetic_index(6, seed=1)
+        >>> len(index.images), bool(index.boxes.isnan().all())
+        (6, True)
+    """
+    if not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"`num_images` must be a positive int, got {num_images!r}")
+    cfg = config or SyntheticConfig()
+    rng = np.random.default_rng([seed, 0])
+    ids, labels, written = _draw_records(rng, num_images, cfg)
+    multi_hot = torch.zeros(num_images, len(CLASS_NAMES))
+    box_image, box_class = [], []
+    for i, (found, boxed) in enumerate(zip(labels, written, strict=True)):
+        for cls in found:
+            multi_hot[i, CLASS_NAMES.index(cls)] = 1.0
+            if boxed.get(cls):
+                box_image.append(i)
+                box_class.append(CLASS_NAMES.index(cls))
+    return ChestXray14Index(
+        images=[f"{pid:08d}_{follow_up:03d}.png" for pid, follow_up in ids],
+        labels=multi_hot,
+        patient_ids=torch.tensor([pid for pid, _ in ids], dtype=torch.long),
+        follow_ups=torch.tensor([f for _, f in ids], dtype=torch.long),
+        view_positions=[""] * num_images,
+        boxes=torch.full((len(box_image), 4), math.nan),
+        box_image_index=torch.tensor(box_image, dtype=torch.long),
+        box_class=torch.tensor(box_class, dtype=torch.long),
+    )
+
+
 def generate_synthetic_chestxray14(
     out_dir: str | os.PathLike[str],
     num_images: int,
@@ -609,8 +669,7 @@ def generate_synthetic_chestxray14(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0])
-    ids = _sample_patients(rng, num_images, cfg.mean_images_per_patient)
-    labels, written = _sample_labels(rng, num_images, cfg)
+    ids, labels, written = _draw_records(rng, num_images, cfg)
     patient_meta = {
         pid: (int(rng.integers(20, 86)), "M" if rng.random() < 0.56 else "F") for pid, _ in ids
     }

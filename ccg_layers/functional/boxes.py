@@ -91,7 +91,10 @@ def check_boxes(boxes: Tensor, name: str, image_size: tuple[int, int] | None) ->
 def _grid_cells(boxes: Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]) -> Tensor:
     """``(M, h, w)`` bool: cells whose intersection with the box has positive area."""
     (H, W), (h, w) = image_size, grid_size
-    b = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
+    # float64 (where the device has it): x * w of a float32 coordinate within an ulp of a cell
+    # border rounds onto the border in float32 and loses a sliver of positive overlap.
+    wide = torch.float32 if boxes.device.type == "mps" else torch.float64
+    b = boxes.to(torch.promote_types(boxes.dtype, wide))
     # Compare in units of cells (c * W / w == x  <=>  c * W == x * w), exact for integer pixels.
     cols = torch.arange(w, device=b.device, dtype=b.dtype) * W
     rows = torch.arange(h, device=b.device, dtype=b.dtype) * H

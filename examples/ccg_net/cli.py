@@ -1,5 +1,6 @@
 """Command line of the CCG-Net trainer: ``python -m examples.ccg_net train|evaluate|predict|
-reproduce`` (``python examples/train_ccg.py ...`` without a verb trains).
+reproduce|pretrain`` (without a verb: the help, exit 2; ``python examples/train_ccg.py ...``
+without a verb trains).
 
 Every user error (a bad value, a missing file or extra, no CUDA) is one ``error: ...`` line and
 exit code 2; a non-finite loss is exit code 3.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ from .config import ABLATIONS, PRETRAIN_SEED, TrainConfig, add_config_options, r
 # (torchvision, tqdm and matplotlib, the ``[examples]`` extra, are imported only after the
 # check in ``_check_extras``, so that a missing one is an error line, not an ImportError)
 
-VERBS = ("train", "evaluate", "predict", "reproduce")
+VERBS = ("train", "evaluate", "predict", "reproduce", "pretrain")
 
 
 class UsageError(Exception):
@@ -117,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _with_verb(argv: Sequence[str]) -> list[str]:
-    """``train_ccg.py --preset demo`` (no verb) means ``train``; ``--evaluate CKPT`` evaluate."""
+def _with_verb(argv: Sequence[str], default_verb: str | None = None) -> list[str]:
+    """The command line with its verb first. ``python -m examples.ccg_net`` needs one;
+    ``train_ccg.py`` (``default_verb="train"``) takes ``--preset demo`` (no verb) to mean
+    ``train`` and ``--evaluate CKPT`` to mean ``evaluate``."""
     argv = list(argv)
     if argv and (not argv[0].startswith("-") or argv[0] in ("-h", "--help")):
         return argv  # a verb (or a mistyped one, for argparse to name)
+    if default_verb is None:
+        return argv  # no verb: main prints the help or names the missing verb
     if "--evaluate" in argv:
         i = argv.index("--evaluate")
         out = ["evaluate", *argv[i + 1 : i + 2]]
@@ -130,7 +136,7 @@ def _with_verb(argv: Sequence[str]) -> list[str]:
                 j = argv.index(flag)
                 out += argv[j : j + 2]
         return out
-    return ["train", *argv]
+    return [default_verb, *argv]
 
 
 def _check_extras(cfg: TrainConfig | None, *, figures: bool) -> None:
@@ -166,6 +172,23 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def _check_splits(cfg: TrainConfig, folds: Sequence[int]) -> None:
+    """Before any work: the backbone's weights (they need no data), then the split of each fold
+    against the dataset's size and the batch (the synthetic twin's split is drawn without
+    generating it)."""
+    from .data import plan_split
+    from .model import resolve_weights
+
+    if cfg.weights != "twin":  # "twin" is made on first use (pretrain)
+        resolve_weights(cfg.weights, cfg.backbone)  # WeightsNotFoundError: one line, exit 2
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes share a step
+    try:
+        plan_split(cfg, world, tuple(folds))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out one parsed command."""
     if args.verb == "evaluate":
@@ -190,9 +213,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(err)) from None
         return 0
     if args.verb == "reproduce":
-        cfg = _config(args)
-        from .reproduce import reproduce
-
         folds = None
         if args.folds:
             try:
@@ -203,9 +223,16 @@ def run(args: argparse.Namespace) -> int:
                 ) from None
             if any(not 0 <= k < 5 for k in folds):
                 raise UsageError(f"--folds must be in 0..4, got {args.folds}")
+        cfg = _config(args)
+        from .reproduce import default_folds, reproduce
+
+        _check_splits(cfg, folds or default_folds(cfg.setting))
+
         print(f"reproduction in {reproduce(cfg, folds)}")
         return 0
     cfg = _config(args)
+    if not args.resume:  # a resumed run trains on its saved configuration's split
+        _check_splits(cfg, (cfg.fold,))
     from .engine import compare, train
 
     if args.resume:
@@ -247,15 +274,29 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run, and turn user errors into one ``error: ...`` line (exit 2)."""
+def main(argv: Sequence[str] | None = None, *, default_verb: str | None = None) -> int:
+    """Parse, run, and turn user errors into one ``error: ...`` line (exit 2).
+
+    Without a verb: the help (no argument at all) or an error line naming the missing verb,
+    exit 2, unless ``default_verb`` (``train_ccg.py``: ``train``) stands in for it.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    argv = _with_verb(argv, default_verb)
+    if not argv:
+        parser.print_help()
+        return 2
+    if argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        print(
+            f"error: a verb must come first ({', '.join(VERBS)}), got {argv[0]} "
+            f"(see {parser.prog} --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        args = build_parser().parse_args(_with_verb(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0) or a usage error, already printed (2)
         return int(done.code or 0)
-    if args.verb is None:
-        build_parser().print_help()
-        return 2
     try:
         return run(args)
     except UsageError as err:

@@ -399,17 +399,76 @@ def check_tiny_backbone(widths: tuple[int, ...], stride: int) -> None:
         raise ValueError(f"--tiny-stride must be 8 or 16, got {stride}")
 
 
+MAX_PATCH_LABELS = 256
+"""Superpixel labels are cached as uint8 (``data.superpixel_labels``): at most 256 patches."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _need_int(cfg: TrainConfig, name: str, lo: int, allowed: str | None = None) -> None:
+    v = getattr(cfg, name)
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+        raise ValueError(f"{_flag(name)} must be {allowed or f'an integer >= {lo}'}, got {v!r}")
+
+
+def _need_float(
+    cfg: TrainConfig, name: str, *, positive: bool = False, below: float | None = None
+) -> None:
+    """A finite number, >= 0 (> 0 with ``positive``), and < ``below`` if given."""
+    v = getattr(cfg, name)
+    ok = _is_number(v) and math.isfinite(v) and (v > 0 if positive else v >= 0)
+    if below is not None:
+        ok = ok and v < below
+    if not ok:
+        allowed = "a finite number " + ("> 0" if positive else ">= 0")
+        if below is not None:
+            allowed = f"a number in {'(0' if positive else '[0'}, {below:g})"
+        raise ValueError(f"{_flag(name)} must be {allowed}, got {v!r}")
+
+
+def model_stride(cfg: TrainConfig) -> int:
+    """Input pixels per cell of the model's grid (the C5 map): 32 for ResNet-50."""
+    return cfg.tiny_stride if cfg.backbone == "tiny" else 32
+
+
 def validate_config(cfg: TrainConfig) -> None:
-    """Reject inconsistent settings with a message naming the option."""
+    """Reject every bad value with one message naming the option, the value and what is allowed.
+
+    Only values are checked here (no file is read); what depends on the dataset's size is
+    checked by ``data.plan_split`` before any work.
+    """
+    from ccg_layers.datasets import CLASS_NAMES
+
     bad = [t for t in cfg.losses if t not in LOSS_TERMS]
     if bad:
         raise ValueError(f"--losses: unknown terms {bad}; choose from {list(LOSS_TERMS)}")
     if "base" not in cfg.losses:
         raise ValueError("--losses must include 'base' (L_base is the only localising signal)")
+    # data
+    _need_int(cfg, "synthetic_images", 1)
+    _need_int(cfg, "synthetic_seed", 0)
     if cfg.setting not in ("a", "b", "c"):
         raise ValueError(f"--setting must be a, b or c (paper Sec. 4.2), got {cfg.setting!r}")
     if not 0 <= cfg.fold < 5:
         raise ValueError(f"--fold must be in 0..4, got {cfg.fold}")
+    _need_int(cfg, "split_seed", 0)
+    if bool(cfg.train_split_file) != bool(cfg.test_split_file):
+        raise ValueError("--train-split-file and --test-split-file go together")
+    if cfg.image_size < 32 or cfg.image_size % 32:
+        raise ValueError(f"--image-size must be a positive multiple of 32, got {cfg.image_size}")
+    if cfg.num_classes != len(CLASS_NAMES):
+        raise ValueError(
+            f"--num-classes must be {len(CLASS_NAMES)}, the classes of ChestX-ray14 (the only "
+            f"dataset the trainer reads), got {cfg.num_classes}"
+        )
+    _need_int(cfg, "num_workers", -1, "-1 (from the machine's cores) or >= 0")
+    # model
     if cfg.backbone not in ("resnet50", "tiny"):
         raise ValueError(f"--backbone must be resnet50 or tiny, got {cfg.backbone!r}")
     if cfg.backbone == "tiny":
@@ -419,50 +478,87 @@ def validate_config(cfg: TrainConfig) -> None:
             "--weights twin pretrains on the synthetic twin, the stand-in for ImageNet where "
             f"there is none; with --data-root {cfg.data_root} pass --weights imagenet or a file"
         )
-    if cfg.image_size % 32:
-        raise ValueError(f"--image-size must be a multiple of 32, got {cfg.image_size}")
-    if cfg.batch_size < 1 or cfg.epochs < 1:
-        raise ValueError("--batch-size and --epochs must be positive")
-    if cfg.test_upsample < 1:
-        raise ValueError(f"--test-upsample must be >= 1, got {cfg.test_upsample}")
+    _need_int(cfg, "head_channels", 1)
+    # The test-time map has (image_size / stride * u)^2 cells: at u = stride it has one cell per
+    # input pixel, and a finer bilinear upsampling adds no detail, only memory (1000 at 512 px
+    # would be a 16000 x 16000 x 2048 map: 131 GB an image).
+    stride = model_stride(cfg)
+    if not (isinstance(cfg.test_upsample, int) and 1 <= cfg.test_upsample <= stride):
+        raise ValueError(
+            f"--test-upsample must be in 1..{stride}, got {cfg.test_upsample}: at {stride} "
+            f"(the {cfg.backbone} backbone's stride) the test-time map already has one cell per "
+            f"pixel of the {cfg.image_size}x{cfg.image_size} input; a finer one adds no detail"
+        )
+    # losses
+    for name in ("w_ir", "w_ik", "w_kr", "box_weight"):
+        _need_float(cfg, name)
+    _need_float(cfg, "w_base", positive=True)
+    floor = cfg.noisy_or_floor
+    if floor is not None and not (_is_number(floor) and 0.0 <= floor < 1.0):
+        raise ValueError(f"--noisy-or-floor must be in [0, 1) or none, got {floor!r}")
+    if cfg.head_bias_init != "prior":
+        try:
+            bias = float(cfg.head_bias_init)
+        except ValueError:
+            bias = math.nan
+        if not math.isfinite(bias):
+            raise ValueError(
+                f"--head-bias-init must be 'prior' or a number (finite), got {cfg.head_bias_init!r}"
+            )
     if cfg.base_reduction not in ("sum", "mean"):
         raise ValueError(f"--base-reduction must be sum or mean, got {cfg.base_reduction!r}")
+    _need_int(cfg, "superpixel_size", 1)
+    if cfg.superpixel_size > cfg.image_size:
+        raise ValueError(
+            f"--superpixel-size must be at most --image-size {cfg.image_size}, got "
+            f"{cfg.superpixel_size}: a superpixel map finer than the model's input adds nothing"
+        )
+    # SLIC cannot make more segments than the superpixel map has pixels, and the labels are
+    # cached as uint8 (MAX_PATCH_LABELS values)
+    most = min(MAX_PATCH_LABELS, cfg.superpixel_size**2)
+    if not (isinstance(cfg.num_patches, int) and 1 <= cfg.num_patches <= most):
+        raise ValueError(
+            f"--num-patches must be in 1..{most}, got {cfg.num_patches}: SLIC cannot make more "
+            f"segments than the {cfg.superpixel_size}x{cfg.superpixel_size} superpixel map "
+            f"(--superpixel-size) has pixels, and the labels are stored as uint8 (at most "
+            f"{MAX_PATCH_LABELS})"
+        )
+    _need_float(cfg, "superpixel_compactness", positive=True)
+    _need_int(cfg, "code_bits", 1)
     if cfg.kr_pairs not in ("half", "all"):
         raise ValueError(f"--kr-pairs must be half or all, got {cfg.kr_pairs!r}")
+    if cfg.kr_scale is not None and not (
+        _is_number(cfg.kr_scale) and math.isfinite(cfg.kr_scale) and cfg.kr_scale > 0
+    ):
+        raise ValueError(f"--kr-scale must be none or a finite number > 0, got {cfg.kr_scale!r}")
     if cfg.kr_qk_channels < 0:
         raise ValueError(
             f"--kr-qk-channels must be 0 (the paper's full W_P) or a positive rank, "
             f"got {cfg.kr_qk_channels}"
         )
-    if cfg.noisy_or_floor is not None and not 0.0 <= cfg.noisy_or_floor < 1.0:
-        raise ValueError(f"--noisy-or-floor must be in [0, 1), got {cfg.noisy_or_floor}")
-    if cfg.head_bias_init != "prior":
-        try:
-            float(cfg.head_bias_init)
-        except ValueError:
-            raise ValueError(
-                f"--head-bias-init must be 'prior' or a number, got {cfg.head_bias_init!r}"
-            ) from None
     if cfg.relation_features not in ("raw", "unit"):
         raise ValueError(f"--relation-features must be raw or unit, got {cfg.relation_features!r}")
     if cfg.relation_form not in ("pull", "contrast"):
         raise ValueError(f"--relation-form must be pull or contrast, got {cfg.relation_form!r}")
     margin = cfg.contrast_margin
-    if isinstance(margin, bool) or not (
-        isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0
-    ):
+    if not (_is_number(margin) and math.isfinite(margin) and margin > 0):
         raise ValueError(f"--contrast-margin must be a finite number > 0, got {margin!r}")
     if cfg.relation_form == "contrast" and cfg.relation_features != "unit":
         raise ValueError(
             "--relation-form contrast needs --relation-features unit (its margin is a distance "
             f"between unit maps; raw maps can undercut any margin), got {cfg.relation_features!r}"
         )
-    if not (cfg.graph_lr_mult > 0 and math.isfinite(cfg.graph_lr_mult)):
+    if not (
+        _is_number(cfg.graph_lr_mult) and cfg.graph_lr_mult > 0 and math.isfinite(cfg.graph_lr_mult)
+    ):
         raise ValueError(f"--graph-lr-mult must be a positive number, got {cfg.graph_lr_mult}")
     if cfg.graph_form not in ("conditioned", "positional"):
         raise ValueError(f"--graph-form must be conditioned or positional, got {cfg.graph_form!r}")
     if cfg.memory_size < -1:
         raise ValueError(f"--memory-size must be -1 (auto) or >= 0, got {cfg.memory_size}")
+    # optimisation
+    _need_int(cfg, "epochs", 1)
+    _need_int(cfg, "batch_size", 1)
     if not 0 <= cfg.relation_start_epoch <= cfg.epochs:
         raise ValueError(
             f"--relation-start-epoch must be in [0, --epochs={cfg.epochs}], "
@@ -470,12 +566,25 @@ def validate_config(cfg: TrainConfig) -> None:
         )
     if cfg.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+    _need_float(cfg, "lr", positive=True)
+    _need_float(cfg, "momentum", below=1.0)
+    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
+        raise ValueError("--momentum must be > 0 with --nesterov true (Nesterov needs momentum)")
+    _need_float(cfg, "weight_decay")
+    _need_int(cfg, "lr_step_epochs", 1, "an integer >= 1 (epochs between learning-rate steps)")
+    _need_float(cfg, "lr_gamma", positive=True)
+    # run
+    _need_int(cfg, "seed", 0)
     if cfg.amp not in ("auto", "on", "off"):
         raise ValueError(f"--amp must be auto, on or off, got {cfg.amp!r}")
-    if cfg.parallel_runs < 1:
-        raise ValueError(f"--parallel-runs must be >= 1, got {cfg.parallel_runs}")
-    if cfg.log_every < 1:
-        raise ValueError(f"--log-every must be >= 1, got {cfg.log_every}")
+    _need_int(cfg, "threads", 0, "0 (torch's default) or a number of threads >= 1")
+    _need_int(cfg, "checkpoint_every", 0, "0 (epoch ends only) or a number of steps >= 1")
+    _need_int(cfg, "eval_every", 0, "0 (only at the end) or a number of epochs >= 1")
+    _need_int(cfg, "log_every", 1)
+    _need_int(cfg, "stop_after_steps", 0)
+    _need_int(cfg, "max_test_images", 0, "0 (all) or a number of images >= 1")
+    _need_int(cfg, "num_figures", 0)
+    _need_int(cfg, "parallel_runs", 1)
 
 
 def load_config(run_dir: Path) -> TrainConfig:
@@ -497,6 +606,7 @@ __all__ = [
     "add_config_options",
     "check_tiny_backbone",
     "load_config",
+    "model_stride",
     "resolve_config",
     "validate_config",
 ]

@@ -5,6 +5,7 @@ targets built in the loader's workers), and the fixed reference maps (the trivia
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -56,15 +57,19 @@ def dataset_root(cfg: TrainConfig) -> Path:
     return root
 
 
-def load_split(cfg: TrainConfig) -> tuple[ChestXray14Index, dict[str, list[str]], dict[str, Any]]:
-    """Read the index and make the paper's split (or read explicit split files)."""
-    root = dataset_root(cfg)
-    index = read_chestxray14(root)
+def make_split(
+    cfg: TrainConfig, index: ChestXray14Index
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """The paper's split of ``index`` for ``cfg`` (or the explicit split files), with
+    ``--max-test-images`` applied, and what it was made from."""
     if cfg.train_split_file or cfg.test_split_file:
         if not (cfg.train_split_file and cfg.test_split_file):
             raise ValueError("--train-split-file and --test-split-file go together")
         split = read_split_files(cfg.train_split_file, cfg.test_split_file, index)
-        source = {"train_split_file": cfg.train_split_file, "test_split_file": cfg.test_split_file}
+        source: dict[str, Any] = {
+            "train_split_file": cfg.train_split_file,
+            "test_split_file": cfg.test_split_file,
+        }
     else:
         split = chestxray14_splits(
             index,
@@ -81,6 +86,74 @@ def load_split(cfg: TrainConfig) -> tuple[ChestXray14Index, dict[str, list[str]]
         }
     if cfg.max_test_images:
         split["test"] = split["test"][: cfg.max_test_images]
+    return split, source
+
+
+def check_split(
+    cfg: TrainConfig, index: ChestXray14Index, split: dict[str, list[str]], world: int | None
+) -> None:
+    """Raise ``ValueError`` naming the option when the split cannot be trained or evaluated: no
+    test image, no training image, or (``world`` given: the processes that share a step) a
+    global batch larger than the training images (an epoch could not fill one step)."""
+    where = (
+        "the split files"
+        if cfg.train_split_file
+        else f"setting {cfg.setting}" + (f", fold {cfg.fold}" if cfg.setting != "b" else "")
+    )
+    sizes = f"{len(split['train'])} training and {len(split['test'])} test images"
+    if not split["test"] or (world is not None and not split["train"]):
+        if cfg.train_split_file:
+            raise ValueError(
+                f"--train-split-file {cfg.train_split_file} / --test-split-file "
+                f"{cfg.test_split_file}: {sizes}; both need images"
+            )
+        if cfg.data_root is None:
+            raise ValueError(
+                f"--synthetic-images {cfg.synthetic_images} is too few for {where}: its split "
+                f"has {sizes} ({int(index.annotated.sum())} of the {len(index)} images have a "
+                "box; the test side holds boxed images only); give more images (the demo "
+                "uses 3000)"
+            )
+        raise ValueError(f"--data-root {cfg.data_root}: {where} has {sizes}; both need images")
+    if world is not None and cfg.batch_size * world > len(split["train"]):
+        per = f" x {world} processes" if world > 1 else ""
+        raise ValueError(
+            f"--batch-size {cfg.batch_size}{per} is more than the {len(split['train'])} "
+            f"training images of {where}: at most {len(split['train']) // world} (one step "
+            "takes --batch-size images per process)"
+        )
+
+
+def plan_split(
+    cfg: TrainConfig, world: int | None = 1, folds: tuple[int, ...] | None = None
+) -> dict[int, dict[str, list[str]]]:
+    """:func:`check_split` before any work: the split of each fold (default: ``cfg.fold``)
+    ``cfg`` will train on, made without generating the synthetic dataset
+    (:func:`~ccg_layers.datasets.synthetic_index`) or writing anything."""
+    if cfg.data_root is None:
+        from ccg_layers.datasets import synthetic_index
+
+        index = synthetic_index(cfg.synthetic_images, cfg.synthetic_seed)
+    else:
+        index = read_chestxray14(cfg.data_root)
+    splits = {}
+    for fold in (cfg.fold,) if folds is None else folds:
+        fold_cfg = dataclasses.replace(cfg, fold=fold)
+        split, _ = make_split(fold_cfg, index)
+        check_split(fold_cfg, index, split, world)
+        splits[fold] = split
+    return splits
+
+
+def load_split(
+    cfg: TrainConfig, *, world: int | None = None
+) -> tuple[ChestXray14Index, dict[str, list[str]], dict[str, Any]]:
+    """Read the index and make the paper's split (or read explicit split files), checked by
+    :func:`check_split` (the training side too when ``world`` is given)."""
+    root = dataset_root(cfg)
+    index = read_chestxray14(root)
+    split, source = make_split(cfg, index)
+    check_split(cfg, index, split, world)
     summary = {**source, "root": str(root), **split_summary(index, split)}
     return index, split, summary
 
@@ -97,8 +170,6 @@ def superpixel_labels(
     ``cfg.num_patches`` segments, cached per file in ``<cache_dir>/superpixels`` (keyed by the
     file and the parameters): later runs, resumed runs and the other DDP processes read them.
     """
-    if cfg.num_patches > 256:
-        raise ValueError(f"--num-patches must be at most 256, got {cfg.num_patches}")
     t0 = time.perf_counter()
     labels = ccg_layers.superpixels_from_files(
         paths,
@@ -277,7 +348,7 @@ def build_data(
     """Index and split, the training set (with superpixels if a patch-graph term is on) and
     the test set, with their loaders (the training loader's order set by ``data.sampler``)."""
     device = device or torch.device("cpu")
-    index, split, summary = load_split(cfg)
+    index, split, summary = load_split(cfg, world=world if with_train else None)
     opts = loader_options(cfg, device, world)
     test = ChestXray14(index, split["test"], image_size=cfg.image_size)
     test_loader = DataLoader(

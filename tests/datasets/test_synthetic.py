@@ -25,6 +25,7 @@ from ccg_layers.datasets import (
     read_chestxray14,
     render_synthetic_image,
     split_summary,
+    synthetic_index,
 )
 
 REAL_ENTRY_HEADER = (
@@ -99,6 +100,25 @@ def test_round_trip_through_the_reader(small):
     assert batch["image"].shape == (40, 1, 32, 32)
     assert len(batch["boxes"]) == len(index.boxes)
     torch.testing.assert_close(batch["boxes"].sum(), index.boxes.sum() * 32 / 1024)
+
+
+@pytest.mark.parametrize("fixture", ["small", "demo_index"])
+def test_synthetic_index_is_the_generated_index_without_rendering(fixture, request):
+    """Everything a split depends on, drawn without writing a file (the trainer checks the
+    dataset's size before generating it)."""
+    written = request.getfixturevalue(fixture)
+    if isinstance(written, Path):
+        written, (n, seed) = read_chestxray14(written), (40, 3)
+    else:
+        n, seed = 300, 0
+    drawn = synthetic_index(n, seed)
+    assert drawn.images == written.images
+    for field in ("labels", "patient_ids", "follow_ups", "box_image_index", "box_class"):
+        assert torch.equal(getattr(drawn, field), getattr(written, field)), field
+    assert drawn.boxes.shape == written.boxes.shape
+    assert drawn.boxes.isnan().all()
+    for setting in ("a", "b", "c"):
+        assert chestxray14_splits(drawn, setting, 1) == chestxray14_splits(written, setting, 1)
 
 
 def test_boxes_are_valid_and_consistent(demo_index):

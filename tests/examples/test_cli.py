@@ -37,7 +37,7 @@ def _assert_one_line_error(capsys, code: int, match: str) -> None:
     ("argv", "match"),
     [
         (["train", "--setting", "d"], "--setting must be a, b or c"),
-        (["train", "--image-size", "500"], "--image-size must be a multiple of 32"),
+        (["train", "--image-size", "500"], "--image-size must be a positive multiple of 32"),
         (["train", "--lr", "abc"], "invalid float value"),
         (["train", "--preset", "nope"], "invalid choice"),
         (["train", "--data-root", "/no/such/folder"], "--data-root /no/such/folder: no such"),
@@ -82,7 +82,9 @@ def test_missing_extras_are_reported_before_any_work(make_config, capsys, monkey
     )
     cfg = make_config()
     argv = ["--preset", "demo", "--data-root", cfg.data_root, "--output-dir", cfg.output_dir]
-    _assert_one_line_error(capsys, cli.main(argv), "pip install -e '.[examples]'")
+    # no verb: as examples/train_ccg.py (what make demo runs) calls it
+    code = cli.main(argv, default_verb="train")
+    _assert_one_line_error(capsys, code, "pip install -e '.[examples]'")
     assert not Path(cfg.output_dir).exists()
 
 
@@ -94,7 +96,7 @@ def test_help_shows_each_presets_default(capsys):
     assert "(default: 0.9)" in text  # the same in every preset
     assert "preset value" not in text
     assert cli.main(["--help"]) == 0
-    assert "{train,evaluate,predict,reproduce}" in capsys.readouterr().out
+    assert "{train,evaluate,predict,reproduce,pretrain}" in capsys.readouterr().out
 
 
 def test_load_model_gives_a_ready_ccgnet_and_its_config(tiny_run):
@@ -162,7 +164,7 @@ def test_reproduce_runs_every_fold_resumes_a_killed_one_and_aggregates(make_conf
     assert "| 0.3 | Baseline (this run, 2 folds) |" in out
     assert "| 0.3 | Prior (this run, 2 folds) |" in out
     assert "synthetic twin" in out
-    assert "not recorded" in out
+    assert "| 0.3 | Ours (CCG paper, arXiv:2101.08992, Table 1) | 0.44 | 0.86 |" in out
     stats = json.loads((root / "reproduce.json").read_text())
     assert stats["folds"] == [0, 1]
     assert set(stats["methods"]) == {"Baseline", "Prior", "Whole image"}
@@ -189,18 +191,113 @@ def test_published_rows_are_well_formed_and_shown_beside_their_setting():
 
     for row in PUBLISHED_ROWS:
         assert row.source
+        assert row.table
+        assert row.label
         assert set(row.settings) <= {"a", "b", "c"}
         for values in row.accuracy.values():
             assert len(values) == 8
             assert all(0.0 <= v <= 1.0 for v in values)
         assert set(row.mean) <= set(row.accuracy)
-    (wang,) = published_rows("b")
-    assert published_rows("a") == []
-    assert published_rows("c") == []
+    wang = next(r for r in published_rows("b") if r.method == "Wang et al. 2017")
+    assert all(r.method != "Wang et al. 2017" for r in published_rows("a") + published_rows("c"))
     nan = torch.full((len(THRESHOLDS), 9), float("nan"))
     table = paper_table({"Baseline": {"mean": nan, "std": nan}}, "b", 1)
     line = next(x for x in table.splitlines() if x.startswith("| 0.3 | Wang et al. 2017"))
     # as printed (Table 7, T(IoU)=0.3), and no mean where the source prints none
     assert line.endswith("| 0.24 | 0.46 | 0.30 | 0.28 | 0.15 | 0.04 | 0.17 | 0.13 | — |")
     assert wang.accuracy[0.3][1] == 0.4589
-    assert "Wang" not in paper_table({"Baseline": {"mean": nan, "std": nan}}, "a", 1)
+    assert "Wang et al. 2017" not in paper_table({"Baseline": {"mean": nan, "std": nan}}, "a", 1)
+
+
+SHARED_TABLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "ccg-paper-tables.csv"
+
+
+def test_the_ccg_papers_tables_are_the_shared_copy_field_by_field():
+    """examples/ccg_net/paper_tables.csv is ../shared/data/ccg-paper-tables.csv, every field,
+    and PUBLISHED_ROWS holds every row of it that is not a repeat."""
+    import csv
+
+    from examples.ccg_net.reproduce import PAPER_TABLES_CSV, PUBLISHED_ROWS
+
+    if not SHARED_TABLES.is_file():
+        pytest.fail(f"the paper's tables are expected at {SHARED_TABLES} (../shared of the repo)")
+    with open(SHARED_TABLES, newline="") as f:
+        shared = list(csv.reader(f))
+    with open(PAPER_TABLES_CSV, newline="") as f:
+        ours = list(csv.reader(f))
+    assert len(ours) == len(shared)
+    for i, (a, b) in enumerate(zip(ours, shared, strict=True)):
+        assert a == b, f"line {i + 1}: {a} != {b}"
+    header, *lines = shared
+    assert len(lines) == 12 + 10 + 9 + 25  # Tables 1-4 as printed
+    columns = header[4:12]
+    ccg = [r for r in PUBLISHED_ROWS if r.source.startswith("CCG paper")]
+    for line in map(dict, (zip(header, x, strict=True) for x in lines)):
+        t = float(line["t_iou"])
+        values = tuple(float(line[c]) for c in columns)
+        found = [
+            r
+            for r in ccg
+            if r.label == line["model_as_printed"]
+            and r.settings == (line["setting"],)
+            and r.accuracy.get(t) == values
+            and r.mean.get(t) == float(line["Mean"])
+        ]
+        assert len(found) == 1, line
+        # shown once: Table 4's repeats of Tables 1-3 stand under the table that printed them
+        assert found[0].table in (line["table"], "Table 1", "Table 2", "Table 3"), line
+    assert sum(len(r.accuracy) for r in ccg) == len(lines) - 7  # Table 4 repeats 7 of 1-3
+    # "Ours" of Tables 1-3 is, number for number, one of Table 4's rows (docs/training.md)
+    for setting in "abc":
+        ours = next(r for r in ccg if r.label == "Ours" and r.settings == (setting,))
+        ablation = [r for r in ccg if r.table == "Table 4" and r.settings == (setting,)]
+        assert any(r.accuracy[0.7] == ours.accuracy[0.7] for r in ablation), setting
+
+
+@pytest.mark.parametrize(
+    ("setting", "threshold", "label", "cells"),
+    [
+        ("a", 0.5, "Ours (CCG paper, arXiv:2101.08992, Table 1)", "0.27 | 0.86 | 0.48 | 0.72"),
+        ("a", 0.7, "(IR+IK) (CCG paper, arXiv:2101.08992, Table 4)", "0.20 | 0.86 | 0.48"),
+        ("b", 0.1, "Z, Li [8] (CCG paper, arXiv:2101.08992, Table 2)", "0.59 | 0.81 | 0.72"),
+        (
+            "b",
+            0.7,
+            "GR (as printed; most likely IR) (CCG paper, arXiv:2101.08992, Table 4)",
+            "0.06",
+        ),
+        ("b", 0.7, "IK (as printed, Table 4's second IK row; most likely KR)", "0.09 | 0.63"),
+        ("c", 0.3, "Baseline (CCG paper, arXiv:2101.08992, Table 3)", "0.47 | 0.84 | 0.65"),
+        ("c", 0.7, "IR+IK+KR (CCG paper, arXiv:2101.08992, Table 4)", "0.18 | 0.71 | 0.20"),
+    ],
+)
+def test_paper_table_shows_the_ccg_rows_at_the_thresholds_their_table_prints(
+    setting, threshold, label, cells
+):
+    from examples.ccg_net.report import THRESHOLDS
+    from examples.ccg_net.reproduce import paper_table
+
+    nan = torch.full((len(THRESHOLDS), 9), float("nan"))
+    table = paper_table({"Baseline": {"mean": nan, "std": nan}}, setting, 5).splitlines()
+    assert any(x.startswith(f"| {threshold:g} | {label}") and f"| {cells}" in x for x in table)
+    # Table 1 prints 0.3, 0.5 and 0.7: nothing of it at 0.1
+    assert not any(x.startswith("| 0.1 |") and "Table 1" in x for x in table)
+    # each row once: Table 4's repeats of Tables 1-3 (here its Liu et al. row) are not shown again
+    assert not any("J, Liu [9]" in x and "Table 4" in x for x in table)
+
+
+def test_one_fold_has_no_spread():
+    from examples.ccg_net.report import THRESHOLDS
+    from examples.ccg_net.reproduce import paper_table
+
+    mean = torch.full((len(THRESHOLDS), 9), 0.5)
+    one = {"mean": mean, "std": torch.zeros_like(mean), "folds": torch.ones_like(mean)}
+    table = paper_table({"Baseline": one}, "a", 1)
+    assert "| 0.3 | Baseline (this run, 1 fold) | 0.50 | 0.50 |" in table
+    assert "±" not in table
+    # two folds, but a class with a box in one of them only: no spread for that cell
+    folds = torch.full_like(mean, 2.0)
+    folds[:, 0] = 1
+    two = {"mean": mean, "std": torch.full_like(mean, 0.1), "folds": folds}
+    line = next(x for x in paper_table({"CCG": two}, "a", 2).splitlines() if "| 0.3 | CCG" in x)
+    assert line.startswith("| 0.3 | CCG (this run, 2 folds) | 0.50 | 0.50 ± 0.10 |")

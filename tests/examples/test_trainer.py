@@ -325,6 +325,7 @@ def test_cli_reports_non_finite_loss_with_exit_code_3(make_config, monkeypatch, 
     monkeypatch.setattr(TrainSet, "__getitem__", nan_sample)
     cfg = make_config()
     argv = [
+        "train",
         "--preset",
         "demo",
         "--data-root",
@@ -379,7 +380,7 @@ def test_missing_weights_file_is_an_error(tmp_path):
 
 def test_cli_exits_2_when_weights_are_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    assert cli.main(["--preset", "paper", "--data-root", str(tmp_path)]) == 2
+    assert cli.main(["train", "--preset", "paper", "--data-root", str(tmp_path)]) == 2
     assert "--weights none" in capsys.readouterr().err
 
 
@@ -432,7 +433,8 @@ def test_evaluate_only_reproduces_the_final_metrics_of_the_run(
     # ... evaluated from another: the old spelling (--evaluate) and the verb
     monkeypatch.chdir(tmp_path / "b")
     capsys.readouterr()
-    assert cli.main(["--evaluate", str(run / "checkpoints" / "last.pt")]) == 0
+    # (--evaluate is examples/train_ccg.py's, which calls main with default_verb="train")
+    assert cli.main(["--evaluate", str(run / "checkpoints" / "last.pt")], default_verb="train") == 0
     assert cli.main(["evaluate", str(run)]) == 0  # a run directory means its last.pt
     out = capsys.readouterr().out
     assert "generated the synthetic" not in out  # the run's dataset, not a new one here

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hypothesis.strategies as st
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
@@ -112,6 +112,17 @@ def separated_regions(draw):
 # --------------------------------------------------------------------------- boxes_to_grid_targets
 
 
+@example(  # a float32 edge within an ulp of a cell border (0.4f * 5 rounds to 2.0 in float32)
+    (
+        torch.tensor([[0.0, 0.0, 1.0, 0.4]]),
+        torch.tensor([0]),
+        torch.tensor([0]),
+        1,
+        1,
+        (1, 1),
+        (5, 1),
+    )
+)
 @given(flat_boxes())
 def test_grid_targets_match_the_union_of_boxes_reference(inputs):
     boxes, image_index, box_class, N, K, image_size, grid_size = inputs
