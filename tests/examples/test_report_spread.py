@@ -64,8 +64,9 @@ def test_differs_from_demo_names_what_changes_learning_and_ignores_run_options()
     # another setting takes its own demo learning rate; seeds and threads change no learning
     assert differs("--preset", "demo", "--setting", "c", "--seed", "3", "--threads", "2") == []
     assert differs("--preset", "demo", "--lr", "1e-2") == ["--lr"]
-    changed = differs("--preset", "demo", "--relation-features", "unit", "--epochs", "2")
-    assert sorted(changed) == ["--epochs", "--relation-features"]
+    # the demo's recommended form is the contrast form on unit maps; the paper's differs
+    changed = differs("--preset", "demo", "--relation-form", "pull", "--epochs", "2")
+    assert sorted(changed) == ["--epochs", "--relation-form"]
     assert differs("--preset", "demo", "--ablation", "ik") == ["--losses"]
     assert differs() == ["--preset"]
 
@@ -93,7 +94,7 @@ def test_the_demo_says_first_what_is_compared_on_which_data_and_what_the_study_m
     from examples.ccg_net.report import demo_preamble
 
     rec = _decisive_record(tmp_path, [0.01, -0.01, 0.0, 0.02, 0.0])
-    text = demo_preamble(_cfg(weights="none", relation_features="unit"), 3000, rec)
+    text = demo_preamble(_cfg(relation_form="pull", relation_features="unit"), 3000, rec)
     first, second = text.strip().splitlines()
     assert "SYNTHETIC ChestX-ray14 twin (3000 generated 128-px images" in first
     assert "unit-normalised maps" in first
