@@ -1,10 +1,9 @@
-"""The cross-batch memory of partners and the input-conditioned graphs (issue 10, library).
+"""The cross-batch memory of partners (issue 10): memory_enqueue_, and the memory of the graph modules.
 
 At the paper's batch of 2 each image has one partner in the batch, so every row of a graph is
 a softmax over one logit: constant, and the graph parameters get no gradient. With the memory
 filled every parameter of L_IR, L_IK and L_KR's patch graph learns; the graphs follow the
-images (permutation), the memory is a FIFO that wraps around, and it is saved with the module.
-"""
+images (permutation), the memory is a FIFO that wraps around, and it is saved with the module."""
 
 from __future__ import annotations
 
@@ -18,23 +17,16 @@ from hypothesis import given, settings
 
 import ccg_layers
 from ccg_layers import LearnableSampleGraph, PatchHashGraph
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     conditioned_sample_graph_loss,
     graph_embedding,
+    memory_enqueue_,
     patch_codes,
     patch_hash_graph_loss,
     superpixel_pool,
 )
-
-C, H, W, M, BITS = 8, 4, 4, 6, 16
-
-
-def _batch(n, seed, channels=C):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, channels, H, W, generator=g)
-    labels = torch.randint(0, M, (n, 8, 8), generator=g)
-    return x, labels
+from tests.graph_references import BITS, C, H, M, W, memory_batch
 
 
 def _modules(memory_size=4, dtype=None):
@@ -47,12 +39,94 @@ def _modules(memory_size=4, dtype=None):
 
 def _step(lsg, ik, kr, seed):
     """One training step's relation terms at the paper's batch of 2 (one L_KR pair)."""
-    x, labels = _batch(2, seed)
+    x, labels = memory_batch(2, seed)
     x.requires_grad_()
     return lsg(x) + ik(x, labels) + kr(x[:1] * 1.5, labels[1:], x[1:] * 0.5, labels[:1])
 
 
-# --------------------------------------------------------------------------- gradients at n = 2
+@contextlib.contextmanager
+def _count_host_syncs():
+    names = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "nonzero")
+    calls: list[str] = []
+    saved = {name: torch.Tensor.__dict__.get(name) for name in names}
+
+    def counting(name, fn):
+        def wrapper(self, *args, **kwargs):
+            calls.append(name)
+            return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in names:
+        setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    try:
+        yield calls
+    finally:
+        for name, original in saved.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
+
+
+def _forward_backward_all():
+    lsg, ik, kr = _modules(memory_size=4)
+    positional = LearnableSampleGraph(4, form="positional")
+    _step(lsg, ik, kr, 0)  # allocate and fill the queues before counting
+    x, labels = memory_batch(3, 1)
+    x.requires_grad_()
+    with _count_host_syncs() as calls:
+        loss = lsg(x) + ik(x, labels) + kr(x[:2], labels[:2], x[1:], labels[1:])
+        loss = loss + positional(x) + superpixel_pool(x, labels, M)[0].sum()
+        loss.backward()
+    return calls
+
+
+@given(st.integers(1, 5), st.lists(st.integers(1, 7), min_size=1, max_size=6))
+def test_memory_enqueue_is_a_fifo_with_wrap_around(size, batch_sizes):
+    queue = torch.zeros(size, 2)
+    codes = torch.zeros(size, 1, dtype=torch.int8)
+    pointer, count = torch.tensor(0), torch.tensor(0)
+    slots = [None] * size  # loop reference: write one entry after the other
+    ref_ptr, seen = 0, 0
+    for b in batch_sizes:
+        entries = torch.arange(seen, seen + b, dtype=torch.float32)
+        memory_enqueue_(
+            [queue, codes],
+            pointer,
+            count,
+            [entries[:, None].expand(b, 2), (entries[:, None] % 100).to(torch.int8)],
+        )
+        for e in entries.tolist():
+            slots[ref_ptr] = e
+            ref_ptr = (ref_ptr + 1) % size
+        seen += b
+        filled = [i for i, s in enumerate(slots) if s is not None]
+        assert int(pointer) == ref_ptr
+        assert int(count) == len(filled)
+        for i in filled:
+            assert float(queue[i, 0]) == slots[i] == float(queue[i, 1])
+            assert int(codes[i, 0]) == int(slots[i]) % 100
+
+
+def test_memory_enqueue_detaches_and_casts():
+    queue = torch.zeros(2, 3, dtype=torch.float16)
+    x = torch.randn(1, 3, requires_grad=True)
+    memory_enqueue_([queue], torch.tensor(1), torch.tensor(0), [x])
+    assert not queue.requires_grad
+    assert torch.equal(queue[1], x.detach().half()[0])
+
+
+def test_error_memory_enqueue_entry_shape():
+    with pytest.raises(CCGShapeError, match=r"`entries\[0\]` must have shape \(n, 3\) .*\(2, 4\)"):
+        memory_enqueue_([torch.zeros(2, 3)], torch.tensor(0), torch.tensor(0), [torch.zeros(2, 4)])
+
+
+def test_error_memory_enqueue_pointer_not_integer():
+    with pytest.raises(CCGDTypeError, match=r"`pointer` must have a int dtype"):
+        memory_enqueue_(
+            [torch.zeros(2, 3)], torch.tensor(0.0), torch.tensor(0), [torch.zeros(1, 3)]
+        )
 
 
 def test_every_parameter_gets_a_gradient_at_batch_2_with_the_memory_filled():
@@ -82,28 +156,16 @@ def test_without_memory_a_batch_of_2_leaves_every_graph_parameter_without_gradie
             assert float(t.grad.abs().sum()) == 0.0, name
 
 
-def test_positional_form_at_batch_2_has_zero_gradient_and_conditioned_form_is_uniform_at_init():
-    x, _ = _batch(3, 0)
-    positional = LearnableSampleGraph(2, form="positional")
-    positional(x[:2].requires_grad_()).backward()
-    assert float(positional.weight.grad.abs().sum()) == 0.0
-    conditioned = LearnableSampleGraph(in_channels=C)
-    assert torch.equal(conditioned.graph(x), torch.full((3, 3), 1 / 3))
-
-
 def test_initial_graphs_are_exactly_uniform_over_batch_and_filled_memory():
     lsg, ik, _ = _modules(memory_size=5)
-    x, labels = _batch(3, 0)
+    x, labels = memory_batch(3, 0)
     lsg(x)
     ik(x, labels)  # 3 of 5 slots filled
-    y, labels_y = _batch(2, 1)
+    y, labels_y = memory_batch(2, 1)
     want = torch.tensor([[0.2] * 5 + [0.0] * 2] * 2)  # N = 2 + 3 columns
     assert torch.equal(lsg.graph(y), want)
     assert torch.equal(ik.graph(y, labels_y), want)
     assert torch.equal(lsg.graph(y, use_memory=False), torch.full((2, 2), 0.5))
-
-
-# --------------------------------------------------------------------------- permutation
 
 
 @settings(max_examples=25, deadline=None)
@@ -114,13 +176,13 @@ def test_graphs_follow_a_permutation_of_the_batch_and_the_loss_does_not_change(n
     with torch.no_grad():
         for module in (lsg, ik, kr):
             module.weight.normal_(generator=g)
-    fill, fill_labels = _batch(3, seed + 1)
+    fill, fill_labels = memory_batch(3, seed + 1)
     lsg(fill.double())
     ik(fill.double(), fill_labels)
     kr(fill.double(), fill_labels, fill.double().flip(0), fill_labels.flip(0))
     for module in (lsg, ik, kr):
         module.eval()  # read-only: no enqueue between the two orders
-    x, labels = _batch(n, seed + 2)
+    x, labels = memory_batch(n, seed + 2)
     x = x.double()
     perm = torch.randperm(n, generator=g)
     columns = torch.cat([perm, torch.arange(n, n + 3)])  # the memory columns stay in place
@@ -140,14 +202,11 @@ def test_graphs_follow_a_permutation_of_the_batch_and_the_loss_does_not_change(n
     )
 
 
-# --------------------------------------------------------------------------- the FIFO
-
-
 def test_memory_wraps_around_as_a_fifo_of_the_latest_images():
     lsg = LearnableSampleGraph(in_channels=C, embed_dim=8, memory_size=5)
     seen = []
     for step, n in enumerate((2, 2, 3, 1, 4)):
-        x, _ = _batch(n, step)
+        x, _ = memory_batch(n, step)
         lsg(x)
         seen.extend(x)
     # a loop FIFO: image i of the stream sits in slot i % 5; the last 5 images remain
@@ -162,7 +221,7 @@ def test_memory_wraps_around_as_a_fifo_of_the_latest_images():
 
 def test_batch_larger_than_the_memory_keeps_its_last_images():
     ik = PatchHashGraph(M, C, code_bits=BITS, memory_size=3)
-    x, labels = _batch(5, 0)
+    x, labels = memory_batch(5, 0)
     ik(x, labels)
     # stream positions 2, 3, 4 in slots 2, 0, 1
     assert torch.equal(ik.memory_features, x[[3, 4, 2]])
@@ -173,7 +232,7 @@ def test_batch_larger_than_the_memory_keeps_its_last_images():
 
 def test_pair_form_enqueues_both_maps_of_every_pair():
     kr = PatchHashGraph(M, C, code_bits=BITS, memory_size=8)
-    x, labels = _batch(4, 0)
+    x, labels = memory_batch(4, 0)
     kr(x[:2], labels[:2], x[2:], labels[2:])
     assert torch.equal(kr.memory_features[:4], x)
     assert int(kr.memory_count) == 4
@@ -181,7 +240,7 @@ def test_pair_form_enqueues_both_maps_of_every_pair():
 
 def test_eval_mode_does_not_enqueue_and_reset_empties():
     lsg = LearnableSampleGraph(in_channels=C, memory_size=4).eval()
-    x, _ = _batch(2, 0)
+    x, _ = memory_batch(2, 0)
     lsg(x)
     assert lsg.memory_valid() is None
     lsg.train()(x)
@@ -193,7 +252,7 @@ def test_eval_mode_does_not_enqueue_and_reset_empties():
 
 def test_memory_is_detached_and_stored_in_memory_dtype():
     lsg = LearnableSampleGraph(in_channels=C, memory_size=4, memory_dtype=torch.float16)
-    x, _ = _batch(2, 0)
+    x, _ = memory_batch(2, 0)
     lsg(x.requires_grad_())
     assert lsg.memory_features.dtype == torch.float16
     assert not lsg.memory_features.requires_grad
@@ -205,7 +264,7 @@ def test_module_equals_function_with_the_memory():
     lsg, ik, kr = _modules(memory_size=4)
     for seed in range(3):
         _step(lsg, ik, kr, seed)
-    x, labels = _batch(2, 7)
+    x, labels = memory_batch(2, 7)
     want = conditioned_sample_graph_loss(
         x,
         lsg.weight,
@@ -222,9 +281,6 @@ def test_module_equals_function_with_the_memory():
     want_ik = patch_hash_graph_loss(x, labels, ik.projection, ik.weight, **mem)
     torch.testing.assert_close(lsg(x), want)
     torch.testing.assert_close(ik(x, labels), want_ik)
-
-
-# --------------------------------------------------------------------------- resume
 
 
 def test_state_dict_round_trip_with_a_filled_memory_gives_identical_losses():
@@ -260,76 +316,11 @@ def test_state_dict_round_trip_with_a_filled_memory_gives_identical_losses():
             assert torch.equal(a.state_dict()[key], value), key
 
 
-# --------------------------------------------------------------------------- host syncs
-
-
-@contextlib.contextmanager
-def _count_host_syncs():
-    names = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "nonzero")
-    calls: list[str] = []
-    saved = {name: torch.Tensor.__dict__.get(name) for name in names}
-
-    def counting(name, fn):
-        def wrapper(self, *args, **kwargs):
-            calls.append(name)
-            return fn(self, *args, **kwargs)
-
-        return wrapper
-
-    for name in names:
-        setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    try:
-        yield calls
-    finally:
-        for name, original in saved.items():
-            if original is None:
-                delattr(torch.Tensor, name)
-            else:
-                setattr(torch.Tensor, name, original)
-
-
-def _forward_backward_all():
-    lsg, ik, kr = _modules(memory_size=4)
-    positional = LearnableSampleGraph(4, form="positional")
-    _step(lsg, ik, kr, 0)  # allocate and fill the queues before counting
-    x, labels = _batch(3, 1)
-    x.requires_grad_()
-    with _count_host_syncs() as calls:
-        loss = lsg(x) + ik(x, labels) + kr(x[:2], labels[:2], x[1:], labels[1:])
-        loss = loss + positional(x) + superpixel_pool(x, labels, M)[0].sum()
-        loss.backward()
-    return calls
-
-
 def test_zero_host_synchronisations_with_value_checks_off():
     with ccg_layers.set_value_checks(False):
         assert _forward_backward_all() == []
     # the counter works: with the checks on, the same step reads values back
     assert len(_forward_backward_all()) > 0
-
-
-# --------------------------------------------------------------------------- bad input
-
-
-def test_error_conditioned_form_without_in_channels():
-    with pytest.raises(
-        CCGValueRangeError,
-        match=r"`in_channels` .* is required with form='conditioned', the default, got None; "
-        r"pass form='positional'",
-    ):
-        LearnableSampleGraph(4)
-
-
-def test_error_positional_form_with_memory_or_without_num_samples():
-    with pytest.raises(CCGValueRangeError, match=r"`memory_size` must be 0 with form='positional'"):
-        LearnableSampleGraph(4, form="positional", memory_size=2)
-    with pytest.raises(CCGValueRangeError, match=r"`num_samples` is required with form='posit"):
-        LearnableSampleGraph(form="positional")
-
-
-def test_error_free_parametrisation_with_conditioned_form():
-    with pytest.raises(CCGValueRangeError, match=r"only exists for form='positional'"):
-        LearnableSampleGraph(in_channels=4, parametrization="free")
 
 
 def test_error_bad_form_and_memory_size_and_memory_dtype():
@@ -339,38 +330,6 @@ def test_error_bad_form_and_memory_size_and_memory_dtype():
         PatchHashGraph(4, 4, memory_size=-1)
     with pytest.raises(CCGValueRangeError, match=r"`memory_dtype` must be a floating"):
         PatchHashGraph(4, 4, memory_size=2, memory_dtype=torch.int8)
-
-
-def test_error_conditioned_features_channels_name_in_channels():
-    with pytest.raises(
-        CCGShapeError,
-        match=r"`features` must have in_channels=16 channels .* got shape \(2, 8, 4, 4\)",
-    ):
-        LearnableSampleGraph(in_channels=16)(torch.randn(2, 8, 4, 4))
-
-
-def test_error_patch_hash_graph_features_channels_name_in_channels():
-    x, labels = _batch(2, 0)  # 8 channels
-    with pytest.raises(
-        CCGShapeError,
-        match=r"`features` must have in_channels=16 channels .* got shape \(2, 8, 4, 4\)",
-    ):
-        PatchHashGraph(M, 16)(x, labels)
-    with pytest.raises(
-        CCGShapeError,
-        match=r"`hash_input` must have in_channels=16 channels .* got shape \(2, 8, 4, 4\)",
-    ):
-        PatchHashGraph(M, 16)(torch.randn(2, 3, 4, 4), labels, hash_input=x)
-
-
-def test_error_patch_hash_graph_empty_batch_is_named():
-    x, labels = _batch(2, 0)
-    with pytest.raises(CCGShapeError, match=r"`features` must hold at least 1 sample"):
-        PatchHashGraph(M, C)(x[:0], labels[:0])
-    with pytest.raises(CCGShapeError, match=r"`features` must hold at least 1 sample"):
-        PatchHashGraph(M, C)(x[:0], labels[:0], x[:0], labels[:0])
-    with pytest.raises(CCGShapeError, match=r"`features` must hold at least 1 sample"):
-        LearnableSampleGraph(in_channels=C)(x[:0])
 
 
 def test_error_map_size_changes_while_the_memory_holds_maps():
@@ -386,11 +345,6 @@ def test_error_map_size_changes_while_the_memory_holds_maps():
     lsg(torch.randn(2, C, 2, 2))
 
 
-def test_error_graph_accessor_needs_features_in_conditioned_form():
-    with pytest.raises(CCGShapeError, match=r"`features` \(n, C, \.\.\.\) are required"):
-        LearnableSampleGraph(in_channels=C).graph(4)
-
-
 @pytest.mark.slow
 def test_modules_with_memory_compile_without_graph_breaks():
     def terms(lsg, ik, kr, x, labels):
@@ -401,7 +355,7 @@ def test_modules_with_memory_compile_without_graph_breaks():
     _step(*compiled_modules, 0)
     compiled = torch.compile(terms, fullgraph=True, backend="aot_eager")
     for seed in (1, 2, 3):
-        x, labels = _batch(2, seed)
+        x, labels = memory_batch(2, seed)
         want = terms(*eager, x, labels)
         got = compiled(*compiled_modules, x.requires_grad_(), labels)
         torch.testing.assert_close(got, want)
@@ -414,14 +368,9 @@ def test_modules_with_memory_compile_without_graph_breaks():
 
 def test_error_loading_a_memory_of_another_size():
     lsg = LearnableSampleGraph(in_channels=C, memory_size=4)
-    lsg(_batch(2, 0)[0])
+    lsg(memory_batch(2, 0)[0])
     with pytest.raises(RuntimeError, match=r"the saved memory has 4 slots, this module has "):
         LearnableSampleGraph(in_channels=C, memory_size=3).load_state_dict(lsg.state_dict())
-
-
-def test_error_conditioned_form_with_one_channel():
-    with pytest.raises(CCGValueRangeError, match=r"`in_channels` must be >= 2 .* got 1"):
-        LearnableSampleGraph(in_channels=1)
 
 
 def test_conditioned_graph_with_memory_learns_to_prefer_partners_of_the_same_kind_at_batch_2():
