@@ -296,6 +296,275 @@ def _fmt(mc: tuple[float, float], signed: bool = False) -> str:
     return body if math.isnan(h) else f"{body} ± {h:.3f}"
 
 
+# --------------------------------------------------------------------------- decisive study
+# Issue 20's study: baseline vs the full model (ir+ik+kr) in settings (b) and (c), for three
+# forms of the relation terms x two initialisations, 5 seeds each, on the independent test set.
+
+#: The forms of the relation terms and the trainer options that select them; each form's runs
+#: live in ``<out>/<init>-<dir>`` (the baseline in ``<init>-raw``).
+FORMS: dict[str, tuple[str, list[str]]] = {
+    "paper": ("raw", []),
+    "unit": ("unit", ["--relation-features", "unit"]),
+    "contrast": ("contrast", ["--relation-form", "contrast", "--relation-features", "unit"]),
+}
+INITS = ("random", "pretrained")
+#: The learning rates tried for the pretrained baseline, per setting: the random-init demo's
+#: rate (DEMO_LR_BY_SETTING), a third of it and three times it.
+TUNE_LRS = {"b": (1e-3, 3e-3, 1e-2), "c": (1e-4, 3e-4, 1e-3)}
+#: The primary endpoint, named before the study ran: mean accuracy at T(IoU)=0.3 over the 8
+#: boxed classes on the independent test set, full model minus baseline, paired by seed.
+PRIMARY_T = 0.3
+
+DJob = tuple[str, str, str, int]  # (run folder, setting, row, seed)
+
+
+def paired_p(diffs: list[float]) -> float:
+    """Two-sided p of a paired t-test (H0: mean difference 0); for differences equal in every
+    seed (to rounding), 1.0 if they are 0 and 0.0 otherwise."""
+    from scipy import stats
+
+    m = sum(diffs) / len(diffs)
+    if max(abs(d - m) for d in diffs) <= 1e-12 * max(1.0, abs(m)):
+        return 1.0 if abs(m) <= 1e-12 else 0.0
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def holm(pvalues: dict[str, float], alpha: float = 0.05) -> dict[str, tuple[float, bool]]:
+    """Holm's step-down adjustment: per name, the adjusted p and whether it rejects at alpha."""
+    order = sorted(pvalues, key=lambda k: pvalues[k])
+    m = len(order)
+    out: dict[str, tuple[float, bool]] = {}
+    running = 0.0
+    rejecting = True
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (m - i) * pvalues[k]))
+        rejecting = rejecting and pvalues[k] <= alpha / (m - i)
+        out[k] = (running, rejecting)
+    return out
+
+
+def pretrained_weights(out: Path) -> Path:
+    """``python -m examples.ccg_net pretrain --preset demo`` into ``out`` (cached there)."""
+    path = out / "pretrained" / "demo-twin-s7.pt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "examples.ccg_net",
+        "pretrain",
+        "--preset",
+        "demo",
+        "--out",
+        str(path),
+        "--output-dir",
+        str(out / "pretrain-runs"),
+        "--progress",
+        "false",
+    ]
+    subprocess.run(cmd, cwd=REPO, check=True, env=one_thread_env())
+    return path
+
+
+def tune_pretrained_lr(
+    out: Path, weights: Path, settings: list[str], validation_seed: int, jobs: int
+) -> dict[str, Any]:
+    """The pretrained baseline's learning rate per setting: seed 0 at each of ``TUNE_LRS``,
+    scored on a validation twin (synthetic seed ``validation_seed``, never the test set) by the
+    primary endpoint's quantity (mean accuracy at T(IoU)=0.3), ties broken by AUC."""
+    grid = [(s, lr) for s in settings for lr in TUNE_LRS[s]]
+
+    def one(s: str, lr: float) -> dict[str, Any]:
+        folder = out / f"tune-lr{lr:g}"
+        folder.mkdir(parents=True, exist_ok=True)
+        run_one(s, "baseline", 0, folder, ["--weights", str(weights), "--lr", f"{lr:g}"])
+        return holdout_one(s, "baseline", 0, folder, validation_seed)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {g: pool.submit(one, *g) for g in grid}
+        scores = {g: f.result() for g, f in futures.items()}
+    chosen: dict[str, Any] = {}
+    for s in settings:
+        table = {
+            f"{lr:g}": {
+                "T=0.3": boxed_means(model_entry(scores[(s, lr)]))[PRIMARY_T],
+                "auc": boxed_auc(model_entry(scores[(s, lr)])),
+            }
+            for lr in TUNE_LRS[s]
+        }
+        best = max(table, key=lambda k: (table[k]["T=0.3"], table[k]["auc"]))
+        chosen[s] = {"lr": float(best), "validation": table}
+    return chosen
+
+
+def decisive_jobs(
+    settings: list[str], inits: list[str], forms: list[str], seeds: list[int]
+) -> list[DJob]:
+    jobs: list[DJob] = []
+    for k in seeds:
+        for s in settings:
+            for init in inits:
+                jobs.append((f"{init}-raw", s, "baseline", k))
+                for form in forms:
+                    jobs.append((f"{init}-{FORMS[form][0]}", s, "ir+ik+kr", k))
+    return jobs
+
+
+def decisive_extra(
+    folder: str, setting: str, weights: Path | None, lrs: dict[str, float]
+) -> list[str]:
+    init, form_dir = folder.split("-", 1)
+    extra = next(opts for d, opts in FORMS.values() if d == form_dir)
+    if init == "pretrained":
+        assert weights is not None
+        extra = [*extra, "--weights", str(weights), "--lr", f"{lrs[setting]:g}"]
+    return list(extra)
+
+
+def decisive_summary(
+    held: dict[DJob, dict[str, Any]],
+    settings: list[str],
+    inits: list[str],
+    forms: list[str],
+    seeds: list[int],
+) -> tuple[str, dict[str, Any]]:
+    """Tables (Markdown) and JSON of the decisive study on the independent test set: per
+    setting and initialisation, each row's mean ± 95% CI, and each form's paired Δ to the
+    baseline with its 95% CI; the primary endpoint's p-values with Holm's adjustment over every
+    (setting, init, form) comparison; how many of all the Δ intervals exclude 0."""
+    metrics = ["auc", *[f"T={t:g}" for t in THRESHOLDS]]
+
+    def values(folder: str, s: str, row: str) -> dict[str, list[float]]:
+        entries = [model_entry(held[(folder, s, row, k)]) for k in seeds]
+        v = {"auc": [boxed_auc(e) for e in entries]}
+        for t in THRESHOLDS:
+            v[f"T={t:g}"] = [boxed_means(e)[t] for e in entries]
+        return v
+
+    lines: list[str] = []
+    summary: dict[str, Any] = {"seeds": seeds, "settings": {}}
+    primary: dict[str, float] = {}
+    intervals = excluding = 0
+    for s in settings:
+        summary["settings"][s] = {}
+        for init in inits:
+            base = values(f"{init}-raw", s, "baseline")
+            lines.append(f"\n### Setting ({s}), {init} initialisation, {len(seeds)} seeds")
+            lines.append("")
+            head = ["row", *metrics, *[f"Δ {m}" for m in metrics]]
+            lines.append("| " + " | ".join(head) + " |")
+            lines.append("|" + "---|" * len(head))
+            block: dict[str, Any] = {"baseline": {m: mean_ci(base[m]) for m in metrics}}
+            lines.append(
+                "| baseline | "
+                + " | ".join(_fmt(mean_ci(base[m])) for m in metrics)
+                + " |"
+                + " — |" * len(metrics)
+            )
+            for form in forms:
+                v = values(f"{init}-{FORMS[form][0]}", s, "ir+ik+kr")
+                diffs = {m: [a - b for a, b in zip(v[m], base[m], strict=True)] for m in metrics}
+                cis = {m: mean_ci(diffs[m]) for m in metrics}
+                for m in metrics:
+                    intervals += 1
+                    lo, hi = cis[m][0] - cis[m][1], cis[m][0] + cis[m][1]
+                    excluding += int(lo > 0 or hi < 0)
+                key = f"{s}/{init}/{form}"
+                primary[key] = paired_p(diffs[f"T={PRIMARY_T:g}"])
+                block[form] = {
+                    "mean": {m: mean_ci(v[m]) for m in metrics},
+                    "minus_baseline": cis,
+                    "per_seed_minus_baseline": diffs,
+                }
+                lines.append(
+                    f"| {form} | "
+                    + " | ".join(_fmt(mean_ci(v[m])) for m in metrics)
+                    + " | "
+                    + " | ".join(_fmt(cis[m], signed=True) for m in metrics)
+                    + " |"
+                )
+            summary["settings"][s][init] = block
+        if "random" in inits and "pretrained" in inits:
+            r, p = values("random-raw", s, "baseline"), values("pretrained-raw", s, "baseline")
+            d = {m: mean_ci([a - b for a, b in zip(p[m], r[m], strict=True)]) for m in metrics}
+            summary["settings"][s]["pretrained_minus_random_baseline"] = d
+            lines.append(
+                f"\nPretrained minus random-init baseline in ({s}): "
+                + ", ".join(f"{m} {_fmt(d[m], signed=True)}" for m in metrics)
+            )
+    adjusted = holm(primary)
+    lines.append(
+        f"\n### Primary endpoint: Δ mean accuracy at T(IoU)={PRIMARY_T:g}, "
+        f"{len(primary)} comparisons, Holm-adjusted (paired t over {len(seeds)} seeds)\n"
+    )
+    lines.append("| setting / init / form | Δ | p | Holm p | significant at 0.05 |")
+    lines.append("|---|---|---|---|---|")
+    for key, p in primary.items():
+        s, init, form = key.split("/")
+        delta = summary["settings"][s][init][form]["minus_baseline"][f"T={PRIMARY_T:g}"]
+        adj, rejects = adjusted[key]
+        lines.append(
+            f"| {key} | {_fmt(delta, signed=True)} | {p:.3g} | {adj:.3g} | "
+            f"{'yes' if rejects else 'no'} |"
+        )
+    lines.append(
+        f"\nAll paired Δ intervals computed: {intervals} ({len(primary)} comparisons x "
+        f"{len(metrics)} metrics); unadjusted 95% intervals excluding 0: {excluding}."
+    )
+    summary["primary"] = {
+        k: {"p": primary[k], "holm_p": adjusted[k][0], "significant": adjusted[k][1]}
+        for k in primary
+    }
+    summary["intervals"] = {"computed": intervals, "excluding_zero": excluding}
+    return "\n".join(lines), summary
+
+
+def run_decisive(args: argparse.Namespace) -> int:
+    """The decisive study: tune the pretrained baseline, train every run, evaluate on the
+    independent test set, summarise (``decisive.md``, ``decisive.json`` in ``--out``)."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    weights = pretrained_weights(out) if "pretrained" in args.inits else None
+    tuned: dict[str, Any] = {}
+    if weights is not None:
+        tuned = tune_pretrained_lr(out, weights, args.settings, args.validation_seed, args.jobs)
+        print(f"pretrained baseline's learning rates: {json.dumps(tuned)}", flush=True)
+    lrs = {s: float(v["lr"]) for s, v in tuned.items()}
+    jobs = decisive_jobs(args.settings, args.inits, args.forms, args.seeds)
+    print(f"{len(jobs)} runs, {args.jobs} side by side, in {out}", flush=True)
+
+    def train_job(folder: str, s: str, row: str, k: int) -> dict[str, Any]:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        return run_one(s, row, k, out / folder, decisive_extra(folder, s, weights, lrs))
+
+    def held_job(folder: str, s: str, row: str, k: int) -> dict[str, Any]:
+        return holdout_one(s, row, k, out / folder, args.holdout_seed)
+
+    def first_then_rest(fn: Callable[..., dict[str, Any]]) -> dict[DJob, dict[str, Any]]:
+        results = {jobs[0]: fn(*jobs[0])}
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {j: pool.submit(fn, *j) for j in jobs[1:]}
+            for j, f in futures.items():
+                results[j] = f.result()
+                print(f"done {j}", flush=True)
+        return results
+
+    first_then_rest(train_job)
+    held = first_then_rest(held_job)
+    text, summary = decisive_summary(held, args.settings, args.inits, args.forms, args.seeds)
+    wall = time.perf_counter() - t0
+    header = (
+        f"Decisive study: {len(jobs)} runs, evaluated on every annotated image of the twin with "
+        f"synthetic seed {args.holdout_seed}; pretrained baseline's learning rate chosen on "
+        f"seed {args.validation_seed}: {json.dumps(lrs)}. Wall time of this invocation "
+        f"{wall / 60:.1f} min ({args.jobs} jobs; runs already finished are reused).\n"
+    )
+    summary.update({"tuning": tuned, "holdout_seed": args.holdout_seed, "forms": FORMS})
+    (out / "decisive.md").write_text(header + text + "\n")
+    (out / "decisive.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(header + text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--settings", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
@@ -317,6 +586,16 @@ def main(argv: list[str] | None = None) -> int:
         "twin generated with this synthetic seed (887 for seed 1 at the demo's size), for every "
         "setting",
     )
+    p.add_argument(
+        "--decisive",
+        action="store_true",
+        help="issue 20's study instead of Table 4: baseline vs ir+ik+kr in --settings (default "
+        "b c) for --forms x --inits, every run evaluated on --holdout-seed (default 1); the "
+        "pretrained baseline's learning rate is chosen on --validation-seed",
+    )
+    p.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
+    p.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS))
+    p.add_argument("--validation-seed", type=int, default=2)
     p.add_argument("--_holdout", nargs=2, metavar=("RUN_DIR", "SEED"), help=argparse.SUPPRESS)
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more trainer options")
     args = p.parse_args(argv)
@@ -327,6 +606,14 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_holdout(Path(args._holdout[0]), int(args._holdout[1]))
         return 0
     extra = [a for a in args.extra if a != "--"]
+    if args.decisive:
+        if args.settings == ["a", "b", "c"]:
+            args.settings = ["b", "c"]
+        if args.holdout_seed is None:
+            args.holdout_seed = 1
+        if args.out == REPO / "runs" / "ablation-study":
+            args.out = REPO / "runs" / "decisive-study"
+        return run_decisive(args)
     if args.quick:
         args.settings, args.rows, args.seeds = ["b", "c"], ["baseline", "ir+ik+kr"], [0]
         extra = [

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ccg_layers.config import values_checkable
+from ccg_layers.contrast import batch_alike, check_contrast_args, contrast_costs
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import (
     Reduction,
@@ -183,17 +184,26 @@ def check_memory_features(memory: Tensor | None, features: Tensor, name: str) ->
 
 
 def weighted_distance_loss(
-    features: Tensor, graph: Tensor, memory: Tensor | None, reduction: Reduction
+    features: Tensor,
+    graph: Tensor,
+    memory: Tensor | None,
+    reduction: Reduction,
+    alike: Tensor | None = None,
+    margin: float | None = None,
 ) -> Tensor:
     """Kernel of :func:`sample_graph_loss`: ``reduce(G * D)`` with ``"mean"`` over ``n^2``.
 
-    Applies the finiteness rule (:func:`check_finite_through_distances`). Inputs validated.
+    Applies the finiteness rule (:func:`check_finite_through_distances`); with ``alike``
+    ``(n, n + K)`` and ``margin``, the contrast costs replace the distances
+    (:func:`~ccg_layers.contrast.contrast_costs`). Inputs validated.
     """
     n = features.shape[0]
     dist = distance_matrix(features, memory)
     check_finite_through_distances(
         dist, features, "`features`" if memory is None else "`features` and the memory"
     )
+    if alike is not None and margin is not None:
+        dist = contrast_costs(dist, alike, margin)
     terms = graph.to(dist.dtype) * dist
     return reduce(terms, reduction, count=n * n)
 
@@ -204,11 +214,14 @@ def weighted_pair_loss(
     weights: Tensor,
     memory: Tensor | None,
     reduction: Reduction,
+    alike: Tensor | None = None,
+    margin: float | None = None,
 ) -> Tensor:
     """Kernel of :func:`paired_sample_loss`: ``reduce(w * D)`` with ``"mean"`` over ``P``.
 
     ``weights`` ``(P,)``, or ``(P, 1 + K)`` with a ``memory`` (:func:`pair_distances`).
-    Applies the finiteness rule. Inputs validated.
+    Applies the finiteness rule; ``alike`` (same shape) with ``margin``: the contrast costs.
+    Inputs validated.
     """
     dist = pair_distances(features_a, features_b, memory)
     check_finite_through_distances(
@@ -217,6 +230,8 @@ def weighted_pair_loss(
         "`features_a` and `features_b`" if memory is None else "the features",
         pairs=True,
     )
+    if alike is not None and margin is not None:
+        dist = contrast_costs(dist, alike, margin)
     return reduce(weights.to(dist.dtype) * dist, reduction, count=features_a.shape[0])
 
 
@@ -225,6 +240,9 @@ def sample_graph_loss(
     graph: Tensor,
     *,
     memory: Tensor | None = None,
+    image_labels: Tensor | None = None,
+    memory_image_labels: Tensor | None = None,
+    margin: float | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Graph-weighted mean distance between samples (paper Eq. 4; Eq. 5 with ``G_k``).
@@ -236,10 +254,19 @@ def sample_graph_loss(
     runs over the memory; the mean still divides by ``n^2`` (rows of a normalised graph sum to
     1, so each anchor's weighted mean distance counts the same whatever ``K``).
 
+    Contrast form (beyond the paper; ``image_labels`` with ``margin``): ``D`` is replaced by
+    :func:`~ccg_layers.functional.contrast_distances` with the pairs of :func:`~ccg_layers.functional.alike_pairs`,
+    :math:`L = \sum_{u,v} G(u, v)\, [s D + (1 - s) \max(0, m - D)] / n^2`.
+
     Args:
         features: ``(n, ...)`` one feature map (or any tensor) per sample.
         graph: ``(n, n)`` weights ``G(u, v)``, or ``(n, n + K)`` with ``memory``.
         memory: ``(K, ...)`` earlier samples (same shape per sample as ``features``).
+        image_labels: ``(n, C)`` multi-hot image labels (float 0/1 or bool): the contrast
+            form; ``None`` (default) for the paper's pull-only form.
+        memory_image_labels: ``(K, C)`` labels of the memory; required with both.
+        margin: The contrast margin ``m`` (finite, > 0), in the distances' units; required
+            with ``image_labels``.
         reduction: ``"mean"`` is Eq. 4 (sum over the terms divided by ``n^2``),
             ``"sum"`` the plain sum, ``"none"`` the terms ``G(u, v) D(F_u, F_v)``.
 
@@ -265,7 +292,9 @@ def sample_graph_loss(
     K = check_memory_features(memory, features, "memory")
     check_shape(graph, "graph", ("n", "n + K"), {"n": n, "n + K": n + K})
     check_finite(graph, "graph")
-    return weighted_distance_loss(features, graph, memory, reduction)
+    y, m = check_contrast_args(image_labels, margin, n, memory_image_labels, K, memory is not None)
+    alike = None if y is None else batch_alike(y, memory_image_labels)
+    return weighted_distance_loss(features, graph, memory, reduction, alike, m)
 
 
 def paired_sample_loss(

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ccg_layers.contrast import check_margin
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import check_dtype, check_shape, check_tensor, positive_int
 
-__all__ = ["PartnerMemory", "memory_enqueue_"]
+__all__ = ["PartnerMemory", "gatherable", "memory_enqueue_"]
 
 
 def _enqueue(
@@ -88,6 +89,13 @@ def memory_enqueue_(
     _enqueue(memory, pointer, count, entries)
 
 
+def gatherable(x: Tensor) -> Tensor:
+    """``x`` as a collective can send it: bool becomes float32 (gloo's collectives take no bool)."""
+    if isinstance(x, Tensor) and x.dtype == torch.bool:
+        return x.to(torch.float32)
+    return x
+
+
 class PartnerMemory(nn.Module):
     """A FIFO queue of earlier samples (partners only, never anchors), as persistent buffers.
 
@@ -112,6 +120,7 @@ class PartnerMemory(nn.Module):
 
     _queues: tuple[str, ...] = ()
     memory_size: int
+    contrast_margin: float | None = None
 
     def init_memory(self, memory_size: int, memory_dtype: torch.dtype | None, device: Any) -> None:
         """Register the pointer, the fill count and the (empty) queues; ``memory_size=0``: none."""
@@ -158,6 +167,57 @@ class PartnerMemory(nn.Module):
     def memory_tensors(self) -> tuple[Tensor, ...] | None:
         """The queues (``(memory_size, ...)`` each), ``None`` while the memory is empty/off."""
         return tuple(self._queue(name) for name in self._queues) if self._allocated() else None
+
+    def init_contrast(self, contrast_margin: float | None) -> None:
+        """``contrast_margin`` (call before :meth:`init_memory`): the memory also queues labels.
+
+        The contrast form (beyond the paper, :mod:`ccg_layers.contrast`): the queue
+        ``memory_image_labels`` keeps each partner's multi-hot labels (float32).
+        """
+        self.contrast_margin = (
+            None if contrast_margin is None else check_margin(contrast_margin, "contrast_margin")
+        )
+        if self.contrast_margin is not None:
+            self._queues = (*type(self)._queues, "memory_image_labels")
+
+    def check_contrast_inputs(self, image_labels: object, name: str) -> None:
+        """Image labels go with the module's ``contrast_margin``: required with it, else refused.
+
+        Only their presence is the module's to check (its configuration); what they hold is
+        validated by the function the forward calls.
+        """
+        if self.contrast_margin is None:
+            if image_labels is not None:
+                raise CCGValueRangeError(
+                    f"`{name}` is only used with `contrast_margin` set (the contrast form), "
+                    "got it with contrast_margin=None."
+                )
+            return
+        if image_labels is None:
+            raise CCGShapeError(
+                f"`{name}` (n, C) multi-hot image labels are required with "
+                f"contrast_margin={self.contrast_margin}, got None."
+            )
+
+    def check_memory_labels(self, image_labels: object, name: str) -> None:
+        """The labels of a batch must have the classes of the labels in the memory."""
+        if self.contrast_margin is None or not self._allocated():
+            return
+        if not isinstance(image_labels, Tensor) or image_labels.dim() != 2:
+            return  # not (n, C): the function names the error
+        held = int(self._queue("memory_image_labels").shape[1])
+        if image_labels.shape[1] != held:
+            raise CCGShapeError(
+                f"`{name}` must have shape (n, {held}) like the image labels already in the "
+                f"memory, got shape {tuple(image_labels.shape)} (call `reset_memory()` to "
+                "change the classes)."
+            )
+
+    def memory_labels(self) -> Tensor | None:
+        """The ``(memory_size, C)`` label queue of the contrast form; ``None`` without one."""
+        if self.contrast_margin is None or not self._allocated():
+            return None
+        return self._queue("memory_image_labels")
 
     def check_memory_entry(self, features: Tensor, name: str) -> None:
         """The maps of a batch must have the shape of the maps in the memory."""

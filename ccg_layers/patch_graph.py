@@ -16,6 +16,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor, nn
 
+from ccg_layers.contrast import check_contrast_args, contrast_alike
 from ccg_layers.distance import (
     check_memory_features,
     compute_dtype,
@@ -25,7 +26,7 @@ from ccg_layers.distance import (
 from ccg_layers.distributed import all_gather_batch
 from ccg_layers.errors import CCGShapeError
 from ccg_layers.hashing import check_codes, check_hash_input, check_projection, encode_patches
-from ccg_layers.memory import PartnerMemory
+from ccg_layers.memory import PartnerMemory, gatherable
 from ccg_layers.normalization import (
     GraphParametrization,
     check_parametrization,
@@ -308,6 +309,10 @@ def patch_hash_graph_loss(
     memory_features: Tensor | None = ...,
     memory_codes: Tensor | None = ...,
     memory_valid: Tensor | None = ...,
+    image_labels: Tensor | None = ...,
+    image_labels_b: Tensor | None = ...,
+    memory_image_labels: Tensor | None = ...,
+    margin: float | None = ...,
     parametrization: GraphParametrization = ...,
     reduction: Reduction = ...,
     return_codes: Literal[False] = ...,
@@ -329,6 +334,10 @@ def patch_hash_graph_loss(
     memory_features: Tensor | None = ...,
     memory_codes: Tensor | None = ...,
     memory_valid: Tensor | None = ...,
+    image_labels: Tensor | None = ...,
+    image_labels_b: Tensor | None = ...,
+    memory_image_labels: Tensor | None = ...,
+    margin: float | None = ...,
     parametrization: GraphParametrization = ...,
     reduction: Reduction = ...,
     return_codes: Literal[True],
@@ -349,6 +358,10 @@ def patch_hash_graph_loss(
     memory_features: Tensor | None = None,
     memory_codes: Tensor | None = None,
     memory_valid: Tensor | None = None,
+    image_labels: Tensor | None = None,
+    image_labels_b: Tensor | None = None,
+    memory_image_labels: Tensor | None = None,
+    margin: float | None = None,
     parametrization: GraphParametrization = "softmax",
     reduction: Reduction = "mean",
     return_codes: bool = False,
@@ -369,6 +382,12 @@ def patch_hash_graph_loss(
     resp. :math:`\sum_p [w_{p0} D(F'_{u,p}, F'_{v,p}) + \sum_k w_{pk} D(F'_{u,p}, M_k)] / P`.
     The memory gets no gradient.
 
+    Contrast form (beyond the paper; ``image_labels`` with ``margin``): every distance ``D``
+    becomes :func:`~ccg_layers.functional.contrast_distances`' ``s D + (1 - s) max(0, m - D)``;
+    ``s`` from :func:`~ccg_layers.functional.alike_pairs` for all pairs, per pair
+    ``s(u_p, v_p)`` from ``image_labels[p]`` and ``image_labels_b[p]`` in the pair form, and
+    between the anchor and each memory entry.
+
     Args:
         features: ``(n, C, h, w)`` feature maps whose distances are weighted.
         labels: ``(n, H, W)`` superpixel labels in ``[0, m)``.
@@ -383,6 +402,12 @@ def patch_hash_graph_loss(
         memory_features: ``(K, C, h, w)`` maps of the memory partners.
         memory_codes: ``(K, m, bits)`` their codes; required with ``memory_features``.
         memory_valid: ``(K,)`` bool, the filled slots; ``None`` for all.
+        image_labels: ``(n, C)`` multi-hot image labels (float 0/1 or bool) of the images of
+            ``features``: the contrast form; ``None`` (default) for the paper's pull form.
+        image_labels_b: ``(P, C)`` those of the second images; required in the pair form.
+        memory_image_labels: ``(K, C)`` those of the memory; required with a memory.
+        margin: Contrast margin (finite, > 0), in the distances' units; required with
+            ``image_labels``.
         parametrization: ``"softmax"`` (default, well-posed) or ``"free"`` (literal Eq. 6).
         reduction: ``"mean"`` (Eq. 5, ``/n^2``; ``/P`` for pairs), ``"sum"`` or ``"none"``.
         return_codes: Also return the patch codes computed for the graph (what a memory of
@@ -453,15 +478,32 @@ def patch_hash_graph_loss(
             f"`memory_features` must hold K={K} maps like `memory_codes`, got shape "
             f"{tuple(memory_features.shape)}."
         )
+    y, margin_ = check_contrast_args(
+        image_labels,
+        margin,
+        int(features.shape[0]),
+        memory_image_labels,
+        K,
+        memory_features is not None,
+    )
+    alike = None
+    if y is not None:
+        alike = contrast_alike(y, image_labels_b, memory_image_labels, features_b is not None)
+    elif image_labels_b is not None:
+        raise CCGShapeError(
+            "`image_labels` is required with `image_labels_b` (the contrast form), got None."
+        )
     codes = encode_patches(src, labels, projection, m)
     codes_b = None
     if src_b is not None and labels_b is not None and features_b is not None:
         codes_b = encode_patches(src_b, labels_b, projection, m)
     graph = _patch_graph(codes, weight, bias, codes_b, memory_codes, memory_valid, parametrization)
     if features_b is None:
-        loss = weighted_distance_loss(features, graph, memory_features, reduction)
+        loss = weighted_distance_loss(features, graph, memory_features, reduction, alike, margin_)
     else:
-        loss = weighted_pair_loss(features, features_b, graph, memory_features, reduction)
+        loss = weighted_pair_loss(
+            features, features_b, graph, memory_features, reduction, alike, margin_
+        )
     return (loss, codes, codes_b) if return_codes else loss
 
 
@@ -510,6 +552,14 @@ class PatchHashGraph(PartnerMemory):
     host synchronisation; persistent buffers (``state_dict``), identical on every rank under
     ``distributed`` (the gathered batch, also for the pair form).
 
+    **Contrast form** (beyond the paper; ``contrast_margin=m``): ``forward`` takes the images'
+    multi-hot ``image_labels`` ``(n, C)`` (and ``image_labels_b`` ``(P, C)`` of the second
+    images in the pair form) and every distance becomes ``s D + (1 - s) max(0, m - D)``
+    (:func:`~ccg_layers.functional.contrast_distances`); in the pair form ``s`` is that of
+    each pair ``(u_p, v_p)`` and, for the memory columns, of the anchor and the memory entry.
+    The memory also queues the labels (``memory_image_labels``, float32). Note: ``labels``
+    are the superpixel label maps; the findings are ``image_labels``.
+
     Args:
         num_patches: ``m``, the superpixels per image.
         in_channels: Channels of the map the patches are hashed from.
@@ -522,6 +572,8 @@ class PatchHashGraph(PartnerMemory):
             gathered.
         memory_size: ``K``, partners kept from earlier batches; 0 for none.
         memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
+        contrast_margin: ``None`` (default) for the paper's pull-only form; a finite positive
+            float for the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the random projection (the same on every rank and run).
         device: Device of the parameters and buffers.
         dtype: Dtype of the parameters and the projection.
@@ -555,11 +607,13 @@ class PatchHashGraph(PartnerMemory):
         distributed: bool = False,
         memory_size: int = 0,
         memory_dtype: torch.dtype | None = None,
+        contrast_margin: float | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.init_contrast(contrast_margin)
         self.num_patches = positive_int(num_patches, "num_patches")
         self.in_channels = positive_int(in_channels, "in_channels")
         self.code_bits = positive_int(code_bits, "code_bits")
@@ -593,19 +647,30 @@ class PatchHashGraph(PartnerMemory):
         *,
         hash_input: Tensor | None = None,
         hash_input_b: Tensor | None = None,
+        image_labels: Tensor | None = None,
+        image_labels_b: Tensor | None = None,
     ) -> Tensor:
         """Compute ``L_IK`` (or the pair loss) by :func:`patch_hash_graph_loss`.
 
         The inputs are validated once, by that function; the module checks its own state (the
-        maps in its memory against the batch's).
+        maps and labels in its memory against the batch's, its ``contrast_margin`` against the
+        labels given). ``image_labels`` ``(n, C)`` and, in the pair form, ``image_labels_b``
+        ``(P, C)``: the multi-hot labels of the images (contrast form, required with
+        ``contrast_margin``).
         """
+        self.check_contrast_inputs(image_labels, "image_labels")
+        if features_b is not None and image_labels is not None:
+            self.check_contrast_inputs(image_labels_b, "image_labels_b")
         if self.distributed and features_b is None:
             features = all_gather_batch(features)
             labels = all_gather_batch(labels)
             if hash_input is not None:
                 hash_input = all_gather_batch(hash_input)
+            if image_labels is not None:
+                image_labels = all_gather_batch(gatherable(image_labels))
         if isinstance(features, Tensor):
             self.check_memory_entry(features, "features")
+        self.check_memory_labels(image_labels, "image_labels")
         mem_f, mem_c, valid = self._memory_args()
         loss, codes, codes_b = patch_hash_graph_loss(
             features,
@@ -620,21 +685,46 @@ class PatchHashGraph(PartnerMemory):
             memory_features=mem_f,
             memory_codes=mem_c,
             memory_valid=valid,
+            image_labels=image_labels,
+            image_labels_b=image_labels_b,
+            memory_image_labels=self.memory_labels(),
+            margin=self.contrast_margin,
             parametrization=self.parametrization,
             reduction=self.reduction,
             return_codes=True,
         )
         if self.training and self.memory_size > 0:
-            entries, entry_codes = features.detach(), codes
-            if features_b is not None and codes_b is not None:
-                parts = [features.detach(), features_b.detach(), codes, codes_b]
-                if self.distributed:  # the global pairs, in the order of the gathered batch
-                    parts = [all_gather_batch(t) for t in parts]
-                entries = torch.cat(parts[:2], dim=0)
-                entry_codes = torch.cat(parts[2:], dim=0)
-            dtypes = [self.memory_dtype or features.dtype, torch.int8]
-            self.enqueue_memory([entries, entry_codes], dtypes)
+            self._enqueue_batch(features, features_b, codes, codes_b, image_labels, image_labels_b)
         return loss
+
+    def _enqueue_batch(
+        self,
+        features: Tensor,
+        features_b: Tensor | None,
+        codes: Tensor,
+        codes_b: Tensor | None,
+        image_labels: Tensor | None,
+        image_labels_b: Tensor | None,
+    ) -> None:
+        """Enqueue the batch (both maps of every pair in the pair form; gathered under DDP)."""
+        entries, entry_codes, entry_labels = features.detach(), codes, image_labels
+        if features_b is not None and codes_b is not None:
+            parts = [features.detach(), features_b.detach(), codes, codes_b]
+            if image_labels is not None and image_labels_b is not None:
+                parts += [gatherable(image_labels), gatherable(image_labels_b)]
+            if self.distributed:  # the global pairs, in the order of the gathered batch
+                parts = [all_gather_batch(t) for t in parts]
+            entries = torch.cat(parts[:2], dim=0)
+            entry_codes = torch.cat(parts[2:4], dim=0)
+            if image_labels is not None:
+                entry_labels = torch.cat(parts[4:6], dim=0)
+        feature_dtype = self.memory_dtype or features.dtype
+        if entry_labels is None:
+            self.enqueue_memory([entries, entry_codes], [feature_dtype, torch.int8])
+        else:
+            self.enqueue_memory(
+                [entries, entry_codes, entry_labels], [feature_dtype, torch.int8, torch.float32]
+            )
 
     def graph(
         self,
@@ -677,4 +767,5 @@ class PatchHashGraph(PartnerMemory):
             f"code_bits={self.code_bits}, parametrization={self.parametrization!r}, "
             f"distributed={self.distributed}, memory_size={self.memory_size}, "
             f"reduction={self.reduction!r}"
+            + ("" if self.contrast_margin is None else f", contrast_margin={self.contrast_margin}")
         )

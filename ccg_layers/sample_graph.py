@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ccg_layers.contrast import batch_alike, check_contrast_args
 from ccg_layers.distance import (
     check_memory_features,
     compute_dtype,
@@ -30,7 +31,7 @@ from ccg_layers.distance import (
 )
 from ccg_layers.distributed import all_gather_batch
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
-from ccg_layers.memory import PartnerMemory
+from ccg_layers.memory import PartnerMemory, gatherable
 from ccg_layers.normalization import (
     GraphParametrization,
     check_parametrization,
@@ -261,6 +262,9 @@ def conditioned_sample_graph_loss(
     memory_features: Tensor | None = ...,
     memory_embeddings: Tensor | None = ...,
     memory_valid: Tensor | None = ...,
+    image_labels: Tensor | None = ...,
+    memory_image_labels: Tensor | None = ...,
+    margin: float | None = ...,
     reduction: Reduction = ...,
     return_embeddings: Literal[False] = ...,
 ) -> Tensor: ...
@@ -275,6 +279,9 @@ def conditioned_sample_graph_loss(
     memory_features: Tensor | None = ...,
     memory_embeddings: Tensor | None = ...,
     memory_valid: Tensor | None = ...,
+    image_labels: Tensor | None = ...,
+    memory_image_labels: Tensor | None = ...,
+    margin: float | None = ...,
     reduction: Reduction = ...,
     return_embeddings: Literal[True],
 ) -> tuple[Tensor, Tensor]: ...
@@ -288,6 +295,9 @@ def conditioned_sample_graph_loss(
     memory_features: Tensor | None = None,
     memory_embeddings: Tensor | None = None,
     memory_valid: Tensor | None = None,
+    image_labels: Tensor | None = None,
+    memory_image_labels: Tensor | None = None,
+    margin: float | None = None,
     reduction: Reduction = "mean",
     return_embeddings: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -297,6 +307,8 @@ def conditioned_sample_graph_loss(
     images of the batch (the anchors), ``v`` over the batch and the ``K`` memory partners
     (earlier images, detached: they receive no gradient). ``G(u, v)`` is a function of images
     ``u`` and ``v`` only, so the loss does not depend on the order of the batch.
+    ``image_labels`` with ``margin`` give the contrast form (beyond the paper), as in
+    :func:`~ccg_layers.functional.sample_graph_loss`.
 
     Args:
         features: ``(n, C, ...)`` feature maps of the batch.
@@ -305,6 +317,9 @@ def conditioned_sample_graph_loss(
         memory_features: ``(K, C, ...)`` feature maps of the memory partners.
         memory_embeddings: ``(K, d)`` their descriptors; required with ``memory_features``.
         memory_valid: ``(K,)`` bool, the filled slots; ``None`` for all.
+        image_labels: ``(n, C)`` multi-hot labels for the contrast form; ``None`` for pull.
+        memory_image_labels: ``(K, C)`` the memory's labels; required with both.
+        margin: Contrast margin (finite, > 0); required with ``image_labels``.
         reduction: ``"mean"`` (``/ n^2``), ``"sum"`` or ``"none"`` (the ``(n, n + K)`` terms).
         return_embeddings: Also return the batch's ``(n, d)`` descriptors (what a memory of
             partners keeps, :func:`graph_embedding`), computed once for the graph.
@@ -345,9 +360,18 @@ def conditioned_sample_graph_loss(
             f"`memory_features` must hold K={K} maps like `memory_embeddings`, got shape "
             f"{tuple(memory_features.shape)}."
         )
+    y, m = check_contrast_args(
+        image_labels,
+        margin,
+        int(features.shape[0]),
+        memory_image_labels,
+        K,
+        memory_features is not None,
+    )
+    alike = None if y is None else batch_alike(y, memory_image_labels)
     z = _embed(features, projection)
     graph = _sample_graph(z, weight, memory_embeddings, memory_valid)
-    loss = weighted_distance_loss(features, graph, memory_features, reduction)
+    loss = weighted_distance_loss(features, graph, memory_features, reduction, alike, m)
     return (loss, z) if return_embeddings else loss
 
 
@@ -392,6 +416,14 @@ class LearnableSampleGraph(PartnerMemory):
     batch, every rank returns the same global loss, and the enqueued batch is the gathered one,
     so the memory is identical on every rank.
 
+    **Contrast form** (beyond the paper; ``contrast_margin=m``): ``forward`` takes the batch's
+    multi-hot ``image_labels`` ``(n, C)`` and every distance becomes
+    ``s D + (1 - s) max(0, m - D)`` (:func:`~ccg_layers.functional.contrast_distances`, ``s``
+    from :func:`~ccg_layers.functional.alike_pairs`): pairs sharing a finding, or both without
+    any, are pulled, the others pushed up to the margin. The memory then also queues each
+    partner's labels (``memory_image_labels``, float32; gathered like the features under
+    ``distributed``). ``m`` is in the distances' units: meant for unit-normalised maps.
+
     Args:
         num_samples: Largest batch (global batch under ``distributed``); required by the
             positional form, an optional bound for the conditioned one.
@@ -403,6 +435,8 @@ class LearnableSampleGraph(PartnerMemory):
         parametrization: ``"softmax"`` (default) or ``"free"`` (positional form only).
         distributed: Gather the batch across ranks when a process group is initialised.
         reduction: ``"mean"`` (Eq. 4), ``"sum"`` or ``"none"`` (the ``(n, n + K)`` terms).
+        contrast_margin: ``None`` (default) for the paper's pull-only Eq. 4; a finite positive
+            float for the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the fixed projection (the same on every rank and run).
         device: Device of the parameter and buffers.
         dtype: Dtype of the parameter and the projection.
@@ -438,11 +472,13 @@ class LearnableSampleGraph(PartnerMemory):
         parametrization: GraphParametrization = "softmax",
         distributed: bool = False,
         reduction: Reduction = "mean",
+        contrast_margin: float | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.init_contrast(contrast_margin)
         self.form: GraphForm = check_form(form)
         if num_samples is not None:
             positive_int(num_samples, "num_samples")
@@ -550,22 +586,31 @@ class LearnableSampleGraph(PartnerMemory):
             memory_valid=None if memory is None else self.memory_valid(),
         )
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, *, image_labels: Tensor | None = None) -> Tensor:
         """Compute ``L_IR`` of the batch (and enqueue it in training mode).
 
         Calls :func:`conditioned_sample_graph_loss` (positional form:
         :func:`~ccg_layers.functional.sample_graph_loss` on :meth:`graph`), which validates
-        the inputs once.
+        the inputs once. ``image_labels`` ``(n, C)`` (the contrast form, required with
+        ``contrast_margin``): the batch's multi-hot labels, float 0/1 or bool (gathered under
+        ``distributed``).
         """
+        self.check_contrast_inputs(image_labels, "image_labels")
         if self.distributed:
             features = all_gather_batch(features)
+            if image_labels is not None:
+                image_labels = all_gather_batch(gatherable(image_labels))
         self._check_state(features)
+        self.check_memory_labels(image_labels, "image_labels")
+        margin = self.contrast_margin
         if self.form == "positional":
             batch = isinstance(features, Tensor) and features.dim() > 0
             n = int(features.shape[0]) if batch else self.num_samples
             assert n is not None
             graph = self._positional_graph(n)
-            return sample_graph_loss(features, graph, reduction=self.reduction)
+            return sample_graph_loss(
+                features, graph, image_labels=image_labels, margin=margin, reduction=self.reduction
+            )
         memory = self.memory_tensors()
         loss, z = conditioned_sample_graph_loss(
             features,
@@ -574,12 +619,19 @@ class LearnableSampleGraph(PartnerMemory):
             memory_features=None if memory is None else memory[0],
             memory_embeddings=None if memory is None else memory[1],
             memory_valid=None if memory is None else self.memory_valid(),
+            image_labels=image_labels,
+            memory_image_labels=self.memory_labels(),
+            margin=margin,
             reduction=self.reduction,
             return_embeddings=True,
         )
         if self.training and self.memory_size > 0:
             feature_dtype = self.memory_dtype or features.dtype
-            self.enqueue_memory([features, z], [feature_dtype, z.dtype])
+            if image_labels is None:
+                self.enqueue_memory([features, z], [feature_dtype, z.dtype])
+            else:
+                entries = [features, z, image_labels]
+                self.enqueue_memory(entries, [feature_dtype, z.dtype, torch.float32])
         return loss
 
     def extra_repr(self) -> str:
@@ -589,4 +641,5 @@ class LearnableSampleGraph(PartnerMemory):
             f"form={self.form!r}, embed_dim={self.embed_dim}, memory_size={self.memory_size}, "
             f"parametrization={self.parametrization!r}, distributed={self.distributed}, "
             f"reduction={self.reduction!r}"
+            + ("" if self.contrast_margin is None else f", contrast_margin={self.contrast_margin}")
         )

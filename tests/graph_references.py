@@ -7,10 +7,13 @@ test_patch_graph, test_memory) compare the library against them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import hypothesis.strategies as st
 import torch
+
+from ccg_layers import LearnableSampleGraph, PatchHashGraph
 
 
 def ref_distance(a, b):
@@ -179,3 +182,46 @@ def memory_batch(n, seed, channels=C):
     x = torch.randn(n, channels, H, W, generator=g)
     labels = torch.randint(0, M, (n, 8, 8), generator=g)
     return x, labels
+
+
+def memory_modules(memory_size=4, dtype=None):
+    return (
+        LearnableSampleGraph(in_channels=C, embed_dim=8, memory_size=memory_size, dtype=dtype),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype),
+    )
+
+
+@contextlib.contextmanager
+def count_tensor_syncs():
+    names = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "nonzero")
+    calls: list[str] = []
+    saved = {name: torch.Tensor.__dict__.get(name) for name in names}
+
+    def counting(name, fn):
+        def wrapper(self, *args, **kwargs):
+            calls.append(name)
+            return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in names:
+        setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    try:
+        yield calls
+    finally:
+        for name, original in saved.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
+
+
+def contrast_modules(memory_size=4, margin=1.5):
+    return (
+        LearnableSampleGraph(
+            in_channels=C, embed_dim=8, memory_size=memory_size, contrast_margin=margin
+        ),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, contrast_margin=margin),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, contrast_margin=margin),
+    )

@@ -61,8 +61,10 @@ CASES = {"even": (3, 3), "uneven-last-batch": (3, 2)}
 MEMORY_STEPS = ((2, 2), (1, 1), (2, 1))  # per-rank batch sizes of 3 steps; the queue wraps
 
 
-def _memory_modules(distributed: bool) -> dict[str, torch.nn.Module]:
+def _memory_modules(distributed: bool, contrast: bool = False) -> dict[str, torch.nn.Module]:
     kw = {"distributed": distributed, "dtype": torch.float64}
+    if contrast:  # beyond the paper: the contrast form, its memory also queues the labels
+        kw["contrast_margin"] = 12.0  # above most distances: pushes
     return {
         "ir": LearnableSampleGraph(in_channels=3, embed_dim=4, memory_size=5, **kw),
         "ik": PatchHashGraph(6, 3, code_bits=16, memory_size=5, **kw),
@@ -78,12 +80,27 @@ def _memory_batch(step: int, total: int):
     return x, xb, labels
 
 
-def _memory_step(modules, x, xb, labels, optimisers) -> dict[str, torch.Tensor]:
-    losses = {
-        "ir": modules["ir"](x),
-        "ik": modules["ik"](x, labels[0]),
-        "kr": modules["kr"](x, labels[0], xb, labels[1]),
-    }
+def _findings(step: int, total: int) -> torch.Tensor:
+    """``(2, total, 4)`` bool multi-hot image labels (of x and of xb), some "No finding" rows."""
+    g = torch.Generator().manual_seed(200 + step)
+    return torch.rand(2, total, 4, generator=g) < 0.3
+
+
+def _memory_step(modules, x, xb, labels, optimisers, y=None) -> dict[str, torch.Tensor]:
+    if y is None:
+        losses = {
+            "ir": modules["ir"](x),
+            "ik": modules["ik"](x, labels[0]),
+            "kr": modules["kr"](x, labels[0], xb, labels[1]),
+        }
+    else:
+        losses = {
+            "ir": modules["ir"](x, image_labels=y[0]),
+            "ik": modules["ik"](x, labels[0], image_labels=y[0]),
+            "kr": modules["kr"](
+                x, labels[0], xb, labels[1], image_labels=y[0], image_labels_b=y[1]
+            ),
+        }
     for opt in optimisers:
         opt.zero_grad()
     sum(losses.values()).backward()
@@ -92,18 +109,19 @@ def _memory_step(modules, x, xb, labels, optimisers) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in losses.items()}
 
 
-def _memory_worker(rank: int, out: str) -> None:
-    modules = _memory_modules(distributed=True)
+def _memory_worker(rank: int, out: str, contrast: bool = False) -> None:
+    modules = _memory_modules(distributed=True, contrast=contrast)
     opts = [torch.optim.SGD(m.parameters(), lr=1.0) for m in modules.values()]
     losses = []
     for step, sizes in enumerate(MEMORY_STEPS):
         x, xb, labels = _memory_batch(step, sum(sizes))
         start = sum(sizes[:rank])
         part = slice(start, start + sizes[rank])
-        losses.append(_memory_step(modules, x[part], xb[part], labels[:, part], opts))
+        y = _findings(step, sum(sizes))[:, part] if contrast else None
+        losses.append(_memory_step(modules, x[part], xb[part], labels[:, part], opts, y))
     torch.save(
         {"losses": losses, "state": {k: m.state_dict() for k, m in modules.items()}},
-        Path(out) / f"memory-rank{rank}.pt",
+        Path(out) / f"memory{'-contrast' if contrast else ''}-rank{rank}.pt",
     )
 
 
@@ -134,6 +152,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                 Path(out) / f"{name}-patch-rank{rank}.pt",
             )
         _memory_worker(rank, out)
+        _memory_worker(rank, out, contrast=True)
         dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
@@ -163,13 +182,16 @@ def test_distributed_loss_equals_single_process_loss_on_concatenated_batch(spawn
 
 
 @pytest.mark.slow
-def test_distributed_memory_is_the_global_batch_on_every_rank(spawned):
-    ranks = [torch.load(spawned / f"memory-rank{r}.pt") for r in range(WORLD)]
-    single = _memory_modules(distributed=False)
+@pytest.mark.parametrize("contrast", [False, True], ids=["pull", "contrast"])
+def test_distributed_memory_is_the_global_batch_on_every_rank(spawned, contrast):
+    tag = "-contrast" if contrast else ""
+    ranks = [torch.load(spawned / f"memory{tag}-rank{r}.pt") for r in range(WORLD)]
+    single = _memory_modules(distributed=False, contrast=contrast)
     opts = [torch.optim.SGD(m.parameters(), lr=1.0) for m in single.values()]
     for step, sizes in enumerate(MEMORY_STEPS):
         x, xb, labels = _memory_batch(step, sum(sizes))
-        want = _memory_step(single, x, xb, labels, opts)
+        y = _findings(step, sum(sizes)) if contrast else None
+        want = _memory_step(single, x, xb, labels, opts, y)
         for rank in ranks:
             for term in ("ir", "ik"):  # all-pairs forms: the global loss on every rank
                 torch.testing.assert_close(rank["losses"][step][term], want[term], msg=term)
@@ -182,7 +204,9 @@ def test_distributed_memory_is_the_global_batch_on_every_rank(spawned):
                 if term == "kr" and key == "weight":
                     continue
                 torch.testing.assert_close(rank["state"][term][key], value, msg=f"{term}.{key}")
-        for key in ("memory_features", "memory_codes", "memory_embeddings"):
+        if contrast:
+            assert "memory_image_labels" in module.state_dict()
+        for key in ("memory_features", "memory_codes", "memory_embeddings", "memory_image_labels"):
             if key in module.state_dict():
                 assert torch.equal(ranks[0]["state"][term][key], ranks[1]["state"][term][key])
 

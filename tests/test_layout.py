@@ -184,3 +184,27 @@ def test_the_counter_sees_a_repeated_check():
         validation.check_tensor(torch.zeros(1), "x")
         validation.check_batch(torch.zeros(1), "x")
     assert repeated(calls) == {("check_tensor", "x"): 2}
+
+
+@pytest.mark.parametrize("pair_form", [False, True])
+def test_contrast_forms_validate_each_input_once(pair_form):
+    """The contrast form (image labels, the label queue) keeps the rule: each input once."""
+    y = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    sample = LearnableSampleGraph(in_channels=C, memory_size=4, contrast_margin=1.0)
+    patch = PatchHashGraph(M, C, code_bits=16, memory_size=6, contrast_margin=1.0)
+    x, labels = torch.randn(2, C, 4, 4), _labels(2)
+    sample(x, image_labels=y)  # fill the memories
+    patch(x, labels, image_labels=y)
+    with count_checks() as calls:
+        sample(torch.randn(2, C, 4, 4), image_labels=y)
+    names = ["features", "image_labels", "memory_image_labels", "memory_features"]
+    _assert_once(calls, names)
+    assert calls[("check_finite_through_distances", "distances")] == 1
+    args, kwargs = [x, labels], {"image_labels": y}
+    if pair_form:
+        args += [torch.randn(2, C, 4, 4), _labels(2, 1)]
+        kwargs["image_labels_b"] = y.flip(0)
+    with count_checks() as calls:
+        patch(*args, **kwargs)
+    names = ["features", "labels", "image_labels", "memory_image_labels", "memory_codes"]
+    _assert_once(calls, names + (["features_b", "labels_b", "image_labels_b"] if pair_form else []))

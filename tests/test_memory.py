@@ -7,7 +7,6 @@ images (permutation), the memory is a FIFO that wraps around, and it is saved wi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import hypothesis.strategies as st
@@ -26,15 +25,17 @@ from ccg_layers.functional import (
     patch_hash_graph_loss,
     superpixel_pool,
 )
-from tests.graph_references import BITS, C, H, M, W, memory_batch
-
-
-def _modules(memory_size=4, dtype=None):
-    return (
-        LearnableSampleGraph(in_channels=C, embed_dim=8, memory_size=memory_size, dtype=dtype),
-        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype),
-        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype),
-    )
+from tests.graph_references import (
+    BITS,
+    C,
+    H,
+    M,
+    W,
+    contrast_modules,
+    count_tensor_syncs,
+    memory_batch,
+    memory_modules,
+)
 
 
 def _step(lsg, ik, kr, seed):
@@ -44,38 +45,13 @@ def _step(lsg, ik, kr, seed):
     return lsg(x) + ik(x, labels) + kr(x[:1] * 1.5, labels[1:], x[1:] * 0.5, labels[:1])
 
 
-@contextlib.contextmanager
-def _count_host_syncs():
-    names = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "nonzero")
-    calls: list[str] = []
-    saved = {name: torch.Tensor.__dict__.get(name) for name in names}
-
-    def counting(name, fn):
-        def wrapper(self, *args, **kwargs):
-            calls.append(name)
-            return fn(self, *args, **kwargs)
-
-        return wrapper
-
-    for name in names:
-        setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    try:
-        yield calls
-    finally:
-        for name, original in saved.items():
-            if original is None:
-                delattr(torch.Tensor, name)
-            else:
-                setattr(torch.Tensor, name, original)
-
-
 def _forward_backward_all():
-    lsg, ik, kr = _modules(memory_size=4)
+    lsg, ik, kr = memory_modules(memory_size=4)
     positional = LearnableSampleGraph(4, form="positional")
     _step(lsg, ik, kr, 0)  # allocate and fill the queues before counting
     x, labels = memory_batch(3, 1)
     x.requires_grad_()
-    with _count_host_syncs() as calls:
+    with count_tensor_syncs() as calls:
         loss = lsg(x) + ik(x, labels) + kr(x[:2], labels[:2], x[1:], labels[1:])
         loss = loss + positional(x) + superpixel_pool(x, labels, M)[0].sum()
         loss.backward()
@@ -130,7 +106,7 @@ def test_error_memory_enqueue_pointer_not_integer():
 
 
 def test_every_parameter_gets_a_gradient_at_batch_2_with_the_memory_filled():
-    lsg, ik, kr = _modules()
+    lsg, ik, kr = memory_modules()
     _step(lsg, ik, kr, 0)  # fills 2 of the 4 slots (no gradient needed)
     for module in (lsg, ik, kr):
         module.zero_grad()
@@ -148,7 +124,7 @@ def test_every_parameter_gets_a_gradient_at_batch_2_with_the_memory_filled():
 
 def test_without_memory_a_batch_of_2_leaves_every_graph_parameter_without_gradient():
     # why the memory exists: one partner per image, a softmax over one logit is constant
-    lsg, ik, kr = _modules(memory_size=0)
+    lsg, ik, kr = memory_modules(memory_size=0)
     _step(lsg, ik, kr, 1).backward()
     for module in (lsg, ik, kr):
         for name, t in module.named_parameters():
@@ -157,7 +133,7 @@ def test_without_memory_a_batch_of_2_leaves_every_graph_parameter_without_gradie
 
 
 def test_initial_graphs_are_exactly_uniform_over_batch_and_filled_memory():
-    lsg, ik, _ = _modules(memory_size=5)
+    lsg, ik, _ = memory_modules(memory_size=5)
     x, labels = memory_batch(3, 0)
     lsg(x)
     ik(x, labels)  # 3 of 5 slots filled
@@ -171,7 +147,7 @@ def test_initial_graphs_are_exactly_uniform_over_batch_and_filled_memory():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 5), st.integers(0, 2**31 - 1))
 def test_graphs_follow_a_permutation_of_the_batch_and_the_loss_does_not_change(n, seed):
-    lsg, ik, kr = _modules(memory_size=3, dtype=torch.float64)
+    lsg, ik, kr = memory_modules(memory_size=3, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in (lsg, ik, kr):
@@ -261,7 +237,7 @@ def test_memory_is_detached_and_stored_in_memory_dtype():
 
 
 def test_module_equals_function_with_the_memory():
-    lsg, ik, kr = _modules(memory_size=4)
+    lsg, ik, kr = memory_modules(memory_size=4)
     for seed in range(3):
         _step(lsg, ik, kr, seed)
     x, labels = memory_batch(2, 7)
@@ -285,7 +261,7 @@ def test_module_equals_function_with_the_memory():
 
 def test_state_dict_round_trip_with_a_filled_memory_gives_identical_losses():
     def make():
-        modules = _modules(memory_size=3)
+        modules = memory_modules(memory_size=3)
         params = [p for m in modules for p in m.parameters()]
         return modules, torch.optim.SGD(params, lr=0.5)
 
@@ -350,7 +326,7 @@ def test_modules_with_memory_compile_without_graph_breaks():
     def terms(lsg, ik, kr, x, labels):
         return lsg(x) + ik(x, labels) + kr(x[:1] * 1.5, labels[1:], x[1:] * 0.5, labels[:1])
 
-    eager, compiled_modules = _modules(memory_size=3), _modules(memory_size=3)
+    eager, compiled_modules = memory_modules(memory_size=3), memory_modules(memory_size=3)
     _step(*eager, 0)  # the queues are allocated by the first (eager) step
     _step(*compiled_modules, 0)
     compiled = torch.compile(terms, fullgraph=True, backend="aot_eager")
@@ -424,3 +400,10 @@ def test_patch_graph_with_memory_learns_to_prefer_partners_of_the_same_kind_at_b
     same = (kinds[:, None] == kinds[None, :]) & ~torch.eye(32, dtype=torch.bool)
     other = kinds[:, None] != kinds[None, :]
     assert float(graph[same].mean() / graph[other].mean()) > 3.0
+
+
+def test_pull_modules_keep_no_label_queue_and_their_state_dict_keys():
+    for module in memory_modules(memory_size=2):
+        assert "memory_image_labels" not in module.state_dict()
+    for module in contrast_modules(memory_size=2):
+        assert "memory_image_labels" in module.state_dict()

@@ -11,7 +11,8 @@ import inspect
 
 import pytest
 
-# Recorded from the code of commit 970d54b (before the reorganisation of issue 17):
+# Recorded from the code of commit 970d54b (before the reorganisation of issue 17), plus the two
+# functions main gained with the contrast form (merge 0a45c3d: alike_pairs, contrast_distances):
 # name -> [(parameter, kind, repr(default))], or None for a non-callable / a class whose
 # signature is not a constructor's (modules, constants, TypedDicts, Literals).
 API = {
@@ -92,6 +93,15 @@ API = {
         "value_checks_enabled": [],
     },
     "ccg_layers.functional": {
+        "alike_pairs": [
+            ("labels", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("partner_labels", "POSITIONAL_OR_KEYWORD", "None"),
+        ],
+        "contrast_distances": [
+            ("distances", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("alike", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("margin", "POSITIONAL_OR_KEYWORD", "<required>"),
+        ],
         "boxes_to_grid": [
             ("boxes", "POSITIONAL_OR_KEYWORD", "<required>"),
             ("image_size", "POSITIONAL_OR_KEYWORD", "<required>"),
@@ -392,8 +402,14 @@ def test_signatures_unchanged(module_name, name):
     obj = getattr(importlib.import_module(module_name), name)
     recorded = [tuple(p) for p in API[module_name][name]]
     now = _params(obj)
-    assert now[: len(recorded)] == recorded
-    # anything new is an optional keyword-only parameter, so old calls behave the same
-    for pname, kind, default in now[len(recorded) :]:
-        assert kind == "KEYWORD_ONLY", pname
+    # positional parameters: the same, in the same order
+    positional = [p for p in recorded if p[1] != "KEYWORD_ONLY"]
+    assert [p for p in now if p[1] != "KEYWORD_ONLY"] == positional
+    # keyword-only parameters (their order does not matter to a call): all still there, with
+    # the same defaults; anything new is optional, so old calls behave the same
+    keywords = {p[0]: p for p in now if p[1] == "KEYWORD_ONLY"}
+    for p in recorded:
+        if p[1] == "KEYWORD_ONLY":
+            assert keywords.pop(p[0], None) == p, p
+    for pname, (_, _, default) in keywords.items():
         assert default != "<required>", pname

@@ -13,6 +13,7 @@ from ccg_layers.attention import (
 )
 from ccg_layers.boxes import boxes_to_grid, boxes_to_grid_targets, maps_to_boxes, xywh_to_xyxy
 from ccg_layers.config import get_fused_attn, set_fused_attn
+from ccg_layers.contrast import alike_pairs, contrast_distances
 from ccg_layers.distance import paired_sample_loss, pairwise_distance, sample_graph_loss
 from ccg_layers.hashing import hamming_distance, hash_codes, patch_codes, superpixel_pool
 from ccg_layers.memory import memory_enqueue_
@@ -27,10 +28,12 @@ from ccg_layers.sample_graph import (
 )
 
 __all__ = [
+    "alike_pairs",
     "boxes_to_grid",
     "boxes_to_grid_targets",
     "conditioned_graph_logits",
     "conditioned_sample_graph_loss",
+    "contrast_distances",
     "cross_image_attention",
     "get_fused_attn",
     "graph_embedding",

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from ccg_layers.datasets import ChestXray14FormatError
 
-from .config import ABLATIONS, TrainConfig, add_config_options, resolve_config
+from .config import ABLATIONS, PRETRAIN_SEED, TrainConfig, add_config_options, resolve_config
 
 # (torchvision, tqdm and matplotlib, the ``[examples]`` extra, are imported only after the
 # check in ``_check_extras``, so that a missing one is an error line, not an ImportError)
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and run CCG-Net (Cross-chest Graph) on ChestX-ray14 or its "
         "embedded synthetic twin. See docs/training.md.",
     )
-    verbs = p.add_subparsers(dest="verb", metavar="{train,evaluate,predict,reproduce}")
+    verbs = p.add_subparsers(dest="verb", metavar="{train,evaluate,predict,reproduce,pretrain}")
 
     t = verbs.add_parser(
         "train",
@@ -92,6 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="folds to run (default: all of the setting)",
     )
     add_config_options(f, skip=("fold",))
+
+    w = verbs.add_parser(
+        "pretrain",
+        help="a backbone pretrained on an independent synthetic twin's image-level labels "
+        "(a --weights file; stands in for ImageNet)",
+        usage="%(prog)s [--preset demo] [--out FILE] [options]",
+    )
+    w.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="where to write the backbone's state dict (default: "
+        "<output-dir>/pretrained/<preset>-twin-s<seed>.pt); reused if it is up to date",
+    )
+    w.add_argument(
+        "--pretrain-seed",
+        type=int,
+        default=PRETRAIN_SEED,
+        help=f"synthetic seed of the pretraining twin (default: {PRETRAIN_SEED}; 0 is the demo's "
+        "data, 1 the study's test set, 2 its validation set)",
+    )
+    add_config_options(w, skip=("fold", "setting", "losses", "weights", "run_name"))
     return p
 
 
@@ -158,6 +180,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "predict":
         return _predict(args)
+    if args.verb == "pretrain":
+        cfg = _config(args)
+        from .pretrain import pretrain
+
+        try:
+            pretrain(cfg, Path(args.out) if args.out else None, args.pretrain_seed)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return 0
     if args.verb == "reproduce":
         cfg = _config(args)
         from .reproduce import reproduce

@@ -30,6 +30,11 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
 }
 LOSS_TERMS = ("base", "ir", "ik", "kr")
 
+#: The synthetic seed of the twin ``pretrain`` trains the backbone on: 0 is the demo's and the
+#: study's data, 1 the study's independent test set, 2 the validation set its learning rates
+#: were chosen on; 7 is none of them.
+PRETRAIN_SEED = 7
+
 
 @dataclass
 class TrainConfig:
@@ -87,6 +92,11 @@ class TrainConfig:
     # what the relation terms compare: "raw" the C5 maps as they are (the paper); "unit" each
     # map divided by its L2 norm (distances in [0, 2]: shrinking the features gains nothing)
     relation_features: str = "raw"
+    # beyond the paper: "pull" is Eq. 4-10 as printed (every pair pulled together); "contrast"
+    # pulls pairs of images that share a finding (or both have none) and pushes the others
+    # apart up to --contrast-margin (docs/graphs.md, "Contrast-constrained form")
+    relation_form: str = "pull"
+    contrast_margin: float = 1.0  # in unit-map distances (needs --relation-features unit)
     # learning-rate multiplier of the relation graphs' parameters (L_IR's weight and the W_l of
     # both patch graphs); 1: the paper's single rate for everything
     graph_lr_mult: float = 1.0
@@ -321,6 +331,10 @@ HELP: dict[str, str] = {
     "relation_start_epoch": "epochs of L_base alone before the relation terms join (0: the paper)",
     "relation_features": "what the relation terms compare: raw C5 maps (the paper) or unit (each "
     "map divided by its L2 norm)",
+    "relation_form": "pull (Eq. 4-10 as printed: every pair pulled together) or contrast (beyond "
+    "the paper: pairs sharing a finding, or both without any, pulled; the others pushed apart "
+    "up to --contrast-margin; needs --relation-features unit)",
+    "contrast_margin": "the contrast form's margin, in distances between unit maps (in [0, 2])",
     "graph_lr_mult": "learning-rate multiplier of the relation graphs' parameters (1: one rate "
     "for everything, the paper)",
     "graph_form": "relation graphs: conditioned (a pair's weight from the two images) or "
@@ -425,6 +439,18 @@ def validate_config(cfg: TrainConfig) -> None:
             ) from None
     if cfg.relation_features not in ("raw", "unit"):
         raise ValueError(f"--relation-features must be raw or unit, got {cfg.relation_features!r}")
+    if cfg.relation_form not in ("pull", "contrast"):
+        raise ValueError(f"--relation-form must be pull or contrast, got {cfg.relation_form!r}")
+    margin = cfg.contrast_margin
+    if isinstance(margin, bool) or not (
+        isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0
+    ):
+        raise ValueError(f"--contrast-margin must be a finite number > 0, got {margin!r}")
+    if cfg.relation_form == "contrast" and cfg.relation_features != "unit":
+        raise ValueError(
+            "--relation-form contrast needs --relation-features unit (its margin is a distance "
+            f"between unit maps; raw maps can undercut any margin), got {cfg.relation_features!r}"
+        )
     if not (cfg.graph_lr_mult > 0 and math.isfinite(cfg.graph_lr_mult)):
         raise ValueError(f"--graph-lr-mult must be a positive number, got {cfg.graph_lr_mult}")
     if cfg.graph_form not in ("conditioned", "positional"):
@@ -460,6 +486,7 @@ __all__ = [
     "LOSS_TERMS",
     "MIN_TINY_WIDTH",
     "PRESETS",
+    "PRETRAIN_SEED",
     "TrainConfig",
     "add_config_options",
     "check_tiny_backbone",

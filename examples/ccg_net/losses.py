@@ -122,6 +122,9 @@ class CCGLoss(nn.Module):
         self.register_buffer("relation_on", torch.ones(()), persistent=False)
         self.relation_start_epoch = cfg.relation_start_epoch
         self.unit = cfg.relation_features == "unit"
+        # --relation-form contrast (beyond the paper): the graphs take the image-level labels
+        self.contrast = cfg.relation_form == "contrast"
+        margin = cfg.contrast_margin if self.contrast else None
         memory = resolve_memory_size(cfg, global_batch)
         self.memory_size = memory
         warn_constant_graphs(cfg, global_batch, memory)
@@ -132,13 +135,18 @@ class CCGLoss(nn.Module):
                 in_channels=feature_channels,
                 form=cfg.graph_form,  # type: ignore[arg-type]
                 memory_size=memory if cfg.graph_form == "conditioned" else 0,
+                contrast_margin=margin,
             )
             if cfg.enabled("ir")
             else None
         )
         self.ik = (
             ccg_layers.PatchHashGraph(
-                cfg.num_patches, feature_channels, code_bits=cfg.code_bits, memory_size=memory
+                cfg.num_patches,
+                feature_channels,
+                code_bits=cfg.code_bits,
+                memory_size=memory,
+                contrast_margin=margin,
             )
             if cfg.enabled("ik")
             else None
@@ -151,7 +159,11 @@ class CCGLoss(nn.Module):
                 scale=cfg.kr_scale,
             )
             self.kr_graph: nn.Module | None = ccg_layers.PatchHashGraph(
-                cfg.num_patches, feature_channels, code_bits=cfg.code_bits, memory_size=memory
+                cfg.num_patches,
+                feature_channels,
+                code_bits=cfg.code_bits,
+                memory_size=memory,
+                contrast_margin=margin,
             )
         else:
             self.kr_attention = self.kr_graph = None
@@ -179,12 +191,14 @@ class CCGLoss(nn.Module):
             feats = ccg_layers.all_gather_batch(features)
             sp = ccg_layers.all_gather_batch(superpixels) if superpixels is not None else None
             rel = unit_maps(feats) if self.unit else feats
+            # the contrast form's image-level labels, gathered like the features
+            y = {"image_labels": ccg_layers.all_gather_batch(labels)} if self.contrast else {}
             if self.ir is not None:
-                out["ir"] = self.ir(rel)
+                out["ir"] = self.ir(rel, **y)
             if self.ik is not None:
-                out["ik"] = self.ik(rel, sp)
+                out["ik"] = self.ik(rel, sp, **y)
             if self.kr_attention is not None and self.kr_graph is not None:
-                out["kr"] = self._kr(feats, sp)
+                out["kr"] = self._kr(feats, sp, y.get("image_labels"))
         relation = [self.weights[k] * v for k, v in out.items() if k != "base"]
         total = self.weights["base"] * base
         if relation:
@@ -197,7 +211,7 @@ class CCGLoss(nn.Module):
         """``--relation-start-epoch``: L_base alone before that epoch (0-based), then Eq. 11."""
         self.relation_on.fill_(float(epoch >= self.relation_start_epoch))
 
-    def _kr(self, feats: Tensor, sp: Tensor | None) -> Tensor:
+    def _kr(self, feats: Tensor, sp: Tensor | None, image_labels: Tensor | None = None) -> Tensor:
         n = feats.shape[0]
         if n < 2:
             return feats.sum() * 0.0
@@ -209,4 +223,14 @@ class CCGLoss(nn.Module):
         if self.unit:  # the attention sees the maps as they are, the graph compares unit maps
             fu_att, fv_att = unit_maps(fu_att), unit_maps(fv_att)
         # F'_u lives on v's grid (v's patches), F'_v on u's grid.
-        return self.kr_graph(fu_att, sp[v], features_b=fv_att, labels_b=sp[u])
+        if image_labels is None:
+            return self.kr_graph(fu_att, sp[v], features_b=fv_att, labels_b=sp[u])
+        # contrast form: the pair's alike-ness from the findings of images u and v
+        return self.kr_graph(
+            fu_att,
+            sp[v],
+            features_b=fv_att,
+            labels_b=sp[u],
+            image_labels=image_labels[u],
+            image_labels_b=image_labels[v],
+        )

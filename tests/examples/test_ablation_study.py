@@ -76,3 +76,84 @@ def test_holdout_evaluates_every_run_on_an_independent_twin(tmp_path, capsys):
         for r in ("baseline", "ir+ik+kr")
     }
     assert len(names) == 1
+
+
+# ----------------------------------------------------------------- the decisive study (issue 20)
+
+
+def test_holm_adjusts_step_down_and_stops_at_the_first_non_rejection():
+    adjusted = study.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    # sorted: d 0.005 (x4), a 0.01 (x3), c 0.03 (x2), b 0.04 (x1), running maximum
+    assert adjusted["d"] == (pytest.approx(0.02), True)
+    assert adjusted["a"] == (pytest.approx(0.03), True)
+    assert adjusted["c"] == (pytest.approx(0.06), False)  # 0.03 > 0.05 / 2
+    assert adjusted["b"] == (pytest.approx(0.06), False)  # after a non-rejection: none
+    assert study.holm({"x": 0.9}) == {"x": (pytest.approx(0.9), False)}
+
+
+def test_paired_p_is_the_paired_t_test():
+    from scipy import stats
+
+    a, b = [0.31, 0.35, 0.30, 0.33, 0.36], [0.30, 0.31, 0.29, 0.30, 0.33]
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    assert study.paired_p(diffs) == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert study.paired_p([0.0] * 5) == 1.0
+
+
+def _result(t03: float, auc: float) -> dict:
+    loc = {f"T={t:g}": {"Mean": t03 + (0.3 - t)} for t in study.THRESHOLDS}
+    entry = {"localization": loc, "auc": dict.fromkeys(study.BOXED, auc)}
+    return {"methods": {"CCG": entry, "Whole image": entry}}
+
+
+def test_decisive_summary_pairs_by_seed_and_counts_the_comparisons():
+    seeds = [0, 1, 2]
+    held = {}
+    for s in ("b", "c"):
+        for k in seeds:
+            held[("random-raw", s, "baseline", k)] = _result(0.30 + 0.01 * k, 0.88)
+            held[("random-raw", s, "ir+ik+kr", k)] = _result(0.10 + 0.01 * k, 0.50)  # -0.2
+            held[("random-unit", s, "ir+ik+kr", k)] = _result(0.30 + 0.01 * k + 0.001 * k, 0.88)
+    text, summary = study.decisive_summary(held, ["b", "c"], ["random"], ["paper", "unit"], seeds)
+    paper = summary["settings"]["b"]["random"]["paper"]
+    m, h = paper["minus_baseline"]["T=0.3"]
+    assert m == pytest.approx(-0.2)
+    assert h == pytest.approx(0.0, abs=1e-9)  # the same difference in every seed
+    assert paper["per_seed_minus_baseline"]["auc"] == pytest.approx([-0.38] * 3)
+    unit = summary["settings"]["c"]["random"]["unit"]["minus_baseline"]["T=0.3"]
+    assert unit[0] == pytest.approx(0.001)
+    # 2 settings x 1 init x 2 forms = 4 primary comparisons, x 5 metrics = 20 intervals
+    assert set(summary["primary"]) == {
+        "b/random/paper",
+        "b/random/unit",
+        "c/random/paper",
+        "c/random/unit",
+    }
+    assert summary["intervals"]["computed"] == 20
+    assert summary["primary"]["b/random/paper"]["significant"]  # p = 0 for a constant -0.2
+    assert "4 comparisons, Holm-adjusted" in text
+    assert "| b/random/paper | -0.200 ± 0.000 |" in text
+
+
+def test_decisive_jobs_put_each_form_in_its_folder_and_share_the_baseline():
+    jobs = study.decisive_jobs(["b"], ["random", "pretrained"], ["paper", "contrast"], [0])
+    assert jobs == [
+        ("random-raw", "b", "baseline", 0),
+        ("random-raw", "b", "ir+ik+kr", 0),
+        ("random-contrast", "b", "ir+ik+kr", 0),
+        ("pretrained-raw", "b", "baseline", 0),
+        ("pretrained-raw", "b", "ir+ik+kr", 0),
+        ("pretrained-contrast", "b", "ir+ik+kr", 0),
+    ]
+    w = Path("w.pt")
+    assert study.decisive_extra("random-raw", "b", None, {}) == []
+    assert study.decisive_extra("pretrained-contrast", "c", w, {"c": 3e-4}) == [
+        "--relation-form",
+        "contrast",
+        "--relation-features",
+        "unit",
+        "--weights",
+        "w.pt",
+        "--lr",
+        "0.0003",
+    ]

@@ -94,7 +94,7 @@ def test_help_shows_each_presets_default(capsys):
     assert "(default: 0.9)" in text  # the same in every preset
     assert "preset value" not in text
     assert cli.main(["--help"]) == 0
-    assert "{train,evaluate,predict,reproduce}" in capsys.readouterr().out
+    assert "{train,evaluate,predict,reproduce,pretrain}" in capsys.readouterr().out
 
 
 def test_load_model_gives_a_ready_ccgnet_and_its_config(tiny_run):

@@ -9,6 +9,7 @@ of the batch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from pathlib import Path
 
@@ -453,3 +454,172 @@ def test_relation_start_epoch_flag_is_checked():
     assert cfg.relation_start_epoch == 3
     with pytest.raises(ValueError, match="--relation-start-epoch must be in"):
         resolve_config(build_parser().parse_args(["train", "--relation-start-epoch", "10"]))
+
+
+# --------------------------------------------------------------------------- contrast form
+# --relation-form contrast (beyond the paper): the graphs pull images that share a finding (or
+# both have none) and push the others apart up to --contrast-margin
+
+
+def _contrast_config(**overrides: object) -> TrainConfig:
+    kw: dict[str, object] = {
+        "relation_form": "contrast",
+        "relation_features": "unit",
+        "contrast_margin": 0.7,
+        "memory_size": 3,
+    }
+    kw.update(overrides)
+    return _config(**kw)
+
+
+def test_relation_form_and_margin_reach_every_graph_module():
+    contrast = CCGLoss(_contrast_config(), C, global_batch=4)
+    for graph in (contrast.ir, contrast.ik, contrast.kr_graph):
+        assert graph.contrast_margin == 0.7
+        assert "memory_image_labels" in graph.state_dict()  # the labels are in the checkpoint
+    pull = CCGLoss(_config(memory_size=3), C, global_batch=4)
+    for graph in (pull.ir, pull.ik, pull.kr_graph):
+        assert graph.contrast_margin is None
+        assert "memory_image_labels" not in graph.state_dict()
+
+
+def test_contrast_passes_the_image_labels_of_the_batch_and_of_each_kr_pair():
+    import copy
+
+    from examples.ccg_net.losses import kr_pairs, unit_maps
+
+    criterion = CCGLoss(_contrast_config(), C, global_batch=4)
+    _fill_memory(criterion, 3, n=4)
+    twin = copy.deepcopy(criterion)
+    logits, feats, labels, grid, box_mask, sp = _batch(4, 9)
+    out = criterion(logits, feats, labels, grid, box_mask, sp)
+    rel = unit_maps(feats)
+    torch.testing.assert_close(out["ir"], twin.ir(rel, image_labels=labels))
+    torch.testing.assert_close(out["ik"], twin.ik(rel, sp, image_labels=labels))
+    u, v = kr_pairs(4, "half")
+    fu, fv = twin.kr_attention(feats[u], feats[v])
+    want_kr = twin.kr_graph(
+        unit_maps(fu), sp[v], unit_maps(fv), sp[u], image_labels=labels[u], image_labels_b=labels[v]
+    )
+    torch.testing.assert_close(out["kr"], want_kr)
+    for term in ("ir", "ik", "kr_graph"):  # the memory queued the labels with the maps
+        queued = getattr(criterion, term).memory_image_labels
+        assert queued.shape == (3, 14)
+        assert queued.sum() > 0
+
+
+def test_contrast_with_every_pair_alike_equals_the_pull_form():
+    # every image with the same finding: s = 1 for every pair, batch and memory alike
+    pull = CCGLoss(_config(relation_features="unit", memory_size=3), C, global_batch=4)
+    contrast = CCGLoss(_contrast_config(), C, global_batch=4)
+    contrast.load_state_dict(pull.state_dict(), strict=False)
+    for step in range(3):
+        logits, feats, labels, grid, box_mask, sp = _batch(4, 20 + step)
+        labels = torch.zeros_like(labels)
+        labels[:, 5] = 1.0
+        box_mask = torch.zeros_like(box_mask)
+        a = pull(logits, feats, labels, grid, box_mask, sp)
+        b = contrast(logits, feats, labels, grid, box_mask, sp)
+        for k in ("base", "ir", "ik", "kr", "loss"):
+            assert torch.equal(a[k], b[k]), (step, k)
+
+
+# the pull form's terms before the contrast form existed (commit 970d54b, computed with
+# that code): --relation-form pull must keep them
+PULL_BEFORE = {
+    "raw": [
+        {"ir": 7.5422482491, "ik": 7.5422482491, "kr": 37.7791519165, "loss": 37.7397384644},
+        {"ir": 7.2958879471, "ik": 7.2958879471, "kr": 35.6605911255, "loss": 34.6711578369},
+        {"ir": 7.8583555222, "ik": 7.8583555222, "kr": 37.1417503357, "loss": 37.0475463867},
+    ],
+    "unit": [
+        {"ir": 0.2054944634, "ik": 0.2054944634, "kr": 1.0799815655, "loss": 24.8965702057},
+        {"ir": 0.2262403667, "ik": 0.2262403667, "kr": 1.1116154194, "loss": 22.4990882874},
+        {"ir": 0.266469717, "ik": 0.266469717, "kr": 1.2668440342, "loss": 24.2828788757},
+    ],
+}
+
+
+@pytest.mark.parametrize("features", ["raw", "unit"])
+def test_pull_runs_keep_the_loss_values_from_before_the_contrast_form(features):
+    torch.manual_seed(0)
+    cfg = _config(memory_size=3, relation_features=features)
+    assert cfg.relation_form == "pull"
+    criterion = CCGLoss(cfg, C, global_batch=4)
+    for step, want in enumerate(PULL_BEFORE[features]):
+        out = criterion(*_batch(4, 50 + step))
+        for k, value in want.items():
+            assert float(out[k].detach()) == pytest.approx(value, rel=1e-6, abs=1e-9), (step, k)
+
+
+def test_relation_form_and_contrast_margin_flags_parse():
+    assert TrainConfig().relation_form == "pull"  # the paper's literal form by default
+    for preset in PRESETS.values():
+        assert preset.get("relation_form", "pull") == "pull"
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--relation-form",
+            "contrast",
+            "--relation-features",
+            "unit",
+            "--contrast-margin",
+            "0.5",
+        ]
+    )
+    cfg = resolve_config(args)
+    assert (cfg.relation_form, cfg.contrast_margin) == ("contrast", 0.5)
+    assert TrainConfig.from_dict(json_round_trip(cfg)) == cfg
+
+
+def json_round_trip(cfg: TrainConfig) -> dict:
+    import json
+
+    return json.loads(cfg.to_json())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--relation-form", "push"], "--relation-form must be pull or contrast, got 'push'"),
+        (["--contrast-margin", "0"], "--contrast-margin must be a finite number > 0, got 0.0"),
+        (["--contrast-margin", "-1"], "--contrast-margin must be a finite number > 0, got -1.0"),
+        (["--contrast-margin", "nan"], "--contrast-margin must be a finite number > 0, got nan"),
+        (["--contrast-margin", "inf"], "--contrast-margin must be a finite number > 0, got inf"),
+        (
+            ["--relation-form", "contrast"],
+            "--relation-form contrast needs --relation-features unit",
+        ),
+    ],
+)
+def test_relation_form_and_contrast_margin_bad_values_are_one_line_errors(argv, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        resolve_config(build_parser().parse_args(["train", *argv]))
+    assert "\n" not in str(info.value)
+
+
+def test_tiny_training_run_with_the_contrast_form_finishes_with_finite_weights(make_config):
+    from examples.ccg_net import checkpoint as ckpt
+    from examples.ccg_net.config import load_config
+    from examples.ccg_net.engine import train
+
+    cfg = make_config(
+        relation_form="contrast",
+        relation_features="unit",
+        contrast_margin=0.5,
+        batch_size=2,
+        epochs=1,
+        num_figures=0,
+        run_name="contrast",
+    )
+    run_dir = train(cfg).run_dir
+    assert load_config(run_dir) == cfg  # config.json round trip
+    state = ckpt.load(run_dir / "checkpoints" / "last.pt")
+    for name, value in state["model"].items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), name
+    for term in ("ir", "ik", "kr_graph"):
+        queued = state["criterion"][f"{term}.memory_image_labels"]
+        assert queued.shape == (8, 14), term  # the auto memory of the batch of 2
+        assert torch.isfinite(state["criterion"][f"{term}.weight"]).all(), term
+        assert state["criterion"][f"{term}.weight"].abs().sum() > 0, term
