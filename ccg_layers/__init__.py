@@ -12,6 +12,7 @@ from ccg_layers.distributed import all_gather_batch
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
 from ccg_layers.mil import MILGridLoss
 from ccg_layers.patch_graph import PatchHashGraph
+from ccg_layers.relation_graphs import RelationGraphs
 from ccg_layers.sample_graph import LearnableSampleGraph
 from ccg_layers.superpixels import superpixels, superpixels_from_files
 
@@ -26,6 +27,7 @@ __all__ = [
     "LearnableSampleGraph",
     "MILGridLoss",
     "PatchHashGraph",
+    "RelationGraphs",
     "__version__",
     "all_gather_batch",
     "datasets",

@@ -12,6 +12,8 @@ function validated them) and checks nothing but that rule.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -40,6 +42,7 @@ __all__ = [
     "safe_sqrt",
     "sample_graph_loss",
     "weighted_distance_loss",
+    "weighted_distance_losses",
     "weighted_pair_loss",
 ]
 
@@ -183,6 +186,32 @@ def check_memory_features(memory: Tensor | None, features: Tensor, name: str) ->
     return int(memory.shape[0])
 
 
+def weighted_distance_losses(
+    features: Tensor,
+    graphs: Sequence[Tensor],
+    memory: Tensor | None,
+    reduction: Reduction,
+    alike: Tensor | None = None,
+    margin: float | None = None,
+) -> tuple[Tensor, ...]:
+    """Kernel: one distance matrix weighted by several graphs, ``reduce(G_i * D)`` each.
+
+    The distances (the batch and the memory, :func:`distance_matrix`), the finiteness rule
+    (:func:`check_finite_through_distances`) and the contrast costs (``alike`` ``(n, n + K)``
+    with ``margin``, :func:`~ccg_layers.contrast.contrast_costs`) are computed once for all the
+    graphs, e.g. ``L_IR``'s and ``L_IK``'s (Eq. 4 and 5). ``"mean"`` divides by ``n^2``.
+    Inputs validated.
+    """
+    n = features.shape[0]
+    dist = distance_matrix(features, memory)
+    check_finite_through_distances(
+        dist, features, "`features`" if memory is None else "`features` and the memory"
+    )
+    if alike is not None and margin is not None:
+        dist = contrast_costs(dist, alike, margin)
+    return tuple(reduce(g.to(dist.dtype) * dist, reduction, count=n * n) for g in graphs)
+
+
 def weighted_distance_loss(
     features: Tensor,
     graph: Tensor,
@@ -193,19 +222,9 @@ def weighted_distance_loss(
 ) -> Tensor:
     """Kernel of :func:`sample_graph_loss`: ``reduce(G * D)`` with ``"mean"`` over ``n^2``.
 
-    Applies the finiteness rule (:func:`check_finite_through_distances`); with ``alike``
-    ``(n, n + K)`` and ``margin``, the contrast costs replace the distances
-    (:func:`~ccg_layers.contrast.contrast_costs`). Inputs validated.
+    :func:`weighted_distance_losses` with one graph. Inputs validated.
     """
-    n = features.shape[0]
-    dist = distance_matrix(features, memory)
-    check_finite_through_distances(
-        dist, features, "`features`" if memory is None else "`features` and the memory"
-    )
-    if alike is not None and margin is not None:
-        dist = contrast_costs(dist, alike, margin)
-    terms = graph.to(dist.dtype) * dist
-    return reduce(terms, reduction, count=n * n)
+    return weighted_distance_losses(features, (graph,), memory, reduction, alike, margin)[0]
 
 
 def weighted_pair_loss(

@@ -142,15 +142,20 @@ def encode_patches(hash_input: Tensor, labels: Tensor, projection: Tensor, m: in
     return _hash_codes(pooled, projection) * valid[..., None]
 
 
-def check_projection(projection: object) -> dict[str, int]:
+def check_projection(projection: object, name: str = "projection") -> dict[str, int]:
     """A floating ``(C, bits)`` hashing projection; returns ``{"C": ..., "bits": ...}``."""
-    t = check_tensor(projection, "projection")
-    check_dtype(t, "projection", ("float",))
-    return check_shape(t, "projection", ("C", "bits"))
+    t = check_tensor(projection, name)
+    check_dtype(t, name, ("float",))
+    return check_shape(t, name, ("C", "bits"))
 
 
 def check_hash_input(
-    hash_input: Tensor, name: str, projection_dims: dict[str, int], *, validated: bool = False
+    hash_input: Tensor,
+    name: str,
+    projection_dims: dict[str, int],
+    *,
+    validated: bool = False,
+    projection_name: str = "projection",
 ) -> int:
     """``hash_input`` ``(n, C_hash, h, w)`` against the ``(C_hash, bits)`` projection; returns ``n``.
 
@@ -165,7 +170,7 @@ def check_hash_input(
     if hash_input.shape[1] != projection_dims["C"]:
         raise CCGShapeError(
             f"`{name}` must have in_channels={projection_dims['C']} channels (C_hash, the rows "
-            f"of `projection`), got shape {tuple(hash_input.shape)}."
+            f"of `{projection_name}`), got shape {tuple(hash_input.shape)}."
         )
     if hash_input.shape[0] == 0:
         raise CCGShapeError(

@@ -46,7 +46,14 @@ from ccg_layers.validation import (
     positive_int,
 )
 
-__all__ = ["PatchHashGraph", "patch_graph_logits", "patch_hash_graph", "patch_hash_graph_loss"]
+__all__ = [
+    "PatchHashGraph",
+    "check_patch_graph_args",
+    "patch_graph_from_codes",
+    "patch_graph_logits",
+    "patch_hash_graph",
+    "patch_hash_graph_loss",
+]
 
 
 def _patch_scores(
@@ -121,7 +128,7 @@ def patch_graph_logits(
     return _patch_scores(codes, codes_b, weight, bias, pairs=True)
 
 
-def _patch_graph(
+def patch_graph_from_codes(
     codes: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -164,7 +171,7 @@ def _check_patch_memory(
     return dims["K"]
 
 
-def _check_patch_graph_args(
+def check_patch_graph_args(
     hash_input: Tensor,
     hash_name: str,
     labels: Tensor,
@@ -179,21 +186,24 @@ def _check_patch_graph_args(
     *,
     validated: bool = False,
     validated_b: bool = False,
+    prefix: str = "",
 ) -> tuple[int, int, int]:
     """Validate the graph's inputs once; returns ``(n, m, K)``.
 
     ``validated`` / ``validated_b``: the hashed maps are the feature maps the caller already
-    validated (then only their channels are compared with the projection).
+    validated (then only their channels are compared with the projection). ``prefix`` names
+    the projection, weight and bias (e.g. ``"patch_"`` for ``patch_weight``).
     """
-    pdims = check_projection(projection)
-    n = check_hash_input(hash_input, hash_name, pdims, validated=validated)
-    check_tensor(weight, "weight")
-    check_dtype(weight, "weight", ("float",))
-    m = check_shape(weight, "weight", ("m", "m"))["m"]
+    proj, w_name, b_name = f"{prefix}projection", f"{prefix}weight", f"{prefix}bias"
+    pdims = check_projection(projection, proj)
+    n = check_hash_input(hash_input, hash_name, pdims, validated=validated, projection_name=proj)
+    check_tensor(weight, w_name)
+    check_dtype(weight, w_name, ("float",))
+    m = check_shape(weight, w_name, ("m", "m"))["m"]
     if bias is not None:
-        check_tensor(bias, "bias")
-        check_dtype(bias, "bias", ("float",))
-        check_shape(bias, "bias", ())
+        check_tensor(bias, b_name)
+        check_dtype(bias, b_name, ("float",))
+        check_shape(bias, b_name, ())
     check_labels(labels, "labels", n)
     check_index(labels, "labels", m)
     if (hash_input_b is None) != (labels_b is None):
@@ -202,7 +212,9 @@ def _check_patch_graph_args(
         )
         raise CCGShapeError(f"`{missing}` is required with `{given}` (pair form), got None.")
     if hash_input_b is not None and labels_b is not None:
-        n_b = check_hash_input(hash_input_b, hash_b_name, pdims, validated=validated_b)
+        n_b = check_hash_input(
+            hash_input_b, hash_b_name, pdims, validated=validated_b, projection_name=proj
+        )
         if n_b != n:
             raise CCGShapeError(
                 f"`{hash_b_name}` must hold P={n} images like `{hash_name}` (one per "
@@ -274,7 +286,7 @@ def patch_hash_graph(
                 [0.3333, 0.3333, 0.3333]])
     """
     parametrization = check_parametrization(parametrization)
-    _, m, _ = _check_patch_graph_args(
+    _, m, _ = check_patch_graph_args(
         hash_input,
         "hash_input",
         labels,
@@ -291,7 +303,9 @@ def patch_hash_graph(
     codes_b = None
     if hash_input_b is not None and labels_b is not None:
         codes_b = encode_patches(hash_input_b, labels_b, projection, m)
-    return _patch_graph(codes, weight, bias, codes_b, memory_codes, memory_valid, parametrization)
+    return patch_graph_from_codes(
+        codes, weight, bias, codes_b, memory_codes, memory_valid, parametrization
+    )
 
 
 @overload
@@ -455,7 +469,7 @@ def patch_hash_graph_loss(
         )
     src = features if hash_input is None else hash_input
     src_b = features_b if hash_input_b is None else hash_input_b
-    _, m, K = _check_patch_graph_args(
+    _, m, K = check_patch_graph_args(
         src,
         "features" if hash_input is None else "hash_input",
         labels,
@@ -497,7 +511,9 @@ def patch_hash_graph_loss(
     codes_b = None
     if src_b is not None and labels_b is not None and features_b is not None:
         codes_b = encode_patches(src_b, labels_b, projection, m)
-    graph = _patch_graph(codes, weight, bias, codes_b, memory_codes, memory_valid, parametrization)
+    graph = patch_graph_from_codes(
+        codes, weight, bias, codes_b, memory_codes, memory_valid, parametrization
+    )
     if features_b is None:
         loss = weighted_distance_loss(features, graph, memory_features, reduction, alike, margin_)
     else:

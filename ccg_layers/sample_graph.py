@@ -56,8 +56,10 @@ __all__ = [
     "check_form",
     "conditioned_graph_logits",
     "conditioned_sample_graph_loss",
+    "embed_features",
     "graph_embedding",
     "sample_graph",
+    "sample_graph_from_embeddings",
 ]
 
 GraphForm = Literal["conditioned", "positional"]
@@ -73,7 +75,7 @@ def check_form(value: object) -> GraphForm:
     return value  # type: ignore[return-value]
 
 
-def _embed(features: Tensor, projection: Tensor) -> Tensor:
+def embed_features(features: Tensor, projection: Tensor) -> Tensor:
     """Kernel of :func:`graph_embedding`: spatial mean, projection, unit norm; no gradient."""
     n = features.shape[0]
     with torch.autocast(device_type=features.device.type, enabled=False), torch.no_grad():
@@ -83,15 +85,27 @@ def _embed(features: Tensor, projection: Tensor) -> Tensor:
         return F.normalize(x @ projection.to(dtype), dim=1)
 
 
-def _check_embedding_inputs(features: Tensor, projection: Tensor, name: str) -> dict[str, int]:
-    check_batch(features, name, min_dim=2, what="(n, C, ...)")
-    check_tensor(projection, "projection")
-    check_dtype(projection, "projection", ("float",))
-    dims = check_shape(projection, "projection", ("C", "d"))
+def check_embedding_inputs(
+    features: Tensor,
+    projection: Tensor,
+    name: str,
+    *,
+    validated: bool = False,
+    projection_name: str = "projection",
+) -> dict[str, int]:
+    """``features`` ``(n, C, ...)`` against the ``(C, d)`` projection; returns ``{"C", "d"}``.
+
+    ``validated=True``: the caller already checked ``features`` as a floating batch.
+    """
+    if not validated:
+        check_batch(features, name, min_dim=2, what="(n, C, ...)")
+    check_tensor(projection, projection_name)
+    check_dtype(projection, projection_name, ("float",))
+    dims = check_shape(projection, projection_name, ("C", "d"))
     if features.shape[1] != dims["C"]:
         raise CCGShapeError(
-            f"`{name}` must have in_channels={dims['C']} channels (C, the rows of `projection`) "
-            f"in dimension 1 (n, C, ...), got shape {tuple(features.shape)}."
+            f"`{name}` must have in_channels={dims['C']} channels (C, the rows of "
+            f"`{projection_name}`) in dimension 1 (n, C, ...), got shape {tuple(features.shape)}."
         )
     return dims
 
@@ -121,8 +135,8 @@ def graph_embedding(features: Tensor, projection: Tensor) -> Tensor:
         tensor([[ 0.7071, -0.7071],
                 [-0.7071,  0.7071]])
     """
-    _check_embedding_inputs(features, projection, "features")
-    return _embed(features, projection)
+    check_embedding_inputs(features, projection, "features")
+    return embed_features(features, projection)
 
 
 def _bilinear_logits(embeddings: Tensor, weight: Tensor, memory: Tensor | None) -> Tensor:
@@ -194,13 +208,14 @@ def _check_sample_memory(
     return dims["K"]
 
 
-def _sample_graph(
+def sample_graph_from_embeddings(
     embeddings: Tensor,
     weight: Tensor,
     memory_embeddings: Tensor | None,
     memory_valid: Tensor | None,
     parametrization: GraphParametrization = "softmax",
 ) -> Tensor:
+    """Kernel of :func:`sample_graph` from the descriptors (validated inputs): ``(n, n + K)``."""
     n = embeddings.shape[0]
     logits = _bilinear_logits(embeddings, weight, memory_embeddings)
     if memory_embeddings is None:
@@ -245,12 +260,14 @@ def sample_graph(
         tensor([[0.2500, 0.2500, 0.2500, 0.2500, 0.0000],
                 [0.2500, 0.2500, 0.2500, 0.2500, 0.0000]])
     """
-    dims = _check_embedding_inputs(features, projection, "features")
+    dims = check_embedding_inputs(features, projection, "features")
     check_tensor(weight, "weight")
     check_dtype(weight, "weight", ("float",))
     check_shape(weight, "weight", ("d", "d"), dims)
     _check_sample_memory(memory_embeddings, memory_valid, dims["d"])
-    return _sample_graph(_embed(features, projection), weight, memory_embeddings, memory_valid)
+    return sample_graph_from_embeddings(
+        embed_features(features, projection), weight, memory_embeddings, memory_valid
+    )
 
 
 @overload
@@ -342,7 +359,7 @@ def conditioned_sample_graph_loss(
         True
     """
     reduction = check_reduction(reduction)
-    dims = _check_embedding_inputs(features, projection, "features")
+    dims = check_embedding_inputs(features, projection, "features")
     check_tensor(weight, "weight")
     check_dtype(weight, "weight", ("float",))
     check_shape(weight, "weight", ("d", "d"), dims)
@@ -369,8 +386,8 @@ def conditioned_sample_graph_loss(
         memory_features is not None,
     )
     alike = None if y is None else batch_alike(y, memory_image_labels)
-    z = _embed(features, projection)
-    graph = _sample_graph(z, weight, memory_embeddings, memory_valid)
+    z = embed_features(features, projection)
+    graph = sample_graph_from_embeddings(z, weight, memory_embeddings, memory_valid)
     loss = weighted_distance_loss(features, graph, memory_features, reduction, alike, m)
     return (loss, z) if return_embeddings else loss
 

@@ -12,7 +12,8 @@ import inspect
 import pytest
 
 # Recorded from the code of commit 970d54b (before the reorganisation of issue 17), plus the two
-# functions main gained with the contrast form (merge 0a45c3d: alike_pairs, contrast_distances):
+# functions main gained with the contrast form (merge 0a45c3d: alike_pairs, contrast_distances)
+# and the one memory of L_IR and L_IK (issue 17, point 5: RelationGraphs, relation_graph_losses):
 # name -> [(parameter, kind, repr(default))], or None for a non-callable / a class whose
 # signature is not a constructor's (modules, constants, TypedDicts, Literals).
 API = {
@@ -50,6 +51,10 @@ API = {
             ("box_weight", "POSITIONAL_OR_KEYWORD", "4.0"),
             ("reduction", "POSITIONAL_OR_KEYWORD", "'mean'"),
             ("noisy_or_floor", "POSITIONAL_OR_KEYWORD", "None"),
+        ],
+        "RelationGraphs": [
+            ("in_channels", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("num_patches", "POSITIONAL_OR_KEYWORD", "<required>"),
         ],
         "PatchHashGraph": [
             ("num_patches", "POSITIONAL_OR_KEYWORD", "<required>"),
@@ -93,6 +98,15 @@ API = {
         "value_checks_enabled": [],
     },
     "ccg_layers.functional": {
+        "relation_graph_losses": [
+            ("features", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("labels", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("sample_weight", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("sample_projection", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("patch_weight", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("patch_projection", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("patch_bias", "POSITIONAL_OR_KEYWORD", "None"),
+        ],
         "alike_pairs": [
             ("labels", "POSITIONAL_OR_KEYWORD", "<required>"),
             ("partner_labels", "POSITIONAL_OR_KEYWORD", "None"),

@@ -20,6 +20,7 @@ from ccg_layers.memory import memory_enqueue_
 from ccg_layers.mil import log_noisy_or, mil_grid_loss
 from ccg_layers.normalization import normalize_graph
 from ccg_layers.patch_graph import patch_graph_logits, patch_hash_graph, patch_hash_graph_loss
+from ccg_layers.relation_graphs import relation_graph_losses
 from ccg_layers.sample_graph import (
     conditioned_graph_logits,
     conditioned_sample_graph_loss,
@@ -52,6 +53,7 @@ __all__ = [
     "patch_graph_logits",
     "patch_hash_graph",
     "patch_hash_graph_loss",
+    "relation_graph_losses",
     "sample_graph",
     "sample_graph_loss",
     "set_fused_attn",
