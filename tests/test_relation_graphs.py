@@ -214,3 +214,15 @@ def test_error_map_size_changes_while_the_memory_holds_maps():
     joint(*_batch(2, 0)[:2])
     with pytest.raises(CCGShapeError, match=r"`features` must have shape \(n, 6, 4, 4\)"):
         joint(torch.randn(2, C, 2, 2, dtype=torch.float64), _batch(2, 0)[1])
+
+
+def test_distributed_flag_without_process_group_equals_local():
+    joint, _, _ = _pair(memory_size=3, margin=1.0)
+    gathered = copy.deepcopy(joint)
+    gathered.distributed = True
+    for seed in range(3):
+        x, labels, y = _batch(2, seed)
+        want = joint(x, labels, image_labels=y)
+        got = gathered(x, labels, image_labels=y)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert torch.equal(joint.memory_image_labels, gathered.memory_image_labels)
