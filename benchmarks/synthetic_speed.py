@@ -16,8 +16,7 @@ import time
 import numpy as np
 import torch
 
-from ccg_layers.datasets import generate_synthetic_chestxray14
-from ccg_layers.datasets.synthetic import _render
+from ccg_layers.datasets import generate_synthetic_chestxray14, render_synthetic_image
 
 
 def main() -> None:
@@ -36,10 +35,10 @@ def main() -> None:
     print("|---|---|---|---|")
     labels = [[], ["Nodule"], ["Effusion", "Atelectasis"], ["Cardiomegaly"], ["Pneumonia", "Edema"]]
     for size in args.sizes:
-        _render(np.random.default_rng(0), [], {}, size, 1.0)  # warm-up
+        render_synthetic_image([], {}, image_size=size, seed=0)  # warm-up
         start = time.perf_counter()
         for i in range(args.num_images):
-            _render(np.random.default_rng(i), list(labels[i % len(labels)]), {}, size, 1.0)
+            render_synthetic_image(labels[i % len(labels)], {}, image_size=size, seed=i)
         render = args.num_images / (time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as tmp:
             start, cpu = time.perf_counter(), time.process_time()

@@ -1,4 +1,30 @@
-"""CrossImageAttention: the Knowledge Reasoning attention of CCG (paper Sec. 3.5) as a module."""
+"""Cross-image attention of the CCG Knowledge Reasoning module (paper Sec. 3.5, Eq. 8-9).
+
+The functions (:func:`cross_image_attention`, :func:`multi_head_cross_image_attention`,
+:func:`partner_attention`) and the module :class:`CrossImageAttention`, whose forward calls
+them.
+
+With ``F_u`` (C, HW_u), ``F_v`` (C, HW_v) and a learnable ``W_P`` (C, C)::
+
+    P    = F_u^T W_P F_v                  (HW_u, HW_v)
+    F'_u = F_u softmax(P)                 softmax over u's positions (dim 0): v's layout
+    F'_v = F_v softmax(P^T)               softmax over v's positions: u's layout
+
+Two execution paths compute the same function:
+
+* the **reference** path materialises ``P`` once and takes both softmaxes of it;
+* the **fused** path folds ``W_P`` into the queries and calls
+  :func:`torch.nn.functional.scaled_dot_product_attention` once per direction, so the
+  ``HW_u x HW_v`` matrix is never stored: ``F'_u`` is an attention whose queries are v's
+  positions ``(W_P F_v)^T``, whose keys and values are u's positions ``F_u^T``; ``F'_v`` has
+  queries ``(W_P^T F_u)^T`` and keys and values ``F_v^T``.
+
+``fused=None`` picks a path per call (:func:`use_fused_path`): the process-wide switch of
+:mod:`ccg_layers.config`, set by :func:`~ccg_layers.config.set_fused_attn` or the environment
+variable ``CCG_FUSED_ATTN`` (``0`` reference,
+``1`` fused, ``auto`` or unset: by size and device), and never the fused path while exporting to
+ONNX.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +32,482 @@ import math
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
-from ccg_layers._validation import check_shape, check_tensor
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
-from ccg_layers.functional.attention import (
-    _check_features,
-    _check_image_batch,
-    _check_weight_dtype,
-    _cross_image_attention,
-    _multi_head_cross_image_attention,
-    _partner_attention,
+from ccg_layers.config import get_fused_attn
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import (
+    check_dtype,
+    check_finite,
+    check_index,
+    check_shape,
+    check_tensor,
 )
 
-__all__ = ["CrossImageAttention"]
+__all__ = [
+    "CrossImageAttention",
+    "cross_image_attention",
+    "multi_head_cross_image_attention",
+    "partner_attention",
+    "use_fused_path",
+]
 
 Mode = Literal["pair", "residual"]
+
+# Auto choice: the fused path when the score tensor B * heads * HW_u * HW_v holds at least this
+# many elements. Measured on a 2-core CPU (docs/benchmarks.md, benchmarks/cross_attention.py):
+# below it materialising P once for both directions is faster than two fused calls. On
+# accelerators the fused kernels win already at small sizes and P costs scarce memory.
+CPU_FUSED_MIN_SCORES = 4 * 1024 * 1024
+ACCEL_FUSED_MIN_SCORES = 256 * 256
+
+
+def use_fused_path(
+    fused: bool | None, device: torch.device, batch_heads: int, len_u: int, len_v: int
+) -> bool:
+    """Whether a call with these sizes takes the fused path.
+
+    Args:
+        fused: The call's ``fused`` argument; ``None`` defers to
+            :func:`~ccg_layers.config.set_fused_attn`.
+        device: Device of the features.
+        batch_heads: ``B * heads``.
+        len_u: ``HW_u``.
+        len_v: ``HW_v``.
+
+    Returns:
+        ``False`` while exporting to ONNX; else ``fused`` if given; else the process-wide switch
+        if set; else whether ``batch_heads * len_u * len_v`` reaches the device's threshold.
+
+    Example:
+        >>> import torch
+        >>> use_fused_path(None, torch.device("cpu"), 2, 16 * 16, 16 * 16)
+        False
+        >>> use_fused_path(None, torch.device("cpu"), 16, 4096, 4096)
+        True
+    """
+    if torch.onnx.is_in_onnx_export():
+        return False
+    if fused is not None:
+        return bool(fused)
+    setting = get_fused_attn()
+    if setting is not None:
+        return setting
+    scores = batch_heads * len_u * len_v
+    limit = CPU_FUSED_MIN_SCORES if device.type == "cpu" else ACCEL_FUSED_MIN_SCORES
+    return scores >= limit
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_scale(scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+        raise CCGValueRangeError(f"`scale` must be a finite real number, got {scale!r}.")
+    return float(scale)
+
+
+def _check_fused(fused: object) -> None:
+    if fused is not None and not isinstance(fused, bool):
+        raise CCGValueRangeError(f"`fused` must be True, False or None, got {fused!r}.")
+
+
+def _check_features(fu: Tensor, fv: Tensor) -> dict[str, int]:
+    check_tensor(fu, "fu")
+    check_tensor(fv, "fv")
+    check_dtype(fu, "fu", ("float",))
+    check_dtype(fv, "fv", ("float",))
+    dims = check_shape(fu, "fu", ("B", "C", "Hu", "Wu"))
+    check_shape(fv, "fv", ("B", "C", "Hv", "Wv"), dims)
+    if fu.dtype != fv.dtype:
+        raise CCGDTypeError(f"`fv` must have the dtype of `fu` ({fu.dtype}), got {fv.dtype}.")
+    check_finite(fu, "fu")
+    check_finite(fv, "fv")
+    return dims
+
+
+def _check_image_batch(x: Tensor, partner_index: Tensor | None) -> dict[str, int]:
+    """Validate ``x`` (and ``partner_index``) of :func:`partner_attention`."""
+    check_tensor(x, "x")
+    check_dtype(x, "x", ("float",))
+    dims = check_shape(x, "x", ("B", "C", "H", "W"))
+    check_finite(x, "x")
+    if partner_index is not None:
+        check_tensor(partner_index, "partner_index")
+        check_shape(partner_index, "partner_index", ("B",), dims)
+        check_index(partner_index, "partner_index", dims["B"])
+    return dims
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled())
+
+
+def _check_weight_dtype(weight: Tensor, name: str, features: Tensor) -> None:
+    check_dtype(weight, name, ("float",))
+    autocast = _autocast_enabled(features.device.type)
+    if not autocast and weight.dtype != features.dtype:
+        raise CCGDTypeError(
+            f"`{name}` must have the dtype of the features ({features.dtype}) outside autocast, "
+            f"got {weight.dtype}."
+        )
+
+
+def _check_heads(heads: int, channels: int, qk_channels: int) -> None:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise CCGValueRangeError(f"`heads` must be a positive int, got {heads!r}.")
+    for name, size in (("channels C", channels), ("query/key channels D", qk_channels)):
+        if size % heads:
+            raise CCGShapeError(
+                f"`heads`={heads} must divide the {name}, got {name.split()[-1]}={size}."
+            )
+
+
+def _check_low_rank_weights(
+    weight_u: Tensor, weight_v: Tensor, heads: int, dims: dict[str, int], features: Tensor
+) -> None:
+    """Validate the low-rank ``W_P = weight_u^T weight_v`` factors, each ``(D, C)``."""
+    for name, w in (("weight_u", weight_u), ("weight_v", weight_v)):
+        check_tensor(w, name)
+        check_shape(w, name, ("D", "C"), dims)
+        _check_weight_dtype(w, name, features)
+    _check_heads(heads, dims["C"], dims["D"])
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _fused_attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """SDPA on ``(B, h, L, d)`` inputs, padding so that query/key and value widths agree.
+
+    Zero columns change no dot product and give zero output columns, and equal widths keep
+    PyTorch on its flash/memory-efficient kernels (unequal widths fall back to the math kernel,
+    which materialises the score matrix).
+    """
+    if k.dtype != q.dtype:  # autocast casts the projected queries only (torch < 2.3 on CPU)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    dk, dv = q.shape[-1], v.shape[-1]
+    if dk < dv:
+        q = F.pad(q, (0, dv - dk))
+        k = F.pad(k, (0, dv - dk))
+    elif dv < dk:
+        v = F.pad(v, (0, dk - dv))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out[..., :dv] if dv < dk else out
+
+
+def _to_map(x: Tensor, like: Tensor, height: int, width: int) -> Tensor:
+    """``(B, h, L, c)`` -> ``(B, h*c, H, W)`` in the memory format of ``like``."""
+    out = rearrange(x, "b h (y x) c -> b (h c) y x", y=height, x=width)
+    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not (
+        like.is_contiguous()
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return out.contiguous(memory_format=fmt)
+
+
+def _split(x: Tensor, heads: int) -> Tensor:
+    """``(B, L, c)`` -> ``(B, heads, L, c / heads)`` with a unit stride in the last dimension.
+
+    SDPA's fused CPU/CUDA kernels need the last dimension contiguous; a transposed
+    ``(B, c, L)`` feature map is copied once here (``O(L c)``, never ``O(L^2)``).
+    """
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return rearrange(x, "b l (h c) -> b h l c", h=heads)
+
+
+def _pair(
+    ku: Tensor,
+    qu: Tensor,
+    vu: Tensor,
+    kv: Tensor,
+    qv: Tensor,
+    vv: Tensor,
+    scale: float,
+    fused: bool,
+) -> tuple[Tensor, Tensor]:
+    """Both directions on ``(B, h, L, d)`` tensors.
+
+    ``qu`` (queries at v's positions) attend over keys ``ku`` / values ``vu`` at u's positions;
+    ``qv`` (at u's positions) over ``kv`` / ``vv`` at v's. Both parametrisations satisfy
+    ``P = ku qu^T = qv kv^T``, which the reference path forms once.
+    """
+    if fused:
+        return _fused_attend(qu, ku, vu, scale), _fused_attend(qv, kv, vv, scale)
+    p = torch.matmul(ku, (qu * scale).transpose(-1, -2))  # (B, h, HW_u, HW_v)
+    fu_att = torch.matmul(p.softmax(dim=-2).transpose(-1, -2), vu)  # (B, h, HW_v, c)
+    fv_att = torch.matmul(p.softmax(dim=-1), vv)  # (B, h, HW_u, c)
+    return fu_att, fv_att
+
+
+# --------------------------------------------------------------------------- public
+
+
+def cross_image_attention(
+    fu: Tensor, fv: Tensor, weight: Tensor, *, scale: float = 1.0, fused: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """Cross-image attention of the CCG Knowledge Reasoning module (paper Eq. 8-9).
+
+    ``P = F_u^T W F_v`` (times ``scale``); ``F'_u = F_u softmax(P)`` with the softmax over u's
+    positions, so ``F'_u`` has v's spatial layout; ``F'_v = F_v softmax(P^T)`` with the softmax
+    over v's positions, in u's layout. Pairs are ``(fu[b], fv[b])``.
+
+    Args:
+        fu: ``(B, C, Hu, Wu)`` features of the images u.
+        fv: ``(B, C, Hv, Wv)`` features of the images v; the spatial size may differ from u's.
+        weight: ``(C, C)`` the learnable ``W_P``.
+        scale: Multiplies ``P`` before the softmax; the paper's form is ``1.0``, the usual
+            dot-product scaling ``1 / sqrt(C)`` keeps the softmax from saturating for wide
+            features.
+        fused: ``True`` the fused SDPA path (never stores the ``HW_u x HW_v`` matrix),
+            ``False`` the reference path (materialises ``P``), ``None`` the process-wide
+            choice (:func:`set_fused_attn`, automatic by size and device by default). ONNX
+            export always takes the reference path.
+
+    Returns:
+        ``(fu_att, fv_att)``: ``F'_u`` ``(B, C, Hv, Wv)`` and ``F'_v`` ``(B, C, Hu, Wu)``, in the
+        memory format (contiguous or channels_last) of ``fv`` and ``fu`` respectively.
+
+    Raises:
+        CCGShapeError: Wrong rank, mismatched ``B`` or ``C``, ``weight`` not ``(C, C)``.
+        CCGDTypeError: Non-float tensors, or dtypes that differ (outside autocast).
+        CCGValueRangeError: Non-finite features (a value check, see
+            :func:`ccg_layers.set_value_checks`), non-finite ``scale``, ``fused`` not a bool
+            or None.
+
+    Example:
+        >>> import torch
+        >>> fu, fv = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 3, 5)
+        >>> fu_att, fv_att = cross_image_attention(fu, fv, torch.eye(8), scale=8**-0.5)
+        >>> fu_att.shape, fv_att.shape
+        (torch.Size([2, 8, 3, 5]), torch.Size([2, 8, 4, 4]))
+        >>> same = cross_image_attention(fu, fv, torch.eye(8), scale=8**-0.5, fused=True)
+        >>> torch.allclose(same[0], fu_att, atol=1e-5)
+        True
+    """
+    dims = _check_features(fu, fv)
+    check_tensor(weight, "weight")
+    check_shape(weight, "weight", ("C", "C"), dims)
+    _check_weight_dtype(weight, "weight", fu)
+    scale = _check_scale(scale)
+    _check_fused(fused)
+    return _cross_image_attention(fu, fv, weight, scale, fused)
+
+
+def _cross_image_attention(
+    fu: Tensor, fv: Tensor, weight: Tensor, scale: float, fused: bool | None
+) -> tuple[Tensor, Tensor]:
+    """:func:`cross_image_attention` on validated inputs (no checks, no host sync)."""
+    (hu, wu), (hv, wv) = fu.shape[-2:], fv.shape[-2:]
+    use_fused = use_fused_path(fused, fu.device, fu.shape[0], hu * wu, hv * wv)
+
+    xu = fu.flatten(2)  # (B, C, HW_u)
+    xv = fv.flatten(2)
+    ku = _split(xu.transpose(1, 2), 1)  # (B, 1, HW_u, C): keys and values at u's positions
+    kv = _split(xv.transpose(1, 2), 1)
+    qu = _split(torch.einsum("cd,bdj->bjc", weight, xv), 1)  # (W F_v)^T: queries at v's
+    # (W^T F_u)^T: queries at u's positions; the reference path forms P = F_u^T (W F_v) once
+    # and does not need them.
+    qv = _split(torch.einsum("dc,bdi->bic", weight, xu), 1) if use_fused else qu
+    fu_att, fv_att = _pair(ku, qu, ku, kv, qv, kv, scale, use_fused)
+    return _to_map(fu_att, fv, hv, wv), _to_map(fv_att, fu, hu, wu)
+
+
+def multi_head_cross_image_attention(
+    fu: Tensor,
+    fv: Tensor,
+    weight_u: Tensor,
+    weight_v: Tensor,
+    *,
+    heads: int = 1,
+    scale: float = 1.0,
+    fused: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Cross-image attention with a low-rank, multi-head ``W_P = W_u^T W_v`` (Eq. 8-9).
+
+    Head ``h`` of ``heads`` uses rows ``h`` of ``weight_u`` and ``weight_v`` split into
+    ``heads`` blocks of ``D / heads`` and channels ``h`` of the features split into ``heads``
+    blocks of ``C / heads``: ``P_h = (W_u^h F_u)^T (W_v^h F_v)`` (times ``scale``),
+    ``F'_u[h] = F_u[h] softmax(P_h)`` over u's positions and ``F'_v[h] = F_v[h] softmax(P_h^T)``
+    over v's positions. With ``heads=1`` this is :func:`cross_image_attention` with
+    ``weight = weight_u.T @ weight_v``.
+
+    Args:
+        fu: ``(B, C, Hu, Wu)``.
+        fv: ``(B, C, Hv, Wv)``.
+        weight_u: ``(D, C)`` projection of u's features (``W_q``).
+        weight_v: ``(D, C)`` projection of v's features (``W_k``).
+        heads: Number of heads; must divide ``C`` and ``D``.
+        scale: Multiplies each ``P_h`` before the softmax (usual: ``(D / heads) ** -0.5``).
+        fused: As in :func:`cross_image_attention`.
+
+    Returns:
+        ``(fu_att, fv_att)``: ``(B, C, Hv, Wv)`` and ``(B, C, Hu, Wu)``.
+
+    Raises:
+        CCGShapeError: Wrong ranks or sizes, ``heads`` not dividing ``C`` or ``D``.
+        CCGDTypeError: Non-float tensors, or dtypes that differ (outside autocast).
+        CCGValueRangeError: Non-finite features (a value check), bad ``heads``, ``scale`` or
+            ``fused``.
+
+    Example:
+        >>> import torch
+        >>> fu, fv = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 6, 6)
+        >>> wu, wv = torch.randn(8, 16), torch.randn(8, 16)
+        >>> fu_att, fv_att = multi_head_cross_image_attention(fu, fv, wu, wv, heads=4, scale=0.5)
+        >>> fu_att.shape, fv_att.shape
+        (torch.Size([2, 16, 6, 6]), torch.Size([2, 16, 4, 4]))
+    """
+    dims = _check_features(fu, fv)
+    _check_low_rank_weights(weight_u, weight_v, heads, dims, fu)
+    scale = _check_scale(scale)
+    _check_fused(fused)
+    return _multi_head_cross_image_attention(fu, fv, weight_u, weight_v, heads, scale, fused)
+
+
+def _multi_head_cross_image_attention(
+    fu: Tensor,
+    fv: Tensor,
+    weight_u: Tensor,
+    weight_v: Tensor,
+    heads: int,
+    scale: float,
+    fused: bool | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`multi_head_cross_image_attention` on validated inputs (no checks, no host sync)."""
+    (hu, wu), (hv, wv) = fu.shape[-2:], fv.shape[-2:]
+    use_fused = use_fused_path(fused, fu.device, fu.shape[0] * heads, hu * wu, hv * wv)
+
+    xu, xv = fu.flatten(2), fv.flatten(2)
+    a = _split(torch.einsum("kc,bci->bik", weight_u, xu), heads)  # (B, h, HW_u, D/h)
+    b = _split(torch.einsum("kc,bcj->bjk", weight_v, xv), heads)  # (B, h, HW_v, D/h)
+    vu = _split(xu.transpose(1, 2), heads)  # (B, h, HW_u, C/h)
+    vv = _split(xv.transpose(1, 2), heads)
+    fu_att, fv_att = _pair(a, b, vu, b, a, vv, scale, use_fused)
+    return _to_map(fu_att, fv, hv, wv), _to_map(fv_att, fu, hu, wu)
+
+
+def partner_attention(
+    x: Tensor,
+    weight: Tensor | None = None,
+    weight_u: Tensor | None = None,
+    weight_v: Tensor | None = None,
+    *,
+    partner_index: Tensor | None = None,
+    heads: int = 1,
+    scale: float = 1.0,
+    fused: bool | None = None,
+) -> Tensor:
+    """Each image's partner in the batch, attended at the image's own positions.
+
+    For image ``i`` with partner ``p = partner_index[i]`` this is ``F'_u`` of
+    :func:`cross_image_attention` with ``u = x[p]``, ``v = x[i]``: ``x[p] softmax(P)``,
+    ``P = x[p]^T W_P x[i]``, in ``x[i]``'s layout. Only this direction is computed. Give either
+    the full ``weight`` (``W_P``, ``heads`` must be 1) or the low-rank pair ``weight_u``,
+    ``weight_v`` (``W_P = W_u^T W_v``, multi-head as in
+    :func:`multi_head_cross_image_attention`).
+
+    Args:
+        x: ``(B, C, H, W)``.
+        weight: ``(C, C)`` full ``W_P``.
+        weight_u: ``(D, C)`` projection of the partner's features.
+        weight_v: ``(D, C)`` projection of the image's own features.
+        partner_index: ``(B,)`` integer indices into the batch; default ``(i + 1) mod B``.
+            With ``B = 1`` and no index there is no partner and ``x`` is returned unchanged
+            (an explicit ``tensor([0])`` attends the image to itself).
+        heads: Number of heads (low-rank form only).
+        scale: Multiplies ``P`` before the softmax.
+        fused: As in :func:`cross_image_attention`.
+
+    Returns:
+        ``(B, C, H, W)``, in ``x``'s memory format.
+
+    Raises:
+        CCGShapeError: Wrong shapes, weights given in neither or both forms.
+        CCGDTypeError: Non-float ``x`` or weights, a non-integer ``partner_index``.
+        CCGValueRangeError: Non-finite ``x`` or partner indices outside ``[0, B)`` (value
+            checks), bad ``heads``, ``scale``, ``fused``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(3, 8, 4, 4)
+        >>> out = partner_attention(x, torch.eye(8), scale=8**-0.5)  # partners 1, 2, 0
+        >>> want, _ = cross_image_attention(x.roll(-1, 0), x, torch.eye(8), scale=8**-0.5)
+        >>> torch.allclose(out, want, atol=1e-6)
+        True
+    """
+    dims = _check_image_batch(x, partner_index)
+    low_rank = weight_u is not None or weight_v is not None
+    if (weight is None) == (not low_rank) or (low_rank and (weight_u is None or weight_v is None)):
+        raise CCGShapeError(
+            "Give either `weight` (C, C) or both `weight_u` and `weight_v` (D, C), got "
+            f"weight={'set' if weight is not None else None}, "
+            f"weight_u={'set' if weight_u is not None else None}, "
+            f"weight_v={'set' if weight_v is not None else None}."
+        )
+    if weight is not None:
+        check_tensor(weight, "weight")
+        check_shape(weight, "weight", ("C", "C"), dims)
+        _check_weight_dtype(weight, "weight", x)
+        if heads != 1:
+            raise CCGValueRangeError(
+                f"`heads` must be 1 with a full `weight`, got {heads!r}; use weight_u/weight_v."
+            )
+    else:
+        assert weight_u is not None
+        assert weight_v is not None
+        _check_low_rank_weights(weight_u, weight_v, heads, dims, x)
+    scale = _check_scale(scale)
+    _check_fused(fused)
+    return _partner_attention(x, weight, weight_u, weight_v, partner_index, heads, scale, fused)
+
+
+def _partner_attention(
+    x: Tensor,
+    weight: Tensor | None,
+    weight_u: Tensor | None,
+    weight_v: Tensor | None,
+    partner_index: Tensor | None,
+    heads: int,
+    scale: float,
+    fused: bool | None,
+) -> Tensor:
+    """:func:`partner_attention` on validated inputs (no checks, no host sync)."""
+    batch, _, height, width = x.shape
+    if partner_index is None:
+        if batch <= 1:
+            return x  # no partner: identity (documented)
+        partner = x.roll(-1, 0)  # partner of i is (i + 1) mod B
+    else:
+        partner = x.index_select(0, partner_index)
+
+    length = height * width
+    use_fused = use_fused_path(fused, x.device, batch * heads, length, length)
+    own, other = x.flatten(2), partner.flatten(2)  # (B, C, HW)
+    if weight is not None:
+        q = _split(torch.einsum("cd,bdj->bjc", weight, own), 1)  # (W x_i)^T, queries at x's
+        k = _split(other.transpose(1, 2), 1)
+        v = k
+    else:
+        assert weight_u is not None
+        assert weight_v is not None
+        q = _split(torch.einsum("kc,bcj->bjk", weight_v, own), heads)
+        k = _split(torch.einsum("kc,bci->bik", weight_u, other), heads)
+        v = _split(other.transpose(1, 2), heads)
+    if use_fused:
+        out = _fused_attend(q, k, v, scale)
+    else:
+        p = torch.matmul(q * scale, k.transpose(-1, -2))  # (B, h, HW_x, HW_partner) = P^T
+        out = torch.matmul(p.softmax(dim=-1), v)
+    return _to_map(out, x, height, width)
 
 
 class CrossImageAttention(nn.Module):
@@ -163,56 +649,51 @@ class CrossImageAttention(nn.Module):
         return self.forward_residual(*args, **kwargs)
 
     def _check_channels(self, x: Tensor, name: str, spec: tuple[str, ...]) -> None:
-        check_tensor(x, name)
-        check_shape(x, name, spec)
-        if x.shape[1] != self.channels:
+        """The layer's own configuration: ``x`` has its ``channels`` (the rest: the function)."""
+        if isinstance(x, Tensor) and x.dim() == len(spec) and x.shape[1] != self.channels:
             raise CCGShapeError(
                 f"`{name}` must have the layer's {self.channels} channels in dimension 1 "
                 f"({', '.join(spec)}), got shape {tuple(x.shape)}."
             )
 
-    def _check_weights_dtype(self, features: Tensor) -> None:
-        for name in ("weight", "weight_u", "weight_v"):
-            param = getattr(self, name)
-            if param is not None:
-                _check_weight_dtype(param, name, features)
-
     def forward_pair(self, fu: Tensor, fv: Tensor) -> tuple[Tensor, Tensor]:
         """``(F'_u, F'_v)`` of the pairs ``(fu[b], fv[b])`` (paper Eq. 8-9).
 
-        The inputs are validated once here (the configuration at construction), then the
-        functional kernel runs unchecked.
+        Calls :func:`cross_image_attention` (low rank: :func:`multi_head_cross_image_attention`),
+        which validates the inputs once; the configuration was validated at construction.
         """
         self._check_channels(fu, "fu", ("B", "C", "Hu", "Wu"))
         self._check_channels(fv, "fv", ("B", "C", "Hv", "Wv"))
-        _check_features(fu, fv)
-        self._check_weights_dtype(fu)
         if self.weight is not None:
-            return _cross_image_attention(fu, fv, self.weight, self.scale, self.fused)
+            return cross_image_attention(fu, fv, self.weight, scale=self.scale, fused=self.fused)
         assert self.weight_u is not None
         assert self.weight_v is not None
-        return _multi_head_cross_image_attention(
-            fu, fv, self.weight_u, self.weight_v, self.heads, self.scale, self.fused
+        return multi_head_cross_image_attention(
+            fu,
+            fv,
+            self.weight_u,
+            self.weight_v,
+            heads=self.heads,
+            scale=self.scale,
+            fused=self.fused,
         )
 
     def forward_residual(self, x: Tensor, partner_index: Tensor | None = None) -> Tensor:
-        """``x + gate * (partner's features attended at x's positions)``."""
+        """``x + gate * (partner's features attended at x's positions)`` (:func:`partner_attention`)."""
         if self.gate is None:
             raise CCGValueRangeError(
                 "`forward_residual` needs a layer built with mode='residual', got mode='pair'."
             )
         self._check_channels(x, "x", ("B", "C", "H", "W"))
-        _check_image_batch(x, partner_index)
-        self._check_weights_dtype(x)
-        attended = _partner_attention(
+        attended = partner_attention(
             x,
             self.weight,
             self.weight_u,
             self.weight_v,
-            partner_index,
-            self.heads,
-            self.scale,
-            self.fused,
+            partner_index=partner_index,
+            heads=self.heads,
+            scale=self.scale,
+            fused=self.fused,
         )
         if attended is x:  # a batch of one image without partner
             return x

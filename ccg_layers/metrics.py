@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ccg_layers._validation import check_dtype, check_index, check_shape, check_size2, check_tensor
-from ccg_layers._validation import values_checkable as _values_checkable
+from ccg_layers.boxes import check_boxes
+from ccg_layers.config import values_checkable
 from ccg_layers.datasets.chestxray14 import BOXED_CLASSES, CLASS_NAMES
 from ccg_layers.errors import CCGValueRangeError
-from ccg_layers.functional.boxes import check_boxes
+from ccg_layers.validation import check_dtype, check_index, check_shape, check_size2, check_tensor
 
 __all__ = ["classification_auc", "format_localization_table", "localization_accuracy"]
 
@@ -106,7 +106,7 @@ def localization_accuracy(
         )
     if not 0.0 <= prob_threshold <= 1.0:
         raise CCGValueRangeError(f"`prob_threshold` must be in [0, 1], got {prob_threshold}.")
-    if _values_checkable() and prob_maps.numel():
+    if values_checkable() and prob_maps.numel():
         if not bool(torch.isfinite(prob_maps).all()):
             raise CCGValueRangeError("`prob_maps` must be finite, got NaN or infinite values.")
         lo, hi = float(prob_maps.min()), float(prob_maps.max())
@@ -192,7 +192,7 @@ def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:
     check_dtype(scores, "scores", ("float",))
     dims = check_shape(scores, "scores", ("N", "K"))
     check_shape(labels, "labels", ("N", "K"), dims)
-    if _values_checkable() and labels.numel():
+    if values_checkable() and labels.numel():
         bad = (labels != 0) & (labels != 1)
         if bool(bad.any()):
             raise CCGValueRangeError("`labels` must hold only 0 and 1.")

@@ -1,19 +1,672 @@
-"""Tests of the CrossImageAttention module: module == function, both modes, formats, compile."""
+"""Cross-image attention (Eq. 8-9): the functions against float64 references written from the
+equations, the fused-path switch, and the CrossImageAttention module (module == function, both
+modes, formats, compile).
+"""
 
 from __future__ import annotations
 
 import math
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given
+from torch.profiler import ProfilerActivity, profile
 
 from ccg_layers import CrossImageAttention
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     cross_image_attention,
+    get_fused_attn,
     multi_head_cross_image_attention,
     partner_attention,
+    set_fused_attn,
+    use_fused_path,
 )
+
+
+def column_softmax(p):
+    """softmax over the rows i of every column j, written out: exp(P_ij) / sum_i exp(P_ij)."""
+    e = torch.exp(p - p.max(dim=0, keepdim=True).values)
+    return e / e.sum(dim=0, keepdim=True)
+
+
+def ref_pair(fu, fv, weight, scale):
+    """Per image pair, straight from the paper: P = F_u^T W F_v, F'_u = F_u softmax(P),
+    F'_v = F_v softmax(P^T), the softmax over u's (resp. v's) positions."""
+    B, C, Hu, Wu = fu.shape
+    _, _, Hv, Wv = fv.shape
+    out_u = torch.zeros(B, C, Hv, Wv, dtype=torch.float64)
+    out_v = torch.zeros(B, C, Hu, Wu, dtype=torch.float64)
+    for b in range(B):
+        Fu = fu[b].double().reshape(C, Hu * Wu)
+        Fv = fv[b].double().reshape(C, Hv * Wv)
+        P = scale * (Fu.T @ weight.double() @ Fv)  # (HW_u, HW_v)
+        out_u[b] = (Fu @ column_softmax(P)).reshape(C, Hv, Wv)
+        out_v[b] = (Fv @ column_softmax(P.T)).reshape(C, Hu, Wu)
+    return out_u, out_v
+
+
+def ref_multi_head(fu, fv, wu, wv, heads, scale):
+    """Head h: W_P^h = W_u^h^T W_v^h on channel block h of the features."""
+    C, D = fu.shape[1], wu.shape[0]
+    c, d = C // heads, D // heads
+    outs_u, outs_v = [], []
+    for h in range(heads):
+        w = wu[h * d : (h + 1) * d].double().T @ wv[h * d : (h + 1) * d].double()  # (C, C)
+        # P_h = (W_u^h F_u)^T (W_v^h F_v) = F_u^T w F_v; the values are channel block h only.
+        Fu_all, Fv_all = fu.double(), fv.double()
+        B = fu.shape[0]
+        ou = torch.zeros(B, c, *fv.shape[2:], dtype=torch.float64)
+        ov = torch.zeros(B, c, *fu.shape[2:], dtype=torch.float64)
+        for b in range(B):
+            Fu = Fu_all[b].reshape(C, -1)
+            Fv = Fv_all[b].reshape(C, -1)
+            P = scale * (Fu.T @ w @ Fv)
+            ou[b] = (Fu[h * c : (h + 1) * c] @ column_softmax(P)).reshape(c, *fv.shape[2:])
+            ov[b] = (Fv[h * c : (h + 1) * c] @ column_softmax(P.T)).reshape(c, *fu.shape[2:])
+        outs_u.append(ou)
+        outs_v.append(ov)
+    return torch.cat(outs_u, 1), torch.cat(outs_v, 1)
+
+
+def ref_partner(x, weight, partner, scale):
+    """Image i attends to x[partner[i]]: F'_u with u = x[partner[i]], v = x[i]."""
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for i, p in enumerate(partner):
+        out[i] = ref_pair(x[p : p + 1], x[i : i + 1], weight, scale)[0][0]
+    return out
+
+
+def rel_err(got, want):
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max())
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+@st.composite
+def pair_inputs(draw, max_b=3, max_c=8, max_side=5, dtype=torch.float64):
+    B = draw(st.integers(1, max_b))
+    C = draw(st.integers(1, max_c))
+    Hu, Wu, Hv, Wv = (draw(st.integers(1, max_side)) for _ in range(4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    fu = torch.randn(B, C, Hu, Wu, generator=g, dtype=dtype)
+    fv = torch.randn(B, C, Hv, Wv, generator=g, dtype=dtype)
+    weight = torch.randn(C, C, generator=g, dtype=dtype) / math.sqrt(C)
+    return fu, fv, weight
+
+
+scales = st.sampled_from([1.0, 0.25, 2.0, 0.0, -0.5])
+
+
+# --------------------------------------------------------------------------- pair, full W_P
+
+
+@given(pair_inputs(), scales, st.sampled_from([False, True]))
+def test_pair_matches_float64_reference(inputs, scale, fused):
+    fu, fv, weight = inputs
+    got_u, got_v = cross_image_attention(fu, fv, weight, scale=scale, fused=fused)
+    want_u, want_v = ref_pair(fu, fv, weight, scale)
+    torch.testing.assert_close(got_u, want_u, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_v, want_v, rtol=1e-10, atol=1e-10)
+
+
+@given(pair_inputs(max_b=2, max_c=48, max_side=12, dtype=torch.float32), scales)
+def test_fused_equals_reference_float32_within_1e5_relative(inputs, scale):
+    fu, fv, weight = inputs
+    ref = cross_image_attention(fu, fv, weight, scale=scale, fused=False)
+    fus = cross_image_attention(fu, fv, weight, scale=scale, fused=True)
+    for got, want in zip(fus, ref, strict=True):
+        assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_gradcheck_pair(fused):
+    fu = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    fv = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: cross_image_attention(a, b, c, scale=0.7, fused=fused), (fu, fv, w)
+    )
+
+
+def test_output_layouts_follow_the_paper():
+    # F'_u lives on v's grid, F'_v on u's grid.
+    fu, fv = torch.randn(2, 4, 3, 7), torch.randn(2, 4, 5, 2)
+    for fused in (False, True):
+        fu_att, fv_att = cross_image_attention(fu, fv, torch.eye(4), fused=fused)
+        assert fu_att.shape == (2, 4, 5, 2)
+        assert fv_att.shape == (2, 4, 3, 7)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("s", [1.0, 3.0, 40.0])
+def test_one_hot_features_known_answer(fused, s):
+    # F_u = F_v = one-hot positions (C = HW), W = I: P = s * identity, so column j of softmax(P)
+    # is e^s at i = j and 1 elsewhere, over e^s + n - 1.
+    n = 6
+    f = torch.eye(n, dtype=torch.float64).reshape(1, n, 2, 3)
+    fu_att, fv_att = cross_image_attention(f, f, torch.eye(n, dtype=torch.float64), scale=s)
+    denom = math.exp(s) + n - 1
+    want = (torch.ones(n, n, dtype=torch.float64) + (math.exp(s) - 1) * torch.eye(n)) / denom
+    torch.testing.assert_close(fu_att.reshape(n, n), want.double())
+    torch.testing.assert_close(fv_att.reshape(n, n), want.double())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_hot_permuted_partner_is_recovered_in_vs_layout(fused):
+    # v holds u's one-hot features at permuted positions: F'_u (in v's layout) ~ F_v and
+    # F'_v (in u's layout) ~ F_u when the softmax is sharp.
+    n = 8
+    perm = torch.randperm(n)
+    fu = torch.eye(n, dtype=torch.float64).reshape(1, n, 2, 4)
+    fv = fu.reshape(1, n, n)[:, :, perm].reshape(1, n, 4, 2)  # different grid shape too
+    fu_att, fv_att = cross_image_attention(
+        fu, fv, torch.eye(n, dtype=torch.float64), scale=60.0, fused=fused
+    )
+    torch.testing.assert_close(fu_att, fv, atol=1e-20, rtol=1e-20)
+    torch.testing.assert_close(fv_att, fu, atol=1e-20, rtol=1e-20)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_zero_scale_is_the_mean_over_the_other_image(fused):
+    fu, fv = torch.randn(2, 5, 3, 3), torch.randn(2, 5, 4, 2)
+    fu_att, fv_att = cross_image_attention(fu, fv, torch.randn(5, 5), scale=0.0, fused=fused)
+    torch.testing.assert_close(fu_att, fu.mean((2, 3), keepdim=True).expand_as(fv))
+    torch.testing.assert_close(fv_att, fv.mean((2, 3), keepdim=True).expand_as(fu))
+
+
+def test_single_position_images_copy_the_other_feature():
+    fu, fv = torch.randn(3, 4, 1, 1), torch.randn(3, 4, 1, 1)
+    for fused in (False, True):
+        fu_att, fv_att = cross_image_attention(fu, fv, torch.randn(4, 4), fused=fused)
+        torch.testing.assert_close(fu_att, fu)
+        torch.testing.assert_close(fv_att, fv)
+
+
+def test_outputs_are_convex_combinations_of_the_other_images_features():
+    fu, fv = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 3, 3)
+    fu_att, fv_att = cross_image_attention(fu, fv, torch.randn(6, 6), scale=0.5)
+    lo_u, hi_u = fu.amin((2, 3), keepdim=True), fu.amax((2, 3), keepdim=True)
+    assert bool(((fu_att >= lo_u - 1e-6) & (fu_att <= hi_u + 1e-6)).all())
+    lo_v, hi_v = fv.amin((2, 3), keepdim=True), fv.amax((2, 3), keepdim=True)
+    assert bool(((fv_att >= lo_v - 1e-6) & (fv_att <= hi_v + 1e-6)).all())
+
+
+def test_swapping_u_and_v_with_transposed_weight_swaps_the_outputs():
+    fu, fv, w = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 2, 6), torch.randn(5, 5)
+    a_u, a_v = cross_image_attention(fu, fv, w, scale=0.3)
+    b_u, b_v = cross_image_attention(fv, fu, w.T, scale=0.3)
+    torch.testing.assert_close(a_u, b_v)
+    torch.testing.assert_close(a_v, b_u)
+
+
+# --------------------------------------------------------------------------- multi-head
+
+
+@st.composite
+def multi_head_inputs(draw):
+    heads = draw(st.integers(1, 3))
+    C = heads * draw(st.integers(1, 3))
+    D = heads * draw(st.integers(1, 3))
+    B = draw(st.integers(1, 2))
+    Hu, Wu, Hv, Wv = (draw(st.integers(1, 4)) for _ in range(4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    fu = torch.randn(B, C, Hu, Wu, generator=g, dtype=torch.float64)
+    fv = torch.randn(B, C, Hv, Wv, generator=g, dtype=torch.float64)
+    wu = torch.randn(D, C, generator=g, dtype=torch.float64)
+    wv = torch.randn(D, C, generator=g, dtype=torch.float64)
+    return fu, fv, wu, wv, heads
+
+
+@given(multi_head_inputs(), st.sampled_from([1.0, 0.3]), st.sampled_from([False, True]))
+def test_multi_head_matches_float64_reference(inputs, scale, fused):
+    fu, fv, wu, wv, heads = inputs
+    got = multi_head_cross_image_attention(fu, fv, wu, wv, heads=heads, scale=scale, fused=fused)
+    want = ref_multi_head(fu, fv, wu, wv, heads, scale)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("C", "D", "heads"), [(16, 16, 4), (16, 8, 2), (8, 24, 2)])
+def test_multi_head_fused_equals_reference_float32(C, D, heads):
+    # D != C: the fused path pads query/key or values to a common width.
+    fu, fv = torch.randn(2, C, 9, 7), torch.randn(2, C, 5, 11)
+    wu, wv = torch.randn(D, C) / C**0.5, torch.randn(D, C) / C**0.5
+    ref = multi_head_cross_image_attention(fu, fv, wu, wv, heads=heads, fused=False)
+    fus = multi_head_cross_image_attention(fu, fv, wu, wv, heads=heads, fused=True)
+    for got, want in zip(fus, ref, strict=True):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_one_head_equals_full_weight_wu_t_wv():
+    fu, fv = torch.randn(2, 6, 3, 3), torch.randn(2, 6, 4, 4)
+    wu, wv = torch.randn(4, 6), torch.randn(4, 6)
+    got = multi_head_cross_image_attention(fu, fv, wu, wv, heads=1, scale=0.4)
+    want = cross_image_attention(fu, fv, wu.T @ wv, scale=0.4)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_gradcheck_multi_head(fused):
+    fu = torch.randn(1, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    fv = torch.randn(1, 4, 3, 1, dtype=torch.float64, requires_grad=True)
+    wu = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    wv = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *t: multi_head_cross_image_attention(*t, heads=2, fused=fused), (fu, fv, wu, wv)
+    )
+
+
+# --------------------------------------------------------------------------- partner attention
+
+
+@given(
+    st.integers(1, 4),
+    st.integers(1, 5),
+    st.integers(0, 2**31 - 1),
+    st.booleans(),
+    st.sampled_from([False, True]),
+)
+def test_partner_attention_matches_reference(batch, channels, seed, explicit, fused):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, 3, 2, generator=g, dtype=torch.float64)
+    w = torch.randn(channels, channels, generator=g, dtype=torch.float64)
+    if explicit:
+        index = torch.randint(0, batch, (batch,), generator=g)
+        got = partner_attention(x, w, partner_index=index, scale=0.5, fused=fused)
+        torch.testing.assert_close(got, ref_partner(x, w, index.tolist(), 0.5))
+    elif batch > 1:
+        got = partner_attention(x, w, scale=0.5, fused=fused)
+        partners = [(i + 1) % batch for i in range(batch)]
+        torch.testing.assert_close(got, ref_partner(x, w, partners, 0.5))
+    else:  # one image, no partner: identity
+        assert partner_attention(x, w, scale=0.5, fused=fused) is x
+
+
+def test_partner_attention_low_rank_matches_multi_head():
+    x = torch.randn(3, 8, 4, 4)
+    wu, wv = torch.randn(4, 8), torch.randn(4, 8)
+    index = torch.tensor([2, 2, 0])
+    for fused in (False, True):
+        got = partner_attention(x, None, wu, wv, partner_index=index, heads=2, fused=fused)
+        want, _ = multi_head_cross_image_attention(x[index], x, wu, wv, heads=2, fused=fused)
+        torch.testing.assert_close(got, want)
+
+
+def test_partner_attention_single_image_without_partner_is_identity():
+    x = torch.randn(1, 4, 3, 3)
+    assert partner_attention(x, torch.eye(4)) is x
+
+
+def test_partner_attention_single_image_with_itself_as_partner():
+    x = torch.randn(1, 4, 3, 3)
+    got = partner_attention(x, torch.eye(4), partner_index=torch.tensor([0]))
+    torch.testing.assert_close(got, cross_image_attention(x, x, torch.eye(4))[0])
+
+
+def test_gradcheck_partner_attention():
+    x = torch.randn(3, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([1, 0, 0])
+    for fused in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda a, b, f=fused: partner_attention(a, b, partner_index=index, fused=f), (x, w)
+        )
+
+
+# --------------------------------------------------------------------------- numerics, formats
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_half_precision(fused, dtype):
+    fu = torch.randn(2, 16, 6, 6, requires_grad=True)
+    fv = torch.randn(2, 16, 5, 5, requires_grad=True)
+    w = torch.randn(16, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        fu_att, fv_att = cross_image_attention(fu, fv, w, scale=0.25, fused=fused)
+    assert fu_att.dtype == dtype
+    (fu_att.float().sum() + fv_att.float().square().sum()).backward()
+    assert all(bool(torch.isfinite(t.grad).all()) for t in (fu, fv, w))
+    want_u, want_v = cross_image_attention(fu.detach(), fv.detach(), w.detach(), scale=0.25)
+    assert rel_err(fu_att.detach(), want_u) < 0.05
+    assert rel_err(fv_att.detach(), want_v) < 0.05
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_channels_last_inputs_give_the_same_values_in_channels_last(fused):
+    fu, fv, w = torch.randn(2, 8, 5, 4), torch.randn(2, 8, 3, 6), torch.randn(8, 8)
+    want = cross_image_attention(fu, fv, w, fused=fused)
+    cl = torch.channels_last
+    got = cross_image_attention(fu.to(memory_format=cl), fv.to(memory_format=cl), w, fused=fused)
+    for g_, w_ in zip(got, want, strict=True):
+        torch.testing.assert_close(g_, w_)
+        assert g_.is_contiguous(memory_format=cl)
+    assert want[0].is_contiguous()
+    assert want[1].is_contiguous()
+
+
+def _ops_and_peak(fn):
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    names = {e.key for e in prof.key_averages()}
+    return names, max(e.cpu_memory_usage for e in prof.key_averages())
+
+
+def test_fused_path_runs_a_fused_kernel_and_never_allocates_the_score_matrix():
+    n = 64 * 64  # P would be n * n * 4 bytes = 64 MiB
+    fu = torch.randn(1, 4, 64, 64, requires_grad=True)
+    fv = torch.randn(1, 4, 64, 64, requires_grad=True)
+    w = torch.randn(4, 4, requires_grad=True)
+
+    def step(fused):
+        a, b = cross_image_attention(fu, fv, w, fused=fused)
+        (a.sum() + b.sum()).backward()
+
+    names, largest = _ops_and_peak(lambda: step(True))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
+    assert largest < n * n * 4 / 8  # no op allocates anything near P
+
+
+def test_reference_path_materialises_the_score_matrix():
+    n = 16 * 16
+    fu, fv = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
+    names, largest = _ops_and_peak(lambda: cross_image_attention(fu, fv, torch.eye(4), fused=False))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" not in names
+    assert largest >= n * n * 4
+
+
+def test_multi_head_with_unequal_widths_still_uses_the_fused_kernel():
+    fu, fv = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
+    wu, wv = torch.randn(4, 16), torch.randn(4, 16)
+    names, _ = _ops_and_peak(
+        lambda: multi_head_cross_image_attention(fu, fv, wu, wv, heads=2, fused=True)
+    )
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
+
+
+# --------------------------------------------------------------------------- path selection
+
+
+@pytest.fixture
+def restore_switch():
+    before = get_fused_attn()
+    yield
+    set_fused_attn(before)
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """A list that grows by one at every call of scaled_dot_product_attention (the fused path)."""
+    calls: list[int] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *a, **k: calls.append(1) or real(*a, **k),
+    )
+    return calls
+
+
+def test_auto_choice_by_size_and_device(restore_switch):
+    set_fused_attn(None)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_fused_path(None, cpu, 2, 256, 256)
+    assert use_fused_path(None, cpu, 16, 4096, 4096)
+    assert use_fused_path(None, cuda, 2, 256, 256)
+    assert not use_fused_path(None, cuda, 1, 8, 8)
+
+
+def test_process_wide_switch_and_explicit_argument(restore_switch, sdpa_calls):
+    calls = sdpa_calls
+    fu, fv, w = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2), torch.eye(4)
+    set_fused_attn(True)
+    cross_image_attention(fu, fv, w)
+    assert len(calls) == 2  # one SDPA per direction
+    cross_image_attention(fu, fv, w, fused=False)  # the argument wins over the switch
+    assert len(calls) == 2
+    set_fused_attn(False)
+    cross_image_attention(fu, fv, w)
+    assert len(calls) == 2
+    cross_image_attention(fu, fv, w, fused=True)
+    assert len(calls) == 4
+    assert not use_fused_path(None, torch.device("cuda"), 64, 4096, 4096)
+
+
+def test_error_bad_switch_value(restore_switch):
+    with pytest.raises(CCGValueRangeError, match=r"`enable` must be True, False or None, got 1"):
+        set_fused_attn(1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["torchscript", "dynamo"]
+)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# The input checks read shapes while the TorchScript exporter traces: they validate the example
+# inputs, as intended, and the tracer warns that shapes become constants.
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_onnx_export_never_takes_the_fused_path(tmp_path, sdpa_calls, dynamo):
+    import onnx
+
+    calls = sdpa_calls
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, fu, fv):
+            return cross_image_attention(fu, fv, self.w, fused=True)
+
+    fu, fv = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 2, 2)
+    cross_image_attention(fu, fv, torch.eye(4), fused=True)
+    assert len(calls) == 2  # eager: fused=True is honoured
+    path = tmp_path / "pair.onnx"
+    torch.onnx.export(Pair().eval(), (fu, fv), str(path), dynamo=dynamo)
+    assert len(calls) == 2  # export: the reference path, despite fused=True
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Softmax" in ops
+    assert "Attention" not in ops
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _ok():
+    return torch.zeros(2, 4, 3, 3), torch.zeros(2, 4, 2, 5), torch.eye(4)
+
+
+def test_error_fu_wrong_rank():
+    _, fv, w = _ok()
+    with pytest.raises(
+        CCGShapeError, match=r"`fu` must have 4 dimensions \(B, C, Hu, Wu\), got shape \(4, 9\)"
+    ):
+        cross_image_attention(torch.zeros(4, 9), fv, w)
+
+
+def test_error_fv_wrong_rank():
+    fu, _, w = _ok()
+    with pytest.raises(
+        CCGShapeError, match=r"`fv` must have 4 dimensions .* got shape \(2, 4, 10\)"
+    ):
+        cross_image_attention(fu, torch.zeros(2, 4, 10), w)
+
+
+def test_error_channel_mismatch():
+    fu, _, w = _ok()
+    with pytest.raises(
+        CCGShapeError, match=r"`fv` must have shape \(B, C, Hv, Wv\) with C=4 .* \(C=5\)"
+    ):
+        cross_image_attention(fu, torch.zeros(2, 5, 2, 5), w)
+
+
+def test_error_batch_mismatch():
+    fu, _, w = _ok()
+    with pytest.raises(CCGShapeError, match=r"`fv` .* with B=2 .* \(B=3\)"):
+        cross_image_attention(fu, torch.zeros(3, 4, 2, 5), w)
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (5, 4), (4,), (4, 4, 1)])
+def test_error_weight_shape(shape):
+    fu, fv, _ = _ok()
+    with pytest.raises(CCGShapeError, match=r"`weight` must (have shape \(C, C\)|have 2 dim)"):
+        cross_image_attention(fu, fv, torch.zeros(shape))
+
+
+def test_error_weight_not_a_tensor():
+    fu, fv, _ = _ok()
+    with pytest.raises(CCGDTypeError, match=r"`weight` must be a torch.Tensor, got list"):
+        cross_image_attention(fu, fv, [[1.0]])
+
+
+def test_error_integer_features():
+    _, fv, w = _ok()
+    with pytest.raises(CCGDTypeError, match=r"`fu` must have a float dtype, got torch.int64"):
+        cross_image_attention(torch.zeros(2, 4, 3, 3, dtype=torch.long), fv, w)
+
+
+def test_error_feature_dtypes_differ():
+    fu, fv, w = _ok()
+    with pytest.raises(
+        CCGDTypeError,
+        match=r"`fv` must have the dtype of `fu` \(torch.float32\), got torch.float64",
+    ):
+        cross_image_attention(fu, fv.double(), w)
+
+
+def test_error_weight_dtype_differs_outside_autocast():
+    fu, fv, w = _ok()
+    with pytest.raises(CCGDTypeError, match=r"`weight` must have the dtype of the features"):
+        cross_image_attention(fu, fv, w.double())
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "1", None])
+def test_error_bad_scale(scale):
+    fu, fv, w = _ok()
+    with pytest.raises(CCGValueRangeError, match=r"`scale` must be a finite real number, got"):
+        cross_image_attention(fu, fv, w, scale=scale)
+
+
+def test_error_bad_fused():
+    fu, fv, w = _ok()
+    with pytest.raises(CCGValueRangeError, match=r"`fused` must be True, False or None, got 'yes'"):
+        cross_image_attention(fu, fv, w, fused="yes")
+
+
+def test_error_heads_not_dividing_channels():
+    fu, fv, _ = _ok()
+    with pytest.raises(CCGShapeError, match=r"`heads`=3 must divide the channels C, got C=4"):
+        multi_head_cross_image_attention(fu, fv, torch.zeros(6, 4), torch.zeros(6, 4), heads=3)
+
+
+def test_error_heads_not_dividing_qk_channels():
+    fu, fv, _ = _ok()
+    with pytest.raises(CCGShapeError, match=r"must divide the query/key channels D, got D=3"):
+        multi_head_cross_image_attention(fu, fv, torch.zeros(3, 4), torch.zeros(3, 4), heads=2)
+
+
+@pytest.mark.parametrize("heads", [0, -1, 1.5, True])
+def test_error_bad_heads(heads):
+    fu, fv, _ = _ok()
+    with pytest.raises(CCGValueRangeError, match=r"`heads` must be a positive int"):
+        multi_head_cross_image_attention(fu, fv, torch.zeros(4, 4), torch.zeros(4, 4), heads=heads)
+
+
+def test_error_low_rank_weights_disagree():
+    fu, fv, _ = _ok()
+    with pytest.raises(CCGShapeError, match=r"`weight_v` must have shape \(D, C\) with D=2"):
+        multi_head_cross_image_attention(fu, fv, torch.zeros(2, 4), torch.zeros(3, 4))
+
+
+def test_error_low_rank_weight_wrong_channels():
+    fu, fv, _ = _ok()
+    with pytest.raises(CCGShapeError, match=r"`weight_u` must have shape \(D, C\) with C=4"):
+        multi_head_cross_image_attention(fu, fv, torch.zeros(2, 5), torch.zeros(2, 4))
+
+
+def test_error_partner_index_out_of_range():
+    x = torch.zeros(3, 4, 2, 2)
+    with pytest.raises(
+        CCGValueRangeError, match=r"`partner_index` must hold indices in \[0, 3\), got values in"
+    ):
+        partner_attention(x, torch.eye(4), partner_index=torch.tensor([0, 1, 3]))
+
+
+def test_error_partner_index_negative():
+    x = torch.zeros(3, 4, 2, 2)
+    with pytest.raises(CCGValueRangeError, match=r"got values in \[-1, 1\]"):
+        partner_attention(x, torch.eye(4), partner_index=torch.tensor([0, 1, -1]))
+
+
+def test_error_partner_index_float():
+    x = torch.zeros(3, 4, 2, 2)
+    with pytest.raises(CCGDTypeError, match=r"`partner_index` must have a int dtype, got torch.f"):
+        partner_attention(x, torch.eye(4), partner_index=torch.tensor([0.0, 1.0, 2.0]))
+
+
+def test_error_partner_index_wrong_length():
+    x = torch.zeros(3, 4, 2, 2)
+    with pytest.raises(CCGShapeError, match=r"`partner_index` must have shape \(B\) with B=3"):
+        partner_attention(x, torch.eye(4), partner_index=torch.tensor([0, 1]))
+
+
+def test_error_partner_both_weight_forms():
+    x = torch.zeros(3, 4, 2, 2)
+    with pytest.raises(CCGShapeError, match=r"Give either `weight` \(C, C\) or both"):
+        partner_attention(x, torch.eye(4), torch.zeros(2, 4), torch.zeros(2, 4))
+
+
+def test_error_partner_no_weight():
+    with pytest.raises(CCGShapeError, match=r"Give either .* got weight=None, weight_u=None"):
+        partner_attention(torch.zeros(3, 4, 2, 2))
+
+
+def test_error_partner_half_low_rank():
+    with pytest.raises(CCGShapeError, match=r"weight_u=set, weight_v=None"):
+        partner_attention(torch.zeros(3, 4, 2, 2), None, torch.zeros(2, 4))
+
+
+def test_error_partner_heads_with_full_weight():
+    with pytest.raises(CCGValueRangeError, match=r"`heads` must be 1 with a full `weight`, got 2"):
+        partner_attention(torch.zeros(3, 4, 2, 2), torch.eye(4), heads=2)
+
+
+def test_error_partner_x_wrong_rank():
+    with pytest.raises(CCGShapeError, match=r"`x` must have 4 dimensions \(B, C, H, W\)"):
+        partner_attention(torch.zeros(4, 2, 2), torch.eye(4))
+
+
+@pytest.mark.parametrize("bad", ["fu", "fv"])
+def test_error_non_finite_features(bad):
+    fu, fv = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 2, 2)
+    (fu if bad == "fu" else fv)[1, 2, 0, 1] = float("nan")
+    msg = rf"`{bad}` must be finite, got NaN or infinite values"
+    with pytest.raises(CCGValueRangeError, match=msg):
+        cross_image_attention(fu, fv, torch.eye(4))
+    with pytest.raises(CCGValueRangeError, match=msg):
+        multi_head_cross_image_attention(fu, fv, torch.eye(4), torch.eye(4), heads=2)
+
+
+def test_error_non_finite_x_in_partner_attention():
+    x = torch.randn(3, 4, 2, 2)
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(CCGValueRangeError, match=r"`x` must be finite, got NaN or infinite"):
+        partner_attention(x, torch.eye(4))
+
+
+def test_non_finite_features_pass_through_with_value_checks_off():
+    import ccg_layers
+
+    fu, fv = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    fu[0, 0, 0, 0] = float("nan")
+    with ccg_layers.set_value_checks(False):
+        out, _ = cross_image_attention(fu, fv, torch.eye(4))
+    assert out.isnan().any()
 
 
 def _randomise(layer: CrossImageAttention, gate: float | None = None) -> CrossImageAttention:
@@ -240,12 +893,12 @@ def test_error_bad_channels(channels):
         CrossImageAttention(channels)
 
 
-def test_error_heads_not_dividing_channels():
+def test_error_heads_not_dividing_channels_module():
     with pytest.raises(CCGShapeError, match=r"`heads`=3 must divide `channels`, got channels=8"):
         CrossImageAttention(8, heads=3)
 
 
-def test_error_heads_not_dividing_qk_channels():
+def test_error_heads_not_dividing_qk_channels_module():
     with pytest.raises(CCGShapeError, match=r"must divide `qk_channels`, got qk_channels=5"):
         CrossImageAttention(8, qk_channels=5, heads=2)
 
@@ -260,7 +913,7 @@ def test_error_bad_mode():
         CrossImageAttention(8, mode="x")
 
 
-def test_error_bad_scale():
+def test_error_bad_scale_module():
     with pytest.raises(CCGValueRangeError, match=r"`scale` must be None or finite, got nan"):
         CrossImageAttention(8, scale=float("nan"))
 
@@ -270,7 +923,7 @@ def test_error_bad_gate_init():
         CrossImageAttention(8, mode="residual", gate_init=float("inf"))
 
 
-def test_error_bad_fused():
+def test_error_bad_fused_module():
     with pytest.raises(CCGValueRangeError, match=r"`fused` must be True, False or None, got 1"):
         CrossImageAttention(8, fused=1)
 
@@ -333,7 +986,7 @@ def test_error_non_finite_features_in_both_modes(mode):
 
 def test_module_validates_once_at_its_boundary(monkeypatch):
     """The module checks each input once and calls the unchecked kernel (no re-validation)."""
-    import ccg_layers.functional.attention as fa
+    import ccg_layers.attention as fa
 
     calls = []
     original = fa.check_finite

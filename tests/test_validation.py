@@ -1,4 +1,4 @@
-"""Tests of the shared validation helpers in ccg_layers._validation."""
+"""Tests of the shared validation helpers (ccg_layers.validation) and the switches (ccg_layers.config)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from ccg_layers import _validation as v
+from ccg_layers import validation as v
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
 
 
@@ -78,59 +78,6 @@ def test_reduce():
     assert v.reduce(x, "sum") == 10
     assert v.reduce(x, "mean") == 2.5
     assert v.reduce(x, "mean", count=5) == 2
-
-
-def test_value_checks_are_skipped_while_compiling(monkeypatch):
-    monkeypatch.setattr(v, "_is_compiling", lambda: True)
-    assert not v.values_checkable()
-    v.check_binary(torch.tensor([0.5]), "y")  # no error: a compiled graph cannot read values
-
-
-def test_is_compiling_is_true_inside_a_compiled_function():
-    seen = []
-
-    def f(x):
-        seen.append(v._is_compiling())
-        return x + 1
-
-    torch.compile(f, backend="eager")(torch.zeros(1))
-    assert seen == [True]
-    assert not v._is_compiling()
-
-
-def test_value_checks_switch_skips_value_checks_and_restores() -> None:
-    import ccg_layers
-    from ccg_layers._validation import check_finite
-
-    bad = torch.tensor([float("nan")])
-    with ccg_layers.set_value_checks(False):
-        assert not ccg_layers.value_checks_enabled()
-        check_finite(bad, "x")  # skipped: no error, no host synchronisation
-    assert ccg_layers.value_checks_enabled()
-    with pytest.raises(CCGValueRangeError, match="`x` must be finite"):
-        check_finite(bad, "x")
-    ccg_layers.set_value_checks(False)
-    try:
-        assert not ccg_layers.value_checks_enabled()
-    finally:
-        ccg_layers.set_value_checks(True)
-
-
-def test_value_checks_switch_rejects_non_bool() -> None:
-    import ccg_layers
-
-    with pytest.raises(CCGValueRangeError, match="`enabled` must be a bool, got 'no'"):
-        ccg_layers.set_value_checks("no")  # type: ignore[arg-type]
-
-
-def test_value_checks_env_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ccg_layers import _validation
-
-    monkeypatch.setenv("CCG_VALUE_CHECKS", "0")
-    assert _validation._env_value_checks() is False
-    monkeypatch.setenv("CCG_VALUE_CHECKS", "maybe")
-    with pytest.raises(CCGValueRangeError, match="`CCG_VALUE_CHECKS` must be 0 or 1"):
-        _validation._env_value_checks()
 
 
 def test_check_size2_accepts_an_int_or_a_pair():

@@ -11,8 +11,6 @@ from ccg_layers.datasets.chestxray14 import (
     BOXED_CLASSES,
     CLASS_NAMES,
     DATA_ENTRY_FILES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ChestXray14,
     ChestXray14Batch,
     ChestXray14FormatError,
@@ -20,7 +18,6 @@ from ccg_layers.datasets.chestxray14 import (
     ChestXray14Sample,
     collate_chestxray14,
     find_image_files,
-    normalize_radiographs,
     read_chestxray14,
     read_radiograph,
 )
@@ -33,6 +30,7 @@ from ccg_layers.datasets.splits import (
     save_split,
     split_summary,
 )
+from ccg_layers.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_radiographs
 
 if TYPE_CHECKING:
     from ccg_layers.datasets.synthetic import (

@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ccg_layers.transforms import normalize_radiographs
+
 __all__ = [
     "BBOX_LIST_FILE",
     "BOXED_CLASSES",
     "BOX_FRAME",
     "CLASS_NAMES",
     "DATA_ENTRY_FILES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ChestXray14",
     "ChestXray14Batch",
     "ChestXray14FormatError",
@@ -37,7 +37,6 @@ __all__ = [
     "ChestXray14Sample",
     "collate_chestxray14",
     "find_image_files",
-    "normalize_radiographs",
     "read_chestxray14",
     "read_radiograph",
 ]
@@ -78,8 +77,6 @@ BOX_FRAME = 1024
 #: The image-label file: the 2020 revision first, then the original 2017 one.
 DATA_ENTRY_FILES: tuple[str, ...] = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 BBOX_LIST_FILE = "BBox_List_2017.csv"
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _NO_FINDING = "No Finding"
 _LABEL_ALIASES = {"Infiltrate": "Infiltration"}
@@ -479,25 +476,6 @@ def read_radiograph(path: str | os.PathLike[str], size: int | None = None) -> Te
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return torch.from_numpy(np.array(arr, dtype=np.uint8))[None]
-
-
-def normalize_radiographs(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 luminance ``(..., 1, H, W)`` -> ImageNet-normalised ``(..., 3, H, W)`` ``dtype``.
-
-    The gray value ``v / 255`` is repeated to the three channels and normalised with
-    :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`, as ImageNet-pretrained backbones expect.
-    Runs wherever ``images`` are (on the GPU, after a 1-byte-per-pixel transfer).
-
-    Example:
-        >>> import torch
-        >>> x = normalize_radiographs(torch.full((2, 1, 4, 4), 255, dtype=torch.uint8))
-        >>> x.shape, round(float(x[0, 0, 0, 0]), 3)
-        (torch.Size([2, 3, 4, 4]), 2.249)
-    """
-    shape = (3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=images.device).view(shape)
-    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=images.device).view(shape)
-    return (images.to(dtype) / 255.0 - mean) / std
 
 
 class ChestXray14(Dataset[ChestXray14Sample]):

@@ -1,4 +1,4 @@
-"""Tests of ccg_layers.functional.boxes: box targets in, boxes out, and the image frame."""
+"""Boxes: box targets in (boxes_to_grid, boxes_to_grid_targets), boxes out (maps_to_boxes), and the image frame."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""LearnableSampleGraph and PatchHashGraph under torch.distributed: 2 gloo processes (CPU).
+"""Distributed helpers (all_gather_batch), and LearnableSampleGraph and PatchHashGraph under
+torch.distributed: 2 gloo processes (CPU).
 
 The distributed loss (features gathered from both ranks with gradients) must equal the
 single-process loss on the concatenated batch, also for uneven shards (the last batch). With a
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ccg_layers import LearnableSampleGraph, PatchHashGraph
+from ccg_layers import LearnableSampleGraph, PatchHashGraph, all_gather_batch
 
 WORLD = 2
 
@@ -225,3 +226,8 @@ def _compare(
         start = sum(sizes[:rank])
         want_grad = full.grad[start : start + sizes[rank]] * WORLD
         torch.testing.assert_close(got["grad"], want_grad, msg=case)
+
+
+def test_all_gather_batch_without_process_group_is_identity():
+    x = torch.randn(3, 2)
+    assert all_gather_batch(x) is x

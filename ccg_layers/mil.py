@@ -1,4 +1,8 @@
-"""Multiple-instance grid loss of the CCG end-to-end framework (paper Sec. 3.2, Eq. 1-3)."""
+"""Multiple-instance grid loss ``L_base`` of the CCG framework (paper Sec. 3.2, Eq. 1-3).
+
+The functions :func:`log_noisy_or` (Eq. 2) and :func:`mil_grid_loss` (Eq. 1-3), and the module
+:class:`MILGridLoss`, whose forward calls :func:`mil_grid_loss`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ccg_layers._validation import (
+from ccg_layers.config import values_checkable
+from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import (
     Reduction,
     check_binary,
     check_dtype,
@@ -18,12 +24,9 @@ from ccg_layers._validation import (
     check_shape,
     check_tensor,
     reduce,
-    values_checkable,
 )
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
-from ccg_layers.functional.boxes import boxes_to_grid, xywh_to_xyxy  # noqa: F401 (old home)
 
-__all__ = ["log_noisy_or", "mil_grid_loss"]
+__all__ = ["MILGridLoss", "log_noisy_or", "mil_grid_loss"]
 
 _LN2 = math.log(2.0)
 _SMALL_S = 1e-3
@@ -269,3 +272,68 @@ def _mil_grid_loss(
             bce = F.binary_cross_entropy_with_logits(z, t, reduction="none").sum((-2, -1))
             terms = torch.where(box_mask, box_weight * bce, terms)
     return reduce(terms, reduction)
+
+
+class MILGridLoss(nn.Module):
+    r"""Multiple-instance grid loss ``L_base`` (paper Eq. 1-3).
+
+    Per-cell binary cross-entropy, weighted by ``box_weight`` (:math:`\beta_B`), where a class
+    has a box; the noisy-OR multiple-instance loss on the image label elsewhere. See
+    :func:`mil_grid_loss` for the arguments and shapes.
+
+    Args:
+        box_weight: :math:`\beta_B` (paper: 4).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        noisy_or_floor: ``None`` for the paper's noisy-OR, ``0.98`` for Li et al. 2018.
+
+    Shape:
+        - logits: ``(N, K, H, W)``; labels, box_mask: ``(N, K)``; grid_targets: like logits.
+        - output: scalar, or ``(N, K)`` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> loss_fn = MILGridLoss()
+        >>> logits = torch.randn(2, 8, 16, 16, requires_grad=True)
+        >>> labels = torch.randint(0, 2, (2, 8)).float()
+        >>> loss = loss_fn(logits, labels)
+        >>> loss.backward()
+        >>> loss.shape, logits.grad.shape
+        (torch.Size([]), torch.Size([2, 8, 16, 16]))
+    """
+
+    def __init__(
+        self,
+        box_weight: float = 4.0,
+        reduction: Reduction = "mean",
+        noisy_or_floor: float | None = None,
+    ) -> None:
+        super().__init__()
+        _check_options(box_weight, noisy_or_floor)
+        self.box_weight = float(box_weight)
+        self.reduction: Reduction = check_reduction(reduction)
+        self.noisy_or_floor = noisy_or_floor
+
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        grid_targets: Tensor | None = None,
+        box_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Compute the loss by :func:`mil_grid_loss`, which validates the inputs once."""
+        return mil_grid_loss(
+            logits,
+            labels,
+            grid_targets,
+            box_mask,
+            box_weight=self.box_weight,
+            reduction=self.reduction,
+            noisy_or_floor=self.noisy_or_floor,
+        )
+
+    def extra_repr(self) -> str:
+        """Show the configuration in ``repr``."""
+        return (
+            f"box_weight={self.box_weight}, reduction={self.reduction!r}, "
+            f"noisy_or_floor={self.noisy_or_floor}"
+        )

@@ -1,4 +1,4 @@
-"""Tests of ccg_layers.functional.mil against float64 references written from Eq. 1-3."""
+"""The multiple-instance grid loss (Eq. 1-3): log_noisy_or and mil_grid_loss against float64\nreferences written from the equations, and the MILGridLoss module (it equals the function,\ncompiles and validates once).\n"""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 import torch
 from hypothesis import given
 
+from ccg_layers import MILGridLoss
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import boxes_to_grid, log_noisy_or, mil_grid_loss, xywh_to_xyxy
-
-# --------------------------------------------------------------------------- references
 
 
 def ref_mil_grid_loss(logits, labels, grid, box_mask, box_weight=4.0, reduction="mean", floor=None):
@@ -476,3 +475,70 @@ def test_xywh_to_xyxy_roundtrip_and_error():
     torch.testing.assert_close(xyxy[..., 2:] - xyxy[..., :2], xywh[..., 2:])
     with pytest.raises(CCGShapeError, match=r"`boxes` must have shape \(\.\.\., 4\)"):
         xywh_to_xyxy(torch.zeros(3, 5))
+
+
+def _inputs():
+    logits = torch.randn(2, 4, 8, 8)
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    box_mask = torch.tensor([[True, False, False, False], [False, False, True, False]])
+    grid = torch.zeros(2, 4, 8, 8)
+    grid[0, 0, 2:5, 1:3] = 1
+    grid[1, 2, 6:, 6:] = 1
+    return logits, labels, grid, box_mask
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("floor", [None, 0.98])
+def test_module_equals_function(reduction, floor):
+    args = _inputs()
+    module = MILGridLoss(box_weight=2.5, reduction=reduction, noisy_or_floor=floor)
+    want = mil_grid_loss(*args, box_weight=2.5, reduction=reduction, noisy_or_floor=floor)
+    torch.testing.assert_close(module(*args), want)
+    torch.testing.assert_close(
+        module(args[0], args[1]),
+        mil_grid_loss(args[0], args[1], box_weight=2.5, reduction=reduction, noisy_or_floor=floor),
+    )
+
+
+def test_module_validates_its_inputs_once_with_the_functions_messages():
+    logits, labels, grid, box_mask = _inputs()
+    grid[0, 0] = 0  # box_mask[0, 0] is True: an all-zero target
+    with pytest.raises(CCGValueRangeError, match=r"`grid_targets` must mark at least one cell"):
+        MILGridLoss()(logits, labels, grid, box_mask)
+    assert float(MILGridLoss()(torch.zeros(0, 4, 8, 8), torch.zeros(0, 4))) == 0.0
+
+
+def test_module_repr_and_validation():
+    assert "box_weight=4.0" in repr(MILGridLoss())
+    with pytest.raises(CCGValueRangeError, match="`reduction` must be one of"):
+        MILGridLoss(reduction="avg")  # type: ignore[arg-type]
+    with pytest.raises(CCGValueRangeError, match="`box_weight` must be non-negative"):
+        MILGridLoss(box_weight=-1)
+    with pytest.raises(CCGValueRangeError, match="`noisy_or_floor` must be None or in"):
+        MILGridLoss(noisy_or_floor=2.0)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_matches_eager():
+    args = _inputs()
+    module = MILGridLoss()
+    compiled = torch.compile(module, fullgraph=True)
+    torch.testing.assert_close(compiled(*args), module(*args), rtol=1e-5, atol=1e-5)
+    logits = args[0].clone().requires_grad_()
+    compiled(logits, *args[1:]).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_module_validates_once_at_its_boundary(monkeypatch):
+    import ccg_layers.mil as mil
+
+    calls = []
+    original = mil.check_finite
+
+    def counting(x, name):
+        calls.append(name)
+        original(x, name)
+
+    monkeypatch.setattr(mil, "check_finite", counting)
+    MILGridLoss()(*_inputs())
+    assert calls == ["logits"]

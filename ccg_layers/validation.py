@@ -2,21 +2,24 @@
 
 Shape checks are static and always run (they are free under ``torch.compile``). Checks that
 read tensor *values* (``{0, 1}`` labels, finiteness, index ranges) synchronise with the device
-and would break a compiled graph, so they are skipped while ``torch.compile`` traces; call the
-eager function once to validate a data pipeline.
+and would break a compiled graph, so they run only while :func:`ccg_layers.config.values_checkable`
+(switched on by :class:`ccg_layers.set_value_checks`, and not compiling); call the eager function
+once to validate a data pipeline.
+
+These helpers are the package's own toolkit (every concept file validates its public functions
+with them); they are not part of the ``ccg_layers`` namespace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import operator
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from ccg_layers.config import values_checkable
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 
 Reduction = Literal["none", "mean", "sum"]
@@ -24,93 +27,22 @@ _REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 __all__ = [
     "Reduction",
+    "check_batch",
     "check_binary",
     "check_dtype",
     "check_finite",
     "check_index",
+    "check_labels",
+    "check_memory_valid",
     "check_positive",
     "check_reduction",
     "check_shape",
     "check_size2",
     "check_tensor",
+    "describe",
+    "positive_int",
     "reduce",
-    "set_value_checks",
-    "value_checks_enabled",
-    "values_checkable",
 ]
-
-
-def _env_value_checks() -> bool:
-    raw = os.environ.get("CCG_VALUE_CHECKS", "1").strip().lower()
-    if raw in ("1", "true", "yes", "on", ""):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise CCGValueRangeError(f"`CCG_VALUE_CHECKS` must be 0 or 1, got {raw!r}.")
-
-
-_VALUE_CHECKS: bool = _env_value_checks()
-
-
-def _is_compiling() -> bool:
-    """``torch.compiler.is_compiling()`` (torch >= 2.3), else ``torch._dynamo``'s (2.1, 2.2)."""
-    public: Callable[[], bool] | None = getattr(torch.compiler, "is_compiling", None)
-    if public is not None:
-        return public()
-    from torch._dynamo import is_compiling
-
-    return bool(is_compiling())
-
-
-def value_checks_enabled() -> bool:
-    """Whether value checks (NaN, ``{0, 1}`` labels, index ranges) are switched on."""
-    return _VALUE_CHECKS
-
-
-class set_value_checks(contextlib.AbstractContextManager[None]):  # noqa: N801 (torch style)
-    """Switch value checks on or off, globally or for a ``with`` block.
-
-    Value checks read tensor values and therefore synchronise the host with the device; shape,
-    dtype and device checks are free and always run. Checks are on by default, so an
-    interactive user gets every named error; a training loop that validated its first step
-    switches them off to run without host synchronisation. The environment variable
-    ``CCG_VALUE_CHECKS=0|1`` sets the initial state (like ``CCG_FUSED_ATTN`` for the fused
-    attention path).
-
-    Args:
-        enabled: The new state.
-
-    Example:
-        >>> import ccg_layers
-        >>> with ccg_layers.set_value_checks(False):
-        ...     ccg_layers.value_checks_enabled()
-        False
-        >>> ccg_layers.value_checks_enabled()
-        True
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        global _VALUE_CHECKS
-        if not isinstance(enabled, bool):
-            raise CCGValueRangeError(f"`enabled` must be a bool, got {enabled!r}.")
-        self._previous = _VALUE_CHECKS
-        _VALUE_CHECKS = enabled
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        global _VALUE_CHECKS
-        _VALUE_CHECKS = self._previous
-
-
-def values_checkable() -> bool:
-    """Whether value checks may run: switched on, and not compiling, scripting or exporting."""
-    if not _VALUE_CHECKS:
-        return False
-    if _is_compiling() or torch.onnx.is_in_onnx_export():
-        return False
-    return torch._C._get_tracing_state() is None
 
 
 def _fmt_shape(shape: Sequence[int]) -> str:
@@ -230,6 +162,50 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> None
     if not ok or value != value:  # NaN compares false
         expected = "non-negative" if allow_zero else "positive"
         raise CCGValueRangeError(f"`{name}` must be {expected}, got {value}.")
+
+
+def positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:
+    """Return ``value`` if it is a positive (or non-negative) ``int``, not a bool; else raise."""
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "non-negative" if allow_zero else "positive"
+        raise CCGValueRangeError(f"`{name}` must be a {kind} int, got {value!r}.")
+    return value
+
+
+def check_batch(x: object, name: str, *, min_dim: int = 1, what: str = "(n, ...)") -> Tensor:
+    """A floating tensor of rank ``>= min_dim`` holding at least one sample; returned typed."""
+    t = check_tensor(x, name)
+    check_dtype(t, name, ("float",))
+    if t.dim() < min_dim:
+        raise CCGShapeError(
+            f"`{name}` must have at least {min_dim} dimension{'s' if min_dim > 1 else ''} "
+            f"{what}, got shape {tuple(t.shape)}."
+        )
+    if t.shape[0] == 0:
+        raise CCGShapeError(
+            f"`{name}` must hold at least 1 sample {what}, got shape {tuple(t.shape)} "
+            "(an empty batch)."
+        )
+    return t
+
+
+def check_labels(labels: object, name: str, n: int) -> tuple[int, int]:
+    """Integer ``(n, H, W)`` segment labels; returns ``(H, W)`` (the range is checked apart)."""
+    t = check_tensor(labels, name)
+    check_dtype(t, name, ("int",))
+    dims = {"N": n}
+    check_shape(t, name, ("N", "H", "W"), dims)
+    return dims["H"], dims["W"]
+
+
+def check_memory_valid(memory_valid: object, k: int) -> None:
+    """``None``, or the ``(K,)`` bool mask of the filled slots of a memory of ``K`` partners."""
+    if memory_valid is None:
+        return
+    t = check_tensor(memory_valid, "memory_valid")
+    check_dtype(t, "memory_valid", ("bool",))
+    check_shape(t, "memory_valid", ("K",), {"K": k})
 
 
 def _positive_index(value: object) -> int | None:

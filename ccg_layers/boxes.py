@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ccg_layers._validation import (
+from ccg_layers.config import values_checkable
+from ccg_layers.errors import CCGValueRangeError
+from ccg_layers.validation import (
     check_dtype,
     check_finite,
     check_index,
     check_shape,
     check_size2,
     check_tensor,
-    values_checkable,
 )
-from ccg_layers.errors import CCGValueRangeError
 
 __all__ = ["boxes_to_grid", "boxes_to_grid_targets", "maps_to_boxes", "xywh_to_xyxy"]
 

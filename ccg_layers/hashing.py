@@ -1,0 +1,266 @@
+r"""Superpixel pooling and hashing: the patch codes of the patch-hash graph (paper Eq. 6-7).
+
+Each image's ``m`` superpixel patches are mean-pooled from a feature map (or the image)
+(:func:`superpixel_pool`), hashed to ``bits``-bit codes by the sign of a fixed random
+projection (:func:`hash_codes`; both together: :func:`patch_codes`), and compared by their
+Hamming distances (:func:`hamming_distance`, Eq. 7). The graph built on the codes lives in
+:mod:`ccg_layers.patch_graph`, the superpixel labels come from :mod:`ccg_layers.superpixels`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ccg_layers.config import values_checkable
+from ccg_layers.distance import compute_dtype
+from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import (
+    check_dtype,
+    check_index,
+    check_labels,
+    check_shape,
+    check_tensor,
+)
+
+__all__ = [
+    "check_codes",
+    "check_hash_input",
+    "check_projection",
+    "encode_patches",
+    "hamming_distance",
+    "hash_codes",
+    "patch_codes",
+    "superpixel_pool",
+]
+
+
+def _superpixel_pool(x: Tensor, labels: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    N, C, h, w = x.shape
+    H, W = labels.shape[1], labels.shape[2]
+    lab = labels.to(device=x.device, dtype=torch.int64)
+    if h > H:  # coarser labels than the grid: nearest upsampling, label row r * H // h
+        lab = lab[:, torch.div(torch.arange(h, device=x.device) * H, h, rounding_mode="floor")]
+        H = h
+    if w > W:
+        lab = lab[:, :, torch.div(torch.arange(w, device=x.device) * W, w, rounding_mode="floor")]
+        W = w
+    rows = torch.div(torch.arange(H, device=x.device) * h, H, rounding_mode="floor")
+    cols = torch.div(torch.arange(W, device=x.device) * w, W, rounding_mode="floor")
+    cell = rows[:, None] * w + cols[None, :]  # (H, W) index of the grid cell of each pixel
+    index = (lab * (h * w) + cell).reshape(N, H * W)
+    dtype = compute_dtype(x)
+    counts = torch.zeros(N, m * h * w, device=x.device, dtype=dtype)
+    counts.scatter_add_(1, index, torch.ones_like(index, dtype=dtype))
+    counts = counts.reshape(N, m, h * w)
+    area = counts.sum(dim=2)  # (N, m)
+    valid = area > 0
+    assign = counts / area.clamp(min=1.0)[..., None]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        pooled = torch.bmm(assign, x.reshape(N, C, h * w).to(dtype).transpose(1, 2))
+    return pooled, valid
+
+
+def superpixel_pool(x: Tensor, labels: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
+    """Mean of a feature map over each superpixel (patch), for a whole batch in one scatter.
+
+    ``labels`` may have any resolution: every label pixel is assigned to the cell of ``x``'s
+    ``(h, w)`` grid it falls in (labels smaller than the grid are first upsampled, nearest), so
+    cell ``(r, c)`` belongs to segment ``l`` with the fraction of its label pixels labelled
+    ``l``, and the patch mean is the area-weighted mean of the cells. Pass labels at SLIC's
+    working size (e.g. 128x128): pooling them is cheaper than pooling full-size labels.
+
+    Args:
+        x: ``(N, C, h, w)`` feature map (or the image itself).
+        labels: ``(N, H, W)`` integer segment labels in ``[0, num_segments)``.
+        num_segments: ``m``.
+
+    Returns:
+        ``(pooled, valid)``: ``(N, m, C)`` means (0 where invalid) and ``(N, m)`` bool, false
+        for a segment that covers no pixel of the labels.
+
+    Raises:
+        CCGShapeError: Wrong ranks or mismatched ``N``.
+        CCGDTypeError: Non-floating ``x`` or non-integer ``labels``.
+        CCGValueRangeError: Labels outside ``[0, num_segments)`` or ``num_segments < 1``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> labels = torch.tensor([[[0, 0], [1, 1]]])
+        >>> pooled, valid = superpixel_pool(x, labels, 3)
+        >>> pooled[0, :, 0], valid
+        (tensor([0.5000, 2.5000, 0.0000]), tensor([[ True,  True, False]]))
+    """
+    check_tensor(x, "x")
+    check_dtype(x, "x", ("float",))
+    dims = check_shape(x, "x", ("N", "C", "h", "w"))
+    if not isinstance(num_segments, int) or num_segments < 1:
+        raise CCGValueRangeError(f"`num_segments` must be a positive int, got {num_segments!r}.")
+    check_labels(labels, "labels", dims["N"])
+    check_index(labels, "labels", num_segments)
+    return _superpixel_pool(x, labels, num_segments)
+
+
+def _hash_codes(x: Tensor, projection: Tensor) -> Tensor:
+    with torch.autocast(device_type=x.device.type, enabled=False), torch.no_grad():
+        dtype = torch.promote_types(compute_dtype(x), projection.dtype)
+        z = x.detach().to(dtype) @ projection.to(dtype)
+        return torch.where(z >= 0, 1.0, -1.0).to(dtype)
+
+
+def hash_codes(x: Tensor, projection: Tensor) -> Tensor:
+    """Binary codes ``sign(x @ projection)`` in ``{-1, +1}`` (sign of 0 is ``+1``).
+
+    With a fixed Gaussian ``projection`` this is SimHash: the Hamming distance between two
+    codes estimates the angle between the inputs. The codes carry no gradient.
+
+    Args:
+        x: ``(..., D)`` descriptors (e.g. patch means from :func:`superpixel_pool`).
+        projection: ``(D, bits)`` fixed random projection (a buffer of the module).
+
+    Returns:
+        ``(..., bits)`` float codes of ``+1``/``-1``.
+
+    Example:
+        >>> import torch
+        >>> hash_codes(torch.tensor([[1.0, -2.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        tensor([[ 1., -1.]])
+    """
+    check_tensor(x, "x")
+    check_tensor(projection, "projection")
+    check_dtype(x, "x", ("float",))
+    check_dtype(projection, "projection", ("float",))
+    dims = check_shape(x, "x", ("D",), leading=True)
+    check_shape(projection, "projection", ("D", "bits"), dims)
+    return _hash_codes(x, projection)
+
+
+def encode_patches(hash_input: Tensor, labels: Tensor, projection: Tensor, m: int) -> Tensor:
+    """Kernel of :func:`patch_codes` (validated inputs): pool, hash, zero the vanished patches."""
+    pooled, valid = _superpixel_pool(hash_input.detach(), labels, m)
+    return _hash_codes(pooled, projection) * valid[..., None]
+
+
+def check_projection(projection: object, name: str = "projection") -> dict[str, int]:
+    """A floating ``(C, bits)`` hashing projection; returns ``{"C": ..., "bits": ...}``."""
+    t = check_tensor(projection, name)
+    check_dtype(t, name, ("float",))
+    return check_shape(t, name, ("C", "bits"))
+
+
+def check_hash_input(
+    hash_input: Tensor,
+    name: str,
+    projection_dims: dict[str, int],
+    *,
+    validated: bool = False,
+    projection_name: str = "projection",
+) -> int:
+    """``hash_input`` ``(n, C_hash, h, w)`` against the ``(C_hash, bits)`` projection; returns ``n``.
+
+    ``validated=True``: the caller already checked it as a floating ``(n, C, h, w)`` batch
+    with ``n >= 1`` (e.g. the feature maps, hashed when no ``hash_input`` is given), so only
+    the channels are compared with the projection's rows.
+    """
+    if not validated:
+        check_tensor(hash_input, name)
+        check_dtype(hash_input, name, ("float",))
+        check_shape(hash_input, name, ("n", "C_hash", "h", "w"))
+    if hash_input.shape[1] != projection_dims["C"]:
+        raise CCGShapeError(
+            f"`{name}` must have in_channels={projection_dims['C']} channels (C_hash, the rows "
+            f"of `{projection_name}`), got shape {tuple(hash_input.shape)}."
+        )
+    if hash_input.shape[0] == 0:
+        raise CCGShapeError(
+            f"`{name}` must hold at least 1 image (n, C_hash, h, w), got shape "
+            f"{tuple(hash_input.shape)} (an empty batch)."
+        )
+    return int(hash_input.shape[0])
+
+
+def patch_codes(hash_input: Tensor, labels: Tensor, projection: Tensor, num_patches: int) -> Tensor:
+    """The patch codes of each image: pooled superpixels, hashed (paper Eq. 7's inputs).
+
+    :func:`superpixel_pool` of ``hash_input`` over the ``num_patches`` superpixels of
+    ``labels``, then :func:`hash_codes`; a segment that covers no pixel gets the zero code
+    (distance ``bits/2`` to every code). No gradient. This is what a memory of partners keeps
+    of each earlier image for the patch graph.
+
+    Args:
+        hash_input: ``(n, C_hash, h, w)`` what the patches are pooled from.
+        labels: ``(n, H, W)`` superpixel labels in ``[0, num_patches)``.
+        projection: ``(C_hash, bits)`` fixed hashing projection.
+        num_patches: ``m``.
+
+    Returns:
+        ``(n, m, bits)`` codes in ``{-1, 0, +1}``.
+
+    Example:
+        >>> import torch
+        >>> labels = torch.tensor([[[0, 0], [1, 1]]])
+        >>> patch_codes(torch.tensor([[[[1.0, 1.0], [-1.0, -1.0]]]]), labels,
+        ...             torch.ones(1, 2), 3)
+        tensor([[[ 1.,  1.],
+                 [-1., -1.],
+                 [ 0.,  0.]]])
+    """
+    n = check_hash_input(hash_input, "hash_input", check_projection(projection))
+    if not isinstance(num_patches, int) or num_patches < 1:
+        raise CCGValueRangeError(f"`num_patches` must be a positive int, got {num_patches!r}.")
+    check_labels(labels, "labels", n)
+    check_index(labels, "labels", num_patches)
+    return encode_patches(hash_input, labels, projection, num_patches)
+
+
+def check_codes(codes: Tensor, name: str, allow_zero: bool = False, ints: bool = False) -> None:
+    """Codes in ``{-1, +1}`` (``allow_zero``: also 0, a missing patch); values when enabled."""
+    check_tensor(codes, name)
+    check_dtype(codes, name, ("float", "int") if ints else ("float",))
+    if not values_checkable() or codes.numel() == 0:
+        return
+    ok = (codes == 1) | (codes == -1)
+    if allow_zero:
+        ok |= codes == 0
+    if not bool(ok.all()):
+        bad = codes[~ok].flatten()[0].item()
+        allowed = "-1, 0 (missing patch) and +1" if allow_zero else "-1 and +1"
+        raise CCGValueRangeError(f"`{name}` must hold only {allowed}, got e.g. {bad}.")
+
+
+def hamming_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Hamming distances between all codes of ``a`` and all codes of ``b`` as one matmul.
+
+    For ``±1`` codes of ``bits`` bits, ``hamming(x, y) = (bits - x.y) / 2`` (paper Eq. 7).
+    Exact integers (computed in float32 at least, outside autocast).
+
+    Args:
+        a: ``(..., m, bits)`` codes in ``{-1, +1}``.
+        b: ``(..., m', bits)`` codes, leading dimensions broadcastable with ``a``'s.
+
+    Returns:
+        ``(..., m, m')`` float distances in ``[0, bits]``.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([[1.0, 1.0, -1.0]])
+        >>> b = torch.tensor([[1.0, 1.0, -1.0], [-1.0, 1.0, 1.0]])
+        >>> hamming_distance(a, b)
+        tensor([[0., 2.]])
+    """
+    check_codes(a, "a")
+    check_codes(b, "b")
+    dims = check_shape(a, "a", ("m", "bits"), leading=True)
+    check_shape(b, "b", ("m'", "bits"), dims, leading=True)
+    try:
+        torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        raise CCGShapeError(
+            f"`b`'s leading dimensions {tuple(b.shape[:-2])} must broadcast with `a`'s "
+            f"{tuple(a.shape[:-2])}."
+        ) from None
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        dtype = torch.promote_types(compute_dtype(a), b.dtype)
+        dot = a.to(dtype) @ b.to(dtype).transpose(-1, -2)
+        return (dims["bits"] - dot) / 2
