@@ -388,6 +388,12 @@ API = {
             ("index", "POSITIONAL_OR_KEYWORD", "<required>"),
             ("split", "POSITIONAL_OR_KEYWORD", "<required>"),
         ],
+        # added after the record (issue 19: the split drawn without generating the twin)
+        "synthetic_index": [
+            ("num_images", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("seed", "POSITIONAL_OR_KEYWORD", "0"),
+            ("config", "KEYWORD_ONLY", "None"),
+        ],
     },
 }
 

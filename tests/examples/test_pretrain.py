@@ -80,7 +80,9 @@ def test_weights_twin_pretrains_once_and_starts_the_run_from_that_file(make_conf
     calls = []
     real = pre.pretrain
     monkeypatch.setattr(pre, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = make_config(data_root=None, synthetic_images=48, epochs=1, weights="twin", seed=3)
+    cfg = make_config(
+        data_root=None, synthetic_images=48, epochs=1, weights="twin", seed=3, run_name="s3"
+    )
     train(cfg)
     path = pre.default_output(cfg)
     assert path.is_file()
@@ -92,7 +94,11 @@ def test_weights_twin_pretrains_once_and_starts_the_run_from_that_file(make_conf
         assert torch.equal(v, state[k]), k
     # another seed of the same study reuses the file
     before = path.stat().st_mtime_ns
-    train(make_config(data_root=None, synthetic_images=48, epochs=1, weights="twin", seed=4))
+    train(
+        make_config(
+            data_root=None, synthetic_images=48, epochs=1, weights="twin", seed=4, run_name="s4"
+        )
+    )
     assert len(calls) == 2  # asked twice ...
     assert path.stat().st_mtime_ns == before  # ... written once
 

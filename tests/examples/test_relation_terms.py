@@ -554,8 +554,12 @@ def test_pull_runs_keep_the_loss_values_from_before_the_contrast_form(features):
 
 def test_relation_form_and_contrast_margin_flags_parse():
     assert TrainConfig().relation_form == "pull"  # the paper's literal form by default
-    for preset in PRESETS.values():
-        assert preset.get("relation_form", "pull") == "pull"
+    # --preset paper keeps it; --preset demo runs the recommended contrast form (docs/training.md)
+    assert PRESETS["paper"].get("relation_form", "pull") == "pull"
+    assert (PRESETS["demo"]["relation_form"], PRESETS["demo"]["relation_features"]) == (
+        "contrast",
+        "unit",
+    )
     args = build_parser().parse_args(
         [
             "train",
