@@ -104,7 +104,8 @@ def use_fused_path(
 
 
 def _check_scale(scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+    # a tuple, not `int | float`: torch 2.8's dynamo cannot trace a types.UnionType
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise CCGValueRangeError(f"`scale` must be a finite real number, got {scale!r}.")
     return float(scale)
 
