@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -57,6 +57,7 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 Job = tuple[str, str, int]  # (setting, row, seed)
+AnyJob = TypeVar("AnyJob", bound=tuple[Any, ...])  # a Job, or a DJob of the decisive study
 
 
 def one_thread_env() -> dict[str, str]:
@@ -65,11 +66,11 @@ def one_thread_env() -> dict[str, str]:
 
 
 def first_then_side_by_side(
-    fn: Callable[[str, str, int], dict[str, Any]],
-    jobs: list[Job],
+    fn: Callable[..., dict[str, Any]],
+    jobs: list[AnyJob],
     workers: int,
     verb: str | None = None,
-) -> dict[Job, dict[str, Any]]:
+) -> dict[AnyJob, dict[str, Any]]:
     """``fn(*job)`` for every job: the first alone (it makes the synthetic data and caches the
     others read), then the rest ``workers`` at a time; with ``verb``, each job is reported with
     its wall time as it finishes."""
@@ -563,17 +564,8 @@ def run_decisive(args: argparse.Namespace) -> int:
     def held_job(folder: str, s: str, row: str, k: int) -> dict[str, Any]:
         return holdout_one(s, row, k, out / folder, args.holdout_seed)
 
-    def first_then_rest(fn: Callable[..., dict[str, Any]]) -> dict[DJob, dict[str, Any]]:
-        results = {jobs[0]: fn(*jobs[0])}
-        with ThreadPoolExecutor(args.jobs) as pool:
-            futures = {j: pool.submit(fn, *j) for j in jobs[1:]}
-            for j, f in futures.items():
-                results[j] = f.result()
-                print(f"done {j}", flush=True)
-        return results
-
-    first_then_rest(train_job)
-    held = first_then_rest(held_job)
+    first_then_side_by_side(train_job, jobs, args.jobs, "done")
+    held = first_then_side_by_side(held_job, jobs, args.jobs)
     text, summary = decisive_summary(held, args.settings, args.inits, args.forms, args.seeds, skip)
     wall = time.perf_counter() - t0
     header = (

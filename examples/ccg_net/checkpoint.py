@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -50,24 +51,33 @@ def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` to a temporary file in the same folder, fsync, then ``os.replace``.
 
-    A run killed while writing leaves the previous checkpoint intact (the rename is atomic on
-    POSIX and Windows file systems).
+    A process killed while writing leaves the previous file intact (the rename is atomic on
+    POSIX and Windows file systems). The file gets the permissions of an ordinary new file
+    (``0666`` less the umask), not ``mkstemp``'s ``0600``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through :func:`write_atomic`: a killed run keeps its last checkpoint."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 class CheckpointError(ValueError):

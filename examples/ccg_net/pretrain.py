@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +80,6 @@ def _learning_key(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in json.loads(cfg.to_json()).items() if k not in skip}
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the file private to its writer
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached(out: Path, pcfg: TrainConfig) -> bool:
     """Whether ``out`` holds the weights of exactly this pretraining configuration.
 
@@ -148,16 +131,15 @@ def pretrain(cfg: TrainConfig, out: Path | None = None, seed: int = PRETRAIN_SEE
         for k, v in state["model"].items()
         if k.startswith("backbone.")
     }
-    _atomic_write(out, lambda p: torch.save(backbone, p))
+    ckpt.write_atomic(out, lambda f: torch.save(backbone, f))
     results = json.loads((run.run_dir / "results.json").read_text())
     meta = {
         "config": _learning_key(pcfg),
         "source_run": str(run.run_dir),
         "results": results.get("methods", {}),
     }
-    _atomic_write(
-        out.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")
-    )
+    text = (json.dumps(meta, indent=2) + "\n").encode()
+    ckpt.write_atomic(out.with_suffix(".json"), lambda f: f.write(text))
     print(f"pretrained weights: {out} (pass --weights {out})", flush=True)
     return out
 

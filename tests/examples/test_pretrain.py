@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -42,6 +43,9 @@ def test_pretrained_file_loads_as_weights_and_is_reused(make_config, tmp_path, m
     assert meta["config"]["synthetic_seed"] == 5
     assert "auc" in next(iter(meta["results"].values()))
     assert not list(out.parent.glob("*.tmp"))  # written atomically
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     # the same configuration again: the file is reused, nothing is trained
     monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("trained again"))
     assert cached(out, pretrain_config(cfg, seed=5))
