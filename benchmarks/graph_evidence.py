@@ -8,9 +8,10 @@ excluded) divided by the weight it gives to the partners that share none. The ra
 within each chunk and averaged over the chunks; a chunk without a pair of either kind is left
 out, and so is a last chunk of fewer than half ``--chunk`` images.
 
-* L_IR: the sample graph, ``criterion.ir.graph(features, use_memory=False)`` (``(n, n)``; the
+* L_IR: the sample graph, ``criterion.sample_graph.graph(features, use_memory=False)`` (``(n, n)``; the
   input-conditioned form only: the positional form's weights are about batch slots, not images).
-* L_IK: the patch-hash graph, ``criterion.ik.graph(features, superpixels, use_memory=False)``,
+* L_IK: the patch-hash graph, ``criterion.patch_graph.graph(features, superpixels,
+  use_memory=False)``,
   hashing the C5 maps over the test images' SLIC superpixels as ``CCGLoss`` does in training.
 
 A ratio above 1 means the graph gives more weight to partners with a finding in common. The
@@ -102,10 +103,11 @@ def fresh_criterion(cfg: TrainConfig, channels: int, batch: int) -> CCGLoss:
 def graphs_of(criterion: CCGLoss, feats: Tensor, sp: Tensor | None) -> dict[str, Tensor]:
     """The learned ``(n, n)`` graphs of a chunk, without the memory."""
     out = {}
-    if criterion.ir is not None and criterion.ir.form == "conditioned":
-        out["ir"] = criterion.ir.graph(feats, use_memory=False)
-    if criterion.ik is not None and sp is not None:
-        out["ik"] = criterion.ik.graph(feats, sp, use_memory=False)
+    ir, ik = criterion.sample_graph, criterion.patch_graph
+    if ir is not None and ir.form == "conditioned":
+        out["ir"] = ir.graph(feats, use_memory=False)
+    if ik is not None and sp is not None:
+        out["ik"] = ik.graph(feats, sp, use_memory=False)
     return out
 
 
@@ -127,7 +129,7 @@ def evaluate_run(
     n = min(len(test), max_images) if max_images else len(test)
     labels = test.index.labels[test.rows[:n]]
     sp = None
-    if trained.ik is not None:
+    if trained.patch_graph is not None:
         sp = superpixel_labels(cfg, test.paths[:n]).long()
     ratios: dict[str, list[float]] = {}
     spread: list[float] = []  # mean Euclidean distance between two test images' C5 maps

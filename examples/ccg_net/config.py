@@ -346,7 +346,7 @@ HELP: dict[str, str] = {
     "for everything, the paper)",
     "graph_form": "relation graphs: conditioned (a pair's weight from the two images) or "
     "positional (the paper's batch-slot matrix for L_IR)",
-    "memory_size": "partner memory of each relation graph (-1: 8 where the batch alone leaves "
+    "memory_size": "partner memory of the relation graphs (-1: 8 where the batch alone leaves "
     "a graph constant, as at the paper's batch of 2; else 0)",
     "kr_qk_channels": "L_KR's W_P: 0 the paper's full C x C matrix, D > 0 a rank-D W_u^T W_v "
     "(fewer FLOPs; docs/benchmarks.md)",

@@ -223,7 +223,7 @@ def make_optimizer(
     if cfg.graph_lr_mult != 1.0:
         # --graph-lr-mult: the relation graphs' parameters in a group of their own
         criterion = getattr(module, "criterion", None)
-        graphs = [getattr(criterion, k, None) for k in ("ir", "ik", "kr_graph")]
+        graphs = [getattr(criterion, k, None) for k in ("graphs", "ir", "ik", "kr_graph")]
         ids = {id(p) for g in graphs if g is not None for p in g.parameters() if p.requires_grad}
         params = [
             {"params": [p for p in params if id(p) not in ids]},

@@ -132,6 +132,27 @@ def warn_literal_form_without_boxes(cfg: TrainConfig, train_annotated: int) -> N
     )
 
 
+def _one_memory_for_ir_and_ik(
+    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object
+) -> None:
+    """Read a checkpoint written before L_IR and L_IK shared one memory (``ir.*``, ``ik.*``).
+
+    Their parameters become those of :attr:`CCGLoss.graphs`' two graph modules; the maps, the
+    pointer and the count of L_IR's queue become the shared queue's, with L_IK's codes (both
+    queues held the same maps, enqueued at the same steps); L_IK's copy of the maps is dropped.
+    """
+    if getattr(module, "graphs", None) is None or f"{prefix}ir.weight" not in state_dict:
+        return
+    for key in [k for k in state_dict if k.startswith((f"{prefix}ir.", f"{prefix}ik."))]:
+        term, name = key[len(prefix) :].split(".", 1)
+        value = state_dict.pop(key)
+        if not name.startswith("memory_"):
+            graph = "sample_graph" if term == "ir" else "patch_graph"
+            state_dict[f"{prefix}graphs.{graph}.{name}"] = value
+        elif term == "ir" or name == "memory_codes":
+            state_dict[f"{prefix}graphs.{name}"] = value
+
+
 class CCGLoss(nn.Module):
     """Eq. 11 with each term switchable (``cfg.losses``); holds the learnable graph parameters.
 
@@ -162,6 +183,20 @@ class CCGLoss(nn.Module):
         memory = resolve_memory_size(cfg, global_batch)
         self.memory_size = memory
         warn_constant_graphs(cfg, global_batch, memory)
+        # L_IR and L_IK on the same maps (input-conditioned sample graph): one partner memory
+        # for both (ccg_layers.RelationGraphs: one enqueue, one copy, the distances once)
+        shared = cfg.enabled("ir") and cfg.enabled("ik") and cfg.graph_form == "conditioned"
+        self.graphs = (
+            ccg_layers.RelationGraphs(
+                feature_channels,
+                cfg.num_patches,
+                code_bits=cfg.code_bits,
+                memory_size=memory,
+                contrast_margin=margin,
+            )
+            if shared
+            else None
+        )
         self.ir = (
             ccg_layers.LearnableSampleGraph(
                 # the positional form is an n x n matrix; the conditioned one takes any batch
@@ -171,7 +206,7 @@ class CCGLoss(nn.Module):
                 memory_size=memory if cfg.graph_form == "conditioned" else 0,
                 contrast_margin=margin,
             )
-            if cfg.enabled("ir")
+            if cfg.enabled("ir") and not shared
             else None
         )
         self.ik = (
@@ -182,9 +217,10 @@ class CCGLoss(nn.Module):
                 memory_size=memory,
                 contrast_margin=margin,
             )
-            if cfg.enabled("ik")
+            if cfg.enabled("ik") and not shared
             else None
         )
+        self.register_load_state_dict_pre_hook(_one_memory_for_ir_and_ik)
         if cfg.enabled("kr"):
             self.kr_attention: nn.Module | None = ccg_layers.CrossImageAttention(
                 feature_channels,
@@ -204,7 +240,24 @@ class CCGLoss(nn.Module):
 
     @property
     def needs_superpixels(self) -> bool:
-        return self.ik is not None or self.kr_graph is not None
+        return self.graphs is not None or self.ik is not None or self.kr_graph is not None
+
+    @property
+    def sample_graph(self) -> ccg_layers.LearnableSampleGraph | None:
+        """L_IR's graph module (its parameters), alone or inside :attr:`graphs`."""
+        return self.graphs.sample_graph if self.graphs is not None else self.ir
+
+    @property
+    def patch_graph(self) -> ccg_layers.PatchHashGraph | None:
+        """L_IK's graph module (its parameters), alone or inside :attr:`graphs`."""
+        return self.graphs.patch_graph if self.graphs is not None else self.ik
+
+    @property
+    def memories(self) -> tuple[nn.Module, ...]:
+        """The modules that keep a partner memory: :attr:`graphs` (or L_IR's and L_IK's own),
+        and L_KR's patch-hash graph."""
+        mods = (self.graphs, self.ir, self.ik, self.kr_graph)
+        return tuple(m for m in mods if m is not None)
 
     def forward(
         self,
@@ -227,6 +280,8 @@ class CCGLoss(nn.Module):
             rel = unit_maps(feats) if self.unit else feats
             # the contrast form's image-level labels, gathered like the features
             y = {"image_labels": ccg_layers.all_gather_batch(labels)} if self.contrast else {}
+            if self.graphs is not None:
+                out["ir"], out["ik"] = self.graphs(rel, sp, **y)
             if self.ir is not None:
                 out["ir"] = self.ir(rel, **y)
             if self.ik is not None:

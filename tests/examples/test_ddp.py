@@ -82,7 +82,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
         # what a process alone would compute on its shard (no gathering): must differ
         with torch.no_grad():
             _, feats = trainee.model(mine[0])
-            local_ir = trainee.criterion.ir(feats)
+            local_ir, _ = trainee.criterion.graphs(feats, mine[4])
         torch.save(
             {
                 "terms": {k: v.detach() for k, v in terms.items()},
@@ -136,8 +136,8 @@ def test_graph_losses_span_the_global_batch_under_two_process_ddp(tiny_root, tmp
     assert len(state["rng"]) == WORLD  # each process's RNG states, restored per rank
     # a global batch of 4 leaves no graph constant: no memory (auto), the graph weights learned
     assert not any(".memory_" in k for k in state["criterion"])
-    for term in ("ir", "ik", "kr_graph"):
-        assert state["criterion"][f"{term}.weight"].abs().sum() > 0, term
+    for name in ("graphs.sample_graph", "graphs.patch_graph", "kr_graph"):
+        assert state["criterion"][f"{name}.weight"].abs().sum() > 0, name
 
 
 MEMORY_STEPS = 6
@@ -164,7 +164,7 @@ def _memory_state(trainee: nn.Module) -> dict[str, torch.Tensor]:
 
 def _train_steps(net: nn.Module, trainee: nn.Module, shard) -> None:
     opt = torch.optim.SGD(trainee.parameters(), lr=0.05)
-    for batch in _memory_batches(trainee.criterion.ik.num_patches):
+    for batch in _memory_batches(trainee.criterion.graphs.patch_graph.num_patches):
         opt.zero_grad()
         terms, _ = net(*shard(batch))
         terms["loss"].backward()
@@ -212,18 +212,18 @@ def test_partner_memory_holds_the_global_batch_on_every_rank_under_two_process_d
 
     assert trainee.criterion.memory_size == 8
     assert [r["memory_size"] for r in ranks] == [8, 8]
+    # L_IR and L_IK's one memory ("graphs") and L_KR's
     assert sorted(reference) == sorted(
         f"{t}.memory_{q}"
         for t, qs in (
-            ("ir", ("features", "embeddings")),
-            ("ik", ("features", "codes")),
+            ("graphs", ("features", "embeddings", "codes")),
             ("kr_graph", ("features", "codes")),
         )
         for q in (*qs, "pointer", "count")
     )
     # 6 steps x 2 images (x 2 attended maps of the one pair for L_KR) into queues of 8
-    assert reference["ir.memory_count"] == reference["kr_graph.memory_count"] == 8
-    assert reference["ir.memory_pointer"] == 12 % 8
+    assert reference["graphs.memory_count"] == reference["kr_graph.memory_count"] == 8
+    assert reference["graphs.memory_pointer"] == 12 % 8
     assert reference["kr_graph.memory_pointer"] == 12 % 8
     for key, ref in reference.items():
         # identical on both processes, bit for bit ...
@@ -235,7 +235,7 @@ def test_partner_memory_holds_the_global_batch_on_every_rank_under_two_process_d
             assert torch.equal(ranks[0]["memory"][key], ref), key
     # with the memory the graph weights (initialised at 0: the uniform graph) learn at the
     # global batch of 2, the same on every rank
-    for name in ("ir.weight", "ik.weight", "kr_graph.weight"):
+    for name in ("graphs.sample_graph.weight", "graphs.patch_graph.weight", "kr_graph.weight"):
         assert trainee.criterion.get_parameter(name).abs().sum() > 0, name
     for name, p in trainee.criterion.named_parameters():
         for r in ranks:
@@ -274,7 +274,7 @@ def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
     assert state["global_step"] == 7
     # the input-conditioned sample graph (its weight is d x d whatever the batch), no memory at
     # a global batch of 4
-    assert state["criterion"]["ir.weight"].shape == (64, 64)
+    assert state["criterion"]["graphs.sample_graph.weight"].shape == (64, 64)
     assert not any(".memory_" in k for k in state["criterion"])
     assert "| T(IoU) | model | Atelectasis" in out.stdout
 

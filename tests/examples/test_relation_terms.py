@@ -18,6 +18,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import ccg_layers
 from examples.ccg_net.cli import build_parser
 from examples.ccg_net.config import PRESETS, TrainConfig, resolve_config
 from examples.ccg_net.engine import build_trainee
@@ -26,7 +27,6 @@ from examples.ccg_net.losses import CCGLoss, resolve_memory_size
 from .trainer_helpers import tiny_config
 
 C, GRID, M = 16, 4, 4  # feature channels, C5 grid side, superpixels per image
-RELATION_MODULES = ("ir", "ik", "kr_attention", "kr_graph")
 
 
 def _config(**overrides: object) -> TrainConfig:
@@ -77,26 +77,23 @@ def _fill_memory(criterion: CCGLoss, steps: int, n: int = 2) -> None:
 def test_every_relation_parameter_learns_at_the_papers_batch_of_2_with_the_memory_filled():
     criterion = CCGLoss(_config(), C, global_batch=2)
     assert criterion.memory_size == 8  # auto: the batch of 2 alone leaves the graphs constant
-    # 2 images a step into L_IR and L_IK's queues; the pair form of L_KR enqueues both maps of
-    # its one pair: 4 steps fill all three queues of 8
+    # 2 images a step into the one queue of L_IR and L_IK; the pair form of L_KR enqueues both
+    # maps of its one pair: 4 steps fill both queues of 8
     _fill_memory(criterion, 4)
-    for name in ("ir", "ik", "kr_graph"):
-        valid = getattr(criterion, name).memory_valid()
-        assert valid is not None, name
-        assert bool(valid.all()), name
+    assert len(criterion.memories) == 2
+    for module in criterion.memories:
+        valid = module.memory_valid()
+        assert valid is not None, module
+        assert bool(valid.all()), module
     logits, feats, labels, grid, box_mask, sp = _batch(2, 0)
     feats.requires_grad_(True)
     criterion.zero_grad()
     out = criterion(logits, feats, labels, grid, box_mask, sp)
     out["loss"].backward()
-    params = [
-        (f"{m}.{n}", p)
-        for m in RELATION_MODULES
-        for n, p in getattr(criterion, m).named_parameters()
-    ]
+    params = list(criterion.named_parameters())
     assert {n for n, _ in params} == {
-        "ir.weight",
-        "ik.weight",
+        "graphs.sample_graph.weight",
+        "graphs.patch_graph.weight",
         "kr_attention.weight",
         "kr_graph.weight",
     }
@@ -105,14 +102,41 @@ def test_every_relation_parameter_learns_at_the_papers_batch_of_2_with_the_memor
         assert p.grad.abs().sum() > 0, name
 
 
+def test_ir_and_ik_over_one_memory_equal_two_modules_with_memories_of_their_own():
+    # what the trainer did before issue 17: L_IR and L_IK each queued the same maps
+    criterion = CCGLoss(_config(), C, global_batch=2)
+    ir = ccg_layers.LearnableSampleGraph(in_channels=C, memory_size=8)
+    ik = ccg_layers.PatchHashGraph(M, C, code_bits=16, memory_size=8)
+    for s in range(6):  # past a full queue of 8
+        batch = _batch(2, 100 + s)
+        out = criterion(*batch)
+        feats, sp = batch[1], batch[5]
+        torch.testing.assert_close(out["ir"], ir(feats), rtol=0, atol=0)
+        torch.testing.assert_close(out["ik"], ik(feats, sp), rtol=0, atol=0)
+    # and a checkpoint of that layout (keys ir.*, ik.*) loads into the shared memory exactly
+    old = {k: v for k, v in criterion.state_dict().items() if not k.startswith("graphs.")}
+    old |= {f"ir.{k}": v for k, v in ir.state_dict().items()}
+    old |= {f"ik.{k}": v for k, v in ik.state_dict().items()}
+    fresh = CCGLoss(_config(), C, global_batch=2)
+    fresh.load_state_dict(old)
+    assert fresh.state_dict().keys() == criterion.state_dict().keys()
+    for key, value in criterion.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
 def test_without_the_memory_the_graph_parameters_get_exactly_zero_gradient_at_batch_2():
     # the failure the memory fixes, through the same loss: one partner per image, softmax 1
     with pytest.warns(UserWarning, match="stay constant"):
         criterion = CCGLoss(_config(memory_size=0), C, global_batch=2)
     logits, feats, labels, grid, box_mask, sp = _batch(2, 0)
     criterion(logits, feats.requires_grad_(True), labels, grid, box_mask, sp)["loss"].backward()
-    for name in ("ir", "ik", "kr_graph"):
-        grad = getattr(criterion, name).weight.grad
+    for name, graph in (
+        ("ir", criterion.sample_graph),
+        ("ik", criterion.patch_graph),
+        ("kr", criterion.kr_graph),
+    ):
+        assert graph is not None, name
+        grad = graph.weight.grad
         assert grad is not None, name
         assert torch.count_nonzero(grad) == 0, name
     assert criterion.kr_attention is not None
@@ -146,18 +170,18 @@ def test_auto_memory_is_8_at_the_papers_batch_of_2_and_0_at_the_demos_batch_of_8
 
 def test_the_memory_size_reaches_every_graph_module_of_the_loss():
     criterion = CCGLoss(_config(), C, global_batch=2)
-    assert criterion.ir is not None
-    assert criterion.ik is not None
-    assert criterion.kr_graph is not None
-    sizes = [m.memory_size for m in (criterion.ir, criterion.ik, criterion.kr_graph)]
-    assert sizes == [8, 8, 8]
+    # L_IR and L_IK share one memory (ccg_layers.RelationGraphs); L_KR's graph has its own
+    assert criterion.graphs is not None
+    assert (criterion.ir, criterion.ik) == (None, None)
+    assert criterion.memories == (criterion.graphs, criterion.kr_graph)
+    assert [m.memory_size for m in criterion.memories] == [8, 8]
+    inner = (criterion.graphs.sample_graph, criterion.graphs.patch_graph)
+    assert [m.memory_size for m in inner] == [0, 0]  # no second copy of the maps
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning at batch 8 without a memory
         criterion = CCGLoss(_config(batch_size=8), C, global_batch=8)
-    assert criterion.ir is not None
-    assert criterion.ik is not None
-    assert criterion.kr_graph is not None
-    assert [m.memory_size for m in (criterion.ir, criterion.ik, criterion.kr_graph)] == [0] * 3
+    assert len(criterion.memories) == 2
+    assert [m.memory_size for m in criterion.memories] == [0, 0]
     for name in ("memory_features", "memory_pointer"):  # and nothing to save
         assert not any(k.endswith(name) for k in criterion.state_dict())
 
@@ -224,13 +248,13 @@ def test_the_memory_holds_float16_maps_under_float16_autocast():
         trainee(images, labels, grid, box_mask, sp)
     state = trainee.criterion.state_dict()
     channels = trainee.model.feature_channels
-    for term in ("ir", "ik", "kr_graph"):
-        maps = state[f"{term}.memory_features"]
-        assert maps.dtype == torch.float16, term
-        assert maps.shape == (8, channels, 8, 8), term
-        assert maps[:2].abs().sum() > 0, term  # the batch (L_KR: its pair's two maps)
-    assert state["ir.memory_embeddings"].dtype == torch.float32
-    assert state["ik.memory_codes"].dtype == torch.int8
+    for module in ("graphs", "kr_graph"):  # L_IR and L_IK's one memory, L_KR's
+        maps = state[f"{module}.memory_features"]
+        assert maps.dtype == torch.float16, module
+        assert maps.shape == (8, channels, 8, 8), module
+        assert maps[:2].abs().sum() > 0, module  # the batch (L_KR: its pair's two maps)
+    assert state["graphs.memory_embeddings"].dtype == torch.float32
+    assert state["graphs.memory_codes"].dtype == torch.int8
 
 
 # --------------------------------------------------------------------------- graph form
@@ -252,7 +276,7 @@ def test_graph_form_positional_keeps_the_papers_n_by_n_matrix():
     d = ((feats[0] - feats[1]) ** 2).sum().sqrt()
     torch.testing.assert_close(out["ir"], 2 * 0.5 * d / 4)
     # the default is the input-conditioned form: a bilinear weight on image descriptors
-    conditioned = CCGLoss(_config(), C, 2).ir
+    conditioned = CCGLoss(_config(), C, 2).sample_graph
     assert conditioned is not None
     assert conditioned.form == "conditioned"
     assert conditioned.weight.shape == (conditioned.embed_dim, conditioned.embed_dim)
@@ -339,7 +363,7 @@ def test_graph_lr_mult_puts_the_graph_parameters_in_a_group_of_their_own(tmp_pat
     opt, sched = make_optimizer(cfg, trainee)
     rest, graphs = opt.param_groups
     crit = trainee.criterion
-    graph_params = [*crit.ir.parameters(), *crit.ik.parameters(), *crit.kr_graph.parameters()]
+    graph_params = [*crit.graphs.parameters(), *crit.kr_graph.parameters()]
     assert {id(p) for p in graphs["params"]} == {id(p) for p in graph_params}
     assert graphs["lr"] == pytest.approx(100 * cfg.lr)
     assert rest["lr"] == cfg.lr
@@ -372,8 +396,10 @@ def _trained_like(criterion: CCGLoss, seed: int) -> None:
     """Random non-zero graph and attention weights: graphs far from the uniform 1/n."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in RELATION_MODULES:
-            for p in getattr(criterion, m).parameters():
+        modules = (criterion.sample_graph, criterion.patch_graph)
+        for m in (*modules, criterion.kr_attention, criterion.kr_graph):
+            assert m is not None
+            for p in m.parameters():
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
 
 
@@ -413,12 +439,13 @@ def test_relation_terms_do_not_depend_on_the_order_of_the_batch(half, seed, fill
     for term in ("base", "ir", "ik", "kr", "loss"):
         torch.testing.assert_close(got_pairs[term], ref[term], rtol=1e-10, atol=1e-12)
     # ... and the graphs follow the images: G(X[pi]) = pi G(X) pi^T (the memory columns stay)
-    assert criterion.ir is not None
-    assert criterion.ik is not None
+    ir, ik = criterion.sample_graph, criterion.patch_graph
+    assert ir is not None
+    assert ik is not None
     feats, sp = batch[1], batch[5]
     for graph, p in (
-        (criterion.ir.graph(feats), criterion.ir.graph(feats[pi_all])),
-        (criterion.ik.graph(feats, sp), criterion.ik.graph(feats[pi_all], sp[pi_all])),
+        (ir.graph(feats), ir.graph(feats[pi_all])),
+        (ik.graph(feats, sp), ik.graph(feats[pi_all], sp[pi_all])),
     ):
         expected = torch.cat([graph[pi_all][:, pi_all], graph[pi_all, n:]], dim=1)
         torch.testing.assert_close(p, expected, rtol=1e-10, atol=1e-12)
@@ -441,7 +468,8 @@ def test_relation_terms_join_at_the_relation_start_epoch():
         assert torch.allclose(out["loss"], expected), epoch
         out["loss"].backward()
         # the relation terms are still computed (for the log), but give no gradient before
-        grads = [criterion.ir.weight.grad, criterion.kr_attention.weight.grad]
+        assert criterion.sample_graph is not None
+        grads = [criterion.sample_graph.weight.grad, criterion.kr_attention.weight.grad]
         assert all((g is not None and bool(g.abs().sum() > 0)) == on for g in grads), epoch
         assert (feats.grad is not None and bool(feats.grad.abs().sum() > 0)) == on, epoch
 
@@ -474,13 +502,16 @@ def _contrast_config(**overrides: object) -> TrainConfig:
 
 def test_relation_form_and_margin_reach_every_graph_module():
     contrast = CCGLoss(_contrast_config(), C, global_batch=4)
-    for graph in (contrast.ir, contrast.ik, contrast.kr_graph):
-        assert graph.contrast_margin == 0.7
-        assert "memory_image_labels" in graph.state_dict()  # the labels are in the checkpoint
     pull = CCGLoss(_config(memory_size=3), C, global_batch=4)
-    for graph in (pull.ir, pull.ik, pull.kr_graph):
-        assert graph.contrast_margin is None
-        assert "memory_image_labels" not in graph.state_dict()
+    for criterion, margin in ((contrast, 0.7), (pull, None)):
+        graphs = (criterion.sample_graph, criterion.patch_graph, criterion.kr_graph)
+        for graph in (*graphs, *criterion.memories):
+            assert graph is not None
+            assert graph.contrast_margin == margin
+        # the memories (L_IR and L_IK's one, L_KR's) keep the labels in the checkpoint
+        assert criterion.memories == (criterion.graphs, criterion.kr_graph)
+        for memory in criterion.memories:
+            assert ("memory_image_labels" in memory.state_dict()) == (margin is not None)
 
 
 def test_contrast_passes_the_image_labels_of_the_batch_and_of_each_kr_pair():
@@ -494,16 +525,18 @@ def test_contrast_passes_the_image_labels_of_the_batch_and_of_each_kr_pair():
     logits, feats, labels, grid, box_mask, sp = _batch(4, 9)
     out = criterion(logits, feats, labels, grid, box_mask, sp)
     rel = unit_maps(feats)
-    torch.testing.assert_close(out["ir"], twin.ir(rel, image_labels=labels))
-    torch.testing.assert_close(out["ik"], twin.ik(rel, sp, image_labels=labels))
+    assert twin.graphs is not None
+    want_ir, want_ik = twin.graphs(rel, sp, image_labels=labels)
+    torch.testing.assert_close(out["ir"], want_ir)
+    torch.testing.assert_close(out["ik"], want_ik)
     u, v = kr_pairs(4, "half")
     fu, fv = twin.kr_attention(feats[u], feats[v])
     want_kr = twin.kr_graph(
         unit_maps(fu), sp[v], unit_maps(fv), sp[u], image_labels=labels[u], image_labels_b=labels[v]
     )
     torch.testing.assert_close(out["kr"], want_kr)
-    for term in ("ir", "ik", "kr_graph"):  # the memory queued the labels with the maps
-        queued = getattr(criterion, term).memory_image_labels
+    for memory in criterion.memories:  # the memories queued the labels with the maps
+        queued = memory.memory_image_labels
         assert queued.shape == (3, 14)
         assert queued.sum() > 0
 
@@ -622,11 +655,12 @@ def test_tiny_training_run_with_the_contrast_form_finishes_with_finite_weights(m
     for name, value in state["model"].items():
         if value.is_floating_point():
             assert torch.isfinite(value).all(), name
-    for term in ("ir", "ik", "kr_graph"):
-        queued = state["criterion"][f"{term}.memory_image_labels"]
-        assert queued.shape == (8, 14), term  # the auto memory of the batch of 2
-        assert torch.isfinite(state["criterion"][f"{term}.weight"]).all(), term
-        assert state["criterion"][f"{term}.weight"].abs().sum() > 0, term
+    for memory in ("graphs", "kr_graph"):
+        queued = state["criterion"][f"{memory}.memory_image_labels"]
+        assert queued.shape == (8, 14), memory  # the auto memory of the batch of 2
+    for graph in ("graphs.sample_graph", "graphs.patch_graph", "kr_graph"):
+        assert torch.isfinite(state["criterion"][f"{graph}.weight"]).all(), graph
+        assert state["criterion"][f"{graph}.weight"].abs().sum() > 0, graph
 
 
 # ------------------------------------------------- the literal form without boxes (issue 20)

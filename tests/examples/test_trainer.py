@@ -192,7 +192,7 @@ def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(make_config):
         assert torch.equal(s["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
     assert a["scheduler"] == b["scheduler"]
     # the graph parameters were trained, not left at their initial values
-    assert b["criterion"]["ir.weight"].abs().sum() > 0
+    assert b["criterion"]["graphs.sample_graph.weight"].abs().sum() > 0
 
 
 def test_resume_at_the_papers_batch_of_2_restores_the_partner_memory_exactly(make_config):
@@ -207,11 +207,12 @@ def test_resume_at_the_papers_batch_of_2_restores_the_partner_memory_exactly(mak
         train(cfg, stop_after_steps=7)
     killed = ckpt.load(Path(cfg.output_dir) / "killed" / "checkpoints" / "last.pt")
     assert killed["global_step"] == 4
-    # the checkpoint holds a partly filled memory of every graph (4 steps x 2 maps each)
-    for term in ("ir", "ik", "kr_graph"):
-        assert killed["criterion"][f"{term}.memory_count"] == 8, term
-        assert killed["criterion"][f"{term}.memory_features"].shape[0] == 8, term
-    assert killed["criterion"]["ir.memory_pointer"] == 0  # wrapped around once
+    # the checkpoint holds the filled memories (4 steps x 2 maps each): L_IR and L_IK's one
+    # memory (module "graphs") and L_KR's
+    for module in ("graphs", "kr_graph"):
+        assert killed["criterion"][f"{module}.memory_count"] == 8, module
+        assert killed["criterion"][f"{module}.memory_features"].shape[0] == 8, module
+    assert killed["criterion"]["graphs.memory_pointer"] == 0  # wrapped around once
     resumed = train(cfg, resume_dir=Path(cfg.output_dir) / "killed").run_dir
     a = ckpt.load(full / "checkpoints" / "last.pt")
     b = ckpt.load(resumed / "checkpoints" / "last.pt")
@@ -219,12 +220,13 @@ def test_resume_at_the_papers_batch_of_2_restores_the_partner_memory_exactly(mak
     _states_equal(a["model"], b["model"])  # bit for bit
     _states_equal(a["criterion"], b["criterion"])  # graph weights and memory buffers
     memory = [k for k in b["criterion"] if ".memory_" in k]
-    assert len(memory) == 3 * 4  # features, codes/descriptors, pointer, count per graph
-    assert b["criterion"]["ir.memory_pointer"] == 28 % 8  # 14 steps x 2 images, wrapped
+    # maps, descriptors, codes, pointer, count of the shared one; maps, codes, pointer, count
+    assert len(memory) == 5 + 4
+    assert b["criterion"]["graphs.memory_pointer"] == 28 % 8  # 14 steps x 2 images, wrapped
     # the memory held real maps and the graph weights learned from them at batch 2
-    assert b["criterion"]["ir.memory_features"].abs().sum() > 0
-    for term in ("ir", "ik", "kr_graph"):
-        assert b["criterion"][f"{term}.weight"].abs().sum() > 0, term
+    assert b["criterion"]["graphs.memory_features"].abs().sum() > 0
+    for name in ("graphs.sample_graph", "graphs.patch_graph", "kr_graph"):
+        assert b["criterion"][f"{name}.weight"].abs().sum() > 0, name
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
