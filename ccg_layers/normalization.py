@@ -8,13 +8,13 @@ batch followed by ``K`` memory partners.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
-from ccg_layers.validation import check_dtype, check_shape, check_tensor
+from ccg_layers.errors import CCGShapeError
+from ccg_layers.validation import check_choice, check_dtype, check_shape, check_tensor
 
 __all__ = [
     "GraphParametrization",
@@ -25,17 +25,11 @@ __all__ = [
 ]
 
 GraphParametrization = Literal["softmax", "free"]
-_PARAMETRIZATIONS: tuple[str, ...] = get_args(GraphParametrization)
 
 
 def check_parametrization(value: object) -> GraphParametrization:
     """Return ``value`` if it is ``"softmax"`` or ``"free"``; else raise naming ``parametrization``."""
-    if not isinstance(value, str) or value not in _PARAMETRIZATIONS:
-        raise CCGValueRangeError(
-            f"`parametrization` must be one of {', '.join(map(repr, _PARAMETRIZATIONS))}, "
-            f"got {value!r}."
-        )
-    return value  # type: ignore[return-value]
+    return check_choice(value, "parametrization", GraphParametrization)  # type: ignore[no-any-return]
 
 
 def columns_valid(n: int, memory_valid: Tensor | None, k: int, device: torch.device) -> Tensor:

@@ -16,7 +16,7 @@ marking the filled slots. Each row is normalised over the valid partners.
 
 from __future__ import annotations
 
-from typing import Literal, get_args, overload
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ from ccg_layers.normalization import (
 from ccg_layers.validation import (
     Reduction,
     check_batch,
+    check_choice,
     check_dtype,
     check_memory_valid,
     check_reduction,
@@ -63,16 +64,11 @@ __all__ = [
 ]
 
 GraphForm = Literal["conditioned", "positional"]
-_FORMS: tuple[str, ...] = get_args(GraphForm)
 
 
 def check_form(value: object) -> GraphForm:
     """Return ``value`` if it is ``"conditioned"`` or ``"positional"``; else raise naming ``form``."""
-    if not isinstance(value, str) or value not in _FORMS:
-        raise CCGValueRangeError(
-            f"`form` must be one of {', '.join(map(repr, _FORMS))}, got {value!r}."
-        )
-    return value  # type: ignore[return-value]
+    return check_choice(value, "form", GraphForm)  # type: ignore[no-any-return]
 
 
 def embed_features(features: Tensor, projection: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -23,12 +23,12 @@ from ccg_layers.config import values_checkable
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 
 Reduction = Literal["none", "mean", "sum"]
-_REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 __all__ = [
     "Reduction",
     "check_batch",
     "check_binary",
+    "check_choice",
     "check_dtype",
     "check_finite",
     "check_index",
@@ -237,13 +237,23 @@ def check_size2(value: object, name: str) -> tuple[int, int]:
     return pair[0], pair[1]
 
 
+def check_choice(value: object, name: str, choices: Any) -> Any:
+    """Return ``value`` if it is one of the strings of the ``Literal`` type ``choices``.
+
+    Otherwise raise :class:`CCGValueRangeError` naming ``name``, the allowed values and
+    ``value``.
+    """
+    allowed: tuple[str, ...] = get_args(choices)
+    if not isinstance(value, str) or value not in allowed:
+        raise CCGValueRangeError(
+            f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}."
+        )
+    return value
+
+
 def check_reduction(reduction: object) -> Reduction:
     """Raise unless ``reduction`` is one of ``"none"``, ``"mean"``, ``"sum"``."""
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise CCGValueRangeError(
-            f"`reduction` must be one of {', '.join(map(repr, _REDUCTIONS))}, got {reduction!r}."
-        )
-    return reduction  # type: ignore[return-value]
+    return check_choice(reduction, "reduction", Reduction)  # type: ignore[no-any-return]
 
 
 def reduce(x: Tensor, reduction: Reduction, *, count: Tensor | int | None = None) -> Tensor:
