@@ -139,10 +139,10 @@ def _with_verb(argv: Sequence[str], default_verb: str | None = None) -> list[str
     return [default_verb, *argv]
 
 
-def _check_extras(cfg: TrainConfig | None, *, figures: bool) -> None:
+def _check_extras(cfg: TrainConfig | None, *, figures: bool, progress: bool = False) -> None:
     """The ``[examples]`` extra's packages this command will use, checked before any work."""
     need = ["torchvision"]
-    if cfg is not None and cfg.progress:
+    if progress or (cfg is not None and cfg.progress):
         need.append("tqdm")
     if figures:
         need.append("matplotlib")
@@ -192,7 +192,7 @@ def _check_splits(cfg: TrainConfig, folds: Sequence[int]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out one parsed command."""
     if args.verb == "evaluate":
-        _check_extras(None, figures=True)
+        _check_extras(None, figures=True, progress=True)
         from .engine import evaluate_checkpoint
 
         _, text, out_dir = evaluate_checkpoint(
