@@ -3,9 +3,12 @@ curves, reproduce's rows, and load_model from a script in any directory (issue 1
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +22,8 @@ import pytest
 import torch
 
 from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES
-from examples.ccg_net import engine
+from examples.ccg_net import cli, engine
+from examples.ccg_net.config import OPTION_GROUPS, OTHER_OPTIONS, TrainConfig
 from examples.ccg_net.engine import EpochLog, compare, epoch_line, train
 from examples.ccg_net.report import AUC_NAMES, THRESHOLDS, EvalResults
 from examples.ccg_net.reproduce import reproduce
@@ -328,3 +332,42 @@ def test_without_the_install_a_script_elsewhere_cannot_import_the_trainer(make_c
     done = _script_elsewhere(tmp_path, tmp_path / "unused.pt", None)
     assert done.returncode != 0
     assert "No module named 'examples'" in done.stderr
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _verbs() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("verb", cli.VERBS)
+def test_every_option_has_help_text_beyond_its_default(verb):
+    for action in _verbs()[verb]._actions:
+        text = re.sub(r"\s*\([^()]*\)$", "", action.help or "").strip()
+        assert text, f"{verb} {action.option_strings or action.dest}: no help text"
+
+
+def test_every_configuration_field_is_in_one_help_section():
+    names = [n for group in OPTION_GROUPS.values() for n in group]
+    assert len(names) == len(set(names))
+    assert set(names) == {f.name for f in dataclasses.fields(TrainConfig)} - {"preset"}
+
+
+@pytest.mark.parametrize("verb", ["train", "reproduce", "pretrain"])
+def test_the_options_are_grouped_in_sections(verb):
+    titles = {g.title: g for g in _verbs()[verb]._action_groups}
+    assert list(OPTION_GROUPS) == [t for t in titles if t in OPTION_GROUPS]
+    assert OTHER_OPTIONS not in titles
+    loose = [a.dest for a in titles["options"]._group_actions]
+    assert loose == ["help", "preset"]  # every other option is in a section
+
+
+def test_the_help_lists_the_sections_in_order(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    heads = [out.index(f"\n{title}:\n") for title in OPTION_GROUPS]
+    assert heads == sorted(heads)
+    assert out.index("--ablation") > out.index("\nlosses and relation terms (Eq. 1-11):\n")
