@@ -466,10 +466,12 @@ def epoch_line(
     the mean localization accuracy at T(IoU)=0.3 over the boxed classes."""
     labels = {"base": "L_base", "ir": "L_IR", "ik": "L_IK", "kr": "L_KR"}
     terms = ", ".join(f"{labels[k]} {v:.4g}" for k, v in log.means.items() if k in labels)
-    line = (
-        f"[{name}] epoch {epoch}/{epochs}: loss {log.means.get('loss', math.nan):.4g} ({terms}), "
-        f"lr {lr:.3g}, {log.images_per_s:.1f} img/s"
-    )
+    line = f"[{name}] epoch {epoch}/{epochs}: "
+    if "loss" in log.means:
+        line += f"loss {log.means['loss']:.4g} ({terms}), "
+    else:  # resumed from a checkpoint at the epoch's very end
+        line += "no step left (resumed at the epoch's end), "
+    line += f"lr {lr:.3g}, {log.images_per_s:.1f} img/s"
     if results is None:
         return line + "; not evaluated this epoch (--eval-every)"
     aucs = results.auc_means()

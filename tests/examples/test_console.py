@@ -149,6 +149,12 @@ def test_the_epoch_line_of_a_model_without_an_auc_says_n_a():
     assert "AUC (8 boxed) n/a, AUC (all 14) n/a" in line
 
 
+def test_the_epoch_line_of_an_epoch_resumed_at_its_end_says_no_step_was_left():
+    line = epoch_line("x", 2, 3, EpochLog({}, 0.0), 0.1, None)
+    assert line.startswith("[x] epoch 2/3: no step left (resumed at the epoch's end), lr 0.1,")
+    assert "nan" not in line
+
+
 # --------------------------------------------------------------------------- AUC naming
 
 
