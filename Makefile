@@ -14,7 +14,7 @@ MIN_STAMP := $(MIN_VENV)/.ccg-installed
 
 .PHONY: study demo test test-min lint typecheck pytest format bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[examples,test]"
 	touch $(STAMP)

@@ -24,6 +24,8 @@ from .config import ABLATIONS, PRETRAIN_SEED, TrainConfig, add_config_options, r
 # check in ``_check_extras``, so that a missing one is an error line, not an ImportError)
 
 VERBS = ("train", "evaluate", "predict", "reproduce", "pretrain")
+#: The ``--help`` sections (``config.OPTION_GROUPS``) that the verbs' own options join.
+LOSS_GROUP, RUN_GROUP = "losses and relation terms (Eq. 1-11)", "run and output"
 
 
 class UsageError(Exception):
@@ -52,21 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (the demo preset also trains the baseline)",
         usage="%(prog)s [--preset demo|paper] [options]",
     )
-    t.add_argument(
+    groups = add_config_options(t)
+    groups[LOSS_GROUP].add_argument(
         "--ablation",
         choices=list(ABLATIONS),
         default=None,
         help="a row of the paper's Table 4 (L_base plus the named relation terms); "
         "overrides --losses",
     )
-    t.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR exactly")
-    t.add_argument(
+    groups[RUN_GROUP].add_argument(
+        "--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR exactly"
+    )
+    groups[RUN_GROUP].add_argument(
         "--compare-baseline",
         action="store_true",
         help="also train the baseline and report both beside the reference maps (the demo "
         "preset does this unless --ablation is given)",
     )
-    add_config_options(t)
 
     e = verbs.add_parser("evaluate", help="evaluate a checkpoint on its test split")
     e.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run directory")
@@ -87,13 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="every fold of a setting, mean ± std beside the paper",
         usage="%(prog)s [--folds A,B,...] [--preset demo|paper] [options]",
     )
-    f.add_argument(
+    add_config_options(f, skip=("fold",))["data"].add_argument(
         "--folds",
         default=None,
         metavar="A,B,...",
         help="folds to run (default: all of the setting)",
     )
-    add_config_options(f, skip=("fold",))
 
     w = verbs.add_parser(
         "pretrain",
@@ -101,21 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(a --weights file; stands in for ImageNet)",
         usage="%(prog)s [--preset demo] [--out FILE] [options]",
     )
-    w.add_argument(
+    groups = add_config_options(w, skip=("fold", "setting", "losses", "weights", "run_name"))
+    groups[RUN_GROUP].add_argument(
         "--out",
         default=None,
         metavar="FILE",
         help="where to write the backbone's state dict (default: "
         "<output-dir>/pretrained/<preset>-twin-s<seed>.pt); reused if it is up to date",
     )
-    w.add_argument(
+    groups["data"].add_argument(
         "--pretrain-seed",
         type=int,
         default=PRETRAIN_SEED,
         help=f"synthetic seed of the pretraining twin (default: {PRETRAIN_SEED}; 0 is the demo's "
         "data, 1 the study's test set, 2 its validation set)",
     )
-    add_config_options(w, skip=("fold", "setting", "losses", "weights", "run_name"))
     return p
 
 
@@ -139,10 +142,10 @@ def _with_verb(argv: Sequence[str], default_verb: str | None = None) -> list[str
     return [default_verb, *argv]
 
 
-def _check_extras(cfg: TrainConfig | None, *, figures: bool) -> None:
+def _check_extras(cfg: TrainConfig | None, *, figures: bool, progress: bool = False) -> None:
     """The ``[examples]`` extra's packages this command will use, checked before any work."""
     need = ["torchvision"]
-    if cfg is not None and cfg.progress:
+    if progress or (cfg is not None and cfg.progress):
         need.append("tqdm")
     if figures:
         need.append("matplotlib")
@@ -192,7 +195,7 @@ def _check_splits(cfg: TrainConfig, folds: Sequence[int]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out one parsed command."""
     if args.verb == "evaluate":
-        _check_extras(None, figures=True)
+        _check_extras(None, figures=True, progress=True)
         from .engine import evaluate_checkpoint
 
         _, text, out_dir = evaluate_checkpoint(

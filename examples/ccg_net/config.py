@@ -274,8 +274,101 @@ def _show(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Every ``TrainConfig`` field as an option; the help shows its default in each preset."""
+#: The ``--help`` sections, in order, and the ``TrainConfig`` fields of each (every field but
+#: ``preset`` is in one; tests/examples/test_console.py checks it).
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": (
+        "data_root",
+        "synthetic_images",
+        "synthetic_seed",
+        "cache_dir",
+        "setting",
+        "fold",
+        "split_seed",
+        "patient_disjoint",
+        "train_split_file",
+        "test_split_file",
+        "image_size",
+        "num_classes",
+        "num_workers",
+        "cache_images",
+    ),
+    "model": (
+        "backbone",
+        "weights",
+        "tiny_widths",
+        "tiny_stride",
+        "head_channels",
+        "head_bias_init",
+        "freeze_bn",
+        "test_upsample",
+    ),
+    "losses and relation terms (Eq. 1-11)": (
+        "losses",
+        "w_base",
+        "w_ir",
+        "w_ik",
+        "w_kr",
+        "box_weight",
+        "noisy_or_floor",
+        "base_reduction",
+        "num_patches",
+        "superpixel_size",
+        "superpixel_compactness",
+        "code_bits",
+        "graph_form",
+        "memory_size",
+        "relation_start_epoch",
+        "relation_features",
+        "relation_form",
+        "contrast_margin",
+        "graph_lr_mult",
+        "kr_pairs",
+        "kr_scale",
+        "kr_qk_channels",
+    ),
+    "optimisation": (
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "lr_step_epochs",
+        "lr_gamma",
+    ),
+    "evaluation and report": ("eval_every", "max_test_images", "num_figures"),
+    "run and output": (
+        "seed",
+        "deterministic",
+        "device",
+        "amp",
+        "threads",
+        "output_dir",
+        "run_name",
+        "checkpoint_every",
+        "progress",
+        "log_every",
+        "channels_last",
+        "compile",
+        "parallel_runs",
+        "stop_after_steps",
+    ),
+}
+#: Where a field missing from :data:`OPTION_GROUPS` is listed (none is; a new one shows here).
+OTHER_OPTIONS = "other options"
+
+
+def add_config_options(
+    p: argparse.ArgumentParser, skip: tuple[str, ...] = ()
+) -> dict[str, argparse._ArgumentGroup]:
+    """Every ``TrainConfig`` field as an option, in the sections of :data:`OPTION_GROUPS`;
+    the help shows its default in each preset.
+
+    Returns:
+        The sections by title, for a verb to add its own options to.
+    """
     presets = {name: TrainConfig(preset=name, **values) for name, values in PRESETS.items()}
     p.add_argument(
         "--preset",
@@ -287,10 +380,18 @@ def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         "has one partner and a graph would stay constant (docs/training.md). demo: the "
         "synthetic twin, a small ResNet, batch 8, no memory needed",
     )
+    groups = {title: p.add_argument_group(title) for title in OPTION_GROUPS}
+    group_of = {name: title for title, names in OPTION_GROUPS.items() for name in names}
     defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    order = [n for names in OPTION_GROUPS.values() for n in names if n in fields]
+    order += [n for n in fields if n not in order]
+    for f in (fields[n] for n in order):
         if f.name == "preset" or f.name in skip:
             continue
+        title = group_of.get(f.name, OTHER_OPTIONS)
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         values = {name: _show(getattr(c, f.name)) for name, c in presets.items()}
@@ -315,23 +416,62 @@ def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         else:
             kw["type"] = str
         kw["help"] = f"{HELP.get(f.name, '')} ({shown})".strip()
-        p.add_argument(flag, **kw)
+        groups[title].add_argument(flag, **kw)
+    return groups
 
 
 HELP: dict[str, str] = {
     "data_root": "ChestX-ray14 folder; None: the embedded synthetic twin",
     "synthetic_images": "images of the synthetic dataset",
+    "synthetic_seed": "seed the synthetic twin is generated from (a different twin per seed)",
     "cache_dir": "synthetic data and superpixel cache",
     "setting": "the paper's data setting a, b or c (Sec. 4.2)",
     "fold": "fold 0..4 of the setting",
+    "split_seed": "seed of the setting's split into folds",
+    "patient_disjoint": "drop the training images of patients who have a test image",
+    "train_split_file": "an explicit training split, one image name per line (with "
+    "--test-split-file; replaces the setting's split)",
+    "test_split_file": "an explicit test split, one image name per line (with --train-split-file)",
     "image_size": "working size S (multiple of 32)",
+    "num_classes": "classes of the head: ChestX-ray14's 14 (the only value accepted)",
     "num_workers": "DataLoader workers (-1: from the machine)",
     "cache_images": "keep the decoded training images in memory",
     "backbone": "resnet50 or tiny",
+    "tiny_widths": "the tiny backbone's four stage widths (each >= 8)",
+    "tiny_stride": "the tiny backbone's output stride, 8 or 16",
+    "head_channels": "width of the head's first 1x1 convolution (Sec. 3.2)",
+    "freeze_bn": "keep the backbone's BatchNorm statistics fixed (a batch of 2 cannot estimate "
+    "them)",
+    "test_upsample": "upsampling of the feature map before the head at test time (Sec. 3.7), "
+    "at most the backbone's stride",
+    "w_base": "weight of L_base in Eq. 11 (> 0)",
+    "w_ir": "weight of L_IR in Eq. 11",
+    "w_ik": "weight of L_IK in Eq. 11",
+    "w_kr": "weight of L_KR in Eq. 11",
+    "box_weight": "beta_B of Eq. 1, the weight of the box term of L_base",
+    "base_reduction": "L_base over images and classes: sum (Eq. 3) or mean",
+    "num_patches": "superpixels per image, m of Eq. 7",
+    "superpixel_size": "resolution the superpixels are computed and cached at",
+    "superpixel_compactness": "SLIC's compactness",
+    "code_bits": "bits of a patch's hash code (Eq. 6)",
+    "kr_pairs": "L_KR's pairs: half (image i with i + n/2) or all (every pair of the batch)",
+    "kr_scale": "scale of L_KR's attention logits (none: 1/sqrt(C); 1 is the paper's literal P)",
+    "momentum": "SGD momentum (the paper: Nesterov 0.9)",
+    "nesterov": "Nesterov momentum for SGD",
+    "weight_decay": "weight decay",
+    "lr_step_epochs": "epochs between learning-rate steps",
+    "lr_gamma": "factor of each learning-rate step",
+    "seed": "seed of the weights' initialisation and the data order",
+    "deterministic": "deterministic algorithms only (bit-identical reruns; cudnn.benchmark off)",
+    "threads": "torch's CPU threads (0: torch's default)",
+    "eval_every": "epochs between evaluations on the test split (0: at the end only)",
+    "progress": "progress bars of training and evaluation (the per-epoch line prints anyway)",
+    "stop_after_steps": "testing aid: stop abruptly after this many steps, as if killed (0: off)",
+    "max_test_images": "evaluate on the first N test images only (0: all)",
     "weights": "backbone weights: imagenet (torchvision's cache), a file, none, or twin (the "
     "backbone pretrained on an independent synthetic twin by `pretrain`, made on first use)",
     "losses": "loss terms of Eq. 11, comma-separated, from base,ir,ik,kr",
-    "epochs": "epochs",
+    "epochs": "epochs to train",
     "batch_size": "images per process and step",
     "lr": "learning rate (demo: 3e-3 in setting b, 3e-4 in a and c)",
     "optimizer": "sgd (Nesterov, the paper) or adamw",
@@ -360,7 +500,8 @@ HELP: dict[str, str] = {
     "log_every": "steps between reads of the loss terms for the log and the bar",
     "channels_last": "NHWC memory format for the backbone",
     "compile": "torch.compile the model and the loss",
-    "num_figures": "overlay figures in the report",
+    "num_figures": "heatmap overlays in the report (0: no figure at all, the training curves "
+    "included)",
     "parallel_runs": "the demo's comparison: 2 trains baseline and CCG side by side",
 }
 
@@ -606,6 +747,7 @@ __all__ = [
     "DEMO_LR_BY_SETTING",
     "LOSS_TERMS",
     "MIN_TINY_WIDTH",
+    "OPTION_GROUPS",
     "PRESETS",
     "PRETRAIN_SEED",
     "TrainConfig",

@@ -41,6 +41,7 @@ from .data import Data, build_data, grid_size, reference_maps, to_device
 from .losses import CCGLoss, warn_literal_form_without_boxes
 from .model import CCGNet, build_model, resolve_weights
 from .report import (
+    AUC_NAMES,
     EvalResults,
     demo_preamble,
     gap_against_seed_spread,
@@ -403,21 +404,83 @@ def _raise_non_finite(
 # --------------------------------------------------------------------------- evaluation
 
 
+def progress_bar(total: int, desc: str, position: int = 0, initial: int = 0) -> Any:
+    """A tqdm bar labelled ``desc`` (run name and phase) on line ``position``, so that runs side
+    by side each keep their own line; it vanishes when closed (the per-epoch line stays)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        position=position,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
 @torch.no_grad()
 def evaluate(
-    model: CCGNet, data_loader: Iterable[dict[str, Any]], device: torch.device, data: Data
+    model: CCGNet,
+    data_loader: Iterable[dict[str, Any]],
+    device: torch.device,
+    data: Data,
+    *,
+    desc: str | None = None,
+    position: int = 0,
 ) -> EvalResults:
     """Probability maps (test-time upsampled) and image scores of the test set, scored:
-    localization accuracy per class and T(IoU), AUC per class, with the image names."""
+    localization accuracy per class and T(IoU), AUC per class, with the image names.
+
+    With ``desc``, a progress bar of that label (:func:`progress_bar`) counts the batches.
+    """
     was_training = model.training
     model.eval()
     maps, scores = [], []
-    for batch in data_loader:
-        logits, feats = model(batch["image"].to(device, non_blocking=True))
-        maps.append(torch.sigmoid(logits.float()).cpu())
-        scores.append(model.image_scores(feats).cpu())
+    total = len(data_loader) if hasattr(data_loader, "__len__") else 0
+    bar = None if desc is None else progress_bar(total, desc, position)
+    try:
+        for batch in data_loader:
+            logits, feats = model(batch["image"].to(device, non_blocking=True))
+            maps.append(torch.sigmoid(logits.float()).cpu())
+            scores.append(model.image_scores(feats).cpu())
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     model.train(was_training)
     return score_maps(torch.cat(maps), data.test, torch.cat(scores))
+
+
+def epoch_line(
+    name: str,
+    epoch: int,
+    epochs: int,
+    log: EpochLog,
+    lr: float,
+    results: EvalResults | None,
+) -> str:
+    """The console's one line per epoch: the mean of each loss term, the learning rate, the
+    throughput, and (in an evaluated epoch) both mean AUCs (:data:`.report.AUC_NAMES`) and
+    the mean localization accuracy at T(IoU)=0.3 over the boxed classes."""
+    labels = {"base": "L_base", "ir": "L_IR", "ik": "L_IK", "kr": "L_KR"}
+    terms = ", ".join(f"{labels[k]} {v:.4g}" for k, v in log.means.items() if k in labels)
+    line = f"[{name}] epoch {epoch}/{epochs}: "
+    if "loss" in log.means:
+        line += f"loss {log.means['loss']:.4g} ({terms}), "
+    else:  # resumed from a checkpoint at the epoch's very end
+        line += "no step left (resumed at the epoch's end), "
+    line += f"lr {lr:.3g}, {log.images_per_s:.1f} img/s"
+    if results is None:
+        return line + "; not evaluated this epoch (--eval-every)"
+    aucs = results.auc_means()
+    auc = ", ".join(
+        f"{label} {'n/a' if aucs[k] is None else f'{aucs[k]:.3f}'}"
+        for k, label in AUC_NAMES.items()
+    )
+    acc = results.mean_at(0.3)
+    return f"{line}; test {auc}, mean accuracy at T(IoU)=0.3 {acc:.3f}"
 
 
 def reference_results(data: Data, cfg: TrainConfig) -> dict[str, EvalResults]:
@@ -538,8 +601,13 @@ def train(
     stop_after_steps: int | None = None,
     progress: bool | None = None,
     print_report: bool = True,
+    bar_position: int = 0,
 ) -> Run:
-    """Train (or resume) a run; see ``docs/training.md``."""
+    """Train (or resume) a run; see ``docs/training.md``.
+
+    ``bar_position`` is the console line of the run's progress bars (runs side by side take
+    one each).
+    """
     if resume_dir is not None:
         saved = load_config(Path(resume_dir))
         saved.progress = cfg.progress if progress is None else progress
@@ -550,7 +618,14 @@ def train(
         cfg = dataclasses.replace(cfg, progress=progress)
     with distributed_from_env() as (rank, world, local_rank):
         return _train(
-            absolute_paths(cfg), rank, world, local_rank, resume_dir, stop_after_steps, print_report
+            absolute_paths(cfg),
+            rank,
+            world,
+            local_rank,
+            resume_dir,
+            stop_after_steps,
+            print_report,
+            bar_position,
         )
 
 
@@ -562,6 +637,7 @@ def _train(
     resume_dir: str | Path | None,
     stop_after_steps: int,
     print_report: bool = True,
+    bar_position: int = 0,
 ) -> Run:
     is_main = rank == 0
     if resume_dir is None and cfg.weights == "twin":
@@ -667,19 +743,20 @@ def _train(
         state.last_checkpoint = ckpt_dir / name
 
     results: EvalResults | None = None
+    eval_bar: dict[str, Any] = (
+        {"desc": f"{run_dir.name} eval", "position": bar_position} if cfg.progress else {}
+    )
     trainee.train()
     while state.epoch < cfg.epochs:
         data.sampler.set_epoch(state.epoch, state.step_in_epoch)
         trainee.criterion.start_epoch(state.epoch)
         bar = None
         if is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=data.sampler.steps,
-                initial=state.step_in_epoch,
-                desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-                dynamic_ncols=True,
+            bar = progress_bar(
+                data.sampler.steps,
+                f"{run_dir.name} train e{state.epoch + 1}/{cfg.epochs}",
+                bar_position,
+                state.step_in_epoch,
             )
         try:
             log = train_one_epoch(
@@ -699,6 +776,7 @@ def _train(
         finally:
             if bar is not None:
                 bar.close()
+        lr = float(opt.param_groups[0]["lr"])  # the rate this epoch trained at
         sched.step()
         state.epoch += 1
         state.step_in_epoch = 0
@@ -714,21 +792,31 @@ def _train(
                 **{f"train_{k}": v for k, v in log.means.items()},
                 "train_images_per_s": log.images_per_s,
             }
+            evaluated = None
             if (cfg.eval_every and state.epoch % cfg.eval_every == 0) or state.epoch == cfg.epochs:
-                results = evaluate(trainee.model, data.test_loader, device, data)
+                results = evaluated = evaluate(
+                    trainee.model, data.test_loader, device, data, **eval_bar
+                )
                 for t, m in zip((0.1, 0.3, 0.5, 0.7), results.mean.tolist(), strict=True):
                     row[f"test_acc_T{t:g}_mean"] = None if math.isnan(m) else m
-                assert results.auc is not None
-                row["test_auc_mean"] = float(results.auc.nanmean())
+                row.update({f"test_{k}": v for k, v in results.auc_means().items()})
             metrics.add(row)
+            print(
+                epoch_line(run_dir.name, state.epoch, cfg.epochs, log, lr, evaluated),
+                flush=True,
+            )
         if barrier is not None:
             barrier()
 
     if is_main:
         if results is None:  # resumed after the last epoch: evaluate what the checkpoint holds
-            results = evaluate(trainee.model, data.test_loader, device, data)
+            results = evaluate(trainee.model, data.test_loader, device, data, **eval_bar)
         assert metrics is not None
         metrics.finish({**results.summary(), "split": data.summary})
+        if cfg.num_figures:
+            from .figures import CURVES_PNG, save_training_curves
+
+            save_training_curves({run_dir.name: run_dir / "metrics.csv"}, run_dir / CURVES_PNG)
         name = _model_name(cfg)
         text = write_report(
             run_dir,
@@ -741,6 +829,8 @@ def _train(
         )
         if print_report:
             print(text)
+            if cfg.num_figures:
+                print(f"Training curves: {run_dir / CURVES_PNG}")
     return Run(run_dir, results)
 
 
@@ -757,10 +847,11 @@ def _title(cfg: TrainConfig, data: Data) -> str:
     )
 
 
-def _timed_train(cfg: TrainConfig) -> tuple[EvalResults, float]:
-    """One run of :func:`compare` (a top-level function: it may run in another process)."""
+def _timed_train(cfg: TrainConfig, bar_position: int = 0) -> tuple[EvalResults, float]:
+    """One run of :func:`compare` (a top-level function: it may run in another process), its
+    progress bars on console line ``bar_position``."""
     t0 = time.perf_counter()
-    res = train(cfg, print_report=False).results
+    res = train(cfg, print_report=False, bar_position=bar_position).results
     assert res is not None
     return res, time.perf_counter() - t0
 
@@ -796,15 +887,18 @@ def compare(cfg: TrainConfig) -> Path:
     subs = {name: dataclasses.replace(runs[name], num_figures=0) for name in names}
     if cfg.parallel_runs > 1:
         # side by side, one process each (the demo: one thread each on a 2-core machine);
-        # only the CCG run shows a progress bar
+        # each run's progress bars keep a console line of their own
         print(
             f"\n=== training {' and '.join(names)} side by side "
-            f"({', '.join(f'{n}: ' + '+'.join(subs[n].losses) for n in names)}) ==="
+            f"({', '.join(f'{n}: ' + '+'.join(subs[n].losses) for n in names)}) ===",
+            flush=True,
         )
-        subs["Baseline"].progress = False
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(cfg.parallel_runs, 2), mp_context=ctx) as pool:
-            futures = {name: pool.submit(_timed_train, subs[name]) for name in names}
+            futures = {
+                name: pool.submit(_timed_train, subs[name], position)
+                for position, name in enumerate(names)
+            }
             for name in names:
                 results[name], seconds[name] = futures[name].result()
     else:
@@ -830,6 +924,11 @@ def compare(cfg: TrainConfig) -> Path:
         differs=differs_from_demo(cfg),
         variant=study_variant(cfg),
     )
+    if cfg.num_figures:
+        from .figures import CURVES_PNG, save_training_curves
+
+        curves = {name: root / str(runs[name].run_name) / "metrics.csv" for name in names}
+        text += f"Training curves: {save_training_curves(curves, root / CURVES_PNG)}\n"
     total = time.perf_counter() - t_start
     text += (
         f"Training time: baseline {seconds['Baseline']:.0f} s, CCG {seconds['CCG']:.0f} s; "
@@ -841,9 +940,10 @@ def compare(cfg: TrainConfig) -> Path:
 
 
 def evaluate_checkpoint(
-    path: str | Path, *, data_root: str | None = None, device: str = "auto"
+    path: str | Path, *, data_root: str | None = None, device: str = "auto", progress: bool = True
 ) -> tuple[EvalResults, str, Path]:
-    """``evaluate CHECKPOINT``: the checkpoint's model on its configuration's test split.
+    """``evaluate CHECKPOINT``: the checkpoint's model on its configuration's test split (with
+    a progress bar unless ``progress`` is false).
 
     Returns the results, the report's text and its folder (``RUN_DIR/evaluation-<name>/``).
     """
@@ -855,7 +955,8 @@ def evaluate_checkpoint(
     dev = select_device(cfg)
     model.to(dev)
     data = build_data(cfg, device=dev, with_train=False)
-    res = evaluate(model, data.test_loader, dev, data)
+    desc = f"{path.parent.parent.name} eval" if progress else None
+    res = evaluate(model, data.test_loader, dev, data, desc=desc)
     out_dir = path.parent.parent / f"evaluation-{path.stem}"
     name = _model_name(cfg)
     text = write_report(

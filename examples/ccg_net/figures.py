@@ -1,7 +1,10 @@
-"""Heatmap overlays like the paper's Figures 3-4: image, ground-truth box, predicted region."""
+"""Figures: heatmap overlays like the paper's Figures 3-4 (image, ground-truth box, predicted
+region) and a run's training curves from its ``metrics.csv``."""
 
 from __future__ import annotations
 
+import csv
+import math
 from pathlib import Path
 
 import torch
@@ -9,7 +12,12 @@ from torch import Tensor
 
 from ccg_layers.datasets import CLASS_NAMES, ChestXray14
 
+from .checkpoint import write_atomic
 from .data import test_boxes
+from .report import AUC_NAMES, THRESHOLDS
+
+#: The training curves' file name in a run directory (and in a comparison's).
+CURVES_PNG = "training-curves.png"
 
 
 def save_overlays(
@@ -82,3 +90,79 @@ def save_overlays(
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.csv`` as numbers (an empty cell, e.g. an epoch that was not
+    evaluated, is NaN)."""
+    with open(path, newline="") as f:
+        return [
+            {k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
+def save_training_curves(runs: dict[str, Path], out: Path) -> Path:
+    """One PNG of the training curves of one or more runs, from their ``metrics.csv``.
+
+    Three panels over the epochs: the mean of each training loss term (log scale), the test
+    AUCs (:data:`.report.AUC_NAMES`: over the 8 boxed classes and over all 14) and the test
+    mean localization accuracy over the boxed classes at each T(IoU). ``runs`` maps a label
+    (the run's name; "Baseline" and "CCG" in a comparison) to its ``metrics.csv``; each run
+    has its own line style. Written atomically (:func:`.checkpoint.write_atomic`).
+
+    Returns:
+        ``out``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [
+        ("training loss (epoch mean)", [("train_loss", "loss (Eq. 11)")], True),
+        ("test AUC", [(f"test_{k}", label) for k, label in AUC_NAMES.items()], False),
+        (
+            "test mean accuracy (boxed classes)",
+            [(f"test_acc_T{t:g}_mean", f"T(IoU)={t:g}") for t in THRESHOLDS],
+            False,
+        ),
+    ]
+    terms = {"train_base": "L_base", "train_ir": "L_IR", "train_ik": "L_IK", "train_kr": "L_KR"}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    for r, (name, path) in enumerate(runs.items()):
+        rows = _read_metrics(path)
+        epochs = [row["epoch"] for row in rows]
+        present = [k for k in terms if any(k in row for row in rows)]
+        for ax, (title, columns, log_scale) in zip(axes[0], panels, strict=True):
+            if log_scale:
+                columns = columns + [(k, terms[k]) for k in present]
+            for c, (key, label) in enumerate(columns):
+                values = [row.get(key, math.nan) for row in rows]
+                if all(math.isnan(v) for v in values):
+                    continue
+                ax.plot(
+                    epochs,
+                    values,
+                    styles[r % len(styles)],
+                    marker="o",
+                    markersize=3,
+                    color=f"C{c}",
+                    label=f"{name}: {label}" if len(runs) > 1 else label,
+                )
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if log_scale:
+                ax.set_yscale("log")
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(", ".join(runs), fontsize=10)
+    fig.tight_layout()
+    write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
+    return out

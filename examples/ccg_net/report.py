@@ -25,6 +25,12 @@ THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
 #: Columns of the boxed classes in the 14-class order.
 BOXED_COLUMNS = [CLASS_NAMES.index(c) for c in BOXED_CLASSES]
 
+#: The two mean AUCs and how every output names them: the key in ``results.json`` and
+#: ``metrics.json`` (``metrics.csv`` prefixes ``test_``) -> the label on the console and in
+#: ``results.md``. A class whose test images are all negative (or all positive) has no AUC and
+#: is left out of the mean; :meth:`EvalResults.auc_undefined` names it.
+AUC_NAMES = {"auc_boxed8": "AUC (8 boxed)", "auc_all14": "AUC (all 14)"}
+
 
 def boxed_mean(accuracy: Tensor) -> Tensor:
     """``(T,)``: the mean of ``accuracy`` ``(T, 14)`` over the boxed classes (NaN ignored)."""
@@ -52,8 +58,42 @@ class EvalResults:
         """The boxed-class mean at T(IoU) = ``t``."""
         return float(self.mean[THRESHOLDS.index(t)])
 
+    def auc_means(self) -> dict[str, float | None]:
+        """The mean AUC over the 8 boxed classes (``auc_boxed8``) and over all 14 classes
+        (``auc_all14``), each leaving out the classes without an AUC (:data:`AUC_NAMES`);
+        ``None`` where no class has one (a reference map has no image score)."""
+        if self.auc is None:
+            return dict.fromkeys(AUC_NAMES)
+        auc = self.auc.double()
+        return {
+            "auc_boxed8": _num(float(auc[BOXED_COLUMNS].nanmean())),
+            "auc_all14": _num(float(auc.nanmean())),
+        }
+
+    def auc_undefined(self) -> list[str]:
+        """The classes without an AUC: every test image negative (or every one positive)."""
+        if self.auc is None:
+            return []
+        return [c for c, v in zip(CLASS_NAMES, self.auc.tolist(), strict=True) if math.isnan(v)]
+
+    def auc_text(self) -> str:
+        """``AUC (8 boxed) 0.880, AUC (all 14) 0.832`` and which classes have no AUC."""
+        means = self.auc_means()
+        text = ", ".join(
+            f"{label} {'n/a' if means[k] is None else f'{means[k]:.3f}'}"
+            for k, label in AUC_NAMES.items()
+        )
+        missing = self.auc_undefined()
+        if missing:
+            text += (
+                f" ({len(CLASS_NAMES) - len(missing)} of {len(CLASS_NAMES)} classes have an "
+                f"AUC: no positive or no negative test image for {', '.join(missing)})"
+            )
+        return text
+
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: per threshold the boxed classes and their mean; AUC per class."""
+        """JSON-ready: per threshold the boxed classes and their mean; AUC per class, its two
+        means (:data:`AUC_NAMES`) and the classes without an AUC."""
         out: dict[str, Any] = {}
         for t, row, mean in zip(
             THRESHOLDS, self.accuracy.tolist(), self.mean.tolist(), strict=True
@@ -68,6 +108,8 @@ class EvalResults:
             "auc": None
             if self.auc is None
             else dict(zip(CLASS_NAMES, map(_num, self.auc.tolist()), strict=True)),
+            **self.auc_means(),
+            "auc_undefined": self.auc_undefined(),
         }
 
 
@@ -125,6 +167,8 @@ def write_report(
     lines = [title, "", format_table(every), ""]
     means = ", ".join(f"{name} {res.mean_at(0.3):.3f}" for name, res in every.items())
     lines.append(f"Mean at T(IoU)=0.3: {means}")
+    for name, res in models.items():
+        lines.append(f"{name}: {res.auc_text()}")
     for name, res in models.items():
         for ref_name, ref in references.items():
             margin = res.mean_at(0.3) - ref.mean_at(0.3)

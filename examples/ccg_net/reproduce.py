@@ -1,7 +1,8 @@
 """``reproduce``: every fold of a setting, resumable per fold, mean ± std beside the paper.
 
 The paper's numbers are means over the folds of a setting (Sec. 4.2). ``reproduce`` trains
-each fold in ``OUT/fold<k>/`` (a fold whose report exists is read back; a fold that was killed
+each fold in ``OUT/fold<k>/`` and, when the model has relation terms, the baseline beside it in
+``OUT/fold<k>-baseline/`` (a run whose report exists is read back; a run that was killed
 resumes from its last checkpoint), then aggregates the localization accuracy per class and
 T(IoU) over the folds and prints the paper-layout table with the published rows beside it.
 """
@@ -154,24 +155,48 @@ def default_folds(setting: str) -> tuple[int, ...]:
     return (0,) if setting == "b" else tuple(range(NUM_FOLDS))
 
 
-def run_fold(cfg: TrainConfig, root: Path, fold: int) -> dict[str, Tensor]:
+def run_fold(
+    cfg: TrainConfig, root: Path, fold: int, baseline: bool = False, bar_position: int = 0
+) -> dict[str, Tensor]:
     """The accuracy matrices ``(T, K)`` per method of one fold: read back if the fold finished,
-    resumed if it was interrupted after a checkpoint, trained otherwise."""
-    fold_dir = root / f"fold{fold}"
+    resumed if it was interrupted after a checkpoint, trained otherwise. With ``baseline``, the
+    fold's baseline run (``fold<k>-baseline``: ``cfg`` with L_base alone), its model only."""
+    name = f"fold{fold}-baseline" if baseline else f"fold{fold}"
+    label = f"fold {fold}, baseline" if baseline else f"fold {fold}"
+    fold_dir = root / name
     report = fold_dir / "results.json"
     if not report.is_file():
         if (fold_dir / "checkpoints" / "last.pt").is_file():
-            print(f"\n=== fold {fold}: resuming {fold_dir} ===")
-            train(cfg, resume_dir=fold_dir, stop_after_steps=cfg.stop_after_steps)
+            print(f"\n=== {label}: resuming {fold_dir} ===")
+            train(
+                cfg,
+                resume_dir=fold_dir,
+                stop_after_steps=cfg.stop_after_steps,
+                bar_position=bar_position,
+            )
         else:
-            print(f"\n=== fold {fold} ===")
-            train(dataclasses.replace(cfg, fold=fold, output_dir=str(root), run_name=f"fold{fold}"))
+            print(f"\n=== {label} ===")
+            run_cfg = dataclasses.replace(cfg, fold=fold, output_dir=str(root), run_name=name)
+            if baseline:
+                run_cfg.losses = ("base",)
+            train(run_cfg, bar_position=bar_position)
     methods = json.loads(report.read_text())["methods"]
+    if baseline:
+        methods = {"Baseline": methods["Baseline"]}
     return {
         name: torch.tensor(
             [[math.nan if v is None else v for v in row] for row in m["accuracy_matrix"]]
         )
         for name, m in methods.items()
+    }
+
+
+def _model_first(methods: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The methods in the table's order: the model, the baseline, then the reference maps."""
+    order = ["CCG", "Baseline"]
+    return {
+        **{k: methods[k] for k in order if k in methods},
+        **{k: v for k, v in methods.items() if k not in order},
     }
 
 
@@ -224,16 +249,23 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
     folds = folds if folds is not None else default_folds(cfg.setting)
     name = cfg.run_name or f"reproduce-{cfg.preset}-setting-{cfg.setting}"
     root = Path(cfg.output_dir) / name
-    if cfg.parallel_runs > 1 and len(folds) > 1:
-        # folds side by side, one process each (the demo preset: two on a 2-core machine);
-        # the dataset is made once, here, before they start
+    # per fold the model and, unless it is the baseline, the baseline beside it
+    jobs = [(k, b) for k in folds for b in ((False, True) if len(cfg.losses) > 1 else (False,))]
+    if cfg.parallel_runs > 1 and len(jobs) > 1:
+        # runs side by side, one process each (the demo preset: two on a 2-core machine), each
+        # with its bars on a console line of its own; the dataset is made once, here
         dataset_root(cfg)
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(cfg.parallel_runs, len(folds)), mp_context=ctx) as pool:
-            futures = [pool.submit(run_fold, cfg, root, k) for k in folds]
-            per_fold = [f.result() for f in futures]
+        workers = min(cfg.parallel_runs, len(jobs))
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(run_fold, cfg, root, k, b, i % workers) for i, (k, b) in enumerate(jobs)
+            ]
+            done = [f.result() for f in futures]
     else:
-        per_fold = [run_fold(cfg, root, k) for k in folds]
+        done = [run_fold(cfg, root, k, b) for k, b in jobs]
+    by_job = dict(zip(jobs, done, strict=True))
+    per_fold = [_model_first({**by_job[k, False], **by_job.get((k, True), {})}) for k in folds]
     stats = aggregate(per_fold)
     synthetic = cfg.data_root is None or (Path(cfg.data_root) / "synthetic.json").is_file()
     notes = []

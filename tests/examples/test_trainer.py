@@ -508,7 +508,7 @@ def test_comparison_side_by_side_equals_one_after_the_other(make_config):
 def test_progress_bar_shows_loss_and_throughput(make_config, capsys):
     train(make_config(run_name="bar", epochs=1, losses=("base",), progress=True))
     err = capsys.readouterr().err
-    assert "epoch 1/1" in err
+    assert "bar train e1/1" in err
     assert "loss=" in err
     assert "img_s=" in err
 
