@@ -303,9 +303,11 @@ def _fmt(mc: tuple[float, float], signed: bool = False) -> str:
 
 #: The forms of the relation terms and the trainer options that select them; each form's runs
 #: live in ``<out>/<init>-<dir>`` (the baseline in ``<init>-raw``).
+#: Every option of a form is given explicitly: the runs use ``--preset demo``, whose own
+#: defaults (since the study, the contrast form) must not fill in an option a form leaves out.
 FORMS: dict[str, tuple[str, list[str]]] = {
-    "paper": ("raw", []),
-    "unit": ("unit", ["--relation-features", "unit"]),
+    "paper": ("raw", ["--relation-form", "pull", "--relation-features", "raw"]),
+    "unit": ("unit", ["--relation-form", "pull", "--relation-features", "unit"]),
     "contrast": ("contrast", ["--relation-form", "contrast", "--relation-features", "unit"]),
 }
 INITS = ("random", "pretrained")
@@ -439,6 +441,21 @@ def decisive_extra(
     return list(extra)
 
 
+def check_trained_form(run_dir: Path, options: list[str]) -> None:
+    """Refuse a run (fresh or reused) whose ``config.json`` has another relation form than the
+    one its folder stands for (``options``: a form's trainer options, see :data:`FORMS`)."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    given = dict(zip(options[::2], options[1::2], strict=True))
+    for flag, default in (("--relation-form", "pull"), ("--relation-features", "raw")):
+        # a run of a trainer older than the option ran what is now its default
+        got = saved.get(flag[2:].replace("-", "_"), default)
+        if flag in given and got != given[flag]:
+            raise RuntimeError(
+                f"{run_dir} was trained with {flag} {got}, its folder stands for "
+                f"{flag} {given[flag]}; move it away and run the study again"
+            )
+
+
 def decisive_summary(
     held: dict[DJob, dict[str, Any]],
     settings: list[str],
@@ -559,7 +576,11 @@ def run_decisive(args: argparse.Namespace) -> int:
 
     def train_job(folder: str, s: str, row: str, k: int) -> dict[str, Any]:
         (out / folder).mkdir(parents=True, exist_ok=True)
-        return run_one(s, row, k, out / folder, decisive_extra(folder, s, weights, lrs))
+        extra = decisive_extra(folder, s, weights, lrs)
+        res = run_one(s, row, k, out / folder, extra)
+        if row != "baseline":
+            check_trained_form(out / folder / f"{s}-{row}-s{k}", extra)
+        return res
 
     def held_job(folder: str, s: str, row: str, k: int) -> dict[str, Any]:
         return holdout_one(s, row, k, out / folder, args.holdout_seed)

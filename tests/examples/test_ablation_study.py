@@ -146,7 +146,19 @@ def test_decisive_jobs_put_each_form_in_its_folder_and_share_the_baseline():
         ("pretrained-contrast", "b", "ir+ik+kr", 0),
     ]
     w = Path("w.pt")
-    assert study.decisive_extra("random-raw", "b", None, {}) == []
+    # every option of a form is explicit: --preset demo's own defaults never fill one in
+    assert study.decisive_extra("random-raw", "b", None, {}) == [
+        "--relation-form",
+        "pull",
+        "--relation-features",
+        "raw",
+    ]
+    assert study.decisive_extra("random-unit", "b", None, {}) == [
+        "--relation-form",
+        "pull",
+        "--relation-features",
+        "unit",
+    ]
     assert study.decisive_extra("pretrained-contrast", "c", w, {"c": 3e-4}) == [
         "--relation-form",
         "contrast",
@@ -185,3 +197,21 @@ def test_a_skipped_cell_is_neither_run_nor_summarised():
     )
     assert "| unit | not run in this study (--skip) |" in text
     assert set(summary["primary"]) == {"b/random/paper"}
+
+
+def test_a_run_trained_in_another_form_than_its_folder_is_refused(tmp_path):
+    # the demo preset's defaults became the contrast form: a run of the "unit" folder that
+    # trained without --relation-form pull ran the contrast form, and must not be counted
+    run = tmp_path / "b-ir+ik+kr-s0"
+    run.mkdir()
+    unit = study.FORMS["unit"][1]
+    (run / "config.json").write_text('{"relation_form": "contrast", "relation_features": "unit"}')
+    with pytest.raises(RuntimeError, match="--relation-form contrast, its folder stands for"):
+        study.check_trained_form(run, unit)
+    (run / "config.json").write_text('{"relation_form": "pull", "relation_features": "unit"}')
+    study.check_trained_form(run, unit)
+    # a run of a trainer older than the options ran the paper's form (their defaults then)
+    (run / "config.json").write_text("{}")
+    study.check_trained_form(run, study.FORMS["paper"][1])
+    with pytest.raises(RuntimeError, match="--relation-features raw, its folder stands for"):
+        study.check_trained_form(run, unit)
