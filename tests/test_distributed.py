@@ -231,3 +231,49 @@ def _compare(
 def test_all_gather_batch_without_process_group_is_identity():
     x = torch.randn(3, 2)
     assert all_gather_batch(x) is x
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of this process alone (world size 1), destroyed afterwards."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_with_a_process_group_of_one_the_distributed_modules_equal_the_local_ones(
+    one_process_group,
+):
+    # world size 1: every gather is the identity, so `distributed=True` changes nothing; the
+    # modules' gathering paths (features, labels, hash input, image labels) still run
+    from ccg_layers import RelationGraphs
+
+    assert dist.is_initialized()
+    assert dist.get_world_size() == 1
+    x = torch.randn(3, 2, device="cpu")
+    assert all_gather_batch(x) is x
+    features, _ = _data((4,))
+    labels = _labels(4)
+    hash_input = features.flip(0)
+    image_labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    kw = {"code_bits": 16, "contrast_margin": 0.5, "dtype": torch.float64}
+    got, want = (PatchHashGraph(6, 3, distributed=d, **kw) for d in (True, False))
+    torch.testing.assert_close(
+        got(features, labels, hash_input=hash_input, image_labels=image_labels),
+        want(features, labels, hash_input=hash_input, image_labels=image_labels),
+        rtol=0,
+        atol=0,
+    )
+    got_rg, want_rg = (
+        RelationGraphs(3, 6, memory_size=2, distributed=d, **kw) for d in (True, False)
+    )
+    for _ in range(2):  # the second call reads the memory the first filled
+        a = got_rg(features, labels, image_labels=image_labels)
+        b = want_rg(features, labels, image_labels=image_labels)
+        for u, v in zip(a, b, strict=True):
+            torch.testing.assert_close(u, v, rtol=0, atol=0)
+    assert int(got_rg.memory_count) == 2
