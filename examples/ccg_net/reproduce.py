@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ccg_layers.datasets import BOXED_CLASSES, NUM_FOLDS
 
+from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import dataset_root
 from .engine import absolute_paths, train
@@ -160,7 +161,7 @@ def run_fold(cfg: TrainConfig, root: Path, fold: int) -> dict[str, Tensor]:
     fold_dir = root / f"fold{fold}"
     report = fold_dir / "results.json"
     if not report.is_file():
-        if (fold_dir / "checkpoints" / "last.pt").is_file():
+        if (fold_dir / "config.json").is_file():  # (one killed before a checkpoint starts over)
             print(f"\n=== fold {fold}: resuming {fold_dir} ===")
             train(cfg, resume_dir=fold_dir, stop_after_steps=cfg.stop_after_steps)
         else:
@@ -261,7 +262,7 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
         + "\n".join(notes)
         + "\n"
     )
-    (root / "reproduce.md").write_text(text)
+    ckpt.write_text(root / "reproduce.md", text)
     payload = {
         "setting": cfg.setting,
         "folds": list(folds),
@@ -280,6 +281,6 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
             for r in published
         ],
     }
-    (root / "reproduce.json").write_text(json.dumps(payload, indent=2) + "\n")
+    ckpt.write_text(root / "reproduce.json", json.dumps(payload, indent=2) + "\n")
     print("\n" + text)
     return root
