@@ -157,7 +157,8 @@ def default_folds(setting: str) -> tuple[int, ...]:
 
 def run_fold(cfg: TrainConfig, root: Path, fold: int) -> dict[str, Tensor]:
     """The accuracy matrices ``(T, K)`` per method of one fold: read back if the fold finished,
-    resumed if it was interrupted after a checkpoint, trained otherwise."""
+    resumed if it was interrupted (from its last checkpoint, or from the start before its
+    first), trained otherwise."""
     fold_dir = root / f"fold{fold}"
     report = fold_dir / "results.json"
     if not report.is_file():
