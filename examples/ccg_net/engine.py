@@ -630,15 +630,15 @@ def _set_lr(
 ) -> None:
     """``--lr`` changed on resume: every group's rate (and the scheduler's base rates) scaled by
     ``lr`` over the run's rate, so the decay so far and ``--graph-lr-mult`` are kept."""
-    base_lrs: list[float] = sched.base_lrs  # type: ignore[attr-defined]
+    base_lrs = [float(b) for b in sched.base_lrs]
     factor = lr / base_lrs[0]
     if factor == 1.0:
         return
     for group in opt.param_groups:
         group["lr"] *= factor
         group["initial_lr"] *= factor
-    sched.base_lrs = [b * factor for b in base_lrs]  # type: ignore[attr-defined]
-    sched._last_lr = [group["lr"] for group in opt.param_groups]  # type: ignore[attr-defined]
+    sched.base_lrs = [b * factor for b in base_lrs]
+    sched._last_lr = [group["lr"] for group in opt.param_groups]
 
 
 @dataclass
