@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import math
 import os
 import random
@@ -200,6 +199,8 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
     Raises:
         RunLockedError: a live process holds the lock (named by the pid in the file).
     """
+    import fcntl  # POSIX (Linux, macOS); imported here so that load_model needs no fcntl
+
     path = Path(run_dir) / LOCK_NAME
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
