@@ -1,11 +1,16 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, carrying every RNG state."""
+"""Checkpoints: written atomically, read with ``weights_only=True``, carrying every RNG state;
+the run directory's other files written atomically too, its temporary files swept, its lock."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import math
 import os
 import random
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,17 +56,48 @@ def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+class WriteError(OSError):
+    """A file could not be written (a full disk, a read-only folder): the message names the file
+    and the reason; the previous version of the file, if any, is intact and no temporary file is
+    left (``errno`` is the operating system's, where there is one)."""
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The operating system's error behind ``err``: ``err`` itself, or the ``OSError`` a library
+    turned into another exception (``torch.save`` reports a failed write of its file object as
+    ``RuntimeError: ... unexpected pos``, the ``OSError`` in its context)."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen and isinstance(cur, Exception):
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def write_atomic(
+    path: Path, write: Callable[[BinaryIO], object], *, exclusive: bool = False
+) -> None:
     """``write(f)`` to a temporary file in the same folder, fsync, then ``os.replace``.
 
     A process killed while writing leaves the previous file intact (the rename is atomic on
-    POSIX and Windows file systems). The file gets the permissions of an ordinary new file
-    (``0666`` less the umask), not ``mkstemp``'s ``0600``.
+    POSIX and Windows file systems); the temporary file it leaves (``.NAME.XXXXXXXX.tmp``) is
+    removed by :func:`sweep_temp_files` at the run's next start. The file gets the permissions
+    of an ordinary new file (``0666`` less the umask), not ``mkstemp``'s ``0600``.
+    ``exclusive``: create ``path`` only if it does not exist (a hard link instead of the
+    rename: of two processes creating it at once, exactly one succeeds).
+
+    Raises:
+        WriteError: the folder or the file could not be written (disk full, quota, read-only,
+            ...): the temporary file is removed and the previous ``path`` left as it was.
+        FileExistsError: ``exclusive`` and ``path`` exists (it is left as it was).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
@@ -69,15 +105,132 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if exclusive:
+            os.link(tmp, path)
+            Path(tmp).unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(err)
+        if cause is None or isinstance(err, WriteError | FileExistsError):
+            raise
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        failed = WriteError(f"cannot write {path}: {reason} (the previous file, if any, is intact)")
+        failed.errno = cause.errno
+        raise failed from err
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` (UTF-8) to ``path`` through :func:`write_atomic`."""
+    data = text.encode()
+    write_atomic(path, lambda f: f.write(data))
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """``torch.save`` through :func:`write_atomic`: a killed run keeps its last checkpoint."""
     write_atomic(path, lambda f: torch.save(obj, f))
+
+
+#: What :func:`write_atomic`'s temporary files are called: ``.NAME.`` + mkstemp's 8 characters.
+_TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def sweep_temp_files(folders: Iterable[Path]) -> list[Path]:
+    """Remove the temporary files a killed :func:`write_atomic` left in ``folders`` (not their
+    subfolders); returns the files removed. Only a run that holds the folder's lock
+    (:func:`run_lock`) may sweep it: another live writer's temporary file would go too."""
+    removed = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for p in Path(folder).iterdir():
+            if _TEMP_FILE.fullmatch(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool on the tensors' (first) device: whether every floating-point element of
+    ``tensors`` is finite. One fused reduction (the largest absolute value, foreach per device
+    and dtype; NaN and infinity propagate), so reading it costs one host synchronisation."""
+    floats = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+    if not floats:
+        return torch.ones((), dtype=torch.bool)
+    return torch.isfinite(torch.nn.utils.get_total_norm(floats, math.inf))
+
+
+def state_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (nested) state dict, list or tuple."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from state_tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from state_tensors(v)
+
+
+#: The lock file of a run directory (see :func:`run_lock`).
+LOCK_NAME = ".lock"
+
+
+class RunLockedError(ValueError):
+    """A run directory is in use by a live run (its lock is held)."""
+
+
+def _lock_holder(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    pid = os.read(fd, 64).decode(errors="replace").strip()
+    return f"process {pid}" if pid else "another process"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold ``run_dir``'s lock for the block: ``RUN_DIR/.lock``, an exclusive ``fcntl.flock``
+    with this process's pid in it, removed at the end.
+
+    The kernel releases a ``flock`` when its process dies, however it dies, so a lock file left
+    by a crashed run (a dead pid) is simply taken over by the next one.
+
+    Raises:
+        RunLockedError: a live process holds the lock (named by the pid in the file).
+    """
+    import fcntl  # POSIX (Linux, macOS); imported here so that load_model needs no fcntl
+
+    path = Path(run_dir) / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"{run_dir} is in use by a live run ({holder} holds {path}); wait for it to end "
+                "or stop it (a crashed run's lock is taken over by itself)"
+            ) from None
+        # the holder may have removed the file between our open and flock: lock the new one
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # still locked: no one else can hold this file now
+        os.close(fd)
 
 
 class CheckpointError(ValueError):

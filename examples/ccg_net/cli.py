@@ -2,13 +2,14 @@
 reproduce|pretrain`` (without a verb: the help, exit 2; ``python examples/train_ccg.py ...``
 without a verb trains).
 
-Every user error (a bad value, a missing file or extra, no CUDA) is one ``error: ...`` line and
-exit code 2; a non-finite loss is exit code 3.
+Every user error (a bad value, a missing file or extra, no CUDA, a run directory in use or a full
+disk) is one ``error: ...`` line and exit code 2; a non-finite loss or weights is exit code 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import sys
@@ -233,17 +234,41 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"reproduction in {reproduce(cfg, folds)}")
         return 0
-    cfg = _config(args)
-    if not args.resume:  # a resumed run trains on its saved configuration's split
-        _check_splits(cfg, (cfg.fold,))
-    from .engine import compare, train
-
     if args.resume:
-        run_dir = train(cfg, resume_dir=args.resume, progress=args.progress).run_dir
-    elif args.compare_baseline or (cfg.preset == "demo" and args.ablation is None):
+        return _resume(args)
+    cfg = _config(args)
+    from .engine import check_run_name, compare, train
+
+    try:
+        check_run_name(cfg)  # a name that holds a run: refused before any work
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _check_splits(cfg, (cfg.fold,))
+    if args.compare_baseline or (cfg.preset == "demo" and args.ablation is None):
         run_dir = compare(cfg)
     else:
         run_dir = train(cfg).run_dir
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``train --resume RUN_DIR [options]``: the run's configuration, with the options typed
+    that may change (``RESUME_CHANGEABLE``); any other that differs is an error listing them."""
+    from .config import given_options, load_config, resume_config
+
+    if args.compare_baseline:
+        raise UsageError("--compare-baseline cannot be combined with --resume (it resumes one run)")
+    changes = given_options(args)
+    try:
+        cfg = resume_config(load_config(Path(args.resume)), changes, args.resume)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _check_outputs(cfg)
+    _check_extras(cfg, figures=cfg.num_figures > 0)
+    from .engine import train
+
+    run_dir = train(cfg, resume_dir=args.resume, changes=changes).run_dir
     print(f"run directory: {run_dir}")
     return 0
 
@@ -305,17 +330,27 @@ def main(argv: Sequence[str] | None = None, *, default_verb: str | None = None) 
     except UsageError as err:
         return _error(err)
     except Exception as err:
-        from .checkpoint import CheckpointError
-        from .engine import DeviceError, NonFiniteLossError
+        from .checkpoint import CheckpointError, RunLockedError, WriteError
+        from .engine import DeviceError, NonFiniteLossError, RunDirError
 
         if isinstance(err, NonFiniteLossError):
             print(f"error: {err}", file=sys.stderr)
             return 3
         # WeightsNotFoundError is a FileNotFoundError
         if isinstance(
-            err, CheckpointError | DeviceError | FileNotFoundError | ChestXray14FormatError
+            err,
+            CheckpointError
+            | DeviceError
+            | FileNotFoundError
+            | ChestXray14FormatError
+            | RunLockedError
+            | RunDirError
+            | WriteError,
         ):
             return _error(err)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f"cannot write {err.filename}: " if err.filename else ""
+            return _error(OSError(f"{where}{err.strerror or err}"))
         raise
 
 

@@ -373,7 +373,7 @@ def add_config_options(
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default="paper",
+        default=None,  # None: not given (paper), so that --resume sees only what was typed
         help="the defaults of every option below (default: paper). paper: ResNet-50 at 512, "
         "batch 2, SGD; its relation graphs are input-conditioned (a pair's weight computed "
         "from the two images) with an 8-image partner memory, since at a batch of 2 each image "
@@ -506,23 +506,95 @@ HELP: dict[str, str] = {
 }
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset defaults, then explicit options, then ``--ablation`` (if the parser has it)."""
-    cfg = TrainConfig(preset=args.preset, **PRESETS[args.preset])
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration fields the command line set, as typed (argparse leaves the others
+    ``None``; no default counts), in their fields' types; ``--ablation`` as ``losses``."""
+    given: dict[str, Any] = {}
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
-        if f.name == "preset" or value is None:
+        if value is None:
             continue
         if value == _NONE and f.name in ("kr_scale", "noisy_or_floor"):
             value = None
         if isinstance(f.default, tuple) or f.name in ("losses", "tiny_widths"):
             parts = [s.strip() for s in str(value).split(",") if s.strip()]
             value = tuple(int(s) for s in parts) if f.name == "tiny_widths" else tuple(parts)
-        setattr(cfg, f.name, value)
+        given[f.name] = value
     if getattr(args, "ablation", None) is not None:
-        cfg.losses = ("base", *ABLATIONS[args.ablation])
-    if args.preset == "demo" and getattr(args, "lr", None) is None:
+        given["losses"] = ("base", *ABLATIONS[args.ablation])
+    return given
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset defaults, then explicit options, then ``--ablation`` (if the parser has it)."""
+    preset = getattr(args, "preset", None) or "paper"
+    cfg = TrainConfig(preset=preset, **PRESETS[preset])
+    given = given_options(args)
+    for name, value in given.items():
+        setattr(cfg, name, value)
+    if preset == "demo" and "lr" not in given:
         cfg.lr = DEMO_LR_BY_SETTING.get(cfg.setting, cfg.lr)
+    validate_config(cfg)
+    return cfg
+
+
+#: The options a resumed run may change (``train --resume RUN_DIR --epochs 12 --lr 1e-4``;
+#: docs/training.md, "Resuming a run"): ``--epochs`` extends (or ends) a run, ``--lr`` restarts a
+#: diverged one at a lower rate (the schedule's decay so far kept), and the others change where
+#: and how fast a run goes and what it reports, not the weights it reaches. Every other option
+#: is the run's: its model, data, split, losses, optimiser and seed are in the checkpoint.
+RESUME_CHANGEABLE = frozenset(
+    {
+        "epochs",
+        "lr",
+        "progress",
+        "threads",
+        "num_workers",
+        "eval_every",
+        "checkpoint_every",
+        "log_every",
+        "num_figures",
+        "stop_after_steps",
+    }
+)
+
+_PATH_FIELDS = ("data_root", "cache_dir", "output_dir")
+
+
+class ResumeOptionsError(ValueError):
+    """Options given with ``--resume`` that differ from the run's and may not change."""
+
+
+def resume_config(
+    saved: TrainConfig, given: dict[str, Any], run_dir: str | Path | None = None
+) -> TrainConfig:
+    """The configuration of a resumed run: ``saved`` (its ``config.json``) with the options in
+    ``given`` (:func:`given_options`) that differ from it, all of them in
+    :data:`RESUME_CHANGEABLE`; folders compare as absolute paths.
+
+    Raises:
+        ResumeOptionsError: an option outside :data:`RESUME_CHANGEABLE` differs; the message
+            lists each with the run's value and the given one.
+        ValueError: a changed value is not allowed (:func:`validate_config`).
+    """
+    differ: dict[str, Any] = {}
+    for name, value in given.items():
+        if name in _PATH_FIELDS and value is not None:
+            value = str(Path(value).resolve())
+        if value != getattr(saved, name):
+            differ[name] = value
+    fixed = [name for name in differ if name not in RESUME_CHANGEABLE]
+    if fixed:
+        listed = ", ".join(
+            f"{_flag(n)} (run: {_show(getattr(saved, n))}, given: {_show(differ[n])})"
+            for n in fixed
+        )
+        changeable = ", ".join(_flag(n) for n in sorted(RESUME_CHANGEABLE))
+        raise ResumeOptionsError(
+            f"--resume {run_dir or ''}: {listed} differ from the run's config.json and a resumed "
+            f"run cannot change them; only {changeable} can (docs/training.md)"
+        )
+    cfg = dataclasses.replace(saved, **differ)
     validate_config(cfg)
     return cfg
 
@@ -739,7 +811,11 @@ def load_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory of train_ccg.py?")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not a run configuration (not JSON: {err})") from None
+    return TrainConfig.from_dict(saved)
 
 
 __all__ = [
@@ -750,11 +826,15 @@ __all__ = [
     "OPTION_GROUPS",
     "PRESETS",
     "PRETRAIN_SEED",
+    "RESUME_CHANGEABLE",
+    "ResumeOptionsError",
     "TrainConfig",
     "add_config_options",
     "check_tiny_backbone",
+    "given_options",
     "load_config",
     "model_stride",
     "resolve_config",
+    "resume_config",
     "validate_config",
 ]

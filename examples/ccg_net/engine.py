@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import datetime
 import inspect
+import io
 import json
 import math
 import multiprocessing
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ import ccg_layers
 from ccg_layers.datasets import save_split
 
 from . import checkpoint as ckpt
-from .config import LOSS_TERMS, TrainConfig, differs_from_demo, load_config
+from .config import LOSS_TERMS, TrainConfig, differs_from_demo, load_config, resume_config
 from .data import Data, build_data, grid_size, reference_maps, to_device
 from .losses import CCGLoss, warn_literal_form_without_boxes
 from .model import CCGNet, build_model, resolve_weights
@@ -53,6 +54,15 @@ from .report import (
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """A checkpoint about to be written held a NaN or infinite tensor (weights, buffers such as
+    BatchNorm's running statistics, or optimiser state); it was not written."""
+
+
+class RunDirError(ValueError):
+    """``--run-name`` names a directory that already holds a run (its ``config.json``)."""
 
 
 class SimulatedKillError(RuntimeError):
@@ -292,6 +302,10 @@ class Progress:
     first_step: int = 0
     last_checkpoint: Path | None = None
     run_dir: Path | None = None
+    # the epoch's running sums of the loss terms and its steps, saved in every checkpoint, so
+    # that an epoch resumed mid-way reports the means over all of its steps
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_steps: int = 0
 
 
 @dataclass
@@ -328,7 +342,9 @@ def train_one_epoch(
     window = torch.zeros(len(names), device=device)
     first_bad = torch.full((), math.inf, device=device)
     recent: dict[int, tuple[int, list[str]]] = {}
-    epoch_sums = dict.fromkeys(names, 0.0)
+    epoch_sums = progress.epoch_sums  # from the checkpoint when the epoch was resumed mid-way
+    for k in names:
+        epoch_sums.setdefault(k, 0.0)
     keys: list[str] = []
     count, since = 0, 0
     t0 = time.perf_counter()
@@ -359,6 +375,7 @@ def train_one_epoch(
             )
         progress.step_in_epoch += 1
         progress.global_step += 1
+        progress.epoch_steps += 1
         keys = keys or [k for k in names if k in terms]
         window[: len(keys)] += torch.stack([terms[k].float() for k in keys])
         first_bad = torch.where(finite, first_bad, first_bad.clamp(max=progress.global_step))
@@ -379,7 +396,7 @@ def train_one_epoch(
         log_point()  # the end of the epoch
     elapsed = time.perf_counter() - t0
     return EpochLog(
-        {k: epoch_sums[k] / max(count, 1) for k in keys},
+        {k: epoch_sums[k] / max(progress.epoch_steps, 1) for k in keys},
         count * cfg.batch_size * world / max(elapsed, 1e-9),
     )
 
@@ -397,7 +414,38 @@ def _raise_non_finite(
     raise NonFiniteLossError(
         f"non-finite loss at epoch {progress.epoch + 1}, step {step} (global step "
         f"{global_step}). Training stopped without saving; {keep} (resume with --resume "
-        f"{progress.run_dir} after lowering --lr or checking the data: images {names})."
+        f"{progress.run_dir} --lr LOWER, or check the data: images {names})."
+    )
+
+
+def _raise_non_finite_weights(path: Path, progress: Progress, state: dict[str, Any]) -> NoReturn:
+    """The checkpoint ``path`` would hold non-finite tensors (named here, read one by one only
+    now that the run stops): it is not written, the last finite one is named."""
+    bad = [
+        f"{part}.{k}"
+        for part in ("model", "criterion")
+        for k, v in state[part].items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    optim = [
+        t
+        for t in ckpt.state_tensors(state["optimizer"]["state"])
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if optim:
+        bad.append(f"{len(optim)} optimiser state tensors")
+    last = progress.last_checkpoint
+    keep = (
+        f"the last finite checkpoint is {last}"
+        if last is not None and last.is_file()
+        else "no checkpoint had been written yet"
+    )
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise NonFiniteWeightsError(
+        f"non-finite weights after global step {progress.global_step} (epoch "
+        f"{progress.epoch + (progress.step_in_epoch > 0)}): {shown or 'a tensor'} (the loss was "
+        f"still finite; the update diverged). Training stopped without writing {path.name}; "
+        f"{keep} (resume with --resume {progress.run_dir} --lr LOWER)."
     )
 
 
@@ -494,7 +542,8 @@ def reference_results(data: Data, cfg: TrainConfig) -> dict[str, EvalResults]:
 
 
 class MetricsLog:
-    """Appends one row per epoch to ``metrics.csv`` and keeps ``metrics.json`` up to date."""
+    """Appends one row per epoch to ``metrics.csv`` and keeps ``metrics.json`` up to date (an
+    epoch's row replaces an earlier one of the same epoch; both files written atomically)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.csv = run_dir / "metrics.csv"
@@ -509,22 +558,66 @@ class MetricsLog:
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
-        with open(self.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        self.json.write_text(json.dumps(self.data, indent=2) + "\n")
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        # the CSV first: metrics.json is the record a resumed run reads (``has``)
+        ckpt.write_text(self.csv, text.getvalue())
+        ckpt.write_text(self.json, json.dumps(self.data, indent=2) + "\n")
+
+    def has(self, epoch: int) -> bool:
+        """Whether the row of ``epoch`` (1-based) is recorded."""
+        return any(r["epoch"] == epoch for r in self.data["epochs"])
 
     def finish(self, final: dict[str, Any]) -> None:
         self.data["final"] = final
-        self.json.write_text(json.dumps(self.data, indent=2) + "\n")
+        ckpt.write_text(self.json, json.dumps(self.data, indent=2) + "\n")
+
+
+def check_run_name(cfg: TrainConfig) -> None:
+    """Refuse a ``--run-name`` whose directory already holds a run (its ``config.json``).
+
+    Raises:
+        RunDirError: naming the directory, ``--resume`` and another name as the ways out.
+    """
+    if cfg.run_name is not None and (Path(cfg.output_dir) / cfg.run_name / "config.json").exists():
+        raise _name_in_use(cfg)
+
+
+def _name_in_use(cfg: TrainConfig) -> RunDirError:
+    path = Path(cfg.output_dir) / str(cfg.run_name)
+    return RunDirError(
+        f"--run-name {cfg.run_name}: {path} already holds a run; continue it with "
+        f"--resume {path}, or choose another --run-name"
+    )
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
-    name = cfg.run_name or (f"{cfg.preset}-{'+'.join(cfg.losses)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    path = Path(cfg.output_dir) / name
-    path.mkdir(parents=True, exist_ok=cfg.run_name is not None)
-    return path
+    """A new run directory, claimed by creating its ``config.json`` exclusively (of two runs
+    started at once with one name, exactly one gets it).
+
+    ``--run-name NAME`` must not hold a run yet (an empty folder, or one left by a run killed
+    before it wrote its configuration, is fine); the default name ``<preset>-<losses>-<time>``
+    takes the first free of NAME, NAME-2, NAME-3, ...
+
+    Raises:
+        RunDirError: ``cfg.run_name`` holds a run (see :func:`check_run_name`).
+    """
+    base = cfg.run_name or f"{cfg.preset}-{'+'.join(cfg.losses)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    text = (cfg.to_json() + "\n").encode()
+    k = 1
+    while True:
+        path = Path(cfg.output_dir) / (base if k == 1 else f"{base}-{k}")
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            ckpt.write_atomic(path / "config.json", lambda f: f.write(text), exclusive=True)
+        except FileExistsError:
+            if cfg.run_name is not None:
+                raise _name_in_use(cfg) from None
+            k += 1
+            continue
+        return path
 
 
 def _broadcast_str(s: str | None, world: int) -> str:
@@ -567,9 +660,13 @@ def restore(
     state: Progress,
     rank: int,
     world: int,
-) -> None:
+) -> dict[str, Any] | None:
     """Everything of a checkpoint back in place: weights, optimiser, scheduler, scaler, where
-    the run was, and this process's RNG states."""
+    the run was (with the epoch's running sums), and this process's RNG states.
+
+    Returns the metrics row of the epoch an epoch-end checkpoint closed (``None`` mid-epoch):
+    the run adds it (evaluating that epoch again) if ``metrics.json`` does not have it yet.
+    """
     # read on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
     saved = ckpt.load(path, map_location="cpu")
     trainee.model.load_state_dict(saved["model"])
@@ -580,10 +677,31 @@ def restore(
     state.epoch, state.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
     state.global_step = state.first_step = saved["global_step"]
     state.last_checkpoint = path
+    # (a checkpoint from before the sums were saved: the means cover the steps after resuming)
+    state.epoch_sums = dict(saved.get("epoch_sums", {}))
+    state.epoch_steps = int(saved.get("epoch_steps", 0))
     rngs = saved["rng"]  # one per process; on another number of processes, rank 0's
     if isinstance(rngs, list):
         rngs = rngs[rank] if len(rngs) == world else rngs[0]
     ckpt.set_rng_state(rngs)
+    row = saved.get("epoch_row")
+    return row if state.step_in_epoch == 0 else None
+
+
+def _set_lr(
+    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, lr: float
+) -> None:
+    """``--lr`` changed on resume: every group's rate (and the scheduler's base rates) scaled by
+    ``lr`` over the run's rate, so the decay so far and ``--graph-lr-mult`` are kept."""
+    base_lrs = [float(b) for b in sched.base_lrs]
+    factor = lr / base_lrs[0]
+    if factor == 1.0:
+        return
+    for group in opt.param_groups:
+        group["lr"] *= factor
+        group["initial_lr"] *= factor
+    sched.base_lrs = [b * factor for b in base_lrs]
+    sched._last_lr = [group["lr"] for group in opt.param_groups]
 
 
 @dataclass
@@ -602,21 +720,27 @@ def train(
     progress: bool | None = None,
     print_report: bool = True,
     bar_position: int = 0,
+    changes: dict[str, Any] | None = None,
 ) -> Run:
     """Train (or resume) a run; see ``docs/training.md``.
 
     ``bar_position`` is the console line of the run's progress bars (runs side by side take
-    one each).
+    one each). On resume (``resume_dir``) the run's ``config.json`` is its configuration;
+    ``changes`` (option name to value, e.g. ``{"epochs": 12, "lr": 1e-4}``) may change the
+    options of :data:`.config.RESUME_CHANGEABLE` (``ResumeOptionsError`` for any other), and
+    ``cfg`` gives only ``progress``. A run directory in use by a live run is refused
+    (:class:`.checkpoint.RunLockedError`), and so is a new run whose ``run_name`` holds a run
+    (:class:`RunDirError`).
     """
     if resume_dir is not None:
-        saved = load_config(Path(resume_dir))
+        saved = resume_config(load_config(Path(resume_dir)), dict(changes or {}), resume_dir)
         saved.progress = cfg.progress if progress is None else progress
         cfg = saved
     if stop_after_steps is None:
         stop_after_steps = cfg.stop_after_steps
     if progress is not None:
         cfg = dataclasses.replace(cfg, progress=progress)
-    with distributed_from_env() as (rank, world, local_rank):
+    with distributed_from_env() as (rank, world, local_rank), contextlib.ExitStack() as held:
         return _train(
             absolute_paths(cfg),
             rank,
@@ -626,6 +750,7 @@ def train(
             stop_after_steps,
             print_report,
             bar_position,
+            held=held,
         )
 
 
@@ -638,9 +763,16 @@ def _train(
     stop_after_steps: int,
     print_report: bool = True,
     bar_position: int = 0,
+    *,
+    held: contextlib.ExitStack,
 ) -> Run:
+    """The run of :func:`train`; ``held`` keeps the run directory's lock until it returns."""
     is_main = rank == 0
-    if resume_dir is None and cfg.weights == "twin":
+    if resume_dir is not None and is_main:  # refused at once while a live run holds it
+        held.enter_context(ckpt.run_lock(Path(resume_dir)))
+    # a run killed before its first checkpoint starts over (from its saved configuration)
+    resuming = resume_dir is not None and (Path(resume_dir) / "checkpoints" / "last.pt").is_file()
+    if not resuming and cfg.weights == "twin":
         # the pretrained file, made once (by the main process; the others wait and read it)
         if is_main:
             from .pretrain import twin_weights
@@ -648,7 +780,7 @@ def _train(
             twin_weights(cfg)
         if world > 1:
             dist.barrier()
-    elif resume_dir is None:
+    elif not resuming:
         # fail at start-up, before any data work, when pretrained weights are asked for and absent
         resolve_weights(cfg.weights, cfg.backbone)
     device = select_device(cfg, local_rank, world)
@@ -663,7 +795,7 @@ def _train(
 
     # the model first, right after seeding: its initialisation does not depend on the data work
     # (a resumed run then takes every weight from its checkpoint)
-    trainee = build_trainee(cfg, world, weights="none" if resume_dir else None).to(device)
+    trainee = build_trainee(cfg, world, weights="none" if resuming else None).to(device)
     if cfg.channels_last:
         trainee.model.to(memory_format=torch.channels_last)
         trainee.model.channels_last = True
@@ -677,10 +809,14 @@ def _train(
         run_dir = Path(resume_dir)
     else:
         run_dir = Path(_broadcast_str(str(new_run_dir(cfg)) if is_main else None, world))
+        if is_main:
+            held.enter_context(ckpt.run_lock(run_dir))
     ckpt_dir = run_dir / "checkpoints"
     if is_main:
+        # what a run killed mid-write left (this run holds the directory's lock)
+        ckpt.sweep_temp_files([run_dir, ckpt_dir, run_dir / "figures"])
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+        ckpt.write_text(run_dir / "config.json", cfg.to_json() + "\n")
         save_split(data.split, run_dir / "split", data.summary)
         s = data.summary
         print(
@@ -692,20 +828,24 @@ def _train(
 
     if is_main:
         warn_literal_form_without_boxes(cfg, int(data.summary["train_annotated"]))
-    if resume_dir is None:
+    if not resuming:
         init_head_bias(trainee.model, cfg, data)
     opt, sched = make_optimizer(cfg, trainee)
     use_amp = amp_enabled(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     state = Progress(run_dir=run_dir)
     last = ckpt_dir / "last.pt"
-    if resume_dir is not None:
-        restore(last, trainee, opt, sched, scaler, state, rank, world)
+    pending: dict[str, Any] | None = None  # an epoch's row the checkpoint has, metrics maybe not
+    if resuming:
+        pending = restore(last, trainee, opt, sched, scaler, state, rank, world)
+        _set_lr(opt, sched, cfg.lr)  # --lr changed on resume; the restored state kept otherwise
         if is_main:
             print(
                 f"resumed {run_dir} at epoch {state.epoch} step {state.step_in_epoch} "
                 f"(global {state.global_step})"
             )
+    elif resume_dir is not None and is_main:
+        print(f"{run_dir} has no checkpoint yet: starting it over from its configuration")
 
     net: nn.Module = trainee
     if world > 1:
@@ -718,34 +858,80 @@ def _train(
         trainee.compile_parts(fullgraph_loss=world == 1)
     metrics = MetricsLog(run_dir) if is_main else None
 
-    def save(name: str = "last.pt") -> None:
+    def save(name: str = "last.pt", epoch_row: dict[str, Any] | None = None) -> None:
+        """Write a checkpoint, if every tensor it holds is finite (one fused check, one read).
+
+        ``epoch_row``: at an epoch's end, its metrics row, until ``metrics.json`` has it.
+        Under DDP the main process's verdict (written, non-finite, not written) is broadcast,
+        so every process stops together.
+        """
         rng = ckpt.rng_state()
         rngs: list[Any] = [rng]
         if world > 1:
             rngs = [None] * world
             dist.all_gather_object(rngs, rng)
+        path = ckpt_dir / name
+        status, failure = 0, None  # 0 written, 1 non-finite, 2 not written (full disk, ...)
+        payload: dict[str, Any] = {}
         if is_main:
-            ckpt.save_atomic(
-                {
-                    "model": trainee.model.state_dict(),
-                    "criterion": trainee.criterion.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": state.epoch,
-                    "step_in_epoch": state.step_in_epoch,
-                    "global_step": state.global_step,
-                    "rng": rngs,
-                    "config": json.loads(cfg.to_json()),
-                },
-                ckpt_dir / name,
-            )
-        state.last_checkpoint = ckpt_dir / name
+            payload = {
+                "model": trainee.model.state_dict(),
+                "criterion": trainee.criterion.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": state.epoch,
+                "step_in_epoch": state.step_in_epoch,
+                "global_step": state.global_step,
+                "epoch_sums": dict(state.epoch_sums),
+                "epoch_steps": state.epoch_steps,
+                "epoch_row": epoch_row,
+                "rng": rngs,
+                "config": json.loads(cfg.to_json()),
+            }
+            parts = (payload["model"], payload["criterion"], payload["optimizer"]["state"])
+            if not bool(ckpt.all_finite(ckpt.state_tensors(parts))):
+                status = 1
+            else:
+                try:
+                    ckpt.save_atomic(payload, path)
+                except ckpt.WriteError as err:
+                    status, failure = 2, err
+        if world > 1:
+            verdict = torch.tensor([status], device=device)
+            dist.broadcast(verdict, src=0)
+            status = int(verdict.item())
+        if status == 1:
+            if is_main:
+                _raise_non_finite_weights(path, state, payload)
+            raise NonFiniteWeightsError(f"non-finite weights: {path} not written (main process)")
+        if status == 2:
+            raise failure or ckpt.WriteError(f"cannot write {path} (the main process failed)")
+        state.last_checkpoint = path
+
+    def close_epoch(row: dict[str, Any]) -> EvalResults | None:
+        """The main process's end of an epoch: evaluate if due, then add its metrics row."""
+        assert metrics is not None
+        res = None
+        if (cfg.eval_every and row["epoch"] % cfg.eval_every == 0) or row["epoch"] == cfg.epochs:
+            res = evaluate(trainee.model, data.test_loader, device, data, **eval_bar)
+            for t, m in zip((0.1, 0.3, 0.5, 0.7), res.mean.tolist(), strict=True):
+                row[f"test_acc_T{t:g}_mean"] = None if math.isnan(m) else m
+            row.update({f"test_{k}": v for k, v in res.auc_means().items()})
+        metrics.add(row)
+        return res
 
     results: EvalResults | None = None
     eval_bar: dict[str, Any] = (
         {"desc": f"{run_dir.name} eval", "position": bar_position} if cfg.progress else {}
     )
+    if is_main and pending is not None:
+        assert metrics is not None
+        if not metrics.has(pending["epoch"]):  # stopped between its checkpoint and its row
+            print(f"epoch {pending['epoch']} has no metrics row yet: evaluating it again")
+            results = close_epoch(pending)
+    if barrier is not None and pending is not None:
+        barrier()
     trainee.train()
     while state.epoch < cfg.epochs:
         data.sampler.set_epoch(state.epoch, state.step_in_epoch)
@@ -780,27 +966,22 @@ def _train(
         sched.step()
         state.epoch += 1
         state.step_in_epoch = 0
-        save()
+        state.epoch_sums, state.epoch_steps = {}, 0
+        row: dict[str, Any] = {
+            "epoch": state.epoch,
+            "global_step": state.global_step,
+            "lr": opt.param_groups[0]["lr"] * 1.0,
+            **{f"train_{k}": v for k, v in log.means.items()},
+            "train_images_per_s": log.images_per_s,
+        }
+        # the row rides in the checkpoint: a run stopped before metrics.json has it adds it
+        # (evaluating the epoch again) when resumed
+        save(epoch_row=row)
         if state.epoch == cfg.epochs:
-            save(name=f"epoch{state.epoch:03d}.pt")
+            save(name=f"epoch{state.epoch:03d}.pt", epoch_row=row)
         if is_main:
-            assert metrics is not None
-            row: dict[str, Any] = {
-                "epoch": state.epoch,
-                "global_step": state.global_step,
-                "lr": opt.param_groups[0]["lr"] * 1.0,
-                **{f"train_{k}": v for k, v in log.means.items()},
-                "train_images_per_s": log.images_per_s,
-            }
-            evaluated = None
-            if (cfg.eval_every and state.epoch % cfg.eval_every == 0) or state.epoch == cfg.epochs:
-                results = evaluated = evaluate(
-                    trainee.model, data.test_loader, device, data, **eval_bar
-                )
-                for t, m in zip((0.1, 0.3, 0.5, 0.7), results.mean.tolist(), strict=True):
-                    row[f"test_acc_T{t:g}_mean"] = None if math.isnan(m) else m
-                row.update({f"test_{k}": v for k, v in results.auc_means().items()})
-            metrics.add(row)
+            evaluated = close_epoch(row)
+            results = evaluated or results
             print(
                 epoch_line(run_dir.name, state.epoch, cfg.epochs, log, lr, evaluated),
                 flush=True,
@@ -880,7 +1061,7 @@ def compare(cfg: TrainConfig) -> Path:
             cfg, losses=("base",), output_dir=str(root), run_name="baseline"
         ),
     }
-    (root / "config.json").write_text(cfg.to_json() + "\n")
+    ckpt.write_text(root / "config.json", cfg.to_json() + "\n")
     results: dict[str, EvalResults] = {}
     seconds: dict[str, float] = {}
     names = ("Baseline", "CCG")
@@ -934,7 +1115,7 @@ def compare(cfg: TrainConfig) -> Path:
         f"Training time: baseline {seconds['Baseline']:.0f} s, CCG {seconds['CCG']:.0f} s; "
         f"total {total:.0f} s\n"
     )
-    (root / "results.md").write_text(text)
+    ckpt.write_text(root / "results.md", text)
     print("\n" + text)
     return root
 

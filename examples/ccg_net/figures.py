@@ -86,7 +86,7 @@ def save_overlays(
         fig.suptitle(f"{ds.image_names[i]}  (green: ground truth, red: p > 0.5)", fontsize=8)
         fig.tight_layout()
         path = out_dir / f"{Path(ds.image_names[i]).stem}_{CLASS_NAMES[k]}.png"
-        fig.savefig(path, dpi=80)
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=80))  # noqa: B023
         plt.close(fig)
         written.append(path)
     return written

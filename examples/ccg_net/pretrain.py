@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,9 @@ def pretrain_config(cfg: TrainConfig, seed: int = PRETRAIN_SEED) -> TrainConfig:
         fold=0,
         losses=("base",),
         weights="none",
-        run_name=f"pretrain-{cfg.preset}-s{seed}",
+        # a directory of its own per pretraining (a run name is never reused: a pretraining of
+        # another configuration, or one started at once by another process, is another run)
+        run_name=f"pretrain-{cfg.preset}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
         eval_every=0,
         num_figures=0,
     )

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, ChestXray14
 from ccg_layers.metrics import classification_auc, localization_accuracy
 
+from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import test_boxes
 
@@ -160,7 +160,8 @@ def write_report(
 
     Writes ``results.md`` (the table), ``results.json`` (per method the summary, plus
     ``extra``), ``predictions-<model>.pt`` (per test image its name, probability maps and image
-    scores) and ``num_figures`` overlays in ``figures/``. Returns the text of ``results.md``.
+    scores) and ``num_figures`` overlays in ``figures/``, each file written atomically
+    (:func:`.checkpoint.write_atomic`). Returns the text of ``results.md``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     every = {**models, **references}
@@ -173,7 +174,7 @@ def write_report(
         for ref_name, ref in references.items():
             margin = res.mean_at(0.3) - ref.mean_at(0.3)
             lines.append(f"{name} - {ref_name} at T(IoU)=0.3: {margin:+.3f}")
-        torch.save(
+        ckpt.save_atomic(
             {"names": res.names, "maps": res.maps.half(), "scores": res.scores},
             out_dir / f"predictions-{name.lower()}.pt",
         )
@@ -197,7 +198,7 @@ def write_report(
         )
         lines.append(f"Figures: {len(figs)} PNGs in {out_dir / 'figures'}")
     text = "\n".join(lines) + "\n"
-    (out_dir / "results.md").write_text(text)
+    ckpt.write_text(out_dir / "results.md", text)
     payload = {
         "methods": {k: v.summary() for k, v in every.items()},
         "mean_T0.3": {k: v.mean_at(0.3) for k, v in every.items()},
@@ -206,7 +207,7 @@ def write_report(
         "test_images": list(test.image_names),
         **(extra or {}),
     }
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    ckpt.write_text(out_dir / "results.json", json.dumps(payload, indent=2) + "\n")
     return text
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ccg_layers.datasets import BOXED_CLASSES, NUM_FOLDS
 
+from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import dataset_root
 from .engine import absolute_paths, train
@@ -159,14 +160,15 @@ def run_fold(
     cfg: TrainConfig, root: Path, fold: int, baseline: bool = False, bar_position: int = 0
 ) -> dict[str, Tensor]:
     """The accuracy matrices ``(T, K)`` per method of one fold: read back if the fold finished,
-    resumed if it was interrupted after a checkpoint, trained otherwise. With ``baseline``, the
-    fold's baseline run (``fold<k>-baseline``: ``cfg`` with L_base alone), its model only."""
+    resumed if it was interrupted (from its last checkpoint, or from the start before its
+    first), trained otherwise. With ``baseline``, the fold's baseline run (``fold<k>-baseline``:
+    ``cfg`` with L_base alone), its model only."""
     name = f"fold{fold}-baseline" if baseline else f"fold{fold}"
     label = f"fold {fold}, baseline" if baseline else f"fold {fold}"
     fold_dir = root / name
     report = fold_dir / "results.json"
     if not report.is_file():
-        if (fold_dir / "checkpoints" / "last.pt").is_file():
+        if (fold_dir / "config.json").is_file():  # (one killed before a checkpoint starts over)
             print(f"\n=== {label}: resuming {fold_dir} ===")
             train(
                 cfg,
@@ -293,7 +295,7 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
         + "\n".join(notes)
         + "\n"
     )
-    (root / "reproduce.md").write_text(text)
+    ckpt.write_text(root / "reproduce.md", text)
     payload = {
         "setting": cfg.setting,
         "folds": list(folds),
@@ -312,6 +314,6 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
             for r in published
         ],
     }
-    (root / "reproduce.json").write_text(json.dumps(payload, indent=2) + "\n")
+    ckpt.write_text(root / "reproduce.json", json.dumps(payload, indent=2) + "\n")
     print("\n" + text)
     return root
