@@ -15,13 +15,14 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ccg_layers.datasets.published_csv import DatasetFormatError
 from ccg_layers.transforms import normalize_radiographs
 
 __all__ = [
@@ -93,8 +94,11 @@ _DATA_ENTRY_HEADER = (
 _BBOX_HEADER = ("Image Index", "Finding Label")
 
 
-class ChestXray14FormatError(ValueError):
-    """A ChestX-ray14 file is malformed; the message names the file and the line."""
+class ChestXray14FormatError(DatasetFormatError):
+    """A ChestX-ray14 file is malformed; the message names the file and the line.
+
+    A :class:`~ccg_layers.datasets.DatasetFormatError` (hence a ``ValueError``).
+    """
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,40 @@ class ChestXray14Index:
         out = torch.zeros(len(self.images), dtype=torch.bool)
         out[self.box_image_index] = True
         return out
+
+    # ----------------------------------------------- the DatasetIndex interface (index.py)
+
+    @property
+    def dataset_name(self) -> str:
+        """``"ChestX-ray14"``."""
+        return "ChestX-ray14"
+
+    @property
+    def has_patient_ids(self) -> bool:
+        """``True``: the ``Patient ID`` column."""
+        return True
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """:data:`CLASS_NAMES`, the 14 classes of ``labels``."""
+        return CLASS_NAMES
+
+    @property
+    def boxed_classes(self) -> tuple[str, ...]:
+        """:data:`BOXED_CLASSES`, the 8 classes with boxes."""
+        return BOXED_CLASSES
+
+    @property
+    def image_sizes(self) -> Tensor:
+        """``(N, 2)`` long, all :data:`BOX_FRAME` (the CSV boxes' frame, whatever the PNG's size)."""
+        return torch.full((len(self.images), 2), BOX_FRAME, dtype=torch.long)
+
+    def find_images(self, image_root: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+        """:func:`find_image_files` of ``image_root`` (default ``root``), limited to the index."""
+        folder = Path(image_root) if image_root is not None else self.root
+        if folder is None:
+            raise ValueError("`image_root` is required when the index has no root folder")
+        return {n: p for n, p in find_image_files(folder).items() if n in self._positions}
 
 
 class ChestXray14Sample(TypedDict):
@@ -466,13 +504,30 @@ def read_radiograph(path: str | os.PathLike[str], size: int | None = None) -> Te
                 im.draft("L", (size, size))  # decode at a reduced scale when it is enough
             gray = im if im.mode == "L" else im.convert("L")  # ITU-R 601-2 luma, alpha dropped
             gray.load()
-        if size is not None and gray.size != (size, size):
-            w, h = gray.size
-            if w % size == 0 and h % size == 0:  # 1024 -> 512: the exact block mean, fastest
-                gray = gray.reduce((w // size, h // size))
-            else:
-                gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(gray)
+        return gray_to_uint8(gray, size)
+
+
+def gray_to_uint8(gray: Any, size: int | None) -> Tensor:
+    """A Pillow ``"L"`` or ``"F"`` (0..255) image as ``(1, S, S)`` uint8, resized.
+
+    The resize of :func:`read_radiograph`: block mean for integer factors, else bilinear.
+
+    Example:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> gray = Image.fromarray(np.full((4, 8), 127.6, dtype=np.float32), mode="F")
+        >>> gray_to_uint8(gray, 2).tolist()
+        [[[128, 128], [128, 128]]]
+    """
+    from PIL import Image
+
+    if size is not None and gray.size != (size, size):
+        w, h = gray.size
+        if w % size == 0 and h % size == 0:  # 1024 -> 512: the exact block mean, fastest
+            gray = gray.reduce((w // size, h // size))
+        else:
+            gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(gray)
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return torch.from_numpy(np.array(arr, dtype=np.uint8))[None]
