@@ -214,7 +214,8 @@ def read_vindr_cxr(
     root = Path(root)
     path = root / csv_file
     order: dict[str, int] = {}
-    readers: dict[str, dict[str, int]] = {}  # image -> reader -> line of its No finding row
+    readers: dict[str, set[str]] = {}  # image -> its radiologists
+    no_findings: dict[tuple[str, str], int] = {}  # (image, reader) -> line of No finding
     boxes: list[_Box] = []
     seen: dict[tuple[object, ...], int] = {}
     findings: dict[tuple[str, str], int] = {}  # (image, reader) -> line of a finding
@@ -228,7 +229,7 @@ def read_vindr_cxr(
         if key in seen:
             fail_or_skip(f"{where}: duplicate of line {seen[key]}: {row}", skip_bad_rows, _log)
             continue
-        no_finding = readers.get(image, {}).get(reader)
+        no_finding = no_findings.get((image, reader))
         finding = findings.get((image, reader))
         if (k is None and finding is not None) or (k is not None and no_finding is not None):
             other = finding if k is None else no_finding
@@ -241,11 +242,10 @@ def read_vindr_cxr(
             continue
         seen[key] = line
         order.setdefault(image, len(order))
-        image_readers = readers.setdefault(image, {})
+        readers.setdefault(image, set()).add(reader)
         if k is None:
-            image_readers[reader] = line
+            no_findings[(image, reader)] = line
         else:
-            image_readers.setdefault(reader, 0)
             findings.setdefault((image, reader), line)
             assert box is not None
             boxes.append(_Box(line, image, reader, k, box))
