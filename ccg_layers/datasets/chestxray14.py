@@ -15,14 +15,15 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ccg_layers.datasets.grayscale import read_radiograph
 from ccg_layers.datasets.published_csv import DatasetFormatError
+from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
 from ccg_layers.transforms import normalize_radiographs
 
 __all__ = [
@@ -190,43 +191,6 @@ class ChestXray14Index:
         if folder is None:
             raise ValueError("`image_root` is required when the index has no root folder")
         return {n: p for n, p in find_image_files(folder).items() if n in self._positions}
-
-
-class ChestXray14Sample(TypedDict):
-    """One sample of :class:`ChestXray14`.
-
-    ``image`` (1, S, S) uint8 luminance (``output="uint8"``, the default), or (3, S, S) float32
-    ImageNet-normalised (``output="imagenet"``) or in [0, 1] (``output="unit"``); ``labels`` (14,) float32; ``boxes`` (b, 4) float32 xyxy in pixels of the
-    S x S working image; ``box_class`` (b,) long; ``has_box`` (14,) bool; ``name`` the image
-    file name; ``index`` the position in the dataset.
-    """
-
-    image: Tensor
-    labels: Tensor
-    boxes: Tensor
-    box_class: Tensor
-    has_box: Tensor
-    name: str
-    index: int
-
-
-class ChestXray14Batch(TypedDict):
-    """A batch from :func:`collate_chestxray14`.
-
-    ``image`` (B, 1, S, S) uint8 (or (B, 3, S, S) float32, see :class:`ChestXray14Sample`); ``labels`` (B, 14); ``has_box`` (B, 14) bool; the boxes of all
-    images flat: ``boxes`` (M, 4), ``box_class`` (M,), ``box_image_index`` (M,) long into the
-    batch (the layout :func:`ccg_layers.metrics.localization_accuracy` takes); ``names`` and
-    ``indices`` lists of length B.
-    """
-
-    image: Tensor
-    labels: Tensor
-    has_box: Tensor
-    boxes: Tensor
-    box_class: Tensor
-    box_image_index: Tensor
-    names: list[str]
-    indices: list[int]
 
 
 # --------------------------------------------------------------------------- CSV reading
@@ -466,73 +430,6 @@ def find_image_files(image_root: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
-def read_radiograph(path: str | os.PathLike[str], size: int | None = None) -> Tensor:
-    """Read a radiograph as ``(1, H, W)`` uint8 luminance, optionally resized to ``size`` x ``size``.
-
-    PNG or JPEG of any bit depth: 8-bit gray is taken as is, RGB(A) becomes its ITU-R 601-2
-    luma (alpha dropped), 16-bit gray is scaled to 8 bits (``round(v * 255 / 65535)``). The
-    resize is the block mean for integer factors (``Image.reduce``, e.g. 1024 -> 512) and
-    Pillow's bilinear filter (antialiased when shrinking) otherwise.
-
-    Args:
-        path: The image file.
-        size: The square working size ``S``; ``None`` keeps the file's size.
-
-    Returns:
-        ``(1, S, S)`` (or ``(1, H, W)``) uint8.
-
-    Raises:
-        OSError: The file is missing or not an image Pillow can read.
-
-    Example:
-        >>> import tempfile, numpy as np
-        >>> from PIL import Image
-        >>> path = tempfile.mkdtemp() + "/x.png"
-        >>> Image.fromarray(np.full((40, 30), 65535, dtype=np.uint16)).save(path)
-        >>> image = read_radiograph(path, 16)
-        >>> image.shape, image.dtype, int(image.max())
-        (torch.Size([1, 16, 16]), torch.uint8, 255)
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) * (255.0 / 65535.0)
-            gray = Image.fromarray(arr, mode="F")
-        else:
-            if im.format == "JPEG" and size is not None:
-                im.draft("L", (size, size))  # decode at a reduced scale when it is enough
-            gray = im if im.mode == "L" else im.convert("L")  # ITU-R 601-2 luma, alpha dropped
-            gray.load()
-        return gray_to_uint8(gray, size)
-
-
-def gray_to_uint8(gray: Any, size: int | None) -> Tensor:
-    """A Pillow ``"L"`` or ``"F"`` (0..255) image as ``(1, S, S)`` uint8, resized.
-
-    The resize of :func:`read_radiograph`: block mean for integer factors, else bilinear.
-
-    Example:
-        >>> import numpy as np
-        >>> from PIL import Image
-        >>> gray = Image.fromarray(np.full((4, 8), 127.6, dtype=np.float32), mode="F")
-        >>> gray_to_uint8(gray, 2).tolist()
-        [[[128, 128], [128, 128]]]
-    """
-    from PIL import Image
-
-    if size is not None and gray.size != (size, size):
-        w, h = gray.size
-        if w % size == 0 and h % size == 0:  # 1024 -> 512: the exact block mean, fastest
-            gray = gray.reduce((w // size, h // size))
-        else:
-            gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(gray)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return torch.from_numpy(np.array(arr, dtype=np.uint8))[None]
-
-
 class ChestXray14(Dataset[ChestXray14Sample]):
     """ChestX-ray14 as a map-style ``torch.utils.data.Dataset``.
 
@@ -699,31 +596,3 @@ class ChestXray14(Dataset[ChestXray14Sample]):
                 index=j,
             )
         raise OSError("no readable image in the dataset")
-
-
-def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batch:
-    """Batch samples with varying numbers of boxes: images stacked, boxes concatenated flat.
-
-    Example:
-        >>> import torch
-        >>> s = dict(image=torch.zeros(3, 8, 8), labels=torch.zeros(14), has_box=torch.zeros(14,
-        ...          dtype=torch.bool), box_class=torch.tensor([1]), name="a.png", index=0,
-        ...          boxes=torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
-        >>> t = dict(s, boxes=torch.zeros(0, 4), box_class=torch.zeros(0, dtype=torch.long))
-        >>> batch = collate_chestxray14([t, s])
-        >>> batch["image"].shape, batch["box_image_index"].tolist()
-        (torch.Size([2, 3, 8, 8]), [1])
-    """
-    if not samples:
-        raise ValueError("`samples` must hold at least one sample, got an empty sequence")
-    counts = torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.long)
-    return ChestXray14Batch(
-        image=torch.stack([s["image"] for s in samples]),
-        labels=torch.stack([s["labels"] for s in samples]),
-        has_box=torch.stack([s["has_box"] for s in samples]),
-        boxes=torch.cat([s["boxes"].reshape(-1, 4) for s in samples]),
-        box_class=torch.cat([s["box_class"].reshape(-1) for s in samples]),
-        box_image_index=torch.repeat_interleave(torch.arange(len(samples)), counts),
-        names=[s["name"] for s in samples],
-        indices=[s["index"] for s in samples],
-    )

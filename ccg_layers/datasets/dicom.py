@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ccg_layers.datasets.chestxray14 import gray_to_uint8, read_radiograph
+from ccg_layers.datasets.grayscale import gray_to_uint8, read_radiograph
 
 __all__ = ["DICOM_SUFFIXES", "dicom_frame_size", "dicom_to_unit", "read_dicom", "read_image"]
 

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ccg_layers.datasets.chestxray14 import ChestXray14Sample
 from ccg_layers.datasets.dicom import read_image
 from ccg_layers.datasets.index import DatasetIndex, boxes_at_size
+from ccg_layers.datasets.samples import ChestXray14Sample
 from ccg_layers.transforms import normalize_radiographs
 
 __all__ = ["RadiographDataset"]
