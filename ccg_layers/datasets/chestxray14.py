@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ccg_layers.datasets.grayscale import read_radiograph
+from ccg_layers.datasets.index import IndexRows
 from ccg_layers.datasets.published_csv import DatasetFormatError
 from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
 from ccg_layers.transforms import normalize_radiographs
@@ -103,7 +104,7 @@ class ChestXray14FormatError(DatasetFormatError):
 
 
 @dataclass(frozen=True)
-class ChestXray14Index:
+class ChestXray14Index(IndexRows):
     """The content of the two ChestX-ray14 CSV files, as tensors.
 
     Attributes:
@@ -118,6 +119,9 @@ class ChestXray14Index:
         box_class: ``(M,)`` long, index of each box's class into :data:`CLASS_NAMES`.
         root: The folder the CSV files were read from (images are looked up under it), or
             ``None`` for an index built in memory.
+
+    ``len(index)``, ``index.position(name)``, ``has_box`` ``(N, 14)`` and ``annotated`` ``(N,)``
+    are those of every index (:class:`~ccg_layers.datasets.index.IndexRows`).
     """
 
     images: list[str]
@@ -133,30 +137,6 @@ class ChestXray14Index:
 
     def __post_init__(self) -> None:
         self._positions.update({name: i for i, name in enumerate(self.images)})
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def position(self, name: str) -> int:
-        """The row of image ``name``; ``KeyError`` naming it when it is not in the index."""
-        try:
-            return self._positions[name]
-        except KeyError:
-            raise KeyError(f"image {name!r} is not in the ChestX-ray14 index") from None
-
-    @property
-    def has_box(self) -> Tensor:
-        """``(N, 14)`` bool: whether class ``k`` of image ``i`` has at least one box."""
-        out = torch.zeros(len(self.images), len(CLASS_NAMES), dtype=torch.bool)
-        out[self.box_image_index, self.box_class] = True
-        return out
-
-    @property
-    def annotated(self) -> Tensor:
-        """``(N,)`` bool: whether the image has at least one box."""
-        out = torch.zeros(len(self.images), dtype=torch.bool)
-        out[self.box_image_index] = True
-        return out
 
     # ----------------------------------------------- the DatasetIndex interface (index.py)
 

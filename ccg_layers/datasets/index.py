@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["DatasetIndex", "RadiographIndex", "boxes_at_size"]
+__all__ = ["DatasetIndex", "IndexRows", "RadiographIndex", "boxes_at_size"]
 
 
 @runtime_checkable
@@ -105,14 +105,56 @@ class DatasetIndex(Protocol):
         """Map the name of every image found on disk to its file (under ``image_root`` if given)."""
 
 
-def _has_box(n: int, k: int, box_image_index: Tensor, box_class: Tensor) -> Tensor:
-    out = torch.zeros(n, k, dtype=torch.bool)
-    out[box_image_index, box_class] = True
-    return out
+class IndexRows:
+    """The row look-ups every index shares: ``len``, :meth:`position`, ``has_box``, ``annotated``.
+
+    A base of the frozen dataclasses :class:`RadiographIndex` and
+    :class:`~ccg_layers.datasets.ChestXray14Index`, which hold the fields read here and fill
+    ``_positions`` (image name -> row) in their ``__post_init__``.
+    """
+
+    images: list[str]
+    box_image_index: Tensor
+    box_class: Tensor
+    _positions: dict[str, int]
+
+    if TYPE_CHECKING:  # a field of one index, a property of another: declared, not defined
+
+        @property
+        def dataset_name(self) -> str:
+            """The dataset's name, for messages."""
+
+        @property
+        def class_names(self) -> tuple[str, ...]:
+            """The ``K`` classes."""
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def position(self, name: str) -> int:
+        """The row of image ``name``; ``KeyError`` naming it when it is not in the index."""
+        try:
+            return self._positions[name]
+        except KeyError:
+            raise KeyError(f"image {name!r} is not in the {self.dataset_name} index") from None
+
+    @property
+    def has_box(self) -> Tensor:
+        """``(N, K)`` bool: whether class ``k`` of image ``i`` has at least one box."""
+        out = torch.zeros(len(self.images), len(self.class_names), dtype=torch.bool)
+        out[self.box_image_index, self.box_class] = True
+        return out
+
+    @property
+    def annotated(self) -> Tensor:
+        """``(N,)`` bool: whether the image has at least one box."""
+        out = torch.zeros(len(self.images), dtype=torch.bool)
+        out[self.box_image_index] = True
+        return out
 
 
 @dataclass(frozen=True)
-class RadiographIndex:
+class RadiographIndex(IndexRows):
     """A :class:`DatasetIndex` held in memory: what the VinDr-CXR and RSNA readers return.
 
     Attributes:
@@ -176,28 +218,6 @@ class RadiographIndex:
         self._positions.update({name: i for i, name in enumerate(self.images)})
         if len(self._positions) != n:
             raise ValueError(f"`images` must be unique; {n - len(self._positions)} repeated")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def position(self, name: str) -> int:
-        """The row of image ``name``; ``KeyError`` naming it when it is not in the index."""
-        try:
-            return self._positions[name]
-        except KeyError:
-            raise KeyError(f"image {name!r} is not in the {self.dataset_name} index") from None
-
-    @property
-    def has_box(self) -> Tensor:
-        """``(N, K)`` bool: whether class ``k`` of image ``i`` has at least one box."""
-        return _has_box(len(self), len(self.class_names), self.box_image_index, self.box_class)
-
-    @property
-    def annotated(self) -> Tensor:
-        """``(N,)`` bool: whether the image has at least one box."""
-        out = torch.zeros(len(self.images), dtype=torch.bool)
-        out[self.box_image_index] = True
-        return out
 
     def find_images(self, image_root: str | os.PathLike[str] | None = None) -> dict[str, Path]:
         """Map every image found on disk to its file.
