@@ -15,17 +15,16 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from ccg_layers.datasets.grayscale import read_radiograph
 from ccg_layers.datasets.index import IndexRows
 from ccg_layers.datasets.published_csv import DatasetFormatError
+from ccg_layers.datasets.radiographs import RadiographDataset
 from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
-from ccg_layers.transforms import normalize_radiographs
 
 __all__ = [
     "BBOX_LIST_FILE",
@@ -410,20 +409,26 @@ def find_image_files(image_root: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
-class ChestXray14(Dataset[ChestXray14Sample]):
+class ChestXray14(RadiographDataset):
     """ChestX-ray14 as a map-style ``torch.utils.data.Dataset``.
 
     A sample (:class:`ChestXray14Sample`) is the image resized to ``image_size`` x
-    ``image_size`` (block mean for integer factors, else bilinear) as 1-channel uint8 luminance (see
-    :func:`read_radiograph`: 1 byte per pixel through the loader; a model expands it to 3
-    channels and normalises it on its device with :func:`normalize_radiographs`), the 14-class
-    label vector, the image's boxes scaled
-    from the 1024-pixel frame to the working size with their classes, and ``has_box`` (14,)
-    saying which classes have a box. Batch with :func:`collate_chestxray14`.
+    ``image_size`` (block mean for integer factors, else bilinear) as 1-channel uint8 luminance
+    (see :func:`read_radiograph`: 1 byte per pixel through the loader; a model expands it to 3
+    channels and normalises it on its device with
+    :func:`~ccg_layers.datasets.normalize_radiographs`), the 14-class label vector, the image's
+    boxes scaled from the 1024-pixel frame to the working size with their classes, and
+    ``has_box`` (14,) saying which classes have a box. Batch with :func:`collate_chestxray14`.
 
     Images are found in ``image_root/images/`` or the official ``images_001/images`` ...
     ``images_012/images`` subfolders. The CSV boxes are always in the 1024-pixel frame; a PNG
     of another size (e.g. a dataset written at 512 x 512) is read as the same frame.
+
+    A :class:`~ccg_layers.datasets.RadiographDataset` of a
+    :class:`~ccg_layers.datasets.ChestXray14Index`, reading its PNGs with
+    :func:`read_radiograph`; it has the same attributes (``index``, ``image_names``, ``paths``,
+    ``rows``, ``image_size``, ``output``, ``skip_bad_images``) and methods (``load_image``,
+    ``targets``).
 
     Args:
         root_or_index: The dataset folder (read with :func:`read_chestxray14`) or an index.
@@ -431,14 +436,16 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         image_size: The working size ``S`` (paper: 512).
         output: The image's form: ``"uint8"`` (default) ``(1, S, S)`` uint8 luminance;
             ``"imagenet"`` ``(3, S, S)`` float32 ImageNet-normalised (the gray value repeated
-            to 3 channels, :func:`normalize_radiographs`); ``"unit"`` ``(3, S, S)`` float32 in
-            [0, 1].
+            to 3 channels, :func:`~ccg_layers.datasets.normalize_radiographs`); ``"unit"``
+            ``(3, S, S)`` float32 in [0, 1].
         image_root: Where the images are; default the index's ``root``.
         skip_bad_images: Log and skip missing images (and malformed CSV rows when reading
             ``root``) instead of raising; an unreadable image at load time is replaced by the
             next readable one.
 
     Raises:
+        ValueError: A bad ``image_size`` or ``output``, or an index without ``root`` and no
+            ``image_root``.
         FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
         KeyError: A name of ``image_names`` is not in the index.
 
@@ -454,6 +461,9 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         torch.Size([3, 64, 64])
     """
 
+    index: ChestXray14Index
+    _logger: ClassVar[logging.Logger] = _log
+
     def __init__(
         self,
         root_or_index: str | os.PathLike[str] | ChestXray14Index,
@@ -468,111 +478,25 @@ class ChestXray14(Dataset[ChestXray14Sample]):
             index = root_or_index
         else:
             index = read_chestxray14(root_or_index, skip_bad_rows=skip_bad_images)
-        if not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
-        if output not in ("uint8", "imagenet", "unit"):
-            raise ValueError(f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}")
-        folder = Path(image_root) if image_root is not None else index.root
-        if folder is None:
-            raise ValueError("`image_root` is required when the index has no root folder")
-        self.index = index
-        self.image_size = image_size
-        self.output = output
-        self.skip_bad_images = skip_bad_images
-        names = list(index.images) if image_names is None else list(image_names)
-        rows = [index.position(n) for n in names]
-        files = find_image_files(folder)
-        missing = [n for n in names if n not in files]
-        if missing:
-            message = (
-                f"{len(missing)} image(s) not found under {folder} (looked in images/ and "
-                f"images_*/images/): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-            )
-            if not skip_bad_images:
-                raise FileNotFoundError(message)
-            _log.warning("skipping: %s", message)
-            gone = set(missing)
-            keep = [j for j, n in enumerate(names) if n not in gone]
-            names, rows = [names[j] for j in keep], [rows[j] for j in keep]
-        self.image_names = names
-        self.paths = [files[n] for n in names]
-        self._rows = torch.tensor(rows, dtype=torch.long)
-        # Boxes grouped by dataset position, scaled from the 1024 frame to the working size.
-        order = torch.argsort(index.box_image_index, stable=True)
-        self._box_rows = index.box_image_index[order]
-        self._boxes = index.boxes[order] * (image_size / BOX_FRAME)
-        self._box_class = index.box_class[order]
-        self._has_box = index.has_box
-
-    def __len__(self) -> int:
-        return len(self.image_names)
-
-    @property
-    def rows(self) -> Tensor:
-        """``(len(self),)`` long: each sample's row in ``self.index`` (e.g. ``index.labels[rows]``)."""
-        return self._rows
-
-    def load_image(self, i: int) -> Tensor:
-        """The image of sample ``i`` in the ``output`` form (``OSError`` naming an unreadable file)."""
-        path = self.paths[i]
-        try:
-            gray = read_radiograph(path, self.image_size)
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot read ChestX-ray14 image {path}: {err}") from err
-        if self.output == "imagenet":
-            return normalize_radiographs(gray)
-        if self.output == "unit":
-            return (gray.float() / 255.0).expand(3, -1, -1).clone()
-        return gray
-
-    def _target_tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        row = int(self._rows[i])
-        lo = int(torch.searchsorted(self._box_rows, row, side="left"))
-        hi = int(torch.searchsorted(self._box_rows, row, side="right"))
-        return (
-            self.index.labels[row].clone(),
-            self._boxes[lo:hi].clone(),
-            self._box_class[lo:hi].clone(),
-            self._has_box[row].clone(),
+        super().__init__(
+            index,
+            image_names,
+            image_size=image_size,
+            output=output,
+            image_root=image_root,
+            skip_bad_images=skip_bad_images,
         )
 
-    def targets(self, i: int) -> dict[str, Tensor | str | int]:
-        """Everything of sample ``i`` but the image, without opening the PNG.
+    def _missing_message(
+        self, missing: list[str], image_root: str | os.PathLike[str] | None
+    ) -> str:
+        """The message of the original reader: where it looked, which names it missed."""
+        folder = Path(image_root) if image_root is not None else self.index.root
+        return (
+            f"{len(missing)} image(s) not found under {folder} (looked in images/ and "
+            f"images_*/images/): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
 
-        The keys of :class:`ChestXray14Sample` other than ``image``: ``labels``, ``boxes`` (at
-        the working size), ``box_class``, ``has_box``, ``name``, ``index``. For pipelines that
-        keep decoded images in memory.
-        """
-        labels, boxes, box_class, has_box = self._target_tensors(i)
-        return {
-            "labels": labels,
-            "boxes": boxes,
-            "box_class": box_class,
-            "has_box": has_box,
-            "name": self.image_names[i],
-            "index": i,
-        }
-
-    def __getitem__(self, i: int) -> ChestXray14Sample:
-        """Sample ``i`` (see the class docstring)."""
-        n = len(self)
-        for attempt in range(n if self.skip_bad_images else 1):
-            j = (i + attempt) % n
-            try:
-                image = self.load_image(j)
-            except OSError:
-                if not self.skip_bad_images:
-                    raise
-                _log.warning("skipping unreadable image %s", self.paths[j], exc_info=True)
-                continue
-            labels, boxes, box_class, has_box = self._target_tensors(j)
-            return ChestXray14Sample(
-                image=image,
-                labels=labels,
-                boxes=boxes,
-                box_class=box_class,
-                has_box=has_box,
-                name=self.image_names[j],
-                index=j,
-            )
-        raise OSError("no readable image in the dataset")
+    def _read_file(self, path: Path) -> Tensor:
+        """The PNG in ``path`` (:func:`read_radiograph`; never taken for DICOM)."""
+        return read_radiograph(path, self.image_size)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -38,6 +39,10 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
     scaled from its frame (``index.image_sizes``) to the working size, their classes,
     ``has_box`` and the name. Batch with :func:`~ccg_layers.datasets.collate_chestxray14`.
 
+    :class:`~ccg_layers.datasets.ChestXray14` is this class on a ChestX-ray14 index; a subclass
+    may change how a file is read (``_read_file``), the message naming missing images
+    (``_missing_message``) and the logger of its warnings (``_logger``).
+
     Args:
         index: Any dataset index (ChestX-ray14, VinDr-CXR, RSNA Pneumonia, ...).
         image_names: The images of this dataset (e.g. ``splits["train"]``); default all.
@@ -62,6 +67,9 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         (torch.Size([1, 64, 64]), torch.Size([14]), torch.bool)
     """
 
+    #: Where missing and unreadable images are reported (``logging.WARNING``).
+    _logger: ClassVar[logging.Logger] = _log
+
     def __init__(
         self,
         index: DatasetIndex,
@@ -76,23 +84,19 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
             raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
         if output not in ("uint8", "imagenet", "unit"):
             raise ValueError(f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}")
+        files = index.find_images(image_root)
         self.index = index
         self.image_size = image_size
         self.output = output
         self.skip_bad_images = skip_bad_images
         names = list(index.images) if image_names is None else list(image_names)
         rows = [index.position(n) for n in names]
-        files = index.find_images(image_root)
         missing = [n for n in names if n not in files]
         if missing:
-            where = image_root if image_root is not None else index.root
-            message = (
-                f"{len(missing)} {index.dataset_name} image(s) not found (under {where}): "
-                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-            )
+            message = self._missing_message(missing, image_root)
             if not skip_bad_images:
                 raise FileNotFoundError(message)
-            _log.warning("skipping: %s", message)
+            self._logger.warning("skipping: %s", message)
             gone = set(missing)
             keep = [j for j, n in enumerate(names) if n not in gone]
             names, rows = [names[j] for j in keep], [rows[j] for j in keep]
@@ -109,16 +113,30 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
     def __len__(self) -> int:
         return len(self.image_names)
 
+    def _missing_message(
+        self, missing: list[str], image_root: str | os.PathLike[str] | None
+    ) -> str:
+        """The message naming the images of ``image_names`` that have no file."""
+        where = image_root if image_root is not None else self.index.root
+        return (
+            f"{len(missing)} {self.index.dataset_name} image(s) not found (under {where}): "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+
+    def _read_file(self, path: Path) -> Tensor:
+        """The ``(1, S, S)`` uint8 image in ``path``, of any kind (:func:`read_image`)."""
+        return read_image(path, self.image_size)
+
     @property
     def rows(self) -> Tensor:
-        """``(len(self),)`` long: each sample's row in ``self.index``."""
+        """``(len(self),)`` long: each sample's row in ``self.index`` (e.g. ``index.labels[rows]``)."""
         return self._rows
 
     def load_image(self, i: int) -> Tensor:
         """The image of sample ``i`` in the ``output`` form (``OSError`` naming an unreadable file)."""
         path = self.paths[i]
         try:
-            gray = read_image(path, self.image_size)
+            gray = self._read_file(path)
         except (OSError, ValueError) as err:
             raise OSError(f"cannot read {self.index.dataset_name} image {path}: {err}") from err
         if self.output == "imagenet":
@@ -139,7 +157,12 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         )
 
     def targets(self, i: int) -> dict[str, Tensor | str | int]:
-        """Everything of sample ``i`` but the image, without opening the file."""
+        """Everything of sample ``i`` but the image, without opening the image file.
+
+        The keys of :class:`~ccg_layers.datasets.ChestXray14Sample` other than ``image``:
+        ``labels``, ``boxes`` (at the working size), ``box_class``, ``has_box``, ``name``,
+        ``index``. For pipelines that keep decoded images in memory.
+        """
         labels, boxes, box_class, has_box = self._target_tensors(i)
         return {
             "labels": labels,
@@ -160,7 +183,7 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
             except OSError:
                 if not self.skip_bad_images:
                     raise
-                _log.warning("skipping unreadable image %s", self.paths[j], exc_info=True)
+                self._logger.warning("skipping unreadable image %s", self.paths[j], exc_info=True)
                 continue
             labels, boxes, box_class, has_box = self._target_tensors(j)
             return ChestXray14Sample(
@@ -172,4 +195,4 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
                 name=self.image_names[j],
                 index=j,
             )
-        raise OSError(f"no readable image in the {self.index.dataset_name} dataset")
+        raise OSError("no readable image in the dataset")
