@@ -3,11 +3,8 @@ images, and one test per malformed row."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ccg_layers.datasets import (
@@ -16,7 +13,9 @@ from ccg_layers.datasets import (
     RadiographDataset,
     read_rsna_pneumonia,
 )
+from tests.datasets.malformed_rows import assert_row_is_named, assert_row_is_skipped
 
+CSV = "stage_2_train_labels.csv"
 HEADER = "patientId,x,y,width,height,Target\n"
 P = [f"0004cfab-14fd-4e49-80ba-63a80b6bddd{i}" for i in range(4)]  # ids like the challenge's
 ROWS = [
@@ -30,7 +29,7 @@ ROWS = [
 
 def write_csv(root, rows=ROWS):
     root.mkdir(parents=True, exist_ok=True)
-    (root / "stage_2_train_labels.csv").write_text(HEADER + "".join(rows))
+    (root / CSV).write_text(HEADER + "".join(rows))
     return root
 
 
@@ -116,21 +115,14 @@ BAD_ROWS = {
 def test_a_malformed_row_is_named_by_file_and_line(tmp_path, kind):
     row, match = BAD_ROWS[kind]
     write_csv(tmp_path, [*ROWS, row])
-    with pytest.raises(
-        DatasetFormatError, match=f"stage_2_train_labels\\.csv:{len(ROWS) + 2}: {match}"
-    ):
-        read_rsna_pneumonia(tmp_path)
+    assert_row_is_named(read_rsna_pneumonia, tmp_path, CSV, len(ROWS) + 2, match)
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_ROWS))
 def test_skip_bad_rows_logs_and_skips_it(tmp_path, kind, caplog):
     write_csv(tmp_path, [*ROWS, BAD_ROWS[kind][0]])
-    with caplog.at_level(logging.WARNING, logger="ccg_layers.datasets"):
-        index = read_rsna_pneumonia(tmp_path, skip_bad_rows=True)
-    assert f"stage_2_train_labels.csv:{len(ROWS) + 2}:" in caplog.text
-    good = read_rsna_pneumonia(write_csv(tmp_path / "good"))
-    assert index.images == good.images
-    assert torch.equal(index.boxes, good.boxes)
+    good = write_csv(tmp_path / "good")
+    assert_row_is_skipped(read_rsna_pneumonia, tmp_path, good, CSV, len(ROWS) + 2, caplog)
 
 
 def test_a_header_without_a_column_is_named(tmp_path):
