@@ -15,14 +15,16 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from ccg_layers.transforms import normalize_radiographs
+from ccg_layers.datasets.grayscale import read_radiograph
+from ccg_layers.datasets.index import IndexRows
+from ccg_layers.datasets.published_csv import DatasetFormatError
+from ccg_layers.datasets.radiographs import RadiographDataset
+from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
 
 __all__ = [
     "BBOX_LIST_FILE",
@@ -93,12 +95,15 @@ _DATA_ENTRY_HEADER = (
 _BBOX_HEADER = ("Image Index", "Finding Label")
 
 
-class ChestXray14FormatError(ValueError):
-    """A ChestX-ray14 file is malformed; the message names the file and the line."""
+class ChestXray14FormatError(DatasetFormatError):
+    """A ChestX-ray14 file is malformed; the message names the file and the line.
+
+    A :class:`~ccg_layers.datasets.DatasetFormatError` (hence a ``ValueError``).
+    """
 
 
 @dataclass(frozen=True)
-class ChestXray14Index:
+class ChestXray14Index(IndexRows):
     """The content of the two ChestX-ray14 CSV files, as tensors.
 
     Attributes:
@@ -113,6 +118,9 @@ class ChestXray14Index:
         box_class: ``(M,)`` long, index of each box's class into :data:`CLASS_NAMES`.
         root: The folder the CSV files were read from (images are looked up under it), or
             ``None`` for an index built in memory.
+
+    ``len(index)``, ``index.position(name)``, ``has_box`` ``(N, 14)`` and ``annotated`` ``(N,)``
+    are those of every index (:class:`~ccg_layers.datasets.index.IndexRows`).
     """
 
     images: list[str]
@@ -129,66 +137,39 @@ class ChestXray14Index:
     def __post_init__(self) -> None:
         self._positions.update({name: i for i, name in enumerate(self.images)})
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def position(self, name: str) -> int:
-        """The row of image ``name``; ``KeyError`` naming it when it is not in the index."""
-        try:
-            return self._positions[name]
-        except KeyError:
-            raise KeyError(f"image {name!r} is not in the ChestX-ray14 index") from None
+    # ----------------------------------------------- the DatasetIndex interface (index.py)
 
     @property
-    def has_box(self) -> Tensor:
-        """``(N, 14)`` bool: whether class ``k`` of image ``i`` has at least one box."""
-        out = torch.zeros(len(self.images), len(CLASS_NAMES), dtype=torch.bool)
-        out[self.box_image_index, self.box_class] = True
-        return out
+    def dataset_name(self) -> str:
+        """``"ChestX-ray14"``."""
+        return "ChestX-ray14"
 
     @property
-    def annotated(self) -> Tensor:
-        """``(N,)`` bool: whether the image has at least one box."""
-        out = torch.zeros(len(self.images), dtype=torch.bool)
-        out[self.box_image_index] = True
-        return out
+    def has_patient_ids(self) -> bool:
+        """``True``: the ``Patient ID`` column."""
+        return True
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """:data:`CLASS_NAMES`, the 14 classes of ``labels``."""
+        return CLASS_NAMES
 
-class ChestXray14Sample(TypedDict):
-    """One sample of :class:`ChestXray14`.
+    @property
+    def boxed_classes(self) -> tuple[str, ...]:
+        """:data:`BOXED_CLASSES`, the 8 classes with boxes."""
+        return BOXED_CLASSES
 
-    ``image`` (1, S, S) uint8 luminance (``output="uint8"``, the default), or (3, S, S) float32
-    ImageNet-normalised (``output="imagenet"``) or in [0, 1] (``output="unit"``); ``labels`` (14,) float32; ``boxes`` (b, 4) float32 xyxy in pixels of the
-    S x S working image; ``box_class`` (b,) long; ``has_box`` (14,) bool; ``name`` the image
-    file name; ``index`` the position in the dataset.
-    """
+    @property
+    def image_sizes(self) -> Tensor:
+        """``(N, 2)`` long, all :data:`BOX_FRAME` (the CSV boxes' frame, whatever the PNG's size)."""
+        return torch.full((len(self.images), 2), BOX_FRAME, dtype=torch.long)
 
-    image: Tensor
-    labels: Tensor
-    boxes: Tensor
-    box_class: Tensor
-    has_box: Tensor
-    name: str
-    index: int
-
-
-class ChestXray14Batch(TypedDict):
-    """A batch from :func:`collate_chestxray14`.
-
-    ``image`` (B, 1, S, S) uint8 (or (B, 3, S, S) float32, see :class:`ChestXray14Sample`); ``labels`` (B, 14); ``has_box`` (B, 14) bool; the boxes of all
-    images flat: ``boxes`` (M, 4), ``box_class`` (M,), ``box_image_index`` (M,) long into the
-    batch (the layout :func:`ccg_layers.metrics.localization_accuracy` takes); ``names`` and
-    ``indices`` lists of length B.
-    """
-
-    image: Tensor
-    labels: Tensor
-    has_box: Tensor
-    boxes: Tensor
-    box_class: Tensor
-    box_image_index: Tensor
-    names: list[str]
-    indices: list[int]
+    def find_images(self, image_root: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+        """:func:`find_image_files` of ``image_root`` (default ``root``), limited to the index."""
+        folder = Path(image_root) if image_root is not None else self.root
+        if folder is None:
+            raise ValueError("`image_root` is required when the index has no root folder")
+        return {n: p for n, p in find_image_files(folder).items() if n in self._positions}
 
 
 # --------------------------------------------------------------------------- CSV reading
@@ -428,70 +409,26 @@ def find_image_files(image_root: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
-def read_radiograph(path: str | os.PathLike[str], size: int | None = None) -> Tensor:
-    """Read a radiograph as ``(1, H, W)`` uint8 luminance, optionally resized to ``size`` x ``size``.
-
-    PNG or JPEG of any bit depth: 8-bit gray is taken as is, RGB(A) becomes its ITU-R 601-2
-    luma (alpha dropped), 16-bit gray is scaled to 8 bits (``round(v * 255 / 65535)``). The
-    resize is the block mean for integer factors (``Image.reduce``, e.g. 1024 -> 512) and
-    Pillow's bilinear filter (antialiased when shrinking) otherwise.
-
-    Args:
-        path: The image file.
-        size: The square working size ``S``; ``None`` keeps the file's size.
-
-    Returns:
-        ``(1, S, S)`` (or ``(1, H, W)``) uint8.
-
-    Raises:
-        OSError: The file is missing or not an image Pillow can read.
-
-    Example:
-        >>> import tempfile, numpy as np
-        >>> from PIL import Image
-        >>> path = tempfile.mkdtemp() + "/x.png"
-        >>> Image.fromarray(np.full((40, 30), 65535, dtype=np.uint16)).save(path)
-        >>> image = read_radiograph(path, 16)
-        >>> image.shape, image.dtype, int(image.max())
-        (torch.Size([1, 16, 16]), torch.uint8, 255)
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) * (255.0 / 65535.0)
-            gray = Image.fromarray(arr, mode="F")
-        else:
-            if im.format == "JPEG" and size is not None:
-                im.draft("L", (size, size))  # decode at a reduced scale when it is enough
-            gray = im if im.mode == "L" else im.convert("L")  # ITU-R 601-2 luma, alpha dropped
-            gray.load()
-        if size is not None and gray.size != (size, size):
-            w, h = gray.size
-            if w % size == 0 and h % size == 0:  # 1024 -> 512: the exact block mean, fastest
-                gray = gray.reduce((w // size, h // size))
-            else:
-                gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(gray)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return torch.from_numpy(np.array(arr, dtype=np.uint8))[None]
-
-
-class ChestXray14(Dataset[ChestXray14Sample]):
+class ChestXray14(RadiographDataset):
     """ChestX-ray14 as a map-style ``torch.utils.data.Dataset``.
 
     A sample (:class:`ChestXray14Sample`) is the image resized to ``image_size`` x
-    ``image_size`` (block mean for integer factors, else bilinear) as 1-channel uint8 luminance (see
-    :func:`read_radiograph`: 1 byte per pixel through the loader; a model expands it to 3
-    channels and normalises it on its device with :func:`normalize_radiographs`), the 14-class
-    label vector, the image's boxes scaled
-    from the 1024-pixel frame to the working size with their classes, and ``has_box`` (14,)
-    saying which classes have a box. Batch with :func:`collate_chestxray14`.
+    ``image_size`` (block mean for integer factors, else bilinear) as 1-channel uint8 luminance
+    (see :func:`read_radiograph`: 1 byte per pixel through the loader; a model expands it to 3
+    channels and normalises it on its device with
+    :func:`~ccg_layers.datasets.normalize_radiographs`), the 14-class label vector, the image's
+    boxes scaled from the 1024-pixel frame to the working size with their classes, and
+    ``has_box`` (14,) saying which classes have a box. Batch with :func:`collate_chestxray14`.
 
     Images are found in ``image_root/images/`` or the official ``images_001/images`` ...
     ``images_012/images`` subfolders. The CSV boxes are always in the 1024-pixel frame; a PNG
     of another size (e.g. a dataset written at 512 x 512) is read as the same frame.
+
+    A :class:`~ccg_layers.datasets.RadiographDataset` of a
+    :class:`~ccg_layers.datasets.ChestXray14Index`, reading its PNGs with
+    :func:`read_radiograph`; it has the same attributes (``index``, ``image_names``, ``paths``,
+    ``rows``, ``image_size``, ``output``, ``skip_bad_images``) and methods (``load_image``,
+    ``targets``).
 
     Args:
         root_or_index: The dataset folder (read with :func:`read_chestxray14`) or an index.
@@ -499,14 +436,16 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         image_size: The working size ``S`` (paper: 512).
         output: The image's form: ``"uint8"`` (default) ``(1, S, S)`` uint8 luminance;
             ``"imagenet"`` ``(3, S, S)`` float32 ImageNet-normalised (the gray value repeated
-            to 3 channels, :func:`normalize_radiographs`); ``"unit"`` ``(3, S, S)`` float32 in
-            [0, 1].
+            to 3 channels, :func:`~ccg_layers.datasets.normalize_radiographs`); ``"unit"``
+            ``(3, S, S)`` float32 in [0, 1].
         image_root: Where the images are; default the index's ``root``.
         skip_bad_images: Log and skip missing images (and malformed CSV rows when reading
             ``root``) instead of raising; an unreadable image at load time is replaced by the
             next readable one.
 
     Raises:
+        ValueError: A bad ``image_size`` or ``output``, or an index without ``root`` and no
+            ``image_root``.
         FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
         KeyError: A name of ``image_names`` is not in the index.
 
@@ -522,6 +461,9 @@ class ChestXray14(Dataset[ChestXray14Sample]):
         torch.Size([3, 64, 64])
     """
 
+    index: ChestXray14Index
+    _logger: ClassVar[logging.Logger] = _log
+
     def __init__(
         self,
         root_or_index: str | os.PathLike[str] | ChestXray14Index,
@@ -536,139 +478,25 @@ class ChestXray14(Dataset[ChestXray14Sample]):
             index = root_or_index
         else:
             index = read_chestxray14(root_or_index, skip_bad_rows=skip_bad_images)
-        if not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
-        if output not in ("uint8", "imagenet", "unit"):
-            raise ValueError(f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}")
-        folder = Path(image_root) if image_root is not None else index.root
-        if folder is None:
-            raise ValueError("`image_root` is required when the index has no root folder")
-        self.index = index
-        self.image_size = image_size
-        self.output = output
-        self.skip_bad_images = skip_bad_images
-        names = list(index.images) if image_names is None else list(image_names)
-        rows = [index.position(n) for n in names]
-        files = find_image_files(folder)
-        missing = [n for n in names if n not in files]
-        if missing:
-            message = (
-                f"{len(missing)} image(s) not found under {folder} (looked in images/ and "
-                f"images_*/images/): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-            )
-            if not skip_bad_images:
-                raise FileNotFoundError(message)
-            _log.warning("skipping: %s", message)
-            gone = set(missing)
-            keep = [j for j, n in enumerate(names) if n not in gone]
-            names, rows = [names[j] for j in keep], [rows[j] for j in keep]
-        self.image_names = names
-        self.paths = [files[n] for n in names]
-        self._rows = torch.tensor(rows, dtype=torch.long)
-        # Boxes grouped by dataset position, scaled from the 1024 frame to the working size.
-        order = torch.argsort(index.box_image_index, stable=True)
-        self._box_rows = index.box_image_index[order]
-        self._boxes = index.boxes[order] * (image_size / BOX_FRAME)
-        self._box_class = index.box_class[order]
-        self._has_box = index.has_box
-
-    def __len__(self) -> int:
-        return len(self.image_names)
-
-    @property
-    def rows(self) -> Tensor:
-        """``(len(self),)`` long: each sample's row in ``self.index`` (e.g. ``index.labels[rows]``)."""
-        return self._rows
-
-    def load_image(self, i: int) -> Tensor:
-        """The image of sample ``i`` in the ``output`` form (``OSError`` naming an unreadable file)."""
-        path = self.paths[i]
-        try:
-            gray = read_radiograph(path, self.image_size)
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot read ChestX-ray14 image {path}: {err}") from err
-        if self.output == "imagenet":
-            return normalize_radiographs(gray)
-        if self.output == "unit":
-            return (gray.float() / 255.0).expand(3, -1, -1).clone()
-        return gray
-
-    def _target_tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        row = int(self._rows[i])
-        lo = int(torch.searchsorted(self._box_rows, row, side="left"))
-        hi = int(torch.searchsorted(self._box_rows, row, side="right"))
-        return (
-            self.index.labels[row].clone(),
-            self._boxes[lo:hi].clone(),
-            self._box_class[lo:hi].clone(),
-            self._has_box[row].clone(),
+        super().__init__(
+            index,
+            image_names,
+            image_size=image_size,
+            output=output,
+            image_root=image_root,
+            skip_bad_images=skip_bad_images,
         )
 
-    def targets(self, i: int) -> dict[str, Tensor | str | int]:
-        """Everything of sample ``i`` but the image, without opening the PNG.
+    def _missing_message(
+        self, missing: list[str], image_root: str | os.PathLike[str] | None
+    ) -> str:
+        """The message of the original reader: where it looked, which names it missed."""
+        folder = Path(image_root) if image_root is not None else self.index.root
+        return (
+            f"{len(missing)} image(s) not found under {folder} (looked in images/ and "
+            f"images_*/images/): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
 
-        The keys of :class:`ChestXray14Sample` other than ``image``: ``labels``, ``boxes`` (at
-        the working size), ``box_class``, ``has_box``, ``name``, ``index``. For pipelines that
-        keep decoded images in memory.
-        """
-        labels, boxes, box_class, has_box = self._target_tensors(i)
-        return {
-            "labels": labels,
-            "boxes": boxes,
-            "box_class": box_class,
-            "has_box": has_box,
-            "name": self.image_names[i],
-            "index": i,
-        }
-
-    def __getitem__(self, i: int) -> ChestXray14Sample:
-        """Sample ``i`` (see the class docstring)."""
-        n = len(self)
-        for attempt in range(n if self.skip_bad_images else 1):
-            j = (i + attempt) % n
-            try:
-                image = self.load_image(j)
-            except OSError:
-                if not self.skip_bad_images:
-                    raise
-                _log.warning("skipping unreadable image %s", self.paths[j], exc_info=True)
-                continue
-            labels, boxes, box_class, has_box = self._target_tensors(j)
-            return ChestXray14Sample(
-                image=image,
-                labels=labels,
-                boxes=boxes,
-                box_class=box_class,
-                has_box=has_box,
-                name=self.image_names[j],
-                index=j,
-            )
-        raise OSError("no readable image in the dataset")
-
-
-def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batch:
-    """Batch samples with varying numbers of boxes: images stacked, boxes concatenated flat.
-
-    Example:
-        >>> import torch
-        >>> s = dict(image=torch.zeros(3, 8, 8), labels=torch.zeros(14), has_box=torch.zeros(14,
-        ...          dtype=torch.bool), box_class=torch.tensor([1]), name="a.png", index=0,
-        ...          boxes=torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
-        >>> t = dict(s, boxes=torch.zeros(0, 4), box_class=torch.zeros(0, dtype=torch.long))
-        >>> batch = collate_chestxray14([t, s])
-        >>> batch["image"].shape, batch["box_image_index"].tolist()
-        (torch.Size([2, 3, 8, 8]), [1])
-    """
-    if not samples:
-        raise ValueError("`samples` must hold at least one sample, got an empty sequence")
-    counts = torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.long)
-    return ChestXray14Batch(
-        image=torch.stack([s["image"] for s in samples]),
-        labels=torch.stack([s["labels"] for s in samples]),
-        has_box=torch.stack([s["has_box"] for s in samples]),
-        boxes=torch.cat([s["boxes"].reshape(-1, 4) for s in samples]),
-        box_class=torch.cat([s["box_class"].reshape(-1) for s in samples]),
-        box_image_index=torch.repeat_interleave(torch.arange(len(samples)), counts),
-        names=[s["name"] for s in samples],
-        indices=[s["index"] for s in samples],
-    )
+    def _read_file(self, path: Path) -> Tensor:
+        """The PNG in ``path`` (:func:`read_radiograph`; never taken for DICOM)."""
+        return read_radiograph(path, self.image_size)

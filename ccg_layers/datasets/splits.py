@@ -1,4 +1,8 @@
-"""The paper's three data settings (Sec. 4.2) with 5-fold cross-validation, and split files."""
+"""The paper's three data settings (Sec. 4.2) with 5-fold cross-validation, and split files.
+
+They work on any :class:`~ccg_layers.datasets.DatasetIndex` (ChestX-ray14, VinDr-CXR, RSNA
+Pneumonia): the settings are fractions of the annotated images, the parts are cut by patient.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ccg_layers.datasets.chestxray14 import ChestXray14Index
+from ccg_layers.datasets.index import DatasetIndex
 
 __all__ = [
     "NUM_FOLDS",
     "Setting",
     "chestxray14_splits",
+    "dataset_splits",
     "patient_folds",
     "read_split_files",
     "save_split",
@@ -56,7 +61,7 @@ def patient_folds(patient_ids: np.ndarray, num_folds: int, seed: int) -> np.ndar
 
 
 def chestxray14_splits(
-    index: ChestXray14Index,
+    index: DatasetIndex,
     setting: Setting,
     fold: int = 0,
     *,
@@ -81,7 +86,8 @@ def chestxray14_splits(
     drops those images from training.
 
     Args:
-        index: From :func:`~ccg_layers.datasets.read_chestxray14`.
+        index: Any dataset index (:func:`~ccg_layers.datasets.read_chestxray14`,
+            :func:`~ccg_layers.datasets.read_vindr_cxr`, ...).
         setting: ``"a"``, ``"b"`` or ``"c"``.
         fold: ``0 .. 4``.
         seed: Seeds the patient parts and the 50% draw.
@@ -132,7 +138,11 @@ def chestxray14_splits(
     return {"train": [names[i] for i in train_rows], "test": [names[i] for i in test_rows]}
 
 
-def split_summary(index: ChestXray14Index, split: dict[str, list[str]]) -> dict[str, int]:
+#: :func:`chestxray14_splits` under the name that says it serves every dataset.
+dataset_splits = chestxray14_splits
+
+
+def split_summary(index: DatasetIndex, split: dict[str, list[str]]) -> dict[str, int]:
     """Sizes of a split: images, annotated images and patients per side, and the overlap.
 
     ``train_sharing_patient_with_test`` counts the training images whose patient has a test
@@ -187,7 +197,7 @@ def save_split(
 def read_split_files(
     train_file: str | os.PathLike[str],
     test_file: str | os.PathLike[str],
-    index: ChestXray14Index | None = None,
+    index: DatasetIndex | None = None,
 ) -> dict[str, list[str]]:
     """Read an explicit split: two text files of image names, one per line.
 
@@ -204,8 +214,13 @@ def read_split_files(
             name = line.strip()
             if not name or name.startswith("#"):
                 continue
-            if index is not None and name not in index._positions:
-                raise ValueError(f"{path}:{line_no}: image {name!r} is not in the index")
+            if index is not None:
+                try:
+                    index.position(name)
+                except KeyError:
+                    raise ValueError(
+                        f"{path}:{line_no}: image {name!r} is not in the index"
+                    ) from None
             names.append(name)
         split[side] = names
     both = set(split["train"]) & set(split["test"])

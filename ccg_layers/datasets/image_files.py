@@ -1,0 +1,130 @@
+"""Where a dataset's images are and the frame their boxes are in: DICOM or PNG/JPEG copies.
+
+VinDr-CXR and RSNA Pneumonia publish DICOM files; users often convert them to PNG or JPEG
+(often downsampled). The readers find each image's file by its id in one folder, of the kind
+asked for (``"dicom"``, ``"png"``, ``"jpeg"``) or of any kind (``"auto"``: DICOM first), and
+take the frame of its boxes from the DICOM header, from ``frame_sizes`` given by the user (the
+original DICOM sizes of resized copies), or from the copy itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ccg_layers.datasets.dicom import DICOM_SUFFIXES, dicom_frame_size
+
+__all__ = ["IMAGE_SUFFIXES", "ImageKind", "frame_sizes_of", "locate_images", "scan_image_folder"]
+
+ImageKind = Literal["auto", "dicom", "png", "jpeg"]
+#: The file suffixes of each kind of image; ``"auto"`` takes them all, DICOM first.
+IMAGE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "dicom": DICOM_SUFFIXES,
+    "png": (".png",),
+    "jpeg": (".jpg", ".jpeg"),
+    "auto": (*DICOM_SUFFIXES, ".png", ".jpg", ".jpeg"),
+}
+
+
+def scan_image_folder(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Map the stem of every file in ``folder`` whose suffix (any case) is in ``suffixes`` to it.
+
+    When a stem has several files, the one whose suffix comes first in ``suffixes`` wins.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for f in ("a.png", "a.dcm", "b.jpg", "c.txt"):
+        ...     _ = (d / f).write_bytes(b"")
+        >>> sorted((k, v.name) for k, v in scan_image_folder(d, (".dcm", ".png", ".jpg")).items())
+        [('a', 'a.dcm'), ('b', 'b.jpg')]
+    """
+    rank = {s: i for i, s in enumerate(suffixes)}
+    best: dict[str, tuple[int, Path]] = {}
+    if not folder.is_dir():
+        return {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            stem, dot, suffix = entry.name.rpartition(".")
+            r = rank.get(f"{dot}{suffix}".lower()) if dot else None
+            if r is None or not entry.is_file():
+                continue
+            if stem not in best or r < best[stem][0]:
+                best[stem] = (r, Path(entry.path))
+    return {stem: path for stem, (_, path) in best.items()}
+
+
+def locate_images(
+    folder: Path, names: Sequence[str], images: ImageKind
+) -> tuple[list[Path | None], tuple[str, ...]]:
+    """The file ``<name><suffix>`` of each image in ``folder``, and the suffixes looked for.
+
+    ``None`` for an image without a file.
+
+    Raises:
+        ValueError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``, ``"jpeg"``.
+    """
+    if images not in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"`images` must be one of {', '.join(map(repr, IMAGE_SUFFIXES))}, got {images!r}"
+        )
+    suffixes = IMAGE_SUFFIXES[images]
+    found = scan_image_folder(folder, suffixes)
+    return [found.get(n) for n in names], suffixes
+
+
+def frame_sizes_of(
+    names: Sequence[str],
+    files: Sequence[Path | None],
+    frame_sizes: Mapping[str, tuple[int, int]] | None,
+    default: tuple[int, int] | None,
+    dataset_name: str,
+) -> Tensor:
+    """``(N, 2)`` long ``(width, height)`` of the frame each image's boxes are in.
+
+    For each image, in this order: ``frame_sizes[name]`` if given; the header of its DICOM
+    file; ``default`` (a frame the publisher fixes, e.g. RSNA's 1024 x 1024); the size of its
+    PNG/JPEG copy (read from the file's header).
+
+    Raises:
+        FileNotFoundError: An image has no file and no size from ``frame_sizes`` or
+            ``default`` (names the first ones).
+        ValueError: A ``frame_sizes`` entry that is not two positive ints.
+    """
+    from PIL import Image
+
+    from ccg_layers.datasets.dicom import is_dicom
+
+    sizes: list[tuple[int, int]] = []
+    missing: list[str] = []
+    for name, path in zip(names, files, strict=True):
+        if frame_sizes is not None and name in frame_sizes:
+            w, h = frame_sizes[name]
+            if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+                raise ValueError(
+                    f"`frame_sizes[{name!r}]` must be (width, height) positive ints, "
+                    f"got {frame_sizes[name]!r}"
+                )
+            sizes.append((w, h))
+        elif path is not None and is_dicom(path):
+            sizes.append(dicom_frame_size(path))
+        elif default is not None:
+            sizes.append(default)
+        elif path is not None:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        else:
+            missing.append(name)
+            sizes.append((0, 0))
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} {dataset_name} image(s) have no file and no entry in "
+            f"`frame_sizes`, so the frame of their boxes is unknown: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    return torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)

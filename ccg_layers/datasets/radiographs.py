@@ -1,0 +1,198 @@
+"""The PyTorch ``Dataset`` of any :class:`~ccg_layers.datasets.DatasetIndex`.
+
+Samples and batches have the keys of ChestX-ray14's (:class:`~ccg_layers.datasets.ChestXray14Sample`,
+batched by :func:`~ccg_layers.datasets.collate_chestxray14`), with ``K`` classes; images are
+PNG, JPEG or DICOM (:func:`~ccg_layers.datasets.read_image`), boxes are scaled from each
+image's frame to the working size. On a ``ChestXray14Index`` it yields exactly what
+:class:`~ccg_layers.datasets.ChestXray14` yields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ccg_layers.datasets.dicom import read_image
+from ccg_layers.datasets.index import DatasetIndex, boxes_at_size
+from ccg_layers.datasets.samples import ChestXray14Sample
+from ccg_layers.transforms import normalize_radiographs
+
+__all__ = ["RadiographDataset"]
+
+_log = logging.getLogger(__name__)
+
+
+class RadiographDataset(Dataset[ChestXray14Sample]):
+    """A map-style ``Dataset`` of the images of a :class:`~ccg_layers.datasets.DatasetIndex`.
+
+    A sample is a :class:`~ccg_layers.datasets.ChestXray14Sample` with ``K`` =
+    ``len(index.class_names)``: the image resized to ``image_size`` x ``image_size`` (PNG and
+    JPEG as :func:`~ccg_layers.datasets.read_radiograph` reads them, DICOM as
+    :func:`~ccg_layers.datasets.read_dicom` decodes it), the ``(K,)`` labels, the image's boxes
+    scaled from its frame (``index.image_sizes``) to the working size, their classes,
+    ``has_box`` and the name. Batch with :func:`~ccg_layers.datasets.collate_chestxray14`.
+
+    :class:`~ccg_layers.datasets.ChestXray14` is this class on a ChestX-ray14 index; a subclass
+    may change how a file is read (``_read_file``), the message naming missing images
+    (``_missing_message``) and the logger of its warnings (``_logger``).
+
+    Args:
+        index: Any dataset index (ChestX-ray14, VinDr-CXR, RSNA Pneumonia, ...).
+        image_names: The images of this dataset (e.g. ``splits["train"]``); default all.
+        image_size: The working size ``S``.
+        output: ``"uint8"`` ``(1, S, S)`` (default), ``"imagenet"`` or ``"unit"`` ``(3, S, S)``
+            float32, as for :class:`~ccg_layers.datasets.ChestXray14`.
+        image_root: Where the images are; default where the index found them.
+        skip_bad_images: Log and drop missing images instead of raising; an unreadable image
+            at load time is replaced by the next readable one.
+
+    Raises:
+        FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
+        KeyError: A name of ``image_names`` is not in the index.
+
+    Example:
+        >>> import tempfile
+        >>> from ccg_layers.datasets import generate_synthetic_chestxray14, read_chestxray14
+        >>> root = generate_synthetic_chestxray14(tempfile.mkdtemp(), 4, seed=0, image_size=128)
+        >>> ds = RadiographDataset(read_chestxray14(root), image_size=64)
+        >>> sample = ds[0]
+        >>> sample["image"].shape, sample["labels"].shape, sample["has_box"].dtype
+        (torch.Size([1, 64, 64]), torch.Size([14]), torch.bool)
+    """
+
+    #: Where missing and unreadable images are reported (``logging.WARNING``).
+    _logger: ClassVar[logging.Logger] = _log
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        image_names: Iterable[str] | None = None,
+        *,
+        image_size: int = 512,
+        output: Literal["uint8", "imagenet", "unit"] = "uint8",
+        image_root: str | os.PathLike[str] | None = None,
+        skip_bad_images: bool = False,
+    ) -> None:
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
+        if output not in ("uint8", "imagenet", "unit"):
+            raise ValueError(f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}")
+        files = index.find_images(image_root)
+        self.index = index
+        self.image_size = image_size
+        self.output = output
+        self.skip_bad_images = skip_bad_images
+        names = list(index.images) if image_names is None else list(image_names)
+        rows = [index.position(n) for n in names]
+        missing = [n for n in names if n not in files]
+        if missing:
+            message = self._missing_message(missing, image_root)
+            if not skip_bad_images:
+                raise FileNotFoundError(message)
+            self._logger.warning("skipping: %s", message)
+            gone = set(missing)
+            keep = [j for j, n in enumerate(names) if n not in gone]
+            names, rows = [names[j] for j in keep], [rows[j] for j in keep]
+        self.image_names = names
+        self.paths = [files[n] for n in names]
+        self._rows = torch.tensor(rows, dtype=torch.long)
+        # Boxes grouped by index row, scaled from each image's frame to the working size.
+        order = torch.argsort(index.box_image_index, stable=True)
+        self._box_rows = index.box_image_index[order]
+        self._boxes = boxes_at_size(index, image_size)[order]
+        self._box_class = index.box_class[order]
+        self._has_box = index.has_box
+
+    def __len__(self) -> int:
+        return len(self.image_names)
+
+    def _missing_message(
+        self, missing: list[str], image_root: str | os.PathLike[str] | None
+    ) -> str:
+        """The message naming the images of ``image_names`` that have no file."""
+        where = image_root if image_root is not None else self.index.root
+        return (
+            f"{len(missing)} {self.index.dataset_name} image(s) not found (under {where}): "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+
+    def _read_file(self, path: Path) -> Tensor:
+        """The ``(1, S, S)`` uint8 image in ``path``, of any kind (:func:`read_image`)."""
+        return read_image(path, self.image_size)
+
+    @property
+    def rows(self) -> Tensor:
+        """``(len(self),)`` long: each sample's row in ``self.index`` (e.g. ``index.labels[rows]``)."""
+        return self._rows
+
+    def load_image(self, i: int) -> Tensor:
+        """The image of sample ``i`` in the ``output`` form (``OSError`` naming an unreadable file)."""
+        path = self.paths[i]
+        try:
+            gray = self._read_file(path)
+        except (OSError, ValueError) as err:
+            raise OSError(f"cannot read {self.index.dataset_name} image {path}: {err}") from err
+        if self.output == "imagenet":
+            return normalize_radiographs(gray)
+        if self.output == "unit":
+            return (gray.float() / 255.0).expand(3, -1, -1).clone()
+        return gray
+
+    def _target_tensors(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        row = int(self._rows[i])
+        lo = int(torch.searchsorted(self._box_rows, row, side="left"))
+        hi = int(torch.searchsorted(self._box_rows, row, side="right"))
+        return (
+            self.index.labels[row].clone(),
+            self._boxes[lo:hi].clone(),
+            self._box_class[lo:hi].clone(),
+            self._has_box[row].clone(),
+        )
+
+    def targets(self, i: int) -> dict[str, Tensor | str | int]:
+        """Everything of sample ``i`` but the image, without opening the image file.
+
+        The keys of :class:`~ccg_layers.datasets.ChestXray14Sample` other than ``image``:
+        ``labels``, ``boxes`` (at the working size), ``box_class``, ``has_box``, ``name``,
+        ``index``. For pipelines that keep decoded images in memory.
+        """
+        labels, boxes, box_class, has_box = self._target_tensors(i)
+        return {
+            "labels": labels,
+            "boxes": boxes,
+            "box_class": box_class,
+            "has_box": has_box,
+            "name": self.image_names[i],
+            "index": i,
+        }
+
+    def __getitem__(self, i: int) -> ChestXray14Sample:
+        """Sample ``i`` (see the class docstring)."""
+        n = len(self)
+        for attempt in range(n if self.skip_bad_images else 1):
+            j = (i + attempt) % n
+            try:
+                image = self.load_image(j)
+            except OSError:
+                if not self.skip_bad_images:
+                    raise
+                self._logger.warning("skipping unreadable image %s", self.paths[j], exc_info=True)
+                continue
+            labels, boxes, box_class, has_box = self._target_tensors(j)
+            return ChestXray14Sample(
+                image=image,
+                labels=labels,
+                boxes=boxes,
+                box_class=box_class,
+                has_box=has_box,
+                name=self.image_names[j],
+                index=j,
+            )
+        raise OSError("no readable image in the dataset")

@@ -1,0 +1,82 @@
+"""The sample and batch layout of every dataset: images, labels and boxes flat.
+
+:class:`~ccg_layers.datasets.ChestXray14` and :class:`~ccg_layers.datasets.RadiographDataset`
+yield :class:`ChestXray14Sample`; :func:`collate_chestxray14` batches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypedDict
+
+import torch
+from torch import Tensor
+
+__all__ = ["ChestXray14Batch", "ChestXray14Sample", "collate_chestxray14"]
+
+
+class ChestXray14Sample(TypedDict):
+    """One sample of :class:`~ccg_layers.datasets.ChestXray14` (and of any dataset).
+
+    ``image`` (1, S, S) uint8 luminance (``output="uint8"``, the default), or (3, S, S) float32
+    ImageNet-normalised (``output="imagenet"``) or in [0, 1] (``output="unit"``); ``labels``
+    (K,) float32 (K = 14 on ChestX-ray14); ``boxes`` (b, 4) float32 xyxy in pixels of the
+    S x S working image; ``box_class`` (b,) long; ``has_box`` (K,) bool; ``name`` the image
+    name; ``index`` the position in the dataset.
+    """
+
+    image: Tensor
+    labels: Tensor
+    boxes: Tensor
+    box_class: Tensor
+    has_box: Tensor
+    name: str
+    index: int
+
+
+class ChestXray14Batch(TypedDict):
+    """A batch from :func:`collate_chestxray14`.
+
+    ``image`` (B, 1, S, S) uint8 (or (B, 3, S, S) float32, see :class:`ChestXray14Sample`);
+    ``labels`` (B, K); ``has_box`` (B, K) bool; the boxes of all images flat: ``boxes``
+    (M, 4), ``box_class`` (M,), ``box_image_index`` (M,) long into the batch (the layout
+    :func:`ccg_layers.metrics.localization_accuracy` takes); ``names`` and ``indices`` lists of
+    length B.
+    """
+
+    image: Tensor
+    labels: Tensor
+    has_box: Tensor
+    boxes: Tensor
+    box_class: Tensor
+    box_image_index: Tensor
+    names: list[str]
+    indices: list[int]
+
+
+def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batch:
+    """Batch samples with varying numbers of boxes: images stacked, boxes concatenated flat.
+
+    Example:
+        >>> import torch
+        >>> s = dict(image=torch.zeros(3, 8, 8), labels=torch.zeros(14), has_box=torch.zeros(14,
+        ...          dtype=torch.bool), box_class=torch.tensor([1]), name="a.png", index=0,
+        ...          boxes=torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
+        >>> t = dict(s, boxes=torch.zeros(0, 4), box_class=torch.zeros(0, dtype=torch.long))
+        >>> batch = collate_chestxray14([t, s])
+        >>> batch["image"].shape, batch["box_image_index"].tolist()
+        (torch.Size([2, 3, 8, 8]), [1])
+    """
+    if not samples:
+        raise ValueError("`samples` must hold at least one sample, got an empty sequence")
+    counts = torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.long)
+    return ChestXray14Batch(
+        image=torch.stack([s["image"] for s in samples]),
+        labels=torch.stack([s["labels"] for s in samples]),
+        has_box=torch.stack([s["has_box"] for s in samples]),
+        boxes=torch.cat([s["boxes"].reshape(-1, 4) for s in samples]),
+        box_class=torch.cat([s["box_class"].reshape(-1) for s in samples]),
+        box_image_index=torch.repeat_interleave(torch.arange(len(samples)), counts),
+        names=[s["name"] for s in samples],
+        indices=[s["index"] for s in samples],
+    )
