@@ -220,7 +220,7 @@ def check_weights(
     if missing or unexpected or reshaped:
         parts = []
         if reshaped:
-            parts.append(f"{len(reshaped)} of another shape ({_names(reshaped)})")
+            parts.append(f"{len(reshaped)} of another shape (the first: {reshaped[0]})")
         if missing:
             parts.append(f"{len(missing)} missing ({_names(missing)})")
         if unexpected:
