@@ -2,8 +2,10 @@
 reproduce|pretrain`` (without a verb: the help, exit 2; ``python examples/train_ccg.py ...``
 without a verb trains).
 
-Every user error (a bad value, a missing file or extra, no CUDA) is one ``error: ...`` line and
-exit code 2; a non-finite loss is exit code 3.
+Every user error (a bad value, a missing file or extra, no CUDA, an unwritable output folder, a
+broken image of the split, a damaged or mismatched checkpoint) is one ``error: ...`` line and
+exit code 2; a non-finite loss is exit code 3; ``predict`` exits with 1 when it skipped an
+input it could not read (named on its own line).
 """
 
 from __future__ import annotations

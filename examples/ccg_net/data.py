@@ -236,7 +236,7 @@ def check_image_files(
 
     Args:
         paths: The image files.
-        root: The dataset folder (names in the cache and in messages are relative to it).
+        root: The dataset folder (the cache's names are relative to it).
         cache_dir: The trainer's cache folder, or ``None`` for no cache.
         what: What the files are, for the message ("training image").
         square_at_least: If given, each image must also be square with at least this side
