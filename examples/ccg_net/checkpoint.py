@@ -198,7 +198,8 @@ def check_weights(
     module: torch.nn.Module, saved: Any, path: Path, *, entry: str = "model", of: str = ""
 ) -> None:
     """Raise :class:`CheckpointError` unless ``saved`` (the checkpoint's ``entry``) loads into
-    ``module``: the same names, each of the same shape, every value finite.
+    ``module``: the same names, each of the same shape (but where ``module`` holds an empty,
+    lazily allocated buffer, such as a partner memory's queue), every value finite.
 
     Args:
         module: The module the weights are for.
@@ -212,10 +213,10 @@ def check_weights(
     expected = module.state_dict()
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
-    reshaped = [
+    reshaped = [  # (an empty tensor is a lazily allocated buffer: it adopts the saved shape)
         f"{k} {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
         for k, v in expected.items()
-        if k in saved and saved[k].shape != v.shape
+        if k in saved and saved[k].shape != v.shape and v.numel() > 0
     ]
     if missing or unexpected or reshaped:
         parts = []

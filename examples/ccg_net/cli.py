@@ -174,8 +174,11 @@ def _check_writable(option: str, folder: Path) -> None:
         )
 
 
-def _check_outputs(cfg: TrainConfig) -> None:
-    _check_writable("--output-dir", Path(cfg.output_dir))
+def _check_outputs(cfg: TrainConfig, resume: str | None = None) -> None:
+    if resume:  # a resumed run writes into its own directory, not into --output-dir
+        _check_writable("--resume", Path(resume))
+    else:
+        _check_writable("--output-dir", Path(cfg.output_dir))
     if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
         raise UsageError(f"--data-root {cfg.data_root}: no such folder (the ChestX-ray14 folder)")
 
@@ -185,7 +188,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         cfg = resolve_config(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _check_outputs(cfg)
+    _check_outputs(cfg, getattr(args, "resume", None))
     _check_extras(cfg, figures=cfg.num_figures > 0)
     return cfg
 

@@ -199,18 +199,24 @@ def test_an_output_dir_below_a_file_is_one_line_before_any_work(root, tmp_path, 
     assert not (tmp_path / "cache").exists()  # no work: not even the cache folder
 
 
-def test_a_read_only_output_dir_is_one_line_before_any_work(root, tmp_path, capsys, monkeypatch):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    runs.chmod(0o555)
-    real = os.access  # root ignores the mode bits: answer as for any other user
+def _read_only(folder: Path, monkeypatch) -> None:
+    """``folder`` read-only: its mode, and ``os.access`` answering as for any user other than
+    root (root ignores the mode bits)."""
+    folder.chmod(0o555)
+    real = os.access
 
     def access(path, mode, *args, **kwargs):
-        if Path(path) == runs and mode & os.W_OK:
+        if Path(path) == folder and mode & os.W_OK:
             return False
         return real(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(os, "access", access)
+
+
+def test_a_read_only_output_dir_is_one_line_before_any_work(root, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _read_only(runs, monkeypatch)
     try:
         _fails_at_start(
             capsys, _argv(root, tmp_path), tmp_path, f"--output-dir {runs} is not writable"
@@ -218,3 +224,19 @@ def test_a_read_only_output_dir_is_one_line_before_any_work(root, tmp_path, caps
     finally:
         runs.chmod(0o755)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_read_only_run_directory_to_resume_is_one_line_before_any_work(
+    finished_tiny_run, tmp_path, capsys, monkeypatch
+):
+    run = Path(shutil.copytree(finished_tiny_run, tmp_path / "run"))
+    before = sorted(p.name for p in run.rglob("*"))
+    _read_only(run, monkeypatch)
+    try:
+        # --output-dir (here: below a file) does not matter to a resumed run
+        (tmp_path / "file").write_text("x")
+        argv = ["train", "--resume", str(run), "--output-dir", str(tmp_path / "file" / "runs")]
+        _fails_at_start(capsys, argv, tmp_path, f"--resume {run} is not writable")
+    finally:
+        run.chmod(0o755)
+    assert sorted(p.name for p in run.rglob("*")) == before
