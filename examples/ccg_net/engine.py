@@ -669,6 +669,7 @@ def restore(
     """
     # read on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
     saved = ckpt.load(path, map_location="cpu")
+    ckpt.check_resumable(saved, path, trainee.model, trainee.criterion)  # one line if not
     trainee.model.load_state_dict(saved["model"])
     trainee.criterion.load_state_dict(saved["criterion"])
     opt.load_state_dict(saved["optimizer"])
