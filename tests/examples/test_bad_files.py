@@ -17,7 +17,7 @@ from examples.ccg_net.config import resolve_config
 from examples.ccg_net.data import DataFileError, check_image_files, plan_split
 from examples.ccg_net.engine import train
 
-from .trainer_helpers import tiny_config
+from .trainer_helpers import one_error_line, tiny_config
 
 
 @pytest.fixture
@@ -59,17 +59,10 @@ def _split(argv: list[str]) -> dict[str, list[str]]:
 def _fails_at_start(capsys, argv: list[str], tmp_path: Path, *matches: str) -> str:
     """One ``error:`` line holding ``matches``, exit 2, and no run directory."""
     code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    for match in matches:
-        assert match in lines[0], lines[0]
-    assert "Traceback" not in err
+    line = one_error_line(capsys.readouterr().err, code, *matches)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
-    return lines[0]
+    return line
 
 
 def _truncate(path: Path) -> None:

@@ -17,6 +17,8 @@ from examples.ccg_net import cli
 from examples.ccg_net.config import PRESETS, TrainConfig
 from examples.ccg_net.engine import model_from_config
 
+from .trainer_helpers import one_error_line
+
 VERBS = ("predict", "evaluate", "resume")
 
 
@@ -50,15 +52,7 @@ def _argv(verb: str, run: Path, tmp_path: Path, tiny_root: Path) -> list[str]:
 
 
 def _assert_one_line(capsys: pytest.CaptureFixture[str], code: int, *matches: str) -> str:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    for match in matches:
-        assert match in lines[0], lines[0]
-    assert "Traceback" not in err
-    return lines[0]
+    return one_error_line(capsys.readouterr().err, code, *matches)
 
 
 def _fails(verb, run, tmp_path, tiny_root, capsys, *matches: str) -> str:

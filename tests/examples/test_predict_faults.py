@@ -21,6 +21,8 @@ from examples.ccg_net import cli
 from examples.ccg_net import predict as predict_module
 from examples.ccg_net.checkpoint import write_atomic
 
+from .trainer_helpers import one_error_line
+
 GOOD = ("good1.png", "good2.png")
 
 
@@ -218,13 +220,7 @@ def test_an_overlay_never_overwrites_an_input_in_the_output_folder(
 
 
 def _assert_one_line(capsys, code: int, *matches: str) -> None:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    for match in matches:
-        assert match in lines[0], lines[0]
+    one_error_line(capsys.readouterr().err, code, *matches)
 
 
 def test_an_out_below_a_file_is_one_line_before_any_work(images, tmp_path, capsys):

@@ -43,3 +43,16 @@ def tiny_config(root: Path, out: Path, **overrides: object) -> TrainConfig:
         num_figures=2,
     )
     return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
+
+
+def one_error_line(err: str, code: int, *matches: str) -> str:
+    """The stderr ``err`` of a command that ended with ``code``: exit 2, exactly one line, an
+    ``error:`` line holding every one of ``matches`` and no traceback; returns the line."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    for match in matches:
+        assert match in lines[0], lines[0]
+    assert "Traceback" not in err
+    return lines[0]
