@@ -120,7 +120,7 @@ def pretrain(cfg: TrainConfig, out: Path | None = None, seed: int = PRETRAIN_SEE
         print(f"pretrained weights (cached): {out}", flush=True)
         return out
     from . import checkpoint as ckpt
-    from .engine import train
+    from .runs import train
 
     print(
         f"pretraining the {cfg.backbone} backbone on the image-level labels of the synthetic "

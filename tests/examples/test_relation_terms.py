@@ -638,7 +638,7 @@ def test_relation_form_and_contrast_margin_bad_values_are_one_line_errors(argv, 
 def test_tiny_training_run_with_the_contrast_form_finishes_with_finite_weights(make_config):
     from examples.ccg_net import checkpoint as ckpt
     from examples.ccg_net.config import load_config
-    from examples.ccg_net.engine import train
+    from examples.ccg_net.runs import train
 
     cfg = make_config(
         relation_form="contrast",
@@ -669,7 +669,7 @@ def test_tiny_training_run_with_the_contrast_form_finishes_with_finite_weights(m
 def _warnings_of_a_run(make_config, **overrides):
     import warnings
 
-    from examples.ccg_net.engine import train
+    from examples.ccg_net.runs import train
 
     cfg = make_config(epochs=1, **overrides)
     with warnings.catch_warnings(record=True) as seen:
