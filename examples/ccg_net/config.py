@@ -128,7 +128,6 @@ class TrainConfig:
     log_every: int = 50  # steps between reads of the loss terms (the step's only host sync)
     channels_last: bool = False  # NHWC memory format for the backbone (faster convs on GPUs)
     compile: bool = False  # torch.compile the model and the loss (the loss as one graph)
-    stop_after_steps: int = 0  # testing aid: stop abruptly after this many steps (a "kill")
     max_test_images: int = 0  # 0: all
     num_figures: int = 8
     parallel_runs: int = 1  # the comparison (demo): train baseline and CCG side by side (<= 2)
@@ -143,15 +142,36 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of ``dataclasses.asdict`` (tuples come back from JSON lists)."""
+        """Inverse of ``dataclasses.asdict`` (tuples come back from JSON lists).
+
+        A removed option (:data:`REMOVED_OPTIONS`) of a run's saved configuration is dropped at
+        the value that left it off; at another value the run is refused (it was trained with
+        it), naming the last commit that has the option.
+        """
         names = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for k, v in d.items():
+            if k in REMOVED_OPTIONS:
+                off = REMOVED_OPTIONS[k]
+                if off is None or v == off:
+                    continue
+                raise ValueError(
+                    f"configuration key {k!r} is {v!r}: the run was made with "
+                    f"--{k.replace('_', '-')}, an option removed after commit {LAST_WITH_REMOVED}; "
+                    f"use that commit's trainer for this run"
+                )
             if k not in names:
                 raise ValueError(f"unknown configuration key {k!r}")
             kwargs[k] = tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
 
+
+#: Options the trainer no longer has, with the value that left each off (``None``: any value,
+#: a testing aid that changed no weight); a run directory from before their removal keeps
+#: loading and resuming (:meth:`TrainConfig.from_dict`).
+REMOVED_OPTIONS: dict[str, Any] = {"stop_after_steps": None}
+#: The last commit whose trainer has the options of :data:`REMOVED_OPTIONS`.
+LAST_WITH_REMOVED = "4d6a716"
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -223,7 +243,6 @@ RUN_ONLY_FIELDS = frozenset(
         "device",
         "num_workers",
         "cache_images",
-        "stop_after_steps",
         "compile",
         "channels_last",
         "deterministic",
@@ -353,7 +372,6 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "channels_last",
         "compile",
         "parallel_runs",
-        "stop_after_steps",
     ),
 }
 #: Where a field missing from :data:`OPTION_GROUPS` is listed (none is; a new one shows here).
@@ -466,7 +484,6 @@ HELP: dict[str, str] = {
     "threads": "torch's CPU threads (0: torch's default)",
     "eval_every": "epochs between evaluations on the test split (0: at the end only)",
     "progress": "progress bars of training and evaluation (the per-epoch line prints anyway)",
-    "stop_after_steps": "testing aid: stop abruptly after this many steps, as if killed (0: off)",
     "max_test_images": "evaluate on the first N test images only (0: all)",
     "weights": "backbone weights: imagenet (torchvision's cache), a file, none, or twin (the "
     "backbone pretrained on an independent synthetic twin by `pretrain`, made on first use)",
@@ -554,7 +571,6 @@ RESUME_CHANGEABLE = frozenset(
         "checkpoint_every",
         "log_every",
         "num_figures",
-        "stop_after_steps",
     }
 )
 
@@ -800,7 +816,6 @@ def validate_config(cfg: TrainConfig) -> None:
     _need_int(cfg, "checkpoint_every", 0, "0 (epoch ends only) or a number of steps >= 1")
     _need_int(cfg, "eval_every", 0, "0 (only at the end) or a number of epochs >= 1")
     _need_int(cfg, "log_every", 1)
-    _need_int(cfg, "stop_after_steps", 0)
     _need_int(cfg, "max_test_images", 0, "0 (all) or a number of images >= 1")
     _need_int(cfg, "num_figures", 0)
     _need_int(cfg, "parallel_runs", 1)

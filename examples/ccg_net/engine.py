@@ -38,10 +38,6 @@ class NonFiniteWeightsError(NonFiniteLossError):
     BatchNorm's running statistics, or optimiser state); it was not written."""
 
 
-class SimulatedKillError(RuntimeError):
-    """Raised by ``--stop-after-steps``: the run stops abruptly, as if killed (for tests)."""
-
-
 # --------------------------------------------------------------------------- model + loss
 
 
@@ -208,7 +204,6 @@ def train_one_epoch(
     world: int = 1,
     use_amp: bool = False,
     save_checkpoint: Callable[[], None] | None = None,
-    stop_after_steps: int = 0,
     bar: Any = None,
 ) -> EpochLog:
     """One pass over ``data_loader`` (this process's batches, from ``progress.step_in_epoch``).
@@ -263,15 +258,10 @@ def train_one_epoch(
         count += 1
         since += 1
         due_ckpt = bool(cfg.checkpoint_every) and progress.global_step % cfg.checkpoint_every == 0
-        due_stop = bool(stop_after_steps) and progress.global_step >= stop_after_steps
-        if due_ckpt or due_stop or progress.global_step % cfg.log_every == 0:
+        if due_ckpt or progress.global_step % cfg.log_every == 0:
             log_point()
         if due_ckpt and save_checkpoint is not None:
             save_checkpoint()
-        if due_stop:
-            raise SimulatedKillError(
-                f"stopped after {progress.global_step} steps (--stop-after-steps)"
-            )
     if since:
         log_point()  # the end of the epoch
     elapsed = time.perf_counter() - t0

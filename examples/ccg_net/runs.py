@@ -242,7 +242,6 @@ def train(
     cfg: TrainConfig,
     *,
     resume_dir: str | Path | None = None,
-    stop_after_steps: int | None = None,
     progress: bool | None = None,
     print_report: bool = True,
     bar_position: int = 0,
@@ -262,8 +261,6 @@ def train(
         saved = resume_config(load_config(Path(resume_dir)), dict(changes or {}), resume_dir)
         saved.progress = cfg.progress if progress is None else progress
         cfg = saved
-    if stop_after_steps is None:
-        stop_after_steps = cfg.stop_after_steps
     if progress is not None:
         cfg = dataclasses.replace(cfg, progress=progress)
     with distributed_from_env() as (rank, world, local_rank), contextlib.ExitStack() as held:
@@ -273,7 +270,6 @@ def train(
             world,
             local_rank,
             resume_dir,
-            stop_after_steps,
             print_report,
             bar_position,
             held=held,
@@ -286,7 +282,6 @@ def _train(
     world: int,
     local_rank: int,
     resume_dir: str | Path | None,
-    stop_after_steps: int,
     print_report: bool = True,
     bar_position: int = 0,
     *,
@@ -482,7 +477,6 @@ def _train(
                 world=world,
                 use_amp=use_amp,
                 save_checkpoint=save,
-                stop_after_steps=stop_after_steps,
                 bar=bar,
             )
         finally:
@@ -699,7 +693,6 @@ def run_fold(
             train(
                 cfg,
                 resume_dir=fold_dir,
-                stop_after_steps=cfg.stop_after_steps,
                 bar_position=bar_position,
             )
         else:

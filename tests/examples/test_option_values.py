@@ -3,6 +3,7 @@ directory, no synthetic dataset, no superpixel cache (issue 19, point 2)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -179,3 +180,12 @@ def test_the_two_entry_points_without_a_verb(tmp_path):
     assert script.returncode == 2, script.stderr
     assert script.stderr.startswith("error: --lr must be a finite number > 0, got nan")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_saved_configuration_with_a_removed_option_loads_at_its_off_value():
+    # a run directory from before an option's removal (commit 4d6a716 is the last with them)
+    saved = json.loads(TrainConfig().to_json())
+    assert TrainConfig.from_dict({**saved, "stop_after_steps": 9}) == TrainConfig()
+    assert "stop_after_steps" not in json.loads(TrainConfig().to_json())
+    with pytest.raises(ValueError, match="unknown configuration key"):
+        TrainConfig.from_dict({**saved, "no_such_option": 1})
