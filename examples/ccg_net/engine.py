@@ -107,15 +107,6 @@ def make_optimizer(
     cfg: TrainConfig, module: nn.Module
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     params: list[Any] = [p for p in module.parameters() if p.requires_grad]
-    if cfg.graph_lr_mult != 1.0:
-        # --graph-lr-mult: the relation graphs' parameters in a group of their own
-        criterion = getattr(module, "criterion", None)
-        graphs = [getattr(criterion, k, None) for k in ("graphs", "ir", "ik", "kr_graph")]
-        ids = {id(p) for g in graphs if g is not None for p in g.parameters() if p.requires_grad}
-        params = [
-            {"params": [p for p in params if id(p) not in ids]},
-            {"params": [p for p in params if id(p) in ids], "lr": cfg.lr * cfg.graph_lr_mult},
-        ]
     opt: torch.optim.Optimizer
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

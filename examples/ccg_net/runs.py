@@ -218,7 +218,7 @@ def _set_lr(
     opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, lr: float
 ) -> None:
     """``--lr`` changed on resume: every group's rate (and the scheduler's base rates) scaled by
-    ``lr`` over the run's rate, so the decay so far and ``--graph-lr-mult`` are kept."""
+    ``lr`` over the run's rate, so the decay so far is kept."""
     base_lrs = [float(b) for b in sched.base_lrs]
     factor = lr / base_lrs[0]
     if factor == 1.0:
@@ -456,7 +456,6 @@ def _train(
     trainee.train()
     while state.epoch < cfg.epochs:
         data.sampler.set_epoch(state.epoch, state.step_in_epoch)
-        trainee.criterion.start_epoch(state.epoch)
         bar = None
         if is_main and cfg.progress:
             bar = progress_bar(
