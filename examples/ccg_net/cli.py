@@ -2,8 +2,10 @@
 reproduce|pretrain`` (without a verb: the help, exit 2; ``python examples/train_ccg.py ...``
 without a verb trains).
 
-Every user error (a bad value, a missing file or extra, no CUDA, a run directory in use or a full
-disk) is one ``error: ...`` line and exit code 2; a non-finite loss or weights is exit code 3.
+Every user error (a bad value, a missing file or extra, no CUDA, an unwritable output folder, a
+broken image of the split, a damaged or mismatched checkpoint, a run directory in use or a full
+disk) is one ``error: ...`` line and exit code 2; a non-finite loss or weights is exit code 3;
+``predict`` exits with 1 when it skipped an input it could not read (named on its own line).
 """
 
 from __future__ import annotations
@@ -158,10 +160,29 @@ def _check_extras(cfg: TrainConfig | None, *, figures: bool, progress: bool = Fa
         )
 
 
-def _check_outputs(cfg: TrainConfig) -> None:
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file, not a folder")
+def _check_writable(option: str, folder: Path) -> None:
+    """A folder this command will create or write into, checked before any work: it (or, if
+    it does not exist yet, the nearest folder above it that does) must be a folder this
+    process can write to."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} is a file, not a folder")
+    here = folder.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise UsageError(f"{option} {folder}: {here} is a file, so the folder cannot be made")
+    if not os.access(here, os.W_OK | os.X_OK):
+        where = "" if here == folder.absolute() else f" ({here}, where it would be made)"
+        raise UsageError(
+            f"{option} {folder} is not writable{where}: pass a folder you can write to"
+        )
+
+
+def _check_outputs(cfg: TrainConfig, resume: str | None = None) -> None:
+    if resume:  # a resumed run writes into its own directory, not into --output-dir
+        _check_writable("--resume", Path(resume))
+    else:
+        _check_writable("--output-dir", Path(cfg.output_dir))
     if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
         raise UsageError(f"--data-root {cfg.data_root}: no such folder (the ChestX-ray14 folder)")
 
@@ -171,7 +192,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         cfg = resolve_config(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _check_outputs(cfg)
+    _check_outputs(cfg, getattr(args, "resume", None))
     _check_extras(cfg, figures=cfg.num_figures > 0)
     return cfg
 
@@ -276,9 +297,11 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    """``predict``: exit 0 when every input was predicted, 1 when some could not be read (each
+    named on its own ``error:`` line, the others predicted, all in ``summary.csv``)."""
     _check_extras(None, figures=not args.no_overlays)
     from .checkpoint import load_model
-    from .predict import find_images, predict
+    from .predict import SUMMARY_FILE, OutputError, Prediction, find_images, predict
     from .runs import select_device
 
     if not 0 < args.threshold < 1:
@@ -286,22 +309,41 @@ def _predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     paths = find_images(args.inputs)
+    out = Path(args.out)
+    _check_writable("--out", out)
     model, cfg = load_model(args.checkpoint)
+    if cfg.data_root is None:
+        print(
+            f"note: {args.checkpoint} was trained on the synthetic ChestX-ray14 twin (no "
+            "--data-root), not on radiographs: its findings on real images mean nothing",
+            file=sys.stderr,
+        )
     device = select_device(TrainConfig(device=args.device))
-    records = predict(
-        model.to(device),
-        cfg.image_size,
-        paths,
-        Path(args.out),
-        threshold=args.threshold,
-        batch_size=args.batch_size,
-        overlays=not args.no_overlays,
-    )
-    for rec in records:
-        found = ", ".join(f"{f['class']} {f['probability']:.2f}" for f in rec["findings"]) or "-"
-        print(f"{rec['image']}: {found}")
-    print(f"written to {args.out}")
-    return 0
+
+    def report(res: Prediction) -> None:
+        if res.record is None:
+            print(f"error: {res.image}: {res.error} (skipped)", file=sys.stderr)
+            return
+        findings = res.record["findings"]
+        found = ", ".join(f"{f['class']} {f['probability']:.2f}" for f in findings) or "-"
+        print(f"{res.image}: {found}")
+
+    try:
+        results = predict(
+            model.to(device),
+            cfg.image_size,
+            paths,
+            out,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            overlays=not args.no_overlays,
+            on_result=report,
+        )
+    except OutputError as err:
+        raise UsageError(str(err)) from None
+    failed = sum(res.record is None for res in results)
+    print(f"written to {out} ({SUMMARY_FILE}: {len(results) - failed} predicted, {failed} failed)")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None, *, default_verb: str | None = None) -> int:

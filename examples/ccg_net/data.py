@@ -6,6 +6,8 @@ targets built in the loader's workers), and the fixed reference maps (the trivia
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import time
@@ -15,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import ccg_layers
+from ccg_layers.boxes import check_boxes
 from ccg_layers.datasets import (
     BOX_FRAME,
+    CLASS_NAMES,
     ChestXray14,
+    ChestXray14FormatError,
     ChestXray14Index,
     chestxray14_splits,
     collate_chestxray14,
@@ -29,6 +35,7 @@ from ccg_layers.datasets import (
     read_split_files,
     split_summary,
 )
+from ccg_layers.errors import CCGValueRangeError
 from ccg_layers.functional import boxes_to_grid_targets
 
 from .config import TrainConfig
@@ -156,6 +163,195 @@ def load_split(
     check_split(cfg, index, split, world)
     summary = {**source, "root": str(root), **split_summary(index, split)}
     return index, split, summary
+
+
+# --------------------------------------------------------------------------- file checks
+
+
+class DataFileError(ChestXray14FormatError):
+    """An image file or a box of the split that the run cannot use, named with its path (a
+    :class:`~ccg_layers.datasets.ChestXray14FormatError`: the command line's one ``error:``
+    line)."""
+
+
+#: Bump when what :func:`check_image_files` checks changes: older cache entries are redone.
+FILE_CHECK_VERSION = 1
+_SHOWN = 3  # problems listed in one message before "and N more"
+
+
+def _file_check_cache(cache_dir: Path, root: Path) -> Path:
+    """The cache of :func:`check_image_files` for the dataset folder ``root``."""
+    ident = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache_dir / "file-checks" / f"{ident}.json"
+
+
+def image_problem(err: BaseException) -> str:
+    """What a Pillow error on opening or reading an image file says about the file, in words
+    (for one line naming the file)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too large to decode ({err})"
+    if isinstance(err, OSError) and err.errno is not None:  # the file system's reason
+        return err.strerror or str(err)
+    return f"damaged (truncated or overwritten?): {err}"  # Pillow's decoding errors
+
+
+#: The errors Pillow raises for a file it cannot read (SyntaxError: a "broken PNG file").
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _check_one(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file whose header and chunks Pillow reads without
+    error, without decoding it (``Image.verify``: every PNG chunk and its CRC, so a truncated
+    or overwritten file fails; about 15x cheaper than decoding a 1024-pixel PNG).
+
+    Raises:
+        ValueError: What is wrong with the file, in words (:func:`image_problem`).
+    """
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+    except IMAGE_ERRORS as err:
+        raise ValueError(image_problem(err)) from None
+    return size
+
+
+def check_image_files(
+    paths: list[Path],
+    *,
+    root: Path,
+    cache_dir: Path | None,
+    what: str = "image",
+    square_at_least: int | None = None,
+    is_main: bool = True,
+) -> None:
+    """Check, before any work, that every image file opens and is whole.
+
+    Each file's header is read and its data checked without decoding (:func:`_check_one`);
+    a passing file is remembered in ``<cache_dir>/file-checks/`` (one JSON file per dataset
+    folder ``root``, keyed by the file's name under it, its modification time and size), so a
+    later run opens only new or changed files.
+
+    Args:
+        paths: The image files.
+        root: The dataset folder (the cache's names are relative to it).
+        cache_dir: The trainer's cache folder, or ``None`` for no cache.
+        what: What the files are, for the message ("training image").
+        square_at_least: If given, each image must also be square with at least this side
+            (SLIC's working copy of every training image is ``--superpixel-size`` square).
+        is_main: Whether this process writes the cache (the main one under DDP).
+
+    Raises:
+        DataFileError: Naming the files that cannot be used (the first three, and how many
+            more) and what is wrong with each.
+    """
+    cache = None if cache_dir is None else _file_check_cache(Path(cache_dir), root)
+    known: dict[str, list[int]] = {}
+    if cache is not None and cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("version") == FILE_CHECK_VERSION:
+                known = saved["files"]
+        except (ValueError, KeyError, AttributeError):  # unreadable: check every file again
+            known = {}
+    checked = dict(known)
+    bad: list[str] = []
+    for path in paths:
+        key = os.path.relpath(path, root)
+        try:
+            st = path.stat()
+        except OSError as err:
+            bad.append(f"{path}: {err.strerror}")
+            continue
+        entry = known.get(key)
+        if entry is not None and entry[:2] == [st.st_mtime_ns, st.st_size]:
+            size = (entry[2], entry[3])
+        else:
+            try:
+                size = _check_one(path)
+            except ValueError as err:
+                bad.append(f"{path}: {err}")
+                continue
+            checked[key] = [st.st_mtime_ns, st.st_size, *size]
+        if square_at_least is not None and (size[0] != size[1] or size[0] < square_at_least):
+            bad.append(
+                f"{path}: {size[0]}x{size[1]} pixels, but with L_IK or L_KR every training "
+                f"image must be square and at least --superpixel-size {square_at_least} pixels "
+                "on a side (SLIC runs on its square working copy)"
+            )
+    if cache is not None and is_main and checked != known:
+        from .checkpoint import write_atomic
+
+        text = json.dumps({"version": FILE_CHECK_VERSION, "files": checked}, sort_keys=True)
+        write_atomic(cache, lambda f: f.write(text.encode()))
+    if bad:
+        more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+        raise DataFileError(
+            f"{len(bad)} {what}(s) cannot be used: {'; '.join(bad[:_SHOWN])}{more} (replace or "
+            "remove them from the label CSV)"
+        )
+
+
+def check_split_boxes(index: ChestXray14Index, names: list[str]) -> None:
+    """Every box of the images ``names`` must overlap ChestX-ray14's 1024-pixel frame (the
+    frame of ``BBox_List_2017.csv``, whatever the size of the PNG).
+
+    Raises:
+        DataFileError: Naming the image, the class and the box of the first few that do not.
+    """
+    rows = torch.zeros(len(index), dtype=torch.bool)
+    rows[torch.tensor([index.position(n) for n in names], dtype=torch.long)] = True
+    bad = []
+    frame = (BOX_FRAME, BOX_FRAME)
+    with ccg_layers.set_value_checks(True):  # check_boxes reads values only with checks on
+        for j in rows[index.box_image_index].nonzero().flatten().tolist():
+            box = index.boxes[j : j + 1]
+            try:
+                check_boxes(box, "boxes", frame)
+            except CCGValueRangeError:
+                x1, y1, x2, y2 = box[0].tolist()
+                bad.append(
+                    f"{index.images[int(index.box_image_index[j])]} "
+                    f"{CLASS_NAMES[int(index.box_class[j])]} box x={x1:g} y={y1:g} "
+                    f"w={x2 - x1:g} h={y2 - y1:g}"
+                )
+    if bad:
+        more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+        where = index.root if index.root is not None else "the index"
+        raise DataFileError(
+            f"{where}: {len(bad)} box(es) of BBox_List_2017.csv lie wholly outside the "
+            f"{BOX_FRAME}x{BOX_FRAME} frame of the boxes: {'; '.join(bad[:_SHOWN])}{more}"
+        )
+
+
+def check_data_files(
+    cfg: TrainConfig,
+    index: ChestXray14Index,
+    test: ChestXray14,
+    train: ChestXray14 | None,
+    *,
+    is_main: bool = True,
+) -> None:
+    """The fast pass before any work: the test (and training) images open and are whole (the
+    training images square and at least ``--superpixel-size`` when SLIC runs on them), and
+    their boxes lie in the frame (:func:`check_image_files`, :func:`check_split_boxes`)."""
+    root = index.root if index.root is not None else Path(".")
+    cache = Path(cfg.cache_dir)
+    for ds, what in ((test, "test image"), (train, "training image")):
+        if ds is None:
+            continue
+        slic = ds is train and (cfg.enabled("ik") or cfg.enabled("kr"))
+        check_image_files(
+            ds.paths,
+            root=root,
+            cache_dir=cache,
+            what=what,
+            square_at_least=cfg.superpixel_size if slic else None,
+            is_main=is_main,
+        )
+        check_split_boxes(index, ds.image_names)
 
 
 # --------------------------------------------------------------------------- superpixels
@@ -360,9 +556,10 @@ def build_data(
         **opts,
     )
     data = Data(index, split, summary, test, test_loader)
-    if not with_train:
+    base = ChestXray14(index, split["train"], image_size=cfg.image_size) if with_train else None
+    check_data_files(cfg, index, test, base, is_main=rank == 0)  # before any work
+    if base is None:
         return data
-    base = ChestXray14(index, split["train"], image_size=cfg.image_size)
     labels = None
     if cfg.enabled("ik") or cfg.enabled("kr"):
         workers = max(1, opts["num_workers"])

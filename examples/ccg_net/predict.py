@@ -1,25 +1,66 @@
-"""``predict``: heatmaps, image-level probabilities and boxes for one's own radiographs."""
+"""``predict``: heatmaps, image-level probabilities and boxes for one's own radiographs.
+
+A file that cannot be read is reported and skipped, the others are still predicted; every
+input gets a row of ``summary.csv``. Output names never collide (:func:`output_names`), and
+every file is written atomically (:func:`.checkpoint.write_atomic`), so a full disk or a
+read-only folder leaves no partial file and stops with :class:`OutputError` naming the path.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ccg_layers.datasets import CLASS_NAMES, read_radiograph
 from ccg_layers.functional import maps_to_boxes
 
+from .checkpoint import write_atomic
+from .data import IMAGE_ERRORS, image_problem
 from .model import CCGNet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The table over all inputs, in the output folder.
+SUMMARY_FILE = "summary.csv"
+SUMMARY_COLUMNS = (
+    "image",
+    "status",
+    "message",
+    "output",
+    "top_class",
+    "top_probability",
+    "findings",
+)
+
+
+class OutputError(OSError):
+    """An output file could not be written (a full disk, a read-only folder); names the file.
+    Nothing partial is left: every file is written to a temporary file and renamed."""
+
+
+@dataclass
+class Prediction:
+    """What ``predict`` did with one input: ``record`` (the JSON written to ``output``) or,
+    for a file that could not be read, ``error`` (why)."""
+
+    image: Path
+    output: Path
+    record: dict[str, Any] | None = None
+    error: str = ""
 
 
 def find_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """The image files among ``inputs`` (files, and the PNG/JPEG files of folders, sorted).
+    """The image files among ``inputs`` (files, and the PNG/JPEG files of folders, sorted),
+    each once.
 
     Raises:
         FileNotFoundError: An input does not exist, or a folder holds no image.
@@ -35,7 +76,66 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
             files.append(item)
         else:
             raise FileNotFoundError(f"{item}: no such image file or folder")
-    return files
+    seen: set[str] = set()
+    unique = []
+    for f in files:  # a file given twice (itself and in its folder) is predicted once
+        key = os.path.normcase(os.path.abspath(f))
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def output_names(paths: list[Path], out_dir: Path) -> list[str]:
+    """The base name of each input's outputs (``<name>.json``, ``<name>_<class>.png``).
+
+    An input's file stem, unless that would write a file another input's outputs already
+    take, or an input file of ``out_dir`` itself: then the first free ``<stem>-2``,
+    ``<stem>-3``, ... In the order of ``paths``, names compared case-insensitively (as on
+    macOS and Windows), so ``a.png`` and ``a.jpg`` give ``a`` and ``a-2``.
+    """
+    here = os.path.normcase(os.path.abspath(out_dir))
+    taken = {
+        p.name.casefold() for p in paths if os.path.normcase(os.path.abspath(p.parent)) == here
+    }
+    names = []
+    for path in paths:
+        stem, k = path.stem, 1
+        while True:
+            name = stem if k == 1 else f"{stem}-{k}"
+            files = {f.casefold() for f in _output_files(name)}
+            if not files & taken:
+                break
+            k += 1
+        taken |= files
+        names.append(name)
+    return names
+
+
+def _output_files(name: str) -> list[str]:
+    return [f"{name}.json", *(f"{name}_{c}.png" for c in CLASS_NAMES)]
+
+
+def _write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """:func:`.checkpoint.write_atomic`, an ``OSError`` becoming :class:`OutputError`."""
+    try:
+        write_atomic(path, write)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _read(path: Path, image_size: int) -> tuple[Tensor, tuple[int, int]]:
+    """The radiograph at the working size and the file's own ``(width, height)``.
+
+    Raises:
+        ValueError: The file cannot be read, in words (:func:`.data.image_problem`).
+    """
+    try:
+        with Image.open(path) as im:
+            size = im.size
+        return read_radiograph(path, image_size), size
+    except IMAGE_ERRORS as err:
+        raise ValueError(image_problem(err)) from None
 
 
 @torch.no_grad()
@@ -48,80 +148,129 @@ def predict(
     threshold: float = 0.5,
     batch_size: int = 8,
     overlays: bool = True,
-) -> list[dict[str, Any]]:
-    """Run ``model`` on the radiographs ``paths`` and write, per image, ``<stem>.json`` and an
-    overlay ``<stem>_<class>.png`` per positive class.
+    on_result: Callable[[Prediction], None] | None = None,
+) -> list[Prediction]:
+    """Run ``model`` on the radiographs ``paths`` and write, per image, ``<name>.json`` and an
+    overlay ``<name>_<class>.png`` per positive class (names: :func:`output_names`), then
+    ``summary.csv``, one row per input (:func:`write_summary`).
 
     The JSON holds every class's image-level probability (the noisy-OR of its map) and, for
     each class above ``threshold``, its boxes (connected regions of the map above
     ``threshold``, from :func:`ccg_layers.functional.maps_to_boxes`) with scores, in the
-    pixel frame of the file itself.
+    pixel frame of the file itself. A file that cannot be read gets an ``error`` and no
+    output; the others are predicted. ``on_result`` is called with each input's
+    :class:`Prediction` as soon as it is done.
+
+    Raises:
+        OutputError: A file could not be written (what was written before stays; no file is
+            left half-written).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the folder {out_dir}: {err.strerror or err}") from None
     device = next(model.parameters()).device
     model.eval()
-    written = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        images = torch.stack([read_radiograph(p, image_size) for p in chunk])
-        logits, feats = model(images.to(device))
+    results = [
+        Prediction(path, out_dir / f"{name}.json")
+        for path, name in zip(paths, output_names(paths, out_dir), strict=True)
+    ]
+    for start in range(0, len(results), batch_size):
+        readable, images, sizes = [], [], []
+        for res in results[start : start + batch_size]:
+            try:
+                image, size = _read(res.image, image_size)
+            except ValueError as err:
+                res.error = str(err)
+                if on_result is not None:
+                    on_result(res)
+                continue
+            readable.append(res)
+            images.append(image)
+            sizes.append(size)
+        if not readable:
+            continue
+        batch = torch.stack(images)
+        logits, feats = model(batch.to(device))
         probs = torch.sigmoid(logits.float()).cpu()
         scores = model.image_scores(feats).cpu()
         boxes, img, cls, box_scores = maps_to_boxes(
             probs, threshold=threshold, image_size=image_size
         )
-        for j, path in enumerate(chunk):
-            written.append(
-                _write_one(
-                    path,
-                    images[j, 0],
-                    probs[j],
-                    scores[j],
-                    boxes[img == j],
-                    cls[img == j],
-                    box_scores[img == j],
-                    image_size,
-                    threshold,
-                    out_dir,
-                    overlays,
-                )
+        for j, res in enumerate(readable):
+            mine = img == j
+            res.record = _write_one(
+                res,
+                batch[j, 0],
+                probs[j],
+                scores[j],
+                boxes[mine],
+                cls[mine],
+                box_scores[mine],
+                sizes[j],
+                image_size,
+                threshold,
+                overlays,
             )
-    return written
+            if on_result is not None:
+                on_result(res)
+    write_summary(results, out_dir / SUMMARY_FILE)
+    return results
 
 
-def _original_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+def write_summary(results: list[Prediction], path: Path) -> None:
+    """``summary.csv``: per input its path, ``ok`` or ``error`` with the reason, its JSON file,
+    the most probable class with its probability, and the classes above the threshold, most
+    probable first (``Mass 0.912; Nodule 0.634``). Written atomically.
 
-    with Image.open(path) as im:
-        return im.size  # (width, height)
+    Raises:
+        OutputError: The file could not be written.
+    """
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(SUMMARY_COLUMNS)
+    for res in results:
+        if res.record is None:
+            rows.writerow([res.image, "error", res.error, "", "", "", ""])
+            continue
+        probs = res.record["probabilities"]
+        top = max(probs, key=probs.get)
+        findings = "; ".join(
+            f"{f['class']} {f['probability']:.3f}"
+            for f in sorted(res.record["findings"], key=lambda f: -f["probability"])
+        )
+        rows.writerow([res.image, "ok", "", res.output, top, f"{probs[top]:.3f}", findings])
+    data = text.getvalue().encode()
+    _write(path, lambda f: f.write(data))
 
 
 def _write_one(
-    path: Path,
+    res: Prediction,
     image: Tensor,
     probs: Tensor,
     scores: Tensor,
     boxes: Tensor,
     cls: Tensor,
     box_scores: Tensor,
+    size: tuple[int, int],
     image_size: int,
     threshold: float,
-    out_dir: Path,
     overlays: bool,
 ) -> dict[str, Any]:
-    width, height = _original_size(path)
+    width, height = size
     scale = torch.tensor([width, height, width, height]) / image_size
     boxes = boxes * scale  # into the file's own pixel frame
+    name = res.output.stem
     findings = []
     figures = []
-    for k, name in enumerate(CLASS_NAMES):
+    for k, cname in enumerate(CLASS_NAMES):
         p = float(scores[k])
         if p <= threshold:
             continue
         mine = cls == k
         findings.append(
             {
-                "class": name,
+                "class": cname,
                 "probability": p,
                 "boxes": [
                     {"xyxy": [round(v, 1) for v in b.tolist()], "score": float(s)}
@@ -130,19 +279,20 @@ def _write_one(
             }
         )
         if overlays:
-            figures.append(
-                _overlay(image, probs[k], boxes[mine], name, p, (width, height), path, out_dir)
-            )
+            target = res.output.with_name(f"{name}_{cname}.png")
+            _overlay(image, probs[k], boxes[mine], cname, p, size, res.image, target)
+            figures.append(target)
     record = {
-        "image": str(path),
+        "image": str(res.image),
         "width": width,
         "height": height,
         "threshold": threshold,
-        "probabilities": {name: float(v) for name, v in zip(CLASS_NAMES, scores, strict=True)},
+        "probabilities": {c: float(v) for c, v in zip(CLASS_NAMES, scores, strict=True)},
         "findings": findings,
         "overlays": [str(f) for f in figures],
     }
-    (out_dir / f"{path.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    text = (json.dumps(record, indent=2) + "\n").encode()
+    _write(res.output, lambda f: f.write(text))
     return record
 
 
@@ -154,8 +304,8 @@ def _overlay(
     p: float,
     size: tuple[int, int],
     path: Path,
-    out_dir: Path,
-) -> Path:
+    target: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,15 +314,15 @@ def _overlay(
 
     width, height = size
     extent = (0, width, height, 0)
-    fig, ax = plt.subplots(figsize=(4, 4 * height / width))
-    ax.imshow(image.numpy(), cmap="gray", extent=extent)
-    ax.imshow(prob.numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1, extent=extent)
-    for x1, y1, x2, y2 in boxes.tolist():
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", lw=1.5))
-    ax.set_title(f"{path.name}: {name} p={p:.2f}", fontsize=8)
-    ax.axis("off")
-    fig.tight_layout()
-    target = out_dir / f"{path.stem}_{name}.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    fig, ax = plt.subplots(figsize=(4, 4 * min(max(height / width, 0.25), 4.0)))
+    try:
+        ax.imshow(image.numpy(), cmap="gray", extent=extent)
+        ax.imshow(prob.numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1, extent=extent)
+        for x1, y1, x2, y2 in boxes.tolist():
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", lw=1.5))
+        ax.set_title(f"{path.name}: {name} p={p:.2f}", fontsize=8)
+        ax.axis("off")
+        fig.tight_layout()
+        _write(target, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -24,3 +24,13 @@ def make_config(tiny_root: Path, tmp_path: Path):
         return tiny_config(tiny_root, tmp_path, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def finished_tiny_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch tiny run (L_base only, no figures), one per test module."""
+    from examples.ccg_net.runs import train
+
+    out = tmp_path_factory.mktemp("finished")
+    cfg = tiny_config(tiny_root, out, run_name="good", epochs=1, losses=("base",), num_figures=0)
+    return train(cfg, print_report=False).run_dir
