@@ -320,7 +320,7 @@ FORMS: dict[str, tuple[str, list[str]]] = {
 INITS = ("random", "pretrained")
 #: The learning rates tried for the pretrained baseline, per setting: the random-init demo's
 #: rate (DEMO_LR_BY_SETTING), a third of it and three times it.
-TUNE_LRS = {"b": (1e-3, 3e-3, 1e-2), "c": (1e-4, 3e-4, 1e-3)}
+TUNE_LRS = {"a": (1e-4, 3e-4, 1e-3), "b": (1e-3, 3e-3, 1e-2), "c": (1e-4, 3e-4, 1e-3)}
 #: The primary endpoint, named before the study ran: mean accuracy at T(IoU)=0.3 over the 8
 #: boxed classes on the independent test set, full model minus baseline, paired by seed.
 PRIMARY_T = 0.3

@@ -287,7 +287,7 @@ def _resume(args: argparse.Namespace) -> int:
         cfg = resume_config(load_config(Path(args.resume)), changes, args.resume)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _check_outputs(cfg)
+    _check_outputs(cfg, args.resume)
     _check_extras(cfg, figures=cfg.num_figures > 0)
     from .runs import train
 

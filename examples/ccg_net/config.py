@@ -569,6 +569,9 @@ RESUME_CHANGEABLE = frozenset(
 )
 
 _PATH_FIELDS = ("data_root", "cache_dir", "output_dir")
+#: Where a new run goes; a resumed run is the directory ``--resume`` names, wherever it was
+#: moved, so these are not compared (a run directory copied elsewhere resumes there).
+RESUME_IGNORED = frozenset({"output_dir", "run_name"})
 
 
 class ResumeOptionsError(ValueError):
@@ -580,7 +583,8 @@ def resume_config(
 ) -> TrainConfig:
     """The configuration of a resumed run: ``saved`` (its ``config.json``) with the options in
     ``given`` (:func:`given_options`) that differ from it, all of them in
-    :data:`RESUME_CHANGEABLE`; folders compare as absolute paths.
+    :data:`RESUME_CHANGEABLE`; folders compare as absolute paths; ``--output-dir`` and
+    ``--run-name`` (:data:`RESUME_IGNORED`) name a new run's directory and are not compared.
 
     Raises:
         ResumeOptionsError: an option outside :data:`RESUME_CHANGEABLE` differs; the message
@@ -589,6 +593,8 @@ def resume_config(
     """
     differ: dict[str, Any] = {}
     for name, value in given.items():
+        if name in RESUME_IGNORED:
+            continue
         if name in _PATH_FIELDS and value is not None:
             value = str(Path(value).resolve())
         if value != getattr(saved, name):

@@ -291,8 +291,9 @@ def _train(
     is_main = rank == 0
     if resume_dir is not None and is_main:  # refused at once while a live run holds it
         held.enter_context(ckpt.run_lock(Path(resume_dir)))
-    # a run killed before its first checkpoint starts over (from its saved configuration)
-    resuming = resume_dir is not None and (Path(resume_dir) / "checkpoints" / "last.pt").is_file()
+    # a run killed before its first checkpoint starts over (from its saved configuration); a
+    # last.pt that is there but no file is for the checkpoint checks to name
+    resuming = resume_dir is not None and (Path(resume_dir) / "checkpoints" / "last.pt").exists()
     if not resuming and cfg.weights == "twin":
         # the pretrained file, made once (by the main process; the others wait and read it)
         if is_main:

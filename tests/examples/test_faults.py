@@ -432,3 +432,14 @@ def test_a_full_disk_is_one_line_naming_the_file_and_corrupts_nothing(
     assert not _temp_files(copy_of)
     monkeypatch.undo()
     assert cli.main(["train", "--resume", str(copy_of), "--epochs", "2"]) == 0  # resumable
+
+
+def test_resume_does_not_compare_the_new_run_folder_options():
+    # a resumed run is the directory --resume names (copied or moved there); --output-dir and
+    # --run-name name a new run's folder and are not compared with config.json
+    from examples.ccg_net.config import RESUME_IGNORED, TrainConfig, resume_config
+
+    saved = TrainConfig(output_dir="/runs/a", run_name="x")
+    cfg = resume_config(saved, {"output_dir": "/elsewhere", "run_name": "y"}, "/moved/x")
+    assert (cfg.output_dir, cfg.run_name) == ("/runs/a", "x")
+    assert {"output_dir", "run_name"} == RESUME_IGNORED
