@@ -24,6 +24,7 @@ The synthetic generator is fixed for the study; nothing here changes the data pe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,7 +32,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ccg_layers.datasets import BOXED_CLASSES as BOXED  # noqa: E402
+from examples.ccg_net.runs import side_by_side  # noqa: E402
 
 ROWS = ("baseline", "ik", "ir", "kr", "ir+ik", "ir+ik+kr")
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
@@ -74,13 +75,18 @@ def first_then_side_by_side(
     """``fn(*job)`` for every job: the first alone (it makes the synthetic data and caches the
     others read), then the rest ``workers`` at a time; with ``verb``, each job is reported with
     its wall time as it finishes."""
+    rest = jobs[1:]
+
+    def done(i: int, result: dict[str, Any]) -> None:
+        if verb is not None:
+            print(f"{verb} {rest[i]} ({result['wall_seconds']:.0f} s)", flush=True)
+
     results = {jobs[0]: fn(*jobs[0])}
-    with ThreadPoolExecutor(workers) as pool:
-        futures = {j: pool.submit(fn, *j) for j in jobs[1:]}
-        for j, f in futures.items():
-            results[j] = f.result()
-            if verb is not None:
-                print(f"{verb} {j} ({results[j]['wall_seconds']:.0f} s)", flush=True)
+    # threads: each job's run is a process of its own (run_one, holdout_one)
+    later = side_by_side(
+        [functools.partial(fn, *j) for j in rest], workers, threads=True, done=done
+    )
+    results.update(zip(rest, later, strict=True))
     return results
 
 
@@ -152,7 +158,8 @@ def evaluate_holdout(run_dir: Path, seed: int) -> dict[str, Any]:
 
     from examples.ccg_net.checkpoint import load_model
     from examples.ccg_net.data import build_data
-    from examples.ccg_net.engine import _model_name, evaluate, reference_results
+    from examples.ccg_net.engine import evaluate, reference_results
+    from examples.ccg_net.runs import model_name
 
     model, cfg = load_model(run_dir / "checkpoints" / "last.pt")
     if cfg.data_root is not None:
@@ -164,7 +171,7 @@ def evaluate_holdout(run_dir: Path, seed: int) -> dict[str, Any]:
         "holdout_seed": seed,
         "test_images": list(data.test.image_names),
         "methods": {
-            _model_name(cfg): res.summary(),
+            model_name(cfg): res.summary(),
             "Whole image": reference_results(data, cfg)["Whole image"].summary(),
         },
     }
@@ -387,9 +394,8 @@ def tune_pretrained_lr(
     scores: dict[tuple[str, float], dict[str, float]] = {}
     pending = [(s, lr) for s in settings for lr in grids[s]]
     for _ in range(3):  # the grid, then up to two extensions
-        with ThreadPoolExecutor(jobs) as pool:
-            futures = {g: pool.submit(one, *g) for g in pending}
-            scores.update({g: f.result() for g, f in futures.items()})
+        done = side_by_side([functools.partial(one, *g) for g in pending], jobs, threads=True)
+        scores.update(zip(pending, done, strict=True))
         pending = []
         for s in settings:
             grid = grids[s]

@@ -208,3 +208,25 @@ def test_contrast_forms_validate_each_input_once(pair_form):
         patch(*args, **kwargs)
     names = ["features", "labels", "image_labels", "memory_image_labels", "memory_codes"]
     _assert_once(calls, names + (["features_b", "labels_b", "image_labels_b"] if pair_form else []))
+
+
+def _private_trainer_imports(path: Path) -> list[str]:
+    """``from examples.ccg_net... import _x`` and, inside examples/ccg_net, ``from .x import _y``:
+    the reference trainer keeps the package's rule (issue 19)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    in_trainer = path.is_relative_to(ROOT / "examples" / "ccg_net")
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            ours = module == "examples.ccg_net" or module.startswith("examples.ccg_net.")
+            if not (ours or (node.level and in_trainer)):
+                continue
+            names = [p for p in module.split(".") if p] + [a.name for a in node.names]
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if _private(n)]
+    return found
+
+
+def test_no_private_name_of_the_trainer_is_imported_from_another_file():
+    found = [hit for path in _python_files() for hit in _private_trainer_imports(path)]
+    assert found == []

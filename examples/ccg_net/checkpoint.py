@@ -1,25 +1,34 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, carrying every RNG state;
-the run directory's other files written atomically too, its temporary files swept, its lock."""
+"""The run directory's files: checkpoints written atomically, read with ``weights_only=True``,
+carrying every RNG state, and restored into a run (:func:`restore`); the directory itself
+(:func:`new_run_dir`), its ``metrics.csv``/``metrics.json`` (:class:`MetricsLog`), its other
+files written atomically too, its temporary files swept, its lock."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import errno
+import io
+import json
 import math
 import os
 import random
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .model import CCGNet
+from .config import REMOVED_OPTIONS, TrainConfig
+from .model import CCGNet, model_from_config
+
+if TYPE_CHECKING:
+    from .engine import Progress, Trainee
 
 
 def rng_state() -> dict[str, Any]:
@@ -338,13 +347,17 @@ def checkpoint_config(state: dict[str, Any], path: Path) -> TrainConfig:
         raise CheckpointError(
             f"checkpoint {path}: its 'config' entry is a {type(saved).__name__}, not a dict"
         )
-    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(REMOVED_OPTIONS)
+    unknown = sorted(set(saved) - known)
     if unknown:
         raise CheckpointError(
             f"checkpoint {path}: its configuration has {_names(unknown, quote=True)}, "
             f"unknown to this trainer (written by another version of it, or edited)"
         )
-    return TrainConfig.from_dict(saved)
+    try:
+        return TrainConfig.from_dict(saved)
+    except ValueError as err:  # a removed option at a value that changed training
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
 
 
 def check_weights(
@@ -434,8 +447,6 @@ def load_model(
             missing, a configuration this trainer cannot read, weights that do not fit the
             model of the checkpoint's configuration, or non-finite weights.
     """
-    from .engine import model_from_config
-
     path = resolve(path)
     state = load(path)
     require(state, path, MODEL_KEYS)
@@ -444,3 +455,139 @@ def load_model(
     check_weights(model, state["model"], path, of=f"its configuration ({_describe(cfg)})")
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+class RunDirError(ValueError):
+    """``--run-name`` names a directory that already holds a run (its ``config.json``)."""
+
+
+class MetricsLog:
+    """Appends one row per epoch to ``metrics.csv`` and keeps ``metrics.json`` up to date (an
+    epoch's row replaces an earlier one of the same epoch; both files written atomically)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.csv = run_dir / "metrics.csv"
+        self.json = run_dir / "metrics.json"
+        self.data: dict[str, Any] = {"epochs": []}
+        if self.json.is_file():
+            self.data = json.loads(self.json.read_text())
+
+    def add(self, row: dict[str, Any]) -> None:
+        rows = [r for r in self.data["epochs"] if r["epoch"] != row["epoch"]] + [row]
+        self.data["epochs"] = rows
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        # the CSV first: metrics.json is the record a resumed run reads (``has``)
+        write_text(self.csv, text.getvalue())
+        write_text(self.json, json.dumps(self.data, indent=2) + "\n")
+
+    def has(self, epoch: int) -> bool:
+        """Whether the row of ``epoch`` (1-based) is recorded."""
+        return any(r["epoch"] == epoch for r in self.data["epochs"])
+
+    def finish(self, final: dict[str, Any]) -> None:
+        self.data["final"] = final
+        write_text(self.json, json.dumps(self.data, indent=2) + "\n")
+
+
+def check_run_name(cfg: TrainConfig) -> None:
+    """Refuse a ``--run-name`` whose directory already holds a run (its ``config.json``).
+
+    Raises:
+        RunDirError: naming the directory, ``--resume`` and another name as the ways out.
+    """
+    if cfg.run_name is not None and (Path(cfg.output_dir) / cfg.run_name / "config.json").exists():
+        raise _name_in_use(cfg)
+
+
+def _name_in_use(cfg: TrainConfig) -> RunDirError:
+    path = Path(cfg.output_dir) / str(cfg.run_name)
+    return RunDirError(
+        f"--run-name {cfg.run_name}: {path} already holds a run; continue it with "
+        f"--resume {path}, or choose another --run-name"
+    )
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """A new run directory, claimed by creating its ``config.json`` exclusively (of two runs
+    started at once with one name, exactly one gets it).
+
+    ``--run-name NAME`` must not hold a run yet (an empty folder, or one left by a run killed
+    before it wrote its configuration, is fine); the default name ``<preset>-<losses>-<time>``
+    takes the first free of NAME, NAME-2, NAME-3, ...
+
+    Raises:
+        RunDirError: ``cfg.run_name`` holds a run (see :func:`check_run_name`).
+    """
+    base = cfg.run_name or f"{cfg.preset}-{'+'.join(cfg.losses)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    text = (cfg.to_json() + "\n").encode()
+    k = 1
+    while True:
+        path = Path(cfg.output_dir) / (base if k == 1 else f"{base}-{k}")
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            write_atomic(path / "config.json", lambda f: f.write(text), exclusive=True)
+        except FileExistsError:
+            if cfg.run_name is not None:
+                raise _name_in_use(cfg) from None
+            k += 1
+            continue
+        return path
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The configuration with its folders made absolute, so that a run directory works from
+    any working directory (``evaluate`` does not regenerate the synthetic data elsewhere)."""
+    root = None if cfg.data_root is None else str(Path(cfg.data_root).resolve())
+    return dataclasses.replace(
+        cfg,
+        data_root=root,
+        cache_dir=str(Path(cfg.cache_dir).resolve()),
+        output_dir=str(Path(cfg.output_dir).resolve()),
+    )
+
+
+def restore(
+    path: Path,
+    trainee: Trainee,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    state: Progress,
+    rank: int,
+    world: int,
+) -> dict[str, Any] | None:
+    """Everything of a checkpoint back in place: weights, optimiser, scheduler, scaler, where
+    the run was (with the epoch's running sums), and this process's RNG states.
+
+    Returns the metrics row of the epoch an epoch-end checkpoint closed (``None`` mid-epoch):
+    the run adds it (evaluating that epoch again) if ``metrics.json`` does not have it yet.
+    """
+    # read on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
+    saved = load(path, map_location="cpu")
+    check_resumable(saved, path, trainee.model, trainee.criterion)  # one line if not
+    trainee.model.load_state_dict(saved["model"])
+    trainee.criterion.load_state_dict(saved["criterion"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    state.epoch, state.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
+    state.global_step = state.first_step = saved["global_step"]
+    state.last_checkpoint = path
+    # (a checkpoint from before the sums were saved: the means cover the steps after resuming)
+    state.epoch_sums = dict(saved.get("epoch_sums", {}))
+    state.epoch_steps = int(saved.get("epoch_steps", 0))
+    rngs = saved["rng"]  # one per process; on another number of processes, rank 0's
+    if isinstance(rngs, list):
+        rngs = rngs[rank] if len(rngs) == world else rngs[0]
+    set_rng_state(rngs)
+    row = saved.get("epoch_row")
+    return row if state.step_in_epoch == 0 else None

@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     """Carry out one parsed command."""
     if args.verb == "evaluate":
         _check_extras(None, figures=True, progress=True)
-        from .engine import evaluate_checkpoint
+        from .runs import evaluate_checkpoint
 
         _, text, out_dir = evaluate_checkpoint(
             args.checkpoint, data_root=args.data_root, device=args.device
@@ -249,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
             if any(not 0 <= k < 5 for k in folds):
                 raise UsageError(f"--folds must be in 0..4, got {args.folds}")
         cfg = _config(args)
-        from .reproduce import default_folds, reproduce
+        from .reproduce import default_folds
+        from .runs import reproduce
 
         _check_splits(cfg, folds or default_folds(cfg.setting))
 
@@ -258,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume(args)
     cfg = _config(args)
-    from .engine import check_run_name, compare, train
+    from .checkpoint import check_run_name
+    from .runs import compare, train
 
     try:
         check_run_name(cfg)  # a name that holds a run: refused before any work
@@ -287,7 +289,7 @@ def _resume(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     _check_outputs(cfg, args.resume)
     _check_extras(cfg, figures=cfg.num_figures > 0)
-    from .engine import train
+    from .runs import train
 
     run_dir = train(cfg, resume_dir=args.resume, changes=changes).run_dir
     print(f"run directory: {run_dir}")
@@ -299,8 +301,8 @@ def _predict(args: argparse.Namespace) -> int:
     named on its own ``error:`` line, the others predicted, all in ``summary.csv``)."""
     _check_extras(None, figures=not args.no_overlays)
     from .checkpoint import load_model
-    from .engine import select_device
     from .predict import SUMMARY_FILE, OutputError, Prediction, find_images, predict
+    from .runs import select_device
 
     if not 0 < args.threshold < 1:
         raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
@@ -372,8 +374,9 @@ def main(argv: Sequence[str] | None = None, *, default_verb: str | None = None) 
     except UsageError as err:
         return _error(err)
     except Exception as err:
-        from .checkpoint import CheckpointError, RunLockedError, WriteError
-        from .engine import DeviceError, NonFiniteLossError, RunDirError
+        from .checkpoint import CheckpointError, RunDirError, RunLockedError, WriteError
+        from .engine import NonFiniteLossError
+        from .runs import DeviceError
 
         if isinstance(err, NonFiniteLossError):
             print(f"error: {err}", file=sys.stderr)

@@ -86,9 +86,6 @@ class TrainConfig:
     # cross-batch partner memory of every relation graph; -1: 8 where the batch alone would
     # leave a graph constant (the paper's batch of 2), else 0
     memory_size: int = -1
-    # epochs of L_base alone before the relation terms join (0: Eq. 11 from the first step, the
-    # paper; the paper's ResNet-50 starts from ImageNet features, the demo's from random ones)
-    relation_start_epoch: int = 0
     # what the relation terms compare: "raw" the C5 maps as they are (the paper); "unit" each
     # map divided by its L2 norm (distances in [0, 2]: shrinking the features gains nothing)
     relation_features: str = "raw"
@@ -97,9 +94,6 @@ class TrainConfig:
     # apart up to --contrast-margin (docs/graphs.md, "Contrast-constrained form")
     relation_form: str = "pull"
     contrast_margin: float = 1.0  # in unit-map distances (needs --relation-features unit)
-    # learning-rate multiplier of the relation graphs' parameters (L_IR's weight and the W_l of
-    # both patch graphs); 1: the paper's single rate for everything
-    graph_lr_mult: float = 1.0
     kr_pairs: str = "half"  # L_KR pairs: "half" (i, i + n/2) or "all" (every pair)
     kr_scale: float | None = None  # None: 1/sqrt(C); 1.0 is the paper's literal P
     # 0: the paper's full C x C W_P of Eq. 8; D > 0: W_P = W_u^T W_v of rank D (cheaper)
@@ -128,7 +122,6 @@ class TrainConfig:
     log_every: int = 50  # steps between reads of the loss terms (the step's only host sync)
     channels_last: bool = False  # NHWC memory format for the backbone (faster convs on GPUs)
     compile: bool = False  # torch.compile the model and the loss (the loss as one graph)
-    stop_after_steps: int = 0  # testing aid: stop abruptly after this many steps (a "kill")
     max_test_images: int = 0  # 0: all
     num_figures: int = 8
     parallel_runs: int = 1  # the comparison (demo): train baseline and CCG side by side (<= 2)
@@ -143,15 +136,41 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of ``dataclasses.asdict`` (tuples come back from JSON lists)."""
+        """Inverse of ``dataclasses.asdict`` (tuples come back from JSON lists).
+
+        A removed option (:data:`REMOVED_OPTIONS`) of a run's saved configuration is dropped at
+        the value that left it off; at another value the run is refused (it was trained with
+        it), naming the last commit that has the option.
+        """
         names = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for k, v in d.items():
+            if k in REMOVED_OPTIONS:
+                off = REMOVED_OPTIONS[k]
+                if off is None or v == off:
+                    continue
+                raise ValueError(
+                    f"configuration key {k!r} is {v!r}: the run was made with "
+                    f"--{k.replace('_', '-')}, an option removed after commit {LAST_WITH_REMOVED}; "
+                    f"use that commit's trainer for this run"
+                )
             if k not in names:
                 raise ValueError(f"unknown configuration key {k!r}")
             kwargs[k] = tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
 
+
+#: Options the trainer no longer has, with the value that left each off (``None``: any value,
+#: a testing aid that changed no weight); a run directory from before their removal keeps
+#: loading and resuming (:meth:`TrainConfig.from_dict`).
+REMOVED_OPTIONS: dict[str, Any] = {
+    "stop_after_steps": None,
+    # research knobs whose study (docs/results.md) measured no gain: no user purpose
+    "relation_start_epoch": 0,
+    "graph_lr_mult": 1.0,
+}
+#: The last commit whose trainer has the options of :data:`REMOVED_OPTIONS`.
+LAST_WITH_REMOVED = "4d6a716"
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -223,7 +242,6 @@ RUN_ONLY_FIELDS = frozenset(
         "device",
         "num_workers",
         "cache_images",
-        "stop_after_steps",
         "compile",
         "channels_last",
         "deterministic",
@@ -318,11 +336,9 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "code_bits",
         "graph_form",
         "memory_size",
-        "relation_start_epoch",
         "relation_features",
         "relation_form",
         "contrast_margin",
-        "graph_lr_mult",
         "kr_pairs",
         "kr_scale",
         "kr_qk_channels",
@@ -353,7 +369,6 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "channels_last",
         "compile",
         "parallel_runs",
-        "stop_after_steps",
     ),
 }
 #: Where a field missing from :data:`OPTION_GROUPS` is listed (none is; a new one shows here).
@@ -466,7 +481,6 @@ HELP: dict[str, str] = {
     "threads": "torch's CPU threads (0: torch's default)",
     "eval_every": "epochs between evaluations on the test split (0: at the end only)",
     "progress": "progress bars of training and evaluation (the per-epoch line prints anyway)",
-    "stop_after_steps": "testing aid: stop abruptly after this many steps, as if killed (0: off)",
     "max_test_images": "evaluate on the first N test images only (0: all)",
     "weights": "backbone weights: imagenet (torchvision's cache), a file, none, or twin (the "
     "backbone pretrained on an independent synthetic twin by `pretrain`, made on first use)",
@@ -475,15 +489,12 @@ HELP: dict[str, str] = {
     "batch_size": "images per process and step",
     "lr": "learning rate (demo: 3e-3 in setting b, 3e-4 in a and c)",
     "optimizer": "sgd (Nesterov, the paper) or adamw",
-    "relation_start_epoch": "epochs of L_base alone before the relation terms join (0: the paper)",
     "relation_features": "what the relation terms compare: raw C5 maps (the paper) or unit (each "
     "map divided by its L2 norm)",
     "relation_form": "pull (Eq. 4-10 as printed: every pair pulled together) or contrast (beyond "
     "the paper: pairs sharing a finding, or both without any, pulled; the others pushed apart "
     "up to --contrast-margin; needs --relation-features unit)",
     "contrast_margin": "the contrast form's margin, in distances between unit maps (in [0, 2])",
-    "graph_lr_mult": "learning-rate multiplier of the relation graphs' parameters (1: one rate "
-    "for everything, the paper)",
     "graph_form": "relation graphs: conditioned (a pair's weight from the two images) or "
     "positional (the paper's batch-slot matrix for L_IR)",
     "memory_size": "partner memory of the relation graphs (-1: 8 where the batch alone leaves "
@@ -554,7 +565,6 @@ RESUME_CHANGEABLE = frozenset(
         "checkpoint_every",
         "log_every",
         "num_figures",
-        "stop_after_steps",
     }
 )
 
@@ -773,10 +783,6 @@ def validate_config(cfg: TrainConfig) -> None:
             "--relation-form contrast needs --relation-features unit (its margin is a distance "
             f"between unit maps; raw maps can undercut any margin), got {cfg.relation_features!r}"
         )
-    if not (
-        _is_number(cfg.graph_lr_mult) and cfg.graph_lr_mult > 0 and math.isfinite(cfg.graph_lr_mult)
-    ):
-        raise ValueError(f"--graph-lr-mult must be a positive number, got {cfg.graph_lr_mult}")
     if cfg.graph_form not in ("conditioned", "positional"):
         raise ValueError(f"--graph-form must be conditioned or positional, got {cfg.graph_form!r}")
     if cfg.memory_size < -1:
@@ -784,11 +790,6 @@ def validate_config(cfg: TrainConfig) -> None:
     # optimisation
     _need_int(cfg, "epochs", 1)
     _need_int(cfg, "batch_size", 1)
-    if not 0 <= cfg.relation_start_epoch <= cfg.epochs:
-        raise ValueError(
-            f"--relation-start-epoch must be in [0, --epochs={cfg.epochs}], "
-            f"got {cfg.relation_start_epoch}"
-        )
     if cfg.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     _need_float(cfg, "lr", positive=True)
@@ -806,7 +807,6 @@ def validate_config(cfg: TrainConfig) -> None:
     _need_int(cfg, "checkpoint_every", 0, "0 (epoch ends only) or a number of steps >= 1")
     _need_int(cfg, "eval_every", 0, "0 (only at the end) or a number of epochs >= 1")
     _need_int(cfg, "log_every", 1)
-    _need_int(cfg, "stop_after_steps", 0)
     _need_int(cfg, "max_test_images", 0, "0 (all) or a number of images >= 1")
     _need_int(cfg, "num_figures", 0)
     _need_int(cfg, "parallel_runs", 1)

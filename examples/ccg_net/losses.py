@@ -173,9 +173,6 @@ class CCGLoss(nn.Module):
             noisy_or_floor=cfg.noisy_or_floor,
         )
         self.base_reduction = cfg.base_reduction
-        # the relation terms' switch (see start_epoch): a buffer, so it costs no host sync
-        self.register_buffer("relation_on", torch.ones(()), persistent=False)
-        self.relation_start_epoch = cfg.relation_start_epoch
         self.unit = cfg.relation_features == "unit"
         # --relation-form contrast (beyond the paper): the graphs take the image-level labels
         self.contrast = cfg.relation_form == "contrast"
@@ -291,14 +288,9 @@ class CCGLoss(nn.Module):
         relation = [self.weights[k] * v for k, v in out.items() if k != "base"]
         total = self.weights["base"] * base
         if relation:
-            # 0 during --relation-start-epoch's first epochs (set by the trainer), else 1
-            total = total + self.relation_on * sum(relation)
+            total = total + sum(relation)
         out["loss"] = total
         return out
-
-    def start_epoch(self, epoch: int) -> None:
-        """``--relation-start-epoch``: L_base alone before that epoch (0-based), then Eq. 11."""
-        self.relation_on.fill_(float(epoch >= self.relation_start_epoch))
 
     def _kr(self, feats: Tensor, sp: Tensor | None, image_labels: Tensor | None = None) -> Tensor:
         n = feats.shape[0]

@@ -21,7 +21,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from ccg_layers.datasets import normalize_radiographs
 from ccg_layers.functional import log_noisy_or
 
-from .config import check_tiny_backbone
+from .config import TrainConfig, check_tiny_backbone
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -265,3 +265,25 @@ def build_model(
     else:
         raise ValueError(f"unknown backbone {backbone!r}")
     return CCGNet(body, channels, num_classes, head_channels, test_upsample)
+
+
+def model_from_config(cfg: TrainConfig, weights: str) -> CCGNet:
+    """The model a configuration describes, with backbone ``weights`` (a path, "imagenet",
+    "none", or "twin": the file of :func:`.pretrain.twin_weights`, made beforehand by
+    :func:`train` or :func:`compare`)."""
+    if weights == "twin":
+        from .pretrain import PRETRAIN_SEED, default_output
+
+        weights = str(default_output(cfg, PRETRAIN_SEED))
+    model = build_model(
+        cfg.backbone,
+        weights,
+        num_classes=cfg.num_classes,
+        head_channels=cfg.head_channels,
+        test_upsample=cfg.test_upsample,
+        freeze_bn=cfg.freeze_bn,
+        tiny_widths=tuple(cfg.tiny_widths),
+        tiny_stride=cfg.tiny_stride,
+    )
+    model.noisy_or_floor = cfg.noisy_or_floor
+    return model

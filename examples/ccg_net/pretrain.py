@@ -62,11 +62,9 @@ RELATION_FIELDS = frozenset(
         "code_bits",
         "graph_form",
         "memory_size",
-        "relation_start_epoch",
         "relation_features",
         "relation_form",
         "contrast_margin",
-        "graph_lr_mult",
         "kr_pairs",
         "kr_scale",
         "kr_qk_channels",
@@ -120,7 +118,7 @@ def pretrain(cfg: TrainConfig, out: Path | None = None, seed: int = PRETRAIN_SEE
         print(f"pretrained weights (cached): {out}", flush=True)
         return out
     from . import checkpoint as ckpt
-    from .engine import train
+    from .runs import train
 
     print(
         f"pretraining the {cfg.backbone} backbone on the image-level labels of the synthetic "

@@ -1,10 +1,10 @@
-"""``reproduce``: every fold of a setting, resumable per fold, mean ± std beside the paper.
+"""What ``reproduce`` reports: the published rows, and the folds' mean ± std beside them.
 
-The paper's numbers are means over the folds of a setting (Sec. 4.2). ``reproduce`` trains
-each fold in ``OUT/fold<k>/`` and, when the model has relation terms, the baseline beside it in
-``OUT/fold<k>-baseline/`` (a run whose report exists is read back; a run that was killed
-resumes from its last checkpoint), then aggregates the localization accuracy per class and
-T(IoU) over the folds and prints the paper-layout table with the published rows beside it.
+The paper's numbers are means over the folds of a setting (Sec. 4.2). ``reproduce``
+(:func:`.runs.reproduce`) trains each fold in ``OUT/fold<k>/`` and, when the model has relation
+terms, the baseline beside it in ``OUT/fold<k>-baseline/``; this module aggregates the
+localization accuracy per class and T(IoU) over the folds (:func:`aggregate`) and writes the
+paper-layout table with the published rows beside it (:func:`reproduce_report`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import csv
 import dataclasses
 import json
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,6 @@ from ccg_layers.datasets import BOXED_CLASSES, NUM_FOLDS
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import dataset_root
-from .engine import absolute_paths, train
 from .report import BOXED_COLUMNS, THRESHOLDS, boxed_mean
 
 
@@ -156,44 +152,7 @@ def default_folds(setting: str) -> tuple[int, ...]:
     return (0,) if setting == "b" else tuple(range(NUM_FOLDS))
 
 
-def run_fold(
-    cfg: TrainConfig, root: Path, fold: int, baseline: bool = False, bar_position: int = 0
-) -> dict[str, Tensor]:
-    """The accuracy matrices ``(T, K)`` per method of one fold: read back if the fold finished,
-    resumed if it was interrupted (from its last checkpoint, or from the start before its
-    first), trained otherwise. With ``baseline``, the fold's baseline run (``fold<k>-baseline``:
-    ``cfg`` with L_base alone), its model only."""
-    name = f"fold{fold}-baseline" if baseline else f"fold{fold}"
-    label = f"fold {fold}, baseline" if baseline else f"fold {fold}"
-    fold_dir = root / name
-    report = fold_dir / "results.json"
-    if not report.is_file():
-        if (fold_dir / "config.json").is_file():  # (one killed before a checkpoint starts over)
-            print(f"\n=== {label}: resuming {fold_dir} ===")
-            train(
-                cfg,
-                resume_dir=fold_dir,
-                stop_after_steps=cfg.stop_after_steps,
-                bar_position=bar_position,
-            )
-        else:
-            print(f"\n=== {label} ===")
-            run_cfg = dataclasses.replace(cfg, fold=fold, output_dir=str(root), run_name=name)
-            if baseline:
-                run_cfg.losses = ("base",)
-            train(run_cfg, bar_position=bar_position)
-    methods = json.loads(report.read_text())["methods"]
-    if baseline:
-        methods = {"Baseline": methods["Baseline"]}
-    return {
-        name: torch.tensor(
-            [[math.nan if v is None else v for v in row] for row in m["accuracy_matrix"]]
-        )
-        for name, m in methods.items()
-    }
-
-
-def _model_first(methods: dict[str, Tensor]) -> dict[str, Tensor]:
+def model_first(methods: dict[str, Tensor]) -> dict[str, Tensor]:
     """The methods in the table's order: the model, the baseline, then the reference maps."""
     order = ["CCG", "Baseline"]
     return {
@@ -245,30 +204,11 @@ def paper_table(stats: dict[str, dict[str, Tensor]], setting: str, num_folds: in
     return "\n".join(lines)
 
 
-def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
-    """Train every fold of ``cfg.setting`` (or ``folds``) and write the aggregated table."""
-    cfg = absolute_paths(cfg)
-    folds = folds if folds is not None else default_folds(cfg.setting)
-    name = cfg.run_name or f"reproduce-{cfg.preset}-setting-{cfg.setting}"
-    root = Path(cfg.output_dir) / name
-    # per fold the model and, unless it is the baseline, the baseline beside it
-    jobs = [(k, b) for k in folds for b in ((False, True) if len(cfg.losses) > 1 else (False,))]
-    if cfg.parallel_runs > 1 and len(jobs) > 1:
-        # runs side by side, one process each (the demo preset: two on a 2-core machine), each
-        # with its bars on a console line of its own; the dataset is made once, here
-        dataset_root(cfg)
-        ctx = multiprocessing.get_context("spawn")
-        workers = min(cfg.parallel_runs, len(jobs))
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(run_fold, cfg, root, k, b, i % workers) for i, (k, b) in enumerate(jobs)
-            ]
-            done = [f.result() for f in futures]
-    else:
-        done = [run_fold(cfg, root, k, b) for k, b in jobs]
-    by_job = dict(zip(jobs, done, strict=True))
-    per_fold = [_model_first({**by_job[k, False], **by_job.get((k, True), {})}) for k in folds]
-    stats = aggregate(per_fold)
+def reproduce_report(
+    cfg: TrainConfig, folds: tuple[int, ...], stats: dict[str, dict[str, Tensor]], root: Path
+) -> str:
+    """``reproduce.md`` and ``reproduce.json`` in ``root``: the folds' ``stats``
+    (:func:`aggregate`) beside the published rows of ``cfg.setting``; returns the text."""
     synthetic = cfg.data_root is None or (Path(cfg.data_root) / "synthetic.json").is_file()
     notes = []
     if synthetic:
@@ -315,5 +255,4 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
         ],
     }
     ckpt.write_text(root / "reproduce.json", json.dumps(payload, indent=2) + "\n")
-    print("\n" + text)
-    return root
+    return text

@@ -29,7 +29,7 @@ def make_config(tiny_root: Path, tmp_path: Path):
 @pytest.fixture(scope="module")
 def finished_tiny_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch tiny run (L_base only, no figures), one per test module."""
-    from examples.ccg_net.engine import train
+    from examples.ccg_net.runs import train
 
     out = tmp_path_factory.mktemp("finished")
     cfg = tiny_config(tiny_root, out, run_name="good", epochs=1, losses=("base",), num_figures=0)

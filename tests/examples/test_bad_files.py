@@ -15,7 +15,7 @@ from PIL import Image
 from examples.ccg_net import cli
 from examples.ccg_net.config import resolve_config
 from examples.ccg_net.data import DataFileError, check_image_files, plan_split
-from examples.ccg_net.engine import train
+from examples.ccg_net.runs import train
 
 from .trainer_helpers import one_error_line, tiny_config
 

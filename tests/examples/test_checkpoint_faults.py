@@ -15,7 +15,7 @@ import torch
 from examples.ccg_net import checkpoint as ckpt
 from examples.ccg_net import cli
 from examples.ccg_net.config import PRESETS, TrainConfig
-from examples.ccg_net.engine import model_from_config
+from examples.ccg_net.model import model_from_config
 
 from .trainer_helpers import one_error_line
 
@@ -157,6 +157,21 @@ def test_an_unknown_configuration_key_is_named(
 ):
     run = _run_with(tmp_path, finished_tiny_run, _edit(lambda s: s["config"].update(frobnicate=1)))
     _fails(verb, run, tmp_path, tiny_root, capsys, "'frobnicate', unknown to this trainer")
+
+
+def test_a_checkpoint_made_with_a_removed_option_loads_at_its_default_only(
+    finished_tiny_run, tmp_path, tiny_root, capsys
+):
+    # options removed after commit 4d6a716 (issue 19): at their default the run still loads
+    off = {"stop_after_steps": 0, "relation_start_epoch": 0, "graph_lr_mult": 1.0}
+    run = _run_with(tmp_path, finished_tiny_run, _edit(lambda s: s["config"].update(off)))
+    ckpt.load_model(run)
+    trained = _run_with(
+        tmp_path / "glr",
+        finished_tiny_run,
+        _edit(lambda s: s["config"].update(graph_lr_mult=100.0)),
+    )
+    _fails("evaluate", trained, tmp_path, tiny_root, capsys, "removed after commit 4d6a716")
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from examples.ccg_net import cli, load_model
-from examples.ccg_net.engine import SimulatedKillError, train
-from examples.ccg_net.reproduce import reproduce
+from examples.ccg_net.runs import reproduce, train
+
+from .trainer_helpers import SimulatedKillError, killed_after_steps
 
 NIH = Path(__file__).resolve().parents[1] / "data" / "nih"
 
@@ -149,9 +150,8 @@ def test_predict_writes_a_json_and_overlays_per_image_in_its_own_pixel_frame(
 def test_reproduce_runs_every_fold_resumes_a_killed_one_and_aggregates(make_config, capsys):
     cfg = make_config(run_name="rep", epochs=1, losses=("base",), checkpoint_every=2)
     cfg.data_root, cfg.synthetic_images, cfg.synthetic_seed = None, 48, 3  # the synthetic twin
-    killed = cfg.__class__(**{**cfg.__dict__, "stop_after_steps": 3})
-    with pytest.raises(SimulatedKillError):
-        reproduce(killed, folds=(0, 1))
+    with pytest.raises(SimulatedKillError), killed_after_steps(3):
+        reproduce(cfg, folds=(0, 1))
     root = Path(cfg.output_dir) / "rep"
     assert (root / "fold0" / "checkpoints" / "last.pt").is_file()
     assert not (root / "fold1").exists()

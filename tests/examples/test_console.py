@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -22,11 +23,11 @@ import pytest
 import torch
 
 from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES
-from examples.ccg_net import cli, engine
+from examples.ccg_net import cli, runs
 from examples.ccg_net.config import OPTION_GROUPS, OTHER_OPTIONS, TrainConfig
-from examples.ccg_net.engine import EpochLog, compare, epoch_line, train
+from examples.ccg_net.engine import EpochLog, epoch_line
 from examples.ccg_net.report import AUC_NAMES, THRESHOLDS, EvalResults
-from examples.ccg_net.reproduce import reproduce
+from examples.ccg_net.runs import compare, reproduce, train
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -58,9 +59,10 @@ class InlinePool:
         return None
 
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
-        InlinePool.calls.append(args)
+        job = functools.partial(fn, *args)  # a job of side_by_side: a partial, its args recorded
+        InlinePool.calls.append(job.args)
         done: Future[Any] = Future()
-        done.set_result(fn(*args))
+        done.set_result(job())
         return done
 
 
@@ -98,7 +100,7 @@ def test_a_bar_position_moves_the_runs_bars_to_their_own_line(make_config, capsy
 def test_a_comparison_side_by_side_gives_each_run_its_own_labelled_bar_line(
     make_config, monkeypatch, capsys
 ):
-    monkeypatch.setattr(engine, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(runs, "ProcessPoolExecutor", InlinePool)
     InlinePool.calls = []
     compare(make_config(run_name="side", epochs=1, parallel_runs=2, progress=True, num_figures=0))
     positions = {cfg.run_name: (cfg.progress, pos) for cfg, pos in InlinePool.calls}

@@ -17,8 +17,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from examples.ccg_net import checkpoint as ckpt
-from examples.ccg_net import engine
-from examples.ccg_net.engine import build_trainee, train
+from examples.ccg_net import engine, runs
+from examples.ccg_net.engine import build_trainee
+from examples.ccg_net.runs import train
 
 from .trainer_helpers import tiny_config
 
@@ -284,13 +285,13 @@ def _nan_worker(rank: int, port: int, root: str, out: str) -> None:
     # non-finite error at the next log point (not hang in mismatched collectives)
     _join_gloo(rank, port, timeout=timedelta(seconds=60))
     seen = {}
-    real_ddp = engine.DistributedDataParallel
+    real_ddp = runs.DistributedDataParallel
 
     def recording_ddp(*args, **kwargs):
         seen["buffer_sync"] = kwargs.get("forward_sync_buffers", kwargs.get("broadcast_buffers"))
         return real_ddp(*args, **kwargs)
 
-    engine.DistributedDataParallel = recording_ddp
+    runs.DistributedDataParallel = recording_ddp
     from examples.ccg_net.model import CCGNet
 
     real_forward = CCGNet.forward

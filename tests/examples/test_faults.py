@@ -20,17 +20,13 @@ import torch
 from torch import nn
 
 from examples.ccg_net import checkpoint as ckpt
-from examples.ccg_net import cli, engine
+from examples.ccg_net import cli, engine, runs
+from examples.ccg_net.checkpoint import RunDirError, new_run_dir
 from examples.ccg_net.config import TrainConfig, load_config
-from examples.ccg_net.engine import (
-    NonFiniteWeightsError,
-    RunDirError,
-    SimulatedKillError,
-    new_run_dir,
-    train,
-)
+from examples.ccg_net.engine import NonFiniteWeightsError
+from examples.ccg_net.runs import train
 
-from .trainer_helpers import tiny_config
+from .trainer_helpers import SimulatedKillError, killed_after_steps, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,19 +219,19 @@ def test_a_kill_during_evaluation_evaluates_that_epoch_again_and_records_it_once
 ):
     full = train(make_config(run_name="uninterrupted", num_figures=0)).run_dir
     cfg = make_config(run_name="killed", num_figures=0)
-    real = engine.evaluate
+    real = runs.evaluate
 
     def killed(*args, **kwargs):
         raise SimulatedKillError("killed during the evaluation of epoch 1")
 
-    monkeypatch.setattr(engine, "evaluate", killed)
+    monkeypatch.setattr(runs, "evaluate", killed)
     with pytest.raises(SimulatedKillError):
         train(cfg)
     run_dir = Path(cfg.output_dir) / "killed"
     assert ckpt.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 1  # saved before
     assert not (run_dir / "metrics.json").exists()  # ... the row was lost here
     evaluated = []
-    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+    monkeypatch.setattr(runs, "evaluate", lambda *a, **k: evaluated.append(1) or real(*a, **k))
     train(cfg, resume_dir=run_dir)
     assert len(evaluated) == 2  # epoch 1 again, then epoch 2 (which the report shows)
     assert _rows(run_dir) == _rows(full)
@@ -247,8 +243,8 @@ def test_epoch_means_after_a_mid_epoch_resume_cover_the_whole_epoch(make_config)
     # 7 steps an epoch, checkpoints every 4; killed after step 9, resumed from step 8
     full = train(make_config(run_name="uninterrupted", checkpoint_every=4, num_figures=0))
     cfg = make_config(run_name="killed", checkpoint_every=4, num_figures=0)
-    with pytest.raises(SimulatedKillError):
-        train(cfg, stop_after_steps=9)
+    with pytest.raises(SimulatedKillError), killed_after_steps(9):
+        train(cfg)
     resumed = train(cfg, resume_dir=Path(cfg.output_dir) / "killed")
     assert _rows(resumed.run_dir) == _rows(full.run_dir)  # the same sums over the same steps
 
@@ -300,8 +296,8 @@ def test_resume_of_an_unreadable_config_json_is_one_error_line(copy_of, capsys):
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(make_config):
     full = train(make_config(run_name="uninterrupted", num_figures=0)).run_dir
     cfg = make_config(run_name="early", num_figures=0)
-    with pytest.raises(SimulatedKillError):
-        train(cfg, stop_after_steps=3)
+    with pytest.raises(SimulatedKillError), killed_after_steps(3):
+        train(cfg)
     run_dir = Path(cfg.output_dir) / "early"
     assert not (run_dir / "checkpoints" / "last.pt").exists()
     train(cfg, resume_dir=run_dir)
@@ -378,7 +374,7 @@ def test_a_reused_run_name_without_resume_is_refused_before_any_work(copy_of, ca
 def test_default_run_names_started_in_the_same_second_get_their_own_directories(
     make_config, monkeypatch
 ):
-    monkeypatch.setattr(engine.time, "strftime", lambda *a: "20260101-120000")
+    monkeypatch.setattr(ckpt.time, "strftime", lambda *a: "20260101-120000")
     cfg = make_config(run_name=None)
     dirs = [new_run_dir(cfg) for _ in range(3)]
     assert [d.name for d in dirs] == [

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks import graph_evidence as ge
-from examples.ccg_net.engine import train
+from examples.ccg_net.runs import train
 
 
 def _ratio_by_loops(graph: torch.Tensor, labels: torch.Tensor) -> float:

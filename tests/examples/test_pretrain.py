@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from examples.ccg_net import engine
+from examples.ccg_net import runs
 from examples.ccg_net.cli import main
 from examples.ccg_net.model import build_model
 from examples.ccg_net.pretrain import cached, pretrain, pretrain_config
@@ -47,7 +47,7 @@ def test_pretrained_file_loads_as_weights_and_is_reused(make_config, tmp_path, m
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     # the same configuration again: the file is reused, nothing is trained
-    monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("trained again"))
     assert cached(out, pretrain_config(cfg, seed=5))
     assert pretrain(cfg, out, seed=5) == out
     # an option added to the trainer later, at its default, keeps the file; a changed one not
@@ -79,7 +79,8 @@ def test_pretrain_cli_error_is_one_line_before_any_work(tmp_path, capsys):
 @pytest.mark.slow
 def test_weights_twin_pretrains_once_and_starts_the_run_from_that_file(make_config, monkeypatch):
     from examples.ccg_net import pretrain as pre
-    from examples.ccg_net.engine import model_from_config, train
+    from examples.ccg_net.model import model_from_config
+    from examples.ccg_net.runs import train
 
     calls = []
     real = pre.pretrain

@@ -355,40 +355,6 @@ def test_relation_features_flag_is_checked():
         resolve_config(build_parser().parse_args(["train", "--relation-features", "cosine"]))
 
 
-def test_graph_lr_mult_puts_the_graph_parameters_in_a_group_of_their_own(tmp_path):
-    from examples.ccg_net.engine import make_optimizer
-
-    cfg = tiny_config(tmp_path, tmp_path, graph_lr_mult=100.0, batch_size=2)
-    trainee = build_trainee(cfg, 1)
-    opt, sched = make_optimizer(cfg, trainee)
-    rest, graphs = opt.param_groups
-    crit = trainee.criterion
-    graph_params = [*crit.graphs.parameters(), *crit.kr_graph.parameters()]
-    assert {id(p) for p in graphs["params"]} == {id(p) for p in graph_params}
-    assert graphs["lr"] == pytest.approx(100 * cfg.lr)
-    assert rest["lr"] == cfg.lr
-    # W_P and the network stay at the base rate; every trainable parameter is in one group
-    assert any(p is crit.kr_attention.weight for p in rest["params"])
-    n_trainable = sum(1 for p in trainee.parameters() if p.requires_grad)
-    assert len(rest["params"]) + len(graphs["params"]) == n_trainable
-    # the schedule decays both
-    for _ in range(cfg.lr_step_epochs):
-        opt.step()
-        sched.step()
-    assert graphs["lr"] == pytest.approx(100 * cfg.lr * cfg.lr_gamma)
-    # the default: one group, the paper's single rate
-    (only,) = make_optimizer(tiny_config(tmp_path, tmp_path), trainee)[0].param_groups
-    assert only["lr"] == cfg.lr
-
-
-def test_graph_lr_mult_flag_is_checked():
-    args = build_parser().parse_args(["train", "--graph-lr-mult", "30"])
-    assert resolve_config(args).graph_lr_mult == 30.0
-    for bad in ("0", "-1", "nan"):
-        with pytest.raises(ValueError, match="--graph-lr-mult must be a positive number"):
-            resolve_config(build_parser().parse_args(["train", "--graph-lr-mult", bad]))
-
-
 # --------------------------------------------------------------------------- permutation
 
 
@@ -449,39 +415,6 @@ def test_relation_terms_do_not_depend_on_the_order_of_the_batch(half, seed, fill
     ):
         expected = torch.cat([graph[pi_all][:, pi_all], graph[pi_all, n:]], dim=1)
         torch.testing.assert_close(p, expected, rtol=1e-10, atol=1e-12)
-
-
-# --------------------------------------------------------------------------- relation start
-
-
-def test_relation_terms_join_at_the_relation_start_epoch():
-    criterion = CCGLoss(_config(relation_start_epoch=2), C, global_batch=4)
-    logits, feats, labels, grid, box_mask, sp = _batch(4, 3)
-    feats.requires_grad_(True)
-    for epoch, on in ((0, False), (1, False), (2, True), (5, True)):
-        criterion.start_epoch(epoch)
-        criterion.zero_grad()
-        feats.grad = None
-        out = criterion(logits, feats, labels, grid, box_mask, sp)
-        relation = sum(0.25 * out[k] for k in ("ir", "ik", "kr"))
-        expected = 0.25 * out["base"] + (relation if on else 0.0)
-        assert torch.allclose(out["loss"], expected), epoch
-        out["loss"].backward()
-        # the relation terms are still computed (for the log), but give no gradient before
-        assert criterion.sample_graph is not None
-        grads = [criterion.sample_graph.weight.grad, criterion.kr_attention.weight.grad]
-        assert all((g is not None and bool(g.abs().sum() > 0)) == on for g in grads), epoch
-        assert (feats.grad is not None and bool(feats.grad.abs().sum() > 0)) == on, epoch
-
-
-def test_relation_start_epoch_flag_is_checked():
-    from examples.ccg_net.cli import build_parser
-    from examples.ccg_net.config import resolve_config
-
-    cfg = resolve_config(build_parser().parse_args(["train", "--relation-start-epoch", "3"]))
-    assert cfg.relation_start_epoch == 3
-    with pytest.raises(ValueError, match="--relation-start-epoch must be in"):
-        resolve_config(build_parser().parse_args(["train", "--relation-start-epoch", "10"]))
 
 
 # --------------------------------------------------------------------------- contrast form
@@ -638,7 +571,7 @@ def test_relation_form_and_contrast_margin_bad_values_are_one_line_errors(argv, 
 def test_tiny_training_run_with_the_contrast_form_finishes_with_finite_weights(make_config):
     from examples.ccg_net import checkpoint as ckpt
     from examples.ccg_net.config import load_config
-    from examples.ccg_net.engine import train
+    from examples.ccg_net.runs import train
 
     cfg = make_config(
         relation_form="contrast",
@@ -669,7 +602,7 @@ def test_tiny_training_run_with_the_contrast_form_finishes_with_finite_weights(m
 def _warnings_of_a_run(make_config, **overrides):
     import warnings
 
-    from examples.ccg_net.engine import train
+    from examples.ccg_net.runs import train
 
     cfg = make_config(epochs=1, **overrides)
     with warnings.catch_warnings(record=True) as seen:

@@ -117,7 +117,7 @@ def test_the_gap_is_read_against_the_decisive_studys_seeds_when_it_has_the_varia
 
 @pytest.mark.parametrize(("setting", "empty"), [("b", True), ("a", False)])
 def test_an_empty_prior_says_it_is_empty_by_construction(make_config, setting, empty):
-    from examples.ccg_net.engine import train
+    from examples.ccg_net.runs import train
 
     run = train(make_config(setting=setting, epochs=1, losses=("base",), num_figures=2)).run_dir
     text = (run / "results.md").read_text()

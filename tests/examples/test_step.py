@@ -12,16 +12,9 @@ from examples.ccg_net import checkpoint as ckpt
 from examples.ccg_net import engine
 from examples.ccg_net.config import PRESETS, validate_config
 from examples.ccg_net.data import Collate, build_data, grid_size
-from examples.ccg_net.engine import (
-    DeviceError,
-    Progress,
-    build_trainee,
-    make_optimizer,
-    select_device,
-    train,
-    train_one_epoch,
-)
+from examples.ccg_net.engine import Progress, build_trainee, make_optimizer, train_one_epoch
 from examples.ccg_net.model import FrozenBatchNorm2dCast, build_model
+from examples.ccg_net.runs import DeviceError, select_device, train
 from tests.host_sync import count_host_syncs
 
 
@@ -221,7 +214,7 @@ def test_channels_last_and_compile_train_on_avx2_kernels_with_one_thread(
     script = (
         "import sys; from pathlib import Path\n"
         "from tests.examples.trainer_helpers import tiny_config\n"
-        "from examples.ccg_net.engine import train\n"
+        "from examples.ccg_net.runs import train\n"
         f"cfg = tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), epochs=1, losses=('base',),"
         f" {option}=True)\n"
         "train(cfg)\n"

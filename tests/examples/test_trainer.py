@@ -14,16 +14,12 @@ from examples.ccg_net import cli
 from examples.ccg_net.cli import build_parser
 from examples.ccg_net.config import ABLATIONS, resolve_config
 from examples.ccg_net.data import TrainSet, epoch_order, trivial_prior
-from examples.ccg_net.engine import (
-    NonFiniteLossError,
-    SimulatedKillError,
-    build_trainee,
-    compare,
-    evaluate_checkpoint,
-    train,
-)
+from examples.ccg_net.engine import NonFiniteLossError, build_trainee
 from examples.ccg_net.losses import kr_pairs
 from examples.ccg_net.model import WeightsNotFoundError, build_model, resolve_weights
+from examples.ccg_net.runs import compare, evaluate_checkpoint, train
+
+from .trainer_helpers import SimulatedKillError, killed_after_steps
 
 
 def _states_equal(a: dict, b: dict) -> None:
@@ -177,8 +173,8 @@ def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(make_config):
     # 8 (epoch 2, step 1), mid-epoch, and replays step 9.
     full = train(make_config(run_name="uninterrupted", checkpoint_every=4)).run_dir
     cfg = make_config(run_name="killed", checkpoint_every=4)
-    with pytest.raises(SimulatedKillError):
-        train(cfg, stop_after_steps=9)
+    with pytest.raises(SimulatedKillError), killed_after_steps(9):
+        train(cfg)
     state = ckpt.load(Path(cfg.output_dir) / "killed" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 8)
     resumed = train(cfg, resume_dir=Path(cfg.output_dir) / "killed").run_dir
@@ -203,8 +199,8 @@ def test_resume_at_the_papers_batch_of_2_restores_the_partner_memory_exactly(mak
     overrides = {"batch_size": 2, "epochs": 1, "checkpoint_every": 4, "num_figures": 0}
     full = train(make_config(run_name="uninterrupted", **overrides)).run_dir
     cfg = make_config(run_name="killed", **overrides)
-    with pytest.raises(SimulatedKillError):
-        train(cfg, stop_after_steps=7)
+    with pytest.raises(SimulatedKillError), killed_after_steps(7):
+        train(cfg)
     killed = ckpt.load(Path(cfg.output_dir) / "killed" / "checkpoints" / "last.pt")
     assert killed["global_step"] == 4
     # the checkpoint holds the filled memories (4 steps x 2 maps each): L_IR and L_IK's one
@@ -522,8 +518,8 @@ def test_amp_path_trains_resumes_and_checkpoints_the_scaler(make_config):
     last = json.loads((full / "metrics.json").read_text())["epochs"][-1]
     assert all(math.isfinite(v) for k, v in last.items() if k.startswith("train_"))
     cfg = make_config(run_name="amp-killed", amp="on", checkpoint_every=4)
-    with pytest.raises(SimulatedKillError):
-        train(cfg, stop_after_steps=9)
+    with pytest.raises(SimulatedKillError), killed_after_steps(9):
+        train(cfg)
     b = ckpt.load(
         train(cfg, resume_dir=Path(cfg.output_dir) / "amp-killed").run_dir
         / "checkpoints"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -56,3 +59,34 @@ def one_error_line(err: str, code: int, *matches: str) -> str:
         assert match in lines[0], lines[0]
     assert "Traceback" not in err
     return lines[0]
+
+
+class SimulatedKillError(RuntimeError):
+    """Raised by :func:`killed_after_steps`: the run stops abruptly, as if killed."""
+
+
+@contextlib.contextmanager
+def killed_after_steps(steps: int) -> Iterator[None]:
+    """Within the block, a run of this process stops abruptly after its ``steps``-th step, as if
+    killed: the trainer's ``train_step`` raises :class:`SimulatedKillError` when asked for the
+    next one, so the step's log point and a checkpoint due at it are done, nothing after it.
+
+    The runs it stops start from step 0 (a fresh run), so the count is the run's global step.
+    """
+    from examples.ccg_net import engine
+
+    real = engine.train_step
+    done = 0
+
+    def train_step(*args: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        if done >= steps:
+            raise SimulatedKillError(f"stopped after {done} steps (killed_after_steps)")
+        done += 1
+        return real(*args, **kwargs)
+
+    engine.train_step = train_step  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        engine.train_step = real  # type: ignore[assignment]
