@@ -294,6 +294,26 @@ def _show(value: Any) -> str:
 
 #: The ``--help`` sections, in order, and the ``TrainConfig`` fields of each (every field but
 #: ``preset`` is in one; tests/examples/test_console.py checks it).
+#: The relation terms' options (Eq. 4-10): they act only through L_IR, L_IK and L_KR (a run of
+#: L_base alone, e.g. a pretraining run, does not depend on them).
+RELATION_FIELDS: tuple[str, ...] = (
+    "w_ir",
+    "w_ik",
+    "w_kr",
+    "num_patches",
+    "superpixel_size",
+    "superpixel_compactness",
+    "code_bits",
+    "graph_form",
+    "memory_size",
+    "relation_features",
+    "relation_form",
+    "contrast_margin",
+    "kr_pairs",
+    "kr_scale",
+    "kr_qk_channels",
+)
+
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "data": (
         "data_root",
@@ -324,24 +344,10 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "losses and relation terms (Eq. 1-11)": (
         "losses",
         "w_base",
-        "w_ir",
-        "w_ik",
-        "w_kr",
         "box_weight",
         "noisy_or_floor",
         "base_reduction",
-        "num_patches",
-        "superpixel_size",
-        "superpixel_compactness",
-        "code_bits",
-        "graph_form",
-        "memory_size",
-        "relation_features",
-        "relation_form",
-        "contrast_margin",
-        "kr_pairs",
-        "kr_scale",
-        "kr_qk_channels",
+        *RELATION_FIELDS,
     ),
     "optimisation": (
         "epochs",

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import PRETRAIN_SEED, RUN_ONLY_FIELDS, TrainConfig
+from .config import PRETRAIN_SEED, RELATION_FIELDS, RUN_ONLY_FIELDS, TrainConfig
 
 
 def pretrain_config(cfg: TrainConfig, seed: int = PRETRAIN_SEED) -> TrainConfig:
@@ -53,32 +53,10 @@ def default_output(cfg: TrainConfig, seed: int = PRETRAIN_SEED) -> Path:
     return Path(cfg.output_dir) / "pretrained" / f"{cfg.preset}-twin-s{seed}.pt"
 
 
-#: Options of the relation terms: they do nothing in a pretraining run (L_base alone).
-RELATION_FIELDS = frozenset(
-    {
-        "num_patches",
-        "superpixel_size",
-        "superpixel_compactness",
-        "code_bits",
-        "graph_form",
-        "memory_size",
-        "relation_features",
-        "relation_form",
-        "contrast_margin",
-        "kr_pairs",
-        "kr_scale",
-        "kr_qk_channels",
-        "w_ir",
-        "w_ik",
-        "w_kr",
-    }
-)
-
-
 def _learning_key(cfg: TrainConfig) -> dict[str, Any]:
     """What decides the weights: every option but where and how fast the run goes and the
     relation terms' options (a pretraining run has none)."""
-    skip = (RUN_ONLY_FIELDS - {"seed"}) | RELATION_FIELDS
+    skip = (RUN_ONLY_FIELDS - {"seed"}) | set(RELATION_FIELDS)
     return {k: v for k, v in json.loads(cfg.to_json()).items() if k not in skip}
 
 
