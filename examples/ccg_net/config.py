@@ -29,6 +29,8 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "ir+ik+kr": ("ir", "ik", "kr"),
 }
 LOSS_TERMS = ("base", "ir", "ik", "kr")
+#: How the console, the figures and the docs name each term of :data:`LOSS_TERMS`.
+TERM_LABELS = {"base": "L_base", "ir": "L_IR", "ik": "L_IK", "kr": "L_KR"}
 
 #: The synthetic seed of the twin ``pretrain`` trains the backbone on: 0 is the demo's and the
 #: study's data, 1 the study's independent test set, 2 the validation set its learning rates

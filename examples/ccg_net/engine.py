@@ -22,11 +22,11 @@ from torch import Tensor, nn
 
 import ccg_layers
 
-from .config import LOSS_TERMS, TrainConfig
+from .config import LOSS_TERMS, TERM_LABELS, TrainConfig
 from .data import Data, grid_size, reference_maps, to_device
 from .losses import CCGLoss
 from .model import CCGNet, model_from_config
-from .report import AUC_NAMES, EvalResults, score_maps
+from .report import EvalResults, score_maps
 
 
 class NonFiniteLossError(RuntimeError):
@@ -342,8 +342,7 @@ def epoch_line(
     """The console's one line per epoch: the mean of each loss term, the learning rate, the
     throughput, and (in an evaluated epoch) both mean AUCs (:data:`.report.AUC_NAMES`) and
     the mean localization accuracy at T(IoU)=0.3 over the boxed classes."""
-    labels = {"base": "L_base", "ir": "L_IR", "ik": "L_IK", "kr": "L_KR"}
-    terms = ", ".join(f"{labels[k]} {v:.4g}" for k, v in log.means.items() if k in labels)
+    terms = ", ".join(f"{TERM_LABELS[k]} {v:.4g}" for k, v in log.means.items() if k in TERM_LABELS)
     line = f"[{name}] epoch {epoch}/{epochs}: "
     if "loss" in log.means:
         line += f"loss {log.means['loss']:.4g} ({terms}), "
@@ -352,13 +351,8 @@ def epoch_line(
     line += f"lr {lr:.3g}, {log.images_per_s:.1f} img/s"
     if results is None:
         return line + "; not evaluated this epoch (--eval-every)"
-    aucs = results.auc_means()
-    auc = ", ".join(
-        f"{label} {'n/a' if aucs[k] is None else f'{aucs[k]:.3f}'}"
-        for k, label in AUC_NAMES.items()
-    )
     acc = results.mean_at(0.3)
-    return f"{line}; test {auc}, mean accuracy at T(IoU)=0.3 {acc:.3f}"
+    return f"{line}; test {results.auc_means_text()}, mean accuracy at T(IoU)=0.3 {acc:.3f}"
 
 
 def reference_results(data: Data, cfg: TrainConfig) -> dict[str, EvalResults]:

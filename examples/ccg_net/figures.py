@@ -13,6 +13,7 @@ from torch import Tensor
 from ccg_layers.datasets import CLASS_NAMES, ChestXray14
 
 from .checkpoint import write_atomic
+from .config import TERM_LABELS
 from .data import test_boxes
 from .report import AUC_NAMES, THRESHOLDS
 
@@ -129,7 +130,7 @@ def save_training_curves(runs: dict[str, Path], out: Path) -> Path:
             False,
         ),
     ]
-    terms = {"train_base": "L_base", "train_ir": "L_IR", "train_ik": "L_IK", "train_kr": "L_KR"}
+    terms = {f"train_{k}": label for k, label in TERM_LABELS.items()}
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
     for r, (name, path) in enumerate(runs.items()):

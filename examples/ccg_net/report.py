@@ -76,13 +76,17 @@ class EvalResults:
             return []
         return [c for c, v in zip(CLASS_NAMES, self.auc.tolist(), strict=True) if math.isnan(v)]
 
-    def auc_text(self) -> str:
-        """``AUC (8 boxed) 0.880, AUC (all 14) 0.832`` and which classes have no AUC."""
+    def auc_means_text(self) -> str:
+        """``AUC (8 boxed) 0.880, AUC (all 14) 0.832`` (``n/a`` for a mean without a value)."""
         means = self.auc_means()
-        text = ", ".join(
+        return ", ".join(
             f"{label} {'n/a' if means[k] is None else f'{means[k]:.3f}'}"
             for k, label in AUC_NAMES.items()
         )
+
+    def auc_text(self) -> str:
+        """:meth:`auc_means_text` and which classes have no AUC."""
+        text = self.auc_means_text()
         missing = self.auc_undefined()
         if missing:
             text += (

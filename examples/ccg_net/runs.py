@@ -47,7 +47,14 @@ from .engine import (
 )
 from .losses import warn_literal_form_without_boxes
 from .model import resolve_weights
-from .report import EvalResults, demo_preamble, gap_against_seed_spread, study_variant, write_report
+from .report import (
+    THRESHOLDS,
+    EvalResults,
+    demo_preamble,
+    gap_against_seed_spread,
+    study_variant,
+    write_report,
+)
 from .reproduce import aggregate, default_folds, model_first, reproduce_report
 
 
@@ -276,6 +283,18 @@ def train(
         )
 
 
+def prepare_weights(cfg: TrainConfig) -> None:
+    """The weights ``--weights`` names, before any data work: ``twin`` is made (or found in its
+    cache, :func:`.pretrain.twin_weights`); any other file must exist
+    (:func:`.model.resolve_weights` raises naming it)."""
+    if cfg.weights == "twin":
+        from .pretrain import twin_weights
+
+        twin_weights(cfg)
+    else:
+        resolve_weights(cfg.weights, cfg.backbone)
+
+
 def _train(
     cfg: TrainConfig,
     rank: int,
@@ -294,17 +313,12 @@ def _train(
     # a run killed before its first checkpoint starts over (from its saved configuration); a
     # last.pt that is there but no file is for the checkpoint checks to name
     resuming = resume_dir is not None and (Path(resume_dir) / "checkpoints" / "last.pt").exists()
-    if not resuming and cfg.weights == "twin":
-        # the pretrained file, made once (by the main process; the others wait and read it)
-        if is_main:
-            from .pretrain import twin_weights
-
-            twin_weights(cfg)
-        if world > 1:
+    if not resuming:
+        # the twin file is made by the main process, the others wait and read it
+        if is_main or cfg.weights != "twin":
+            prepare_weights(cfg)
+        if cfg.weights == "twin" and world > 1:
             dist.barrier()
-    elif not resuming:
-        # fail at start-up, before any data work, when pretrained weights are asked for and absent
-        resolve_weights(cfg.weights, cfg.backbone)
     device = select_device(cfg, local_rank, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -437,7 +451,7 @@ def _train(
         res = None
         if (cfg.eval_every and row["epoch"] % cfg.eval_every == 0) or row["epoch"] == cfg.epochs:
             res = evaluate(trainee.model, data.test_loader, device, data, **eval_bar)
-            for t, m in zip((0.1, 0.3, 0.5, 0.7), res.mean.tolist(), strict=True):
+            for t, m in zip(THRESHOLDS, res.mean.tolist(), strict=True):
                 row[f"test_acc_T{t:g}_mean"] = None if math.isnan(m) else m
             row.update({f"test_{k}": v for k, v in res.auc_means().items()})
         metrics.add(row)
@@ -564,13 +578,8 @@ def compare(cfg: TrainConfig) -> Path:
     if cfg.data_root is None:  # what is compared, on which data, what the study measured
         print(demo_preamble(cfg, cfg.synthetic_images), flush=True)
     cfg = ckpt.absolute_paths(cfg)
-    # every start-up error before the run directory exists
-    if cfg.weights == "twin":  # made once here, read by both runs
-        from .pretrain import twin_weights
-
-        twin_weights(cfg)
-    else:
-        resolve_weights(cfg.weights, cfg.backbone)
+    # every start-up error before the run directory exists; a twin file made once, for both runs
+    prepare_weights(cfg)
     select_device(cfg)
     data = build_data(cfg, with_train=False)
     root = ckpt.new_run_dir(dataclasses.replace(cfg, run_name=cfg.run_name or None))
@@ -723,8 +732,9 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
     workers = 1
     if cfg.parallel_runs > 1 and len(jobs) > 1:
         # runs side by side, one process each (the demo preset: two on a 2-core machine), each
-        # with its bars on a console line of its own; the dataset is made once, here
+        # with its bars on a console line of its own; the dataset (and a twin file) made once, here
         dataset_root(cfg)
+        prepare_weights(cfg)
         workers = min(cfg.parallel_runs, len(jobs))
     done = side_by_side(
         [
