@@ -3,7 +3,8 @@
 A file that cannot be read is reported and skipped, the others are still predicted; every
 input gets a row of ``summary.csv``. Output names never collide (:func:`output_names`), and
 every file is written atomically (:func:`.checkpoint.write_atomic`), so a full disk or a
-read-only folder leaves no partial file and stops with :class:`OutputError` naming the path.
+read-only folder leaves no partial file and stops with :class:`.checkpoint.WriteError` naming
+the path (:class:`OutputError` when the output folder cannot be made).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from PIL import Image
@@ -43,8 +44,8 @@ SUMMARY_COLUMNS = (
 
 
 class OutputError(OSError):
-    """An output file could not be written (a full disk, a read-only folder); names the file.
-    Nothing partial is left: every file is written to a temporary file and renamed."""
+    """The output folder could not be made (below a file, a read-only parent); names it. A file
+    that cannot be written raises :class:`.checkpoint.WriteError`."""
 
 
 @dataclass
@@ -116,14 +117,6 @@ def _output_files(name: str) -> list[str]:
     return [f"{name}.json", *(f"{name}_{c}.png" for c in CLASS_NAMES)]
 
 
-def _write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """:func:`.checkpoint.write_atomic`, an ``OSError`` becoming :class:`OutputError`."""
-    try:
-        write_atomic(path, write)
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
-
-
 def _read(path: Path, image_size: int) -> tuple[Tensor, tuple[int, int]]:
     """The radiograph at the working size and the file's own ``(width, height)``.
 
@@ -162,7 +155,8 @@ def predict(
     :class:`Prediction` as soon as it is done.
 
     Raises:
-        OutputError: A file could not be written (what was written before stays; no file is
+        OutputError: The output folder could not be made.
+        WriteError: A file could not be written (what was written before stays; no file is
             left half-written).
     """
     try:
@@ -224,7 +218,7 @@ def write_summary(results: list[Prediction], path: Path) -> None:
     probable first (``Mass 0.912; Nodule 0.634``). Written atomically.
 
     Raises:
-        OutputError: The file could not be written.
+        WriteError: The file could not be written.
     """
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\n")
@@ -241,7 +235,7 @@ def write_summary(results: list[Prediction], path: Path) -> None:
         )
         rows.writerow([res.image, "ok", "", res.output, top, f"{probs[top]:.3f}", findings])
     data = text.getvalue().encode()
-    _write(path, lambda f: f.write(data))
+    write_atomic(path, lambda f: f.write(data))
 
 
 def _write_one(
@@ -292,7 +286,7 @@ def _write_one(
         "overlays": [str(f) for f in figures],
     }
     text = (json.dumps(record, indent=2) + "\n").encode()
-    _write(res.output, lambda f: f.write(text))
+    write_atomic(res.output, lambda f: f.write(text))
     return record
 
 
@@ -323,6 +317,6 @@ def _overlay(
         ax.set_title(f"{path.name}: {name} p={p:.2f}", fontsize=8)
         ax.axis("off")
         fig.tight_layout()
-        _write(target, lambda f: fig.savefig(f, format="png", dpi=100))
+        write_atomic(target, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)

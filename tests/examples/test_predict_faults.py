@@ -219,8 +219,8 @@ def test_an_overlay_never_overwrites_an_input_in_the_output_folder(
 # --------------------------------------------------------------------------- bad outputs
 
 
-def _assert_one_line(capsys, code: int, *matches: str) -> None:
-    one_error_line(capsys.readouterr().err, code, *matches)
+def _assert_one_line(capsys, code: int, *matches: str) -> str:
+    return one_error_line(capsys.readouterr().err, code, *matches)
 
 
 def test_an_out_below_a_file_is_one_line_before_any_work(images, tmp_path, capsys):
@@ -272,7 +272,8 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_partial_file(
     out = tmp_path / "out"
     capsys.readouterr()
     code = _predict(finished_tiny_run, out, images, overlays=True, threshold=threshold)
-    _assert_one_line(capsys, code, f"cannot write {out / failing}: No space left on device")
+    line = _assert_one_line(capsys, code, f"cannot write {out / failing}: No space left on device")
+    assert line.count("cannot write") == 1, line  # the path and reason said once
     assert not (out / failing).exists()
     assert not list(out.glob(".*.tmp"))  # write_atomic removed its temporary file
     for path in out.iterdir():  # whatever was written before is whole
