@@ -38,7 +38,7 @@ from ccg_layers.datasets import (
 from ccg_layers.errors import CCGValueRangeError
 from ccg_layers.functional import boxes_to_grid_targets
 
-from .config import TrainConfig
+from .config import TrainConfig, model_stride
 
 
 def dataset_root(cfg: TrainConfig) -> Path:
@@ -282,10 +282,10 @@ def check_image_files(
                 "on a side (SLIC runs on its square working copy)"
             )
     if cache is not None and is_main and checked != known:
-        from .checkpoint import write_atomic
+        from .checkpoint import write_text
 
         text = json.dumps({"version": FILE_CHECK_VERSION, "files": checked}, sort_keys=True)
-        write_atomic(cache, lambda f: f.write(text.encode()))
+        write_text(cache, text)
     if bad:
         more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
         raise DataFileError(
@@ -438,7 +438,7 @@ class TrainSet(Dataset[dict[str, Any]]):
 
 def grid_size(cfg: TrainConfig) -> int:
     """The side of the model's grid (the C5 map) at the working size."""
-    return cfg.image_size // (cfg.tiny_stride if cfg.backbone == "tiny" else 32)
+    return cfg.image_size // model_stride(cfg)
 
 
 @dataclass

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import PRETRAIN_SEED, RELATION_FIELDS, RUN_ONLY_FIELDS, TrainConfig
 
 
@@ -111,15 +109,14 @@ def pretrain(cfg: TrainConfig, out: Path | None = None, seed: int = PRETRAIN_SEE
         for k, v in state["model"].items()
         if k.startswith("backbone.")
     }
-    ckpt.write_atomic(out, lambda f: torch.save(backbone, f))
+    ckpt.save_atomic(backbone, out)
     results = json.loads((run.run_dir / "results.json").read_text())
     meta = {
         "config": _learning_key(pcfg),
         "source_run": str(run.run_dir),
         "results": results.get("methods", {}),
     }
-    text = (json.dumps(meta, indent=2) + "\n").encode()
-    ckpt.write_atomic(out.with_suffix(".json"), lambda f: f.write(text))
+    ckpt.write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     print(f"pretrained weights: {out} (pass --weights {out})", flush=True)
     return out
 
