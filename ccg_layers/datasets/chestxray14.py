@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ccg_layers.datasets.grayscale import read_radiograph
 from ccg_layers.datasets.index import IndexRows
-from ccg_layers.datasets.published_csv import DatasetFormatError
+from ccg_layers.datasets.published_csv import DatasetFormatError, fail_or_skip
 from ccg_layers.datasets.radiographs import RadiographDataset
 from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
 
@@ -176,9 +176,7 @@ class ChestXray14Index(IndexRows):
 
 
 def _fail_or_skip(message: str, skip: bool) -> None:
-    if not skip:
-        raise ChestXray14FormatError(message)
-    _log.warning("skipping: %s", message)
+    fail_or_skip(message, skip, _log, ChestXray14FormatError)
 
 
 def _find_data_entry(root: Path) -> Path:

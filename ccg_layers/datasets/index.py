@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ccg_layers.datasets.image_files import IMAGE_SUFFIXES, scan_image_folder
+
 __all__ = ["DatasetIndex", "IndexRows", "RadiographIndex", "boxes_at_size"]
 
 
@@ -199,7 +201,7 @@ class RadiographIndex(IndexRows):
     files: list[Path | None]
     has_patient_ids: bool = False
     root: Path | None = None
-    image_suffixes: tuple[str, ...] = (".dicom", ".dcm", ".png", ".jpg", ".jpeg")
+    image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES["auto"]
     _positions: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -228,8 +230,6 @@ class RadiographIndex(IndexRows):
         """
         if image_root is None:
             return {n: p for n, p in zip(self.images, self.files, strict=True) if p is not None}
-        from ccg_layers.datasets.image_files import scan_image_folder
-
         found = scan_image_folder(Path(image_root), self.image_suffixes)
         return {n: found[n] for n in self.images if n in found}
 

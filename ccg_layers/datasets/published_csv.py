@@ -20,8 +20,15 @@ class DatasetFormatError(ValueError):
     """A dataset's file is malformed; the message names the file, the line and the problem."""
 
 
-def fail_or_skip(message: str, skip: bool, log: logging.Logger) -> None:
-    """Raise :class:`DatasetFormatError` with ``message``, or log it at ``WARNING`` when ``skip``.
+def fail_or_skip(
+    message: str,
+    skip: bool,
+    log: logging.Logger,
+    error: type[DatasetFormatError] = DatasetFormatError,
+) -> None:
+    """Raise ``error`` with ``message``, or log the message at ``WARNING`` when ``skip``.
+
+    ``error`` is :class:`DatasetFormatError` or a reader's subclass of it.
 
     Example:
         >>> import logging
@@ -32,7 +39,7 @@ def fail_or_skip(message: str, skip: bool, log: logging.Logger) -> None:
         ccg_layers.datasets.published_csv.DatasetFormatError: a.csv:3: bad row
     """
     if not skip:
-        raise DatasetFormatError(message)
+        raise error(message)
     log.warning("skipping: %s", message)
 
 

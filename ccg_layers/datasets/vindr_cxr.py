@@ -48,6 +48,8 @@ VINDR_CLASS_NAMES: tuple[str, ...] = (
 )
 #: The class of a radiologist who found nothing (``class_id`` 14, empty box cells).
 VINDR_NO_FINDING = "No finding"
+#: Every ``class_name`` of ``train.csv``, at its ``class_id``.
+_ALL_NAMES = (*VINDR_CLASS_NAMES, VINDR_NO_FINDING)
 #: How the radiologists' boxes are combined (see :func:`read_vindr_cxr`).
 Combine = Literal["all", "merge", "single"]
 _COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
@@ -80,7 +82,7 @@ def _parse_row(
     if not reader:
         fail_or_skip(f"{where}: rad_id is empty; expected a radiologist such as R9", skip, _log)
         return None
-    names = (*VINDR_CLASS_NAMES, VINDR_NO_FINDING)
+    names = _ALL_NAMES
     if name not in names or cid != str(names.index(name)):
         expected = f"{names.index(name)}" if name in names else "a class of VinDr-CXR"
         fail_or_skip(
