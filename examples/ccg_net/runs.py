@@ -352,7 +352,8 @@ def _train(
         # what a run killed mid-write left (this run holds the directory's lock)
         ckpt.sweep_temp_files([run_dir, ckpt_dir, run_dir / "figures"])
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        if resume_dir is not None:  # a new run's was written by new_run_dir, claiming it
+            ckpt.write_text(run_dir / "config.json", cfg.to_json() + "\n")
         save_split(data.split, run_dir / "split", data.summary)
         s = data.summary
         print(
