@@ -192,9 +192,14 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         cfg = resolve_config(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _check_outputs(cfg, getattr(args, "resume", None))
-    _check_extras(cfg, figures=cfg.num_figures > 0)
+    _check_ready(cfg)
     return cfg
+
+
+def _check_ready(cfg: TrainConfig, resume: str | None = None) -> None:
+    """Before any work: the folders written to and read from, and the extras the run needs."""
+    _check_outputs(cfg, resume)
+    _check_extras(cfg, figures=cfg.num_figures > 0)
 
 
 def _check_splits(cfg: TrainConfig, folds: Sequence[int]) -> None:
@@ -287,8 +292,7 @@ def _resume(args: argparse.Namespace) -> int:
         cfg = resume_config(load_config(Path(args.resume)), changes, args.resume)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _check_outputs(cfg, args.resume)
-    _check_extras(cfg, figures=cfg.num_figures > 0)
+    _check_ready(cfg, args.resume)
     from .runs import train
 
     run_dir = train(cfg, resume_dir=args.resume, changes=changes).run_dir
