@@ -214,6 +214,18 @@ def _to_map(x: Tensor, like: Tensor, height: int, width: int) -> Tensor:
     return out.contiguous(memory_format=fmt)
 
 
+def _project(weight: Tensor, x: Tensor, *, transpose: bool = False) -> Tensor:
+    """``(B, L, D)``: ``(W x)^T`` for ``W (D, C)``, ``x (B, C, L)``; ``(W^T x)^T`` with ``transpose``.
+
+    Written so that autograd gives the weight's gradient in the weight's own (contiguous)
+    layout: the einsum ``"dc,bcl->bld"`` gives it transposed, which ``AccumulateGrad`` then
+    copies into ``.grad`` (16 MiB and a page-faulting copy every step at C = 2048).
+    """
+    if transpose:
+        return torch.einsum("bcl,cd->bld", x, weight)
+    return torch.matmul(weight, x).transpose(1, 2)
+
+
 def _split(x: Tensor, heads: int) -> Tensor:
     """``(B, L, c)`` -> ``(B, heads, L, c / heads)`` with a unit stride in the last dimension.
 
@@ -314,10 +326,10 @@ def _cross_image_attention(
     xv = fv.flatten(2)
     ku = _split(xu.transpose(1, 2), 1)  # (B, 1, HW_u, C): keys and values at u's positions
     kv = _split(xv.transpose(1, 2), 1)
-    qu = _split(torch.einsum("cd,bdj->bjc", weight, xv), 1)  # (W F_v)^T: queries at v's
+    qu = _split(_project(weight, xv), 1)  # (W F_v)^T: queries at v's
     # (W^T F_u)^T: queries at u's positions; the reference path forms P = F_u^T (W F_v) once
     # and does not need them.
-    qv = _split(torch.einsum("dc,bdi->bic", weight, xu), 1) if use_fused else qu
+    qv = _split(_project(weight, xu, transpose=True), 1) if use_fused else qu
     fu_att, fv_att = _pair(ku, qu, ku, kv, qv, kv, scale, use_fused)
     return _to_map(fu_att, fv, hv, wv), _to_map(fv_att, fu, hu, wu)
 
@@ -388,8 +400,8 @@ def _multi_head_cross_image_attention(
     use_fused = use_fused_path(fused, fu.device, fu.shape[0] * heads, hu * wu, hv * wv)
 
     xu, xv = fu.flatten(2), fv.flatten(2)
-    a = _split(torch.einsum("kc,bci->bik", weight_u, xu), heads)  # (B, h, HW_u, D/h)
-    b = _split(torch.einsum("kc,bcj->bjk", weight_v, xv), heads)  # (B, h, HW_v, D/h)
+    a = _split(_project(weight_u, xu), heads)  # (B, h, HW_u, D/h)
+    b = _split(_project(weight_v, xv), heads)  # (B, h, HW_v, D/h)
     vu = _split(xu.transpose(1, 2), heads)  # (B, h, HW_u, C/h)
     vv = _split(xv.transpose(1, 2), heads)
     fu_att, fv_att = _pair(a, b, vu, b, a, vv, scale, use_fused)
@@ -494,14 +506,14 @@ def _partner_attention(
     use_fused = use_fused_path(fused, x.device, batch * heads, length, length)
     own, other = x.flatten(2), partner.flatten(2)  # (B, C, HW)
     if weight is not None:
-        q = _split(torch.einsum("cd,bdj->bjc", weight, own), 1)  # (W x_i)^T, queries at x's
+        q = _split(_project(weight, own), 1)  # (W x_i)^T, queries at x's
         k = _split(other.transpose(1, 2), 1)
         v = k
     else:
         assert weight_u is not None
         assert weight_v is not None
-        q = _split(torch.einsum("kc,bcj->bjk", weight_v, own), heads)
-        k = _split(torch.einsum("kc,bci->bik", weight_u, other), heads)
+        q = _split(_project(weight_v, own), heads)
+        k = _split(_project(weight_u, other), heads)
         v = _split(other.transpose(1, 2), heads)
     if use_fused:
         out = _fused_attend(q, k, v, scale)
