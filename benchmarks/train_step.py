@@ -163,6 +163,7 @@ def time_relation_terms(cfg: TrainConfig, steps: int, device: torch.device) -> f
     crit = trainee.criterion
     times = []
     for i in range(steps + 2):
+        crit.zero_grad(set_to_none=True)  # as train_step does before its forward
         f = feats.detach().requires_grad_()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -170,6 +171,7 @@ def time_relation_terms(cfg: TrainConfig, steps: int, device: torch.device) -> f
         with ccg_layers.set_value_checks(False):
             terms = crit(logits.detach(), f, labels, grid, box_mask, superpixels)
             (terms["loss"] - crit.weights["base"] * terms["base"]).backward()
+            ccg_layers.commit_memories(crit)  # as train_step does after its backward
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 2:

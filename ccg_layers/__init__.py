@@ -10,6 +10,7 @@ from ccg_layers.attention import CrossImageAttention
 from ccg_layers.config import set_value_checks, value_checks_enabled
 from ccg_layers.distributed import all_gather_batch
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
+from ccg_layers.memory import commit_memories
 from ccg_layers.mil import MILGridLoss
 from ccg_layers.patch_graph import PatchHashGraph
 from ccg_layers.relation_graphs import RelationGraphs
@@ -30,6 +31,7 @@ __all__ = [
     "RelationGraphs",
     "__version__",
     "all_gather_batch",
+    "commit_memories",
     "datasets",
     "functional",
     "metrics",

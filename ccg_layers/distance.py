@@ -77,14 +77,15 @@ def _cross(features: Tensor, others: Tensor) -> Tensor:
 
     Direct differences (``torch.cdist`` without the matmul form): with ``n * K`` small this is
     one pass over the memory without the centred copies a Gram form needs, and exact. The
-    memory is copied once (in the compute dtype): the backward needs its values, and a module
-    updates its queue in place right after the forward.
+    memory is read, not copied (converted only where its dtype is not the compute dtype): the
+    backward needs its values, so a caller that updates it in place before the backward passes
+    a copy (:meth:`~ccg_layers.memory.PartnerMemory.memory_inputs`).
     """
     n, K = features.shape[0], others.shape[0]
     with torch.autocast(device_type=features.device.type, enabled=False):
         dtype = torch.promote_types(compute_dtype(features), others.dtype)
         x = features.reshape(1, n, -1).to(dtype)
-        y = others.detach().reshape(1, K, x.shape[2]).to(dtype, copy=True)
+        y = others.detach().reshape(1, K, x.shape[2]).to(dtype)
         return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")[0]
 
 

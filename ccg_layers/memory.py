@@ -2,9 +2,14 @@
 
 :func:`memory_enqueue_` is the in-place FIFO update (one ``index_copy_`` per queue, no host
 synchronisation); :class:`PartnerMemory` is the base class of the graph modules that keep such
-a queue (:class:`~ccg_layers.LearnableSampleGraph`, :class:`~ccg_layers.PatchHashGraph`): its
-queues are persistent buffers, allocated at the first enqueue, and a resumed run continues
-bit-identically.
+a queue (:class:`~ccg_layers.LearnableSampleGraph`, :class:`~ccg_layers.PatchHashGraph`,
+:class:`~ccg_layers.RelationGraphs`): its queues are persistent buffers, allocated at the first
+enqueue, and a resumed run continues bit-identically.
+
+The backward of a relation loss needs the partner maps its forward read. A module enqueues its
+batch right after the forward by default, so its forward passes the function a copy of the map
+queue (one pass over the memory a step). With ``defer_enqueue=True`` the forward keeps the batch
+instead and passes the queue itself; :func:`commit_memories` (after ``backward()``) enqueues it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ccg_layers.contrast import check_margin
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import check_dtype, check_shape, check_tensor, positive_int
 
-__all__ = ["PartnerMemory", "gatherable", "memory_enqueue_"]
+__all__ = ["PartnerMemory", "commit_memories", "gatherable", "memory_enqueue_"]
 
 
 def _enqueue(
@@ -99,11 +104,14 @@ def gatherable(x: Tensor) -> Tensor:
 class PartnerMemory(nn.Module):
     """A FIFO queue of earlier samples (partners only, never anchors), as persistent buffers.
 
-    Subclasses name their parallel queues in ``_queues`` and call :meth:`init_memory` in their
-    constructor. The queues are allocated at the first :meth:`enqueue_memory` (their entry
-    shape is that of the first batch) and saved in ``state_dict`` with the pointer and the fill
-    count, so a resumed run continues bit-identically. The memory is the module's own state: it
-    is checked here (:meth:`check_memory_entry`), the inputs by the public functions.
+    Subclasses name their parallel queues in ``_queues`` (the feature maps first) and call
+    :meth:`init_memory` in their constructor. The queues are allocated at the first
+    :meth:`enqueue_memory` (their entry shape is that of the first batch) and saved in
+    ``state_dict`` with the pointer and the fill count, so a resumed run continues
+    bit-identically. The memory is the module's own state: it is checked here
+    (:meth:`check_memory_entry`), the inputs by the public functions. A forward passes
+    :meth:`memory_inputs` to its function and hands its batch to :meth:`push_batch`: enqueued
+    at once, or with ``defer_enqueue`` kept until :meth:`commit_memory` (after the backward).
 
     Example:
         >>> import torch
@@ -121,10 +129,28 @@ class PartnerMemory(nn.Module):
     _queues: tuple[str, ...] = ()
     memory_size: int
     contrast_margin: float | None = None
+    defer_enqueue: bool = False
+    _pending: tuple[tuple[Tensor, ...], tuple[torch.dtype, ...]] | None = None
 
-    def init_memory(self, memory_size: int, memory_dtype: torch.dtype | None, device: Any) -> None:
-        """Register the pointer, the fill count and the (empty) queues; ``memory_size=0``: none."""
+    def init_memory(
+        self,
+        memory_size: int,
+        memory_dtype: torch.dtype | None,
+        device: Any,
+        defer_enqueue: bool = False,
+    ) -> None:
+        """Register the pointer, the fill count and the (empty) queues; ``memory_size=0``: none.
+
+        ``defer_enqueue``: a training forward keeps its batch for :meth:`commit_memory`
+        instead of enqueuing it (and so needs no copy of the map queue).
+        """
         self.memory_size = positive_int(memory_size, "memory_size", allow_zero=True)
+        if not isinstance(defer_enqueue, bool):
+            raise CCGValueRangeError(
+                f"`defer_enqueue` must be a bool, got {type(defer_enqueue).__name__}."
+            )
+        self.defer_enqueue = defer_enqueue
+        self._pending = None
         if memory_dtype is not None and not (
             isinstance(memory_dtype, torch.dtype) and memory_dtype.is_floating_point
         ):
@@ -157,6 +183,7 @@ class PartnerMemory(nn.Module):
 
     def reset_memory(self) -> None:
         """Empty the memory (e.g. between training and an evaluation on other data)."""
+        self._pending = None
         if self.memory_size == 0:
             return
         for name in ("memory_pointer", "memory_count"):
@@ -167,6 +194,44 @@ class PartnerMemory(nn.Module):
     def memory_tensors(self) -> tuple[Tensor, ...] | None:
         """The queues (``(memory_size, ...)`` each), ``None`` while the memory is empty/off."""
         return tuple(self._queue(name) for name in self._queues) if self._allocated() else None
+
+    def memory_inputs(self) -> tuple[Tensor, ...] | None:
+        """The queues as a forward passes them to its function (``None`` while empty/off).
+
+        :meth:`memory_tensors`, with the map queue (the first) copied unless
+        ``defer_enqueue``: the backward needs the maps the forward read, and the enqueue that
+        follows the forward overwrites the oldest of them in place.
+        """
+        memory = self.memory_tensors()
+        if memory is None or self.defer_enqueue:
+            return memory
+        return (memory[0].clone(), *memory[1:])
+
+    def push_batch(self, entries: Sequence[Tensor], dtypes: Sequence[torch.dtype]) -> None:
+        """What a training forward does with its batch: enqueue it (or keep it, deferred).
+
+        With ``defer_enqueue`` the batch waits for :meth:`commit_memory`.
+        """
+        if not self.defer_enqueue:
+            self.enqueue_memory(entries, dtypes)
+            return
+        if self._pending is not None:
+            raise RuntimeError(  # an order of calls, not an input
+                f"{type(self).__name__}(defer_enqueue=True): a training forward must be "
+                "followed by `commit_memory()` (or `ccg_layers.commit_memories(model)`) after "
+                "its backward before the next one, got two forwards without it."
+            )
+        self._pending = (tuple(e.detach() for e in entries), tuple(dtypes))
+
+    def commit_memory(self) -> None:
+        """Enqueue the batch the last training forward kept (``defer_enqueue``).
+
+        Call it after that forward's ``backward()``; a no-op when nothing is pending.
+        """
+        if self._pending is not None:
+            entries, dtypes = self._pending
+            self._pending = None
+            self.enqueue_memory(entries, dtypes)
 
     def init_contrast(self, contrast_margin: float | None) -> None:
         """``contrast_margin`` (call before :meth:`init_memory`): the memory also queues labels.
@@ -252,6 +317,7 @@ class PartnerMemory(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        self._pending = None  # a batch kept before the load belongs to the state replaced
         # the queues are allocated lazily: adopt the saved shape and dtype before copying
         for name in self._queues if self.memory_size else ():
             saved = state_dict.get(prefix + name)
@@ -279,3 +345,29 @@ class PartnerMemory(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+def commit_memories(module: nn.Module) -> None:
+    """Enqueue what every partner memory in ``module`` kept from its training forward.
+
+    Modules built with ``defer_enqueue=True`` (:class:`~ccg_layers.RelationGraphs`,
+    :class:`~ccg_layers.LearnableSampleGraph`, :class:`~ccg_layers.PatchHashGraph`) keep
+    their batch instead of enqueuing it in the forward, so the forward needs no copy of the
+    memory; call this after each ``backward()`` (any module tree, e.g. a whole model or its
+    DDP wrapper). The memory then holds exactly what it holds without ``defer_enqueue``.
+
+    Example:
+        >>> import torch
+        >>> from ccg_layers import LearnableSampleGraph
+        >>> lsg = LearnableSampleGraph(in_channels=8, memory_size=4, defer_enqueue=True)
+        >>> x = torch.randn(2, 8, 4, 4, requires_grad=True)
+        >>> lsg(x).backward()
+        >>> int(lsg.memory_count)  # kept, not yet enqueued
+        0
+        >>> commit_memories(lsg)
+        >>> int(lsg.memory_count)
+        2
+    """
+    for m in module.modules():
+        if isinstance(m, PartnerMemory):
+            m.commit_memory()

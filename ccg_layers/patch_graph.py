@@ -588,6 +588,9 @@ class PatchHashGraph(PartnerMemory):
             gathered.
         memory_size: ``K``, partners kept from earlier batches; 0 for none.
         memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
+        defer_enqueue: Keep a training batch for :meth:`commit_memory` (or
+            :func:`~ccg_layers.commit_memories`, after ``backward()``) instead of enqueuing it
+            in the forward, which then reads the memory without copying it.
         contrast_margin: ``None`` (default) for the paper's pull-only form; a finite positive
             float for the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the random projection (the same on every rank and run).
@@ -623,6 +626,7 @@ class PatchHashGraph(PartnerMemory):
         distributed: bool = False,
         memory_size: int = 0,
         memory_dtype: torch.dtype | None = None,
+        defer_enqueue: bool = False,
         contrast_margin: float | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
@@ -646,10 +650,11 @@ class PatchHashGraph(PartnerMemory):
             self.bias = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
-        self.init_memory(memory_size, memory_dtype, device)
+        self.init_memory(memory_size, memory_dtype, device, defer_enqueue)
 
-    def _memory_args(self, use: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        memory = self.memory_tensors() if use else None
+    def _memory_args(
+        self, memory: tuple[Tensor, ...] | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         if memory is None:
             return None, None, None
         return memory[0], memory[1], self.memory_valid()
@@ -687,7 +692,7 @@ class PatchHashGraph(PartnerMemory):
         if isinstance(features, Tensor):
             self.check_memory_entry(features, "features")
         self.check_memory_labels(image_labels, "image_labels")
-        mem_f, mem_c, valid = self._memory_args()
+        mem_f, mem_c, valid = self._memory_args(self.memory_inputs())
         loss, codes, codes_b = patch_hash_graph_loss(
             features,
             labels,
@@ -736,9 +741,9 @@ class PatchHashGraph(PartnerMemory):
                 entry_labels = torch.cat(parts[4:6], dim=0)
         feature_dtype = self.memory_dtype or features.dtype
         if entry_labels is None:
-            self.enqueue_memory([entries, entry_codes], [feature_dtype, torch.int8])
+            self.push_batch([entries, entry_codes], [feature_dtype, torch.int8])
         else:
-            self.enqueue_memory(
+            self.push_batch(
                 [entries, entry_codes, entry_labels], [feature_dtype, torch.int8, torch.float32]
             )
 
@@ -762,7 +767,7 @@ class PatchHashGraph(PartnerMemory):
         :func:`~ccg_layers.functional.pairwise_distance` it lets ``L_IR`` and ``L_IK`` share
         one distance matrix.
         """
-        _, mem_c, valid = self._memory_args(use_memory)
+        _, mem_c, valid = self._memory_args(self.memory_tensors() if use_memory else None)
         return patch_hash_graph(
             hash_input,
             labels,

@@ -247,6 +247,9 @@ class RelationGraphs(PartnerMemory):
         code_bits: Bits of each patch code.
         memory_size: ``K``, partners kept from earlier batches; 0 for none.
         memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
+        defer_enqueue: Keep a training batch for :meth:`commit_memory` (or
+            :func:`~ccg_layers.commit_memories`, after ``backward()``) instead of enqueuing it
+            in the forward, which then reads the memory without copying it.
         parametrization: Of the patch graph: ``"softmax"`` (default) or ``"free"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         distributed: Gather the batch across ranks when a process group is initialised.
@@ -283,6 +286,7 @@ class RelationGraphs(PartnerMemory):
         code_bits: int = 64,
         memory_size: int = 0,
         memory_dtype: torch.dtype | None = None,
+        defer_enqueue: bool = False,
         parametrization: GraphParametrization = "softmax",
         reduction: Reduction = "mean",
         distributed: bool = False,
@@ -315,7 +319,7 @@ class RelationGraphs(PartnerMemory):
         )
         self.reduction: Reduction = check_reduction(reduction)
         self.distributed = bool(distributed)
-        self.init_memory(memory_size, memory_dtype, device)
+        self.init_memory(memory_size, memory_dtype, device, defer_enqueue)
 
     def forward(
         self, features: Tensor, labels: Tensor, *, image_labels: Tensor | None = None
@@ -335,7 +339,7 @@ class RelationGraphs(PartnerMemory):
         if isinstance(features, Tensor):
             self.check_memory_entry(features, "features")
         self.check_memory_labels(image_labels, "image_labels")
-        memory = self.memory_tensors()
+        memory = self.memory_inputs()
         loss_ir, loss_ik, z, codes = relation_graph_losses(
             features,
             labels,
@@ -361,7 +365,7 @@ class RelationGraphs(PartnerMemory):
             if image_labels is not None:
                 entries.append(image_labels)
                 dtypes.append(torch.float32)
-            self.enqueue_memory(entries, dtypes)
+            self.push_batch(entries, dtypes)
         return loss_ir, loss_ik
 
     def extra_repr(self) -> str:

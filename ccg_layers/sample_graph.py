@@ -418,7 +418,8 @@ class LearnableSampleGraph(PartnerMemory):
     ``1 + K`` partners and ``W`` learns; without it, a batch of 2 gives every image a single
     partner whose softmax weight is 1 whatever the logits. The batch is enqueued after the
     loss is computed, in training mode only, with one ``index_copy_`` per queue (no host
-    synchronisation). The queues are persistent buffers (with ``memory_pointer`` and
+    synchronisation); with ``defer_enqueue=True`` it is kept until :meth:`commit_memory`
+    after the backward, and the forward reads the memory without copying it. The queues are persistent buffers (with ``memory_pointer`` and
     ``memory_count``), allocated at the first enqueue in ``memory_dtype`` (default: the
     features' dtype). Cost per entry: one feature map (``C*h*w`` values, a ``2048x16x16`` map is
     1 MiB in float16, 2 MiB in float32) plus ``embed_dim`` float32. ``"mean"`` divides by
@@ -445,6 +446,9 @@ class LearnableSampleGraph(PartnerMemory):
         embed_dim: ``d`` of the descriptors and of ``W`` (conditioned form).
         memory_size: ``K``, partners kept from earlier batches (conditioned form); 0 for none.
         memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
+        defer_enqueue: Keep a training batch for :meth:`commit_memory` (or
+            :func:`~ccg_layers.commit_memories`, after ``backward()``) instead of enqueuing it
+            in the forward, which then reads the memory without copying it.
         parametrization: ``"softmax"`` (default) or ``"free"`` (positional form only).
         distributed: Gather the batch across ranks when a process group is initialised.
         reduction: ``"mean"`` (Eq. 4), ``"sum"`` or ``"none"`` (the ``(n, n + K)`` terms).
@@ -482,6 +486,7 @@ class LearnableSampleGraph(PartnerMemory):
         embed_dim: int = 64,
         memory_size: int = 0,
         memory_dtype: torch.dtype | None = None,
+        defer_enqueue: bool = False,
         parametrization: GraphParametrization = "softmax",
         distributed: bool = False,
         reduction: Reduction = "mean",
@@ -541,7 +546,7 @@ class LearnableSampleGraph(PartnerMemory):
         self.weight = nn.Parameter(
             torch.zeros(self.embed_dim, self.embed_dim, device=device, dtype=dtype)
         )
-        self.init_memory(memory_size, memory_dtype, device)
+        self.init_memory(memory_size, memory_dtype, device, defer_enqueue)
 
     def _check_state(self, features: Tensor) -> None:
         """The batch against the module's own state: ``num_samples`` and the memory's maps.
@@ -624,7 +629,7 @@ class LearnableSampleGraph(PartnerMemory):
             return sample_graph_loss(
                 features, graph, image_labels=image_labels, margin=margin, reduction=self.reduction
             )
-        memory = self.memory_tensors()
+        memory = self.memory_inputs()
         loss, z = conditioned_sample_graph_loss(
             features,
             self.weight,
@@ -641,10 +646,10 @@ class LearnableSampleGraph(PartnerMemory):
         if self.training and self.memory_size > 0:
             feature_dtype = self.memory_dtype or features.dtype
             if image_labels is None:
-                self.enqueue_memory([features, z], [feature_dtype, z.dtype])
+                self.push_batch([features, z], [feature_dtype, z.dtype])
             else:
                 entries = [features, z, image_labels]
-                self.enqueue_memory(entries, [feature_dtype, z.dtype, torch.float32])
+                self.push_batch(entries, [feature_dtype, z.dtype, torch.float32])
         return loss
 
     def extra_repr(self) -> str:

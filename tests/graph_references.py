@@ -184,11 +184,13 @@ def memory_batch(n, seed, channels=C):
     return x, labels
 
 
-def memory_modules(memory_size=4, dtype=None):
+def memory_modules(memory_size=4, dtype=None, **kw):
     return (
-        LearnableSampleGraph(in_channels=C, embed_dim=8, memory_size=memory_size, dtype=dtype),
-        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype),
-        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype),
+        LearnableSampleGraph(
+            in_channels=C, embed_dim=8, memory_size=memory_size, dtype=dtype, **kw
+        ),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype, **kw),
+        PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, dtype=dtype, **kw),
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 
 import ccg_layers
-from ccg_layers import LearnableSampleGraph, PatchHashGraph
+from ccg_layers import LearnableSampleGraph, PatchHashGraph, RelationGraphs
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     conditioned_sample_graph_loss,
@@ -407,3 +407,150 @@ def test_pull_modules_keep_no_label_queue_and_their_state_dict_keys():
         assert "memory_image_labels" not in module.state_dict()
     for module in contrast_modules(memory_size=2):
         assert "memory_image_labels" in module.state_dict()
+
+
+# ------------------------------------------------------- the enqueue deferred past the backward
+
+
+def _deferred_pair(memory_size=3):
+    """The three memory modules and RelationGraphs, enqueuing in the forward and deferred."""
+    now = [
+        *memory_modules(memory_size),
+        RelationGraphs(C, M, embed_dim=8, code_bits=BITS, memory_size=memory_size),
+    ]
+    later = [
+        *memory_modules(memory_size, defer_enqueue=True),
+        RelationGraphs(
+            C, M, embed_dim=8, code_bits=BITS, memory_size=memory_size, defer_enqueue=True
+        ),
+    ]
+    return now, later
+
+
+def _all_terms(lsg, ik, kr, joint, seed):
+    x, labels = memory_batch(2, seed)
+    x.requires_grad_()
+    l_ir, l_ik = joint(x, labels)
+    loss = _step(lsg, ik, kr, seed) + l_ir + 2.0 * l_ik
+    return loss, x
+
+
+def test_deferred_enqueue_gives_the_same_losses_gradients_and_memory_after_commit():
+    now, later = _deferred_pair()
+    for seed in range(5):  # 10 images through memories of 3: the queues wrap around
+        loss_now, x_now = _all_terms(*now, seed)
+        loss_later, x_later = _all_terms(*later, seed)
+        assert torch.equal(loss_now, loss_later)
+        loss_now.backward()
+        loss_later.backward()
+        torch.testing.assert_close(x_later.grad, x_now.grad, rtol=0, atol=0)
+        for a in later:  # kept, not yet in the memory
+            assert a._pending is not None
+        ccg_layers.commit_memories(torch.nn.ModuleList(later))
+        for a, b in zip(later, now, strict=True):
+            assert a._pending is None
+            for name, buf in b.named_buffers():
+                assert torch.equal(dict(a.named_buffers())[name], buf), name
+            for (name, p), q in zip(b.named_parameters(), a.parameters(), strict=True):
+                assert torch.equal(q.grad, p.grad), name
+
+
+def test_deferred_forward_reads_the_memory_itself_and_the_default_a_copy():
+    # the backward of the deferred forward needs the very queue it read: changing it in place
+    # before the backward is caught by autograd. The default forward read a copy, so its own
+    # in-place enqueue (and any other change) leaves its backward intact.
+    for defer in (True, False):
+        lsg, _, _ = memory_modules(3, defer_enqueue=defer)
+        _step(lsg, *memory_modules(3)[1:], 0).backward()
+        ccg_layers.commit_memories(lsg)
+        x, _ = memory_batch(2, 1)
+        loss = lsg(x.requires_grad_())
+        lsg.memory_features.add_(1.0)
+        if defer:
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                loss.backward()
+        else:
+            loss.backward()
+            assert torch.isfinite(x.grad).all()
+
+
+def test_error_two_deferred_training_forwards_without_commit():
+    lsg, ik, _ = memory_modules(3, defer_enqueue=True)
+    x, labels = memory_batch(2, 0)
+    lsg(x)
+    ik(x, labels)
+    with pytest.raises(
+        RuntimeError,
+        match=r"LearnableSampleGraph\(defer_enqueue=True\): a "
+        r"training forward must be followed by `commit_memory\(\)`",
+    ):
+        lsg(x)
+    with pytest.raises(RuntimeError, match=r"PatchHashGraph\(defer_enqueue=True\)"):
+        ik(x, labels)
+    ik.commit_memory()
+    ik(x, labels)  # committed: the next forward is fine
+
+
+def test_deferred_commit_without_a_forward_eval_reset_and_load_keep_nothing_pending():
+    lsg, _, _ = memory_modules(3, defer_enqueue=True)
+    lsg.commit_memory()  # nothing pending: a no-op
+    assert lsg.memory_valid() is None
+    x, _ = memory_batch(2, 0)
+    lsg.eval()
+    lsg(x)  # eval mode keeps nothing
+    assert lsg._pending is None
+    lsg.train()
+    lsg(x)
+    lsg.reset_memory()
+    assert lsg._pending is None
+    lsg(x)
+    lsg.commit_memory()
+    state = copy.deepcopy(lsg.state_dict())
+    lsg(memory_batch(2, 1)[0])
+    lsg.load_state_dict(state)  # the batch kept before the load is dropped with the old state
+    lsg.commit_memory()
+    assert int(lsg.memory_count) == 2
+
+
+def test_commit_memories_reaches_nested_modules_and_leaves_the_others():
+    lsg, ik, _ = memory_modules(3, defer_enqueue=True)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ModuleDict({"a": lsg, "b": ik}))
+    x, labels = memory_batch(2, 0)
+    lsg(x)
+    ik(x, labels)
+    ccg_layers.commit_memories(model)
+    assert int(lsg.memory_count) == int(ik.memory_count) == 2
+
+
+@pytest.mark.parametrize("cls", ["sample", "patch", "joint"])
+def test_error_defer_enqueue_not_a_bool(cls):
+    make = {
+        "sample": lambda: LearnableSampleGraph(in_channels=C, defer_enqueue="yes"),
+        "patch": lambda: PatchHashGraph(M, C, defer_enqueue=1),
+        "joint": lambda: RelationGraphs(C, M, defer_enqueue=None),
+    }[cls]
+    with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be a bool, got "):
+        make()
+
+
+@pytest.mark.slow
+def test_deferred_modules_compile_without_graph_breaks():
+    def terms(lsg, ik, kr, x, labels):
+        return lsg(x) + ik(x, labels) + kr(x[:1] * 1.5, labels[1:], x[1:] * 0.5, labels[:1])
+
+    eager = memory_modules(memory_size=3)
+    deferred = memory_modules(memory_size=3, defer_enqueue=True)
+    _step(*eager, 0)
+    _step(*deferred, 0)  # the queues are allocated by the first (eager) step
+    ccg_layers.commit_memories(torch.nn.ModuleList(deferred))
+    compiled = torch.compile(terms, fullgraph=True, backend="aot_eager")
+    for seed in (1, 2, 3):
+        x, labels = memory_batch(2, seed)
+        want = terms(*eager, x, labels)
+        got = compiled(*deferred, x.requires_grad_(), labels)
+        torch.testing.assert_close(got, want)
+        got.backward()
+        ccg_layers.commit_memories(torch.nn.ModuleList(deferred))
+    for a, b in zip(deferred, eager, strict=True):
+        assert torch.equal(a.memory_features, b.memory_features)
+        assert int(a.memory_pointer) == int(b.memory_pointer)

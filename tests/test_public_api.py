@@ -13,7 +13,8 @@ import pytest
 
 # Recorded from the code of commit 970d54b (before the reorganisation of issue 17), plus the two
 # functions main gained with the contrast form (merge 0a45c3d: alike_pairs, contrast_distances)
-# and the one memory of L_IR and L_IK (issue 17, point 5: RelationGraphs, relation_graph_losses):
+# and the one memory of L_IR and L_IK (issue 17, point 5: RelationGraphs, relation_graph_losses;
+# point 3: commit_memories):
 # name -> [(parameter, kind, repr(default))], or None for a non-callable / a class whose
 # signature is not a constructor's (modules, constants, TypedDicts, Literals).
 API = {
@@ -74,6 +75,8 @@ API = {
             ("x", "POSITIONAL_OR_KEYWORD", "<required>"),
             ("group", "POSITIONAL_OR_KEYWORD", "None"),
         ],
+        # issue 17, point 3: the deferred enqueue of the partner memories
+        "commit_memories": [("module", "POSITIONAL_OR_KEYWORD", "<required>")],
         "datasets": None,
         "functional": None,
         "metrics": None,

@@ -150,6 +150,7 @@ def train_step(
         )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["loss"]).backward()
+    ccg_layers.commit_memories(net)  # the partner memories enqueue the batch after the backward
     scaler.step(optimizer)
     scaler.update()
     return {k: v.detach() for k, v in terms.items()}, finite

@@ -189,6 +189,7 @@ class CCGLoss(nn.Module):
                 cfg.num_patches,
                 code_bits=cfg.code_bits,
                 memory_size=memory,
+                defer_enqueue=True,  # enqueued after the backward: no copy of the memory
                 contrast_margin=margin,
             )
             if shared
@@ -201,6 +202,7 @@ class CCGLoss(nn.Module):
                 in_channels=feature_channels,
                 form=cfg.graph_form,  # type: ignore[arg-type]
                 memory_size=memory if cfg.graph_form == "conditioned" else 0,
+                defer_enqueue=True,
                 contrast_margin=margin,
             )
             if cfg.enabled("ir") and not shared
@@ -212,6 +214,7 @@ class CCGLoss(nn.Module):
                 feature_channels,
                 code_bits=cfg.code_bits,
                 memory_size=memory,
+                defer_enqueue=True,
                 contrast_margin=margin,
             )
             if cfg.enabled("ik") and not shared
@@ -230,6 +233,7 @@ class CCGLoss(nn.Module):
                 feature_channels,
                 code_bits=cfg.code_bits,
                 memory_size=memory,
+                defer_enqueue=True,
                 contrast_margin=margin,
             )
         else:

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import ccg_layers
 from examples.ccg_net import checkpoint as ckpt
 from examples.ccg_net import engine, runs
 from examples.ccg_net.engine import build_trainee
@@ -169,6 +170,7 @@ def _train_steps(net: nn.Module, trainee: nn.Module, shard) -> None:
         opt.zero_grad()
         terms, _ = net(*shard(batch))
         terms["loss"].backward()
+        ccg_layers.commit_memories(net)  # as train_step does after the backward
         opt.step()
 
 

@@ -65,10 +65,12 @@ def _batch(n: int, seed: int, dtype: torch.dtype = torch.float32):
 
 
 def _fill_memory(criterion: CCGLoss, steps: int, n: int = 2) -> None:
-    """Training-mode forwards of fresh batches: each enqueues its maps into every memory."""
+    """Training-mode forwards of fresh batches: each enqueues its maps into every memory
+    (after the forward, as the trainer's step does after its backward)."""
     criterion.train()
     for s in range(steps):
         criterion(*_batch(n, 100 + s))
+        ccg_layers.commit_memories(criterion)
 
 
 # --------------------------------------------------------------------------- gradients at n = 2
@@ -113,6 +115,7 @@ def test_ir_and_ik_over_one_memory_equal_two_modules_with_memories_of_their_own(
         feats, sp = batch[1], batch[5]
         torch.testing.assert_close(out["ir"], ir(feats), rtol=0, atol=0)
         torch.testing.assert_close(out["ik"], ik(feats, sp), rtol=0, atol=0)
+        ccg_layers.commit_memories(criterion)
     # and a checkpoint of that layout (keys ir.*, ik.*) loads into the shared memory exactly
     old = {k: v for k, v in criterion.state_dict().items() if not k.startswith("graphs.")}
     old |= {f"ir.{k}": v for k, v in ir.state_dict().items()}
@@ -246,6 +249,7 @@ def test_the_memory_holds_float16_maps_under_float16_autocast():
     sp = torch.randint(0, cfg.num_patches, (2, 16, 16))
     with torch.autocast("cpu", dtype=torch.float16):
         trainee(images, labels, grid, box_mask, sp)
+    ccg_layers.commit_memories(trainee)  # as the step does after its backward
     state = trainee.criterion.state_dict()
     channels = trainee.model.feature_channels
     for module in ("graphs", "kr_graph"):  # L_IR and L_IK's one memory, L_KR's
@@ -391,6 +395,7 @@ def test_relation_terms_do_not_depend_on_the_order_of_the_batch(half, seed, fill
     criterion.train()
     for s in range(fill):  # float64 batches of the same size into the memory
         criterion(*_batch(n, 1000 + seed + s, torch.float64))
+        ccg_layers.commit_memories(criterion)
     criterion.eval()  # reads the memory, enqueues nothing: both orders see the same partners
     batch = _batch(n, seed, torch.float64)
     ref = criterion(*batch)
@@ -486,6 +491,8 @@ def test_contrast_with_every_pair_alike_equals_the_pull_form():
         box_mask = torch.zeros_like(box_mask)
         a = pull(logits, feats, labels, grid, box_mask, sp)
         b = contrast(logits, feats, labels, grid, box_mask, sp)
+        ccg_layers.commit_memories(pull)
+        ccg_layers.commit_memories(contrast)
         for k in ("base", "ir", "ik", "kr", "loss"):
             assert torch.equal(a[k], b[k]), (step, k)
 
@@ -514,6 +521,7 @@ def test_pull_runs_keep_the_loss_values_from_before_the_contrast_form(features):
     criterion = CCGLoss(cfg, C, global_batch=4)
     for step, want in enumerate(PULL_BEFORE[features]):
         out = criterion(*_batch(4, 50 + step))
+        ccg_layers.commit_memories(criterion)
         for k, value in want.items():
             assert float(out[k].detach()) == pytest.approx(value, rel=1e-6, abs=1e-9), (step, k)
 
