@@ -291,11 +291,16 @@ def _read_work(path: Path, work_size: int | None) -> FloatArray:
 
     Pillow (a dependency of scikit-image) decodes and box-averages in C: integer factors use
     ``Image.reduce`` (the exact block mean, as :func:`superpixels`), others ``Image.resize``
-    with the box filter. RGB(A) and palette images are converted to gray ("L").
+    with the box filter. RGB(A) and palette images are converted to gray ("L"); a DICOM file
+    is decoded by :func:`~ccg_layers.datasets.read_dicom` first.
     """
     from PIL import Image
 
-    with Image.open(path) as opened:
+    from ccg_layers.datasets.dicom import is_dicom, read_dicom
+
+    # a DICOM file (VinDr-CXR, RSNA): the 8-bit image their Dataset decodes
+    source = Image.fromarray(read_dicom(path)[0].numpy()) if is_dicom(path) else Image.open(path)
+    with source as opened:
         im = opened if opened.mode in ("L", "F", "I", "I;16") else opened.convert("L")
         im = im if im.mode == "F" else im.convert("F")
         H, W = im.height, im.width

@@ -19,9 +19,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ccg_layers.datasets import ChestXray14FormatError
+from ccg_layers.datasets import DatasetFormatError
 
-from .config import ABLATIONS, PRETRAIN_SEED, TrainConfig, add_config_options, resolve_config
+from .config import (
+    ABLATIONS,
+    DATASETS,
+    PRETRAIN_SEED,
+    TrainConfig,
+    add_config_options,
+    dataset_class_names,
+    resolve_config,
+)
 
 # (torchvision, tqdm and matplotlib, the ``[examples]`` extra, are imported only after the
 # check in ``_check_extras``, so that a missing one is an error line, not an ImportError)
@@ -47,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The four verbs and their options."""
     p = Parser(
         prog="python -m examples.ccg_net",
-        description="Train, evaluate and run CCG-Net (Cross-chest Graph) on ChestX-ray14 or its "
-        "embedded synthetic twin. See docs/training.md.",
+        description="Train, evaluate and run CCG-Net (Cross-chest Graph) on ChestX-ray14, its "
+        "embedded synthetic twin, VinDr-CXR or RSNA Pneumonia (--dataset). See docs/training.md "
+        "and docs/data.md.",
     )
     verbs = p.add_subparsers(dest="verb", metavar="{train,evaluate,predict,reproduce,pretrain}")
 
@@ -107,7 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(a --weights file; stands in for ImageNet)",
         usage="%(prog)s [--preset demo] [--out FILE] [options]",
     )
-    groups = add_config_options(w, skip=("fold", "setting", "losses", "weights", "run_name"))
+    groups = add_config_options(
+        w,
+        skip=(
+            "fold",
+            "setting",
+            "losses",
+            "weights",
+            "run_name",
+            # the pretraining twin is ChestX-ray14's, whatever the run's dataset
+            "dataset",
+            "vindr_combine",
+            "image_kind",
+        ),
+    )
     groups[RUN_GROUP].add_argument(
         "--out",
         default=None,
@@ -184,7 +206,9 @@ def _check_outputs(cfg: TrainConfig, resume: str | None = None) -> None:
     else:
         _check_writable("--output-dir", Path(cfg.output_dir))
     if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
-        raise UsageError(f"--data-root {cfg.data_root}: no such folder (the ChestX-ray14 folder)")
+        raise UsageError(
+            f"--data-root {cfg.data_root}: no such folder (the {DATASETS[cfg.dataset]} folder)"
+        )
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -342,6 +366,7 @@ def _predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             overlays=not args.no_overlays,
             on_result=report,
+            class_names=dataset_class_names(cfg.dataset),
         )
     except OutputError as err:
         raise UsageError(str(err)) from None
@@ -391,7 +416,7 @@ def main(argv: Sequence[str] | None = None, *, default_verb: str | None = None) 
             CheckpointError
             | DeviceError
             | FileNotFoundError
-            | ChestXray14FormatError
+            | DatasetFormatError
             | RunLockedError
             | RunDirError
             | WriteError,

@@ -19,6 +19,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: The datasets ``--dataset`` reads from ``--data-root`` (docs/data.md), with the name their
+#: messages use. The synthetic twin (no ``--data-root``) is ChestX-ray14's.
+DATASETS: dict[str, str] = {
+    "chestxray14": "ChestX-ray14",
+    "vindr-cxr": "VinDr-CXR",
+    "rsna-pneumonia": "RSNA Pneumonia",
+}
+
+
+def dataset_class_names(dataset: str) -> tuple[str, ...]:
+    """The classes of ``--dataset`` in the order of the head's outputs: the library's class
+    lists (``CLASS_NAMES``, ``VINDR_CLASS_NAMES``, ``RSNA_CLASS_NAMES``), which its readers
+    give as ``index.class_names``; known without reading the data (``predict`` needs them).
+
+    Raises:
+        ValueError: ``dataset`` is not one of :data:`DATASETS`.
+    """
+    from ccg_layers.datasets import CLASS_NAMES, RSNA_CLASS_NAMES, VINDR_CLASS_NAMES
+
+    classes = {
+        "chestxray14": CLASS_NAMES,
+        "vindr-cxr": VINDR_CLASS_NAMES,
+        "rsna-pneumonia": RSNA_CLASS_NAMES,
+    }
+    if dataset not in classes:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    return tuple(classes[dataset])
+
+
 # The rows of the paper's Table 4: which relation terms are on besides L_base.
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "baseline": (),
@@ -44,6 +73,7 @@ class TrainConfig:
 
     preset: str = "paper"
     # data
+    dataset: str = "chestxray14"  # which reader --data-root is read with (DATASETS)
     data_root: str | None = None  # None: the embedded synthetic dataset (generated on first use)
     synthetic_images: int = 400  # size of the synthetic dataset when data_root is None
     synthetic_seed: int = 0
@@ -54,6 +84,8 @@ class TrainConfig:
     patient_disjoint: bool = False
     train_split_file: str | None = None
     test_split_file: str | None = None
+    vindr_combine: str = "merge"  # VinDr-CXR: how the radiologists' boxes are combined
+    image_kind: str = "auto"  # VinDr-CXR, RSNA: which files are the images (DICOM first)
     image_size: int = 512
     num_classes: int = 14
     num_workers: int = -1  # DataLoader workers; -1: from the machine's cores (data.loader_options)
@@ -318,6 +350,7 @@ RELATION_FIELDS: tuple[str, ...] = (
 
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "data": (
+        "dataset",
         "data_root",
         "synthetic_images",
         "synthetic_seed",
@@ -328,6 +361,8 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "patient_disjoint",
         "train_split_file",
         "test_split_file",
+        "vindr_combine",
+        "image_kind",
         "image_size",
         "num_classes",
         "num_workers",
@@ -444,7 +479,9 @@ def add_config_options(
 
 
 HELP: dict[str, str] = {
-    "data_root": "ChestX-ray14 folder; None: the embedded synthetic twin",
+    "dataset": "the dataset --data-root holds: chestxray14, vindr-cxr or rsna-pneumonia "
+    "(docs/data.md)",
+    "data_root": "the dataset's folder; None: the embedded synthetic ChestX-ray14 twin",
     "synthetic_images": "images of the synthetic dataset",
     "synthetic_seed": "seed the synthetic twin is generated from (a different twin per seed)",
     "cache_dir": "synthetic data and superpixel cache",
@@ -455,8 +492,13 @@ HELP: dict[str, str] = {
     "train_split_file": "an explicit training split, one image name per line (with "
     "--test-split-file; replaces the setting's split)",
     "test_split_file": "an explicit test split, one image name per line (with --train-split-file)",
+    "vindr_combine": "VinDr-CXR: how the three radiologists' boxes are combined: merge (fused "
+    "per finding), all, or single (one radiologist's reading)",
+    "image_kind": "VinDr-CXR and RSNA: which files are the images: auto (DICOM first), dicom, "
+    "png or jpeg",
     "image_size": "working size S (multiple of 32)",
-    "num_classes": "classes of the head: ChestX-ray14's 14 (the only value accepted)",
+    "num_classes": "classes of the head: the dataset's (ChestX-ray14 and VinDr-CXR 14, RSNA 1; "
+    "the only value accepted; default: the dataset's)",
     "num_workers": "DataLoader workers (-1: from the machine)",
     "cache_images": "keep the decoded training images in memory",
     "backbone": "resnet50 or tiny",
@@ -553,6 +595,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         setattr(cfg, name, value)
     if preset == "demo" and "lr" not in given:
         cfg.lr = DEMO_LR_BY_SETTING.get(cfg.setting, cfg.lr)
+    if "num_classes" not in given and cfg.dataset in DATASETS:
+        cfg.num_classes = len(dataset_class_names(cfg.dataset))
     validate_config(cfg)
     return cfg
 
@@ -686,7 +730,9 @@ def validate_config(cfg: TrainConfig) -> None:
     Only values are checked here (no file is read); what depends on the dataset's size is
     checked by ``data.plan_split`` before any work.
     """
-    from ccg_layers.datasets import CLASS_NAMES
+    from typing import get_args
+
+    from ccg_layers.datasets import Combine, ImageKind
 
     bad = [t for t in cfg.losses if t not in LOSS_TERMS]
     if bad:
@@ -705,10 +751,35 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError("--train-split-file and --test-split-file go together")
     if cfg.image_size < 32 or cfg.image_size % 32:
         raise ValueError(f"--image-size must be a positive multiple of 32, got {cfg.image_size}")
-    if cfg.num_classes != len(CLASS_NAMES):
+    classes = dataset_class_names(cfg.dataset)  # names --dataset when it is not one of them
+    name = DATASETS[cfg.dataset]
+    if cfg.dataset != "chestxray14" and cfg.data_root is None:
         raise ValueError(
-            f"--num-classes must be {len(CLASS_NAMES)}, the classes of ChestX-ray14 (the only "
-            f"dataset the trainer reads), got {cfg.num_classes}"
+            f"--dataset {cfg.dataset} needs --data-root (the {name} folder): without "
+            "--data-root the trainer uses the synthetic twin (--synthetic-images), which is "
+            "ChestX-ray14's; use --dataset chestxray14 with it"
+        )
+    combines, kinds = get_args(Combine), get_args(ImageKind)
+    if cfg.vindr_combine not in combines:
+        raise ValueError(
+            f"--vindr-combine must be one of {', '.join(combines)}, got {cfg.vindr_combine!r}"
+        )
+    if cfg.vindr_combine != "merge" and cfg.dataset != "vindr-cxr":
+        raise ValueError(
+            f"--vindr-combine {cfg.vindr_combine} is for --dataset vindr-cxr (the one dataset "
+            f"with several radiologists' boxes), got --dataset {cfg.dataset}"
+        )
+    if cfg.image_kind not in kinds:
+        raise ValueError(f"--image-kind must be one of {', '.join(kinds)}, got {cfg.image_kind!r}")
+    if cfg.image_kind != "auto" and cfg.dataset == "chestxray14":
+        raise ValueError(
+            f"--image-kind {cfg.image_kind} is for --dataset vindr-cxr or rsna-pneumonia "
+            "(ChestX-ray14's images are the PNG files its CSV names), got --dataset chestxray14"
+        )
+    if cfg.num_classes != len(classes):
+        raise ValueError(
+            f"--num-classes must be {len(classes)}, the classes of {name} (--dataset "
+            f"{cfg.dataset}), got {cfg.num_classes}"
         )
     _need_int(cfg, "num_workers", -1, "-1 (from the machine's cores) or >= 0")
     # model
@@ -834,6 +905,7 @@ def load_config(run_dir: Path) -> TrainConfig:
 
 __all__ = [
     "ABLATIONS",
+    "DATASETS",
     "DEMO_LR_BY_SETTING",
     "LOSS_TERMS",
     "MIN_TINY_WIDTH",
@@ -845,6 +917,7 @@ __all__ = [
     "TrainConfig",
     "add_config_options",
     "check_tiny_backbone",
+    "dataset_class_names",
     "given_options",
     "load_config",
     "model_stride",

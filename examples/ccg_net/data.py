@@ -1,5 +1,5 @@
-"""Data for the trainer: ChestX-ray14 (real or the embedded synthetic twin), the paper's splits,
-superpixels cached once per image, ready datasets and loaders (1-channel uint8 images, grid
+"""Data for the trainer: the dataset of ``--dataset`` (ChestX-ray14, real or the embedded
+synthetic twin, VinDr-CXR or RSNA Pneumonia), the paper's splits, superpixels cached once per image, ready datasets and loaders (1-channel uint8 images, grid
 targets built in the loader's workers), and the fixed reference maps (the trivial prior).
 """
 
@@ -24,17 +24,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import ccg_layers
 from ccg_layers.boxes import check_boxes
 from ccg_layers.datasets import (
-    BOX_FRAME,
-    CLASS_NAMES,
     ChestXray14,
     ChestXray14FormatError,
     ChestXray14Index,
-    chestxray14_splits,
+    DatasetIndex,
+    RadiographDataset,
+    boxes_at_size,
     collate_chestxray14,
+    dataset_splits,
+    dicom_frame_size,
     read_chestxray14,
+    read_rsna_pneumonia,
     read_split_files,
+    read_vindr_cxr,
     split_summary,
 )
+from ccg_layers.datasets.dicom import is_dicom
 from ccg_layers.errors import CCGValueRangeError
 from ccg_layers.functional import boxes_to_grid_targets
 
@@ -64,8 +69,31 @@ def dataset_root(cfg: TrainConfig) -> Path:
     return root
 
 
+def read_index(cfg: TrainConfig, root: str | os.PathLike[str]) -> DatasetIndex:
+    """The index of the ``--dataset`` in ``root``, read with that dataset's reader and the
+    options it takes (``--vindr-combine``, ``--image-kind``)."""
+    if cfg.dataset == "vindr-cxr":
+        return read_vindr_cxr(
+            root,
+            combine=cfg.vindr_combine,  # type: ignore[arg-type]  # validate_config checked it
+            images=cfg.image_kind,  # type: ignore[arg-type]
+        )
+    if cfg.dataset == "rsna-pneumonia":
+        return read_rsna_pneumonia(root, images=cfg.image_kind)  # type: ignore[arg-type]
+    return read_chestxray14(root)
+
+
+def make_dataset(index: DatasetIndex, names: list[str], image_size: int) -> RadiographDataset:
+    """The ``Dataset`` of the images ``names``: :class:`~ccg_layers.datasets.ChestXray14` on a
+    ChestX-ray14 index (PNG files, its messages), else
+    :class:`~ccg_layers.datasets.RadiographDataset` (DICOM, PNG or JPEG)."""
+    if isinstance(index, ChestXray14Index):
+        return ChestXray14(index, names, image_size=image_size)
+    return RadiographDataset(index, names, image_size=image_size)
+
+
 def make_split(
-    cfg: TrainConfig, index: ChestXray14Index
+    cfg: TrainConfig, index: DatasetIndex
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """The paper's split of ``index`` for ``cfg`` (or the explicit split files), with
     ``--max-test-images`` applied, and what it was made from."""
@@ -78,7 +106,7 @@ def make_split(
             "test_split_file": cfg.test_split_file,
         }
     else:
-        split = chestxray14_splits(
+        split = dataset_splits(
             index,
             cfg.setting,  # type: ignore[arg-type]
             cfg.fold,
@@ -97,7 +125,7 @@ def make_split(
 
 
 def check_split(
-    cfg: TrainConfig, index: ChestXray14Index, split: dict[str, list[str]], world: int | None
+    cfg: TrainConfig, index: DatasetIndex, split: dict[str, list[str]], world: int | None
 ) -> None:
     """Raise ``ValueError`` naming the option when the split cannot be trained or evaluated: no
     test image, no training image, or (``world`` given: the processes that share a step) a
@@ -142,7 +170,7 @@ def plan_split(
 
         index = synthetic_index(cfg.synthetic_images, cfg.synthetic_seed)
     else:
-        index = read_chestxray14(cfg.data_root)
+        index = read_index(cfg, cfg.data_root)
     splits = {}
     for fold in (cfg.fold,) if folds is None else folds:
         fold_cfg = dataclasses.replace(cfg, fold=fold)
@@ -154,11 +182,11 @@ def plan_split(
 
 def load_split(
     cfg: TrainConfig, *, world: int | None = None
-) -> tuple[ChestXray14Index, dict[str, list[str]], dict[str, Any]]:
+) -> tuple[DatasetIndex, dict[str, list[str]], dict[str, Any]]:
     """Read the index and make the paper's split (or read explicit split files), checked by
     :func:`check_split` (the training side too when ``world`` is given)."""
     root = dataset_root(cfg)
-    index = read_chestxray14(root)
+    index = read_index(cfg, root)
     split, source = make_split(cfg, index)
     check_split(cfg, index, split, world)
     summary = {**source, "root": str(root), **split_summary(index, split)}
@@ -204,11 +232,17 @@ IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 def _check_one(path: Path) -> tuple[int, int]:
     """``(width, height)`` of an image file whose header and chunks Pillow reads without
     error, without decoding it (``Image.verify``: every PNG chunk and its CRC, so a truncated
-    or overwritten file fails; about 15x cheaper than decoding a 1024-pixel PNG).
+    or overwritten file fails; about 15x cheaper than decoding a 1024-pixel PNG). A DICOM file
+    (VinDr-CXR, RSNA) is checked by its header (pydicom reads it and its ``Rows``/``Columns``).
 
     Raises:
         ValueError: What is wrong with the file, in words (:func:`image_problem`).
     """
+    if is_dicom(path):
+        try:
+            return dicom_frame_size(path)
+        except (ImportError, OSError, ValueError) as err:  # no pydicom, not DICOM, no size
+            raise ValueError(str(err).removeprefix(f"{path}: ")) from None
     try:
         with Image.open(path) as im:
             size = im.size
@@ -294,9 +328,10 @@ def check_image_files(
         )
 
 
-def check_split_boxes(index: ChestXray14Index, names: list[str]) -> None:
-    """Every box of the images ``names`` must overlap ChestX-ray14's 1024-pixel frame (the
-    frame of ``BBox_List_2017.csv``, whatever the size of the PNG).
+def check_split_boxes(index: DatasetIndex, names: list[str]) -> None:
+    """Every box of the images ``names`` must overlap its image's frame (``index.image_sizes``:
+    ChestX-ray14's 1024-pixel frame of ``BBox_List_2017.csv`` whatever the size of the PNG,
+    the DICOM's pixels for VinDr-CXR, RSNA's 1024-pixel frame).
 
     Raises:
         DataFileError: Naming the image, the class and the box of the first few that do not.
@@ -304,33 +339,41 @@ def check_split_boxes(index: ChestXray14Index, names: list[str]) -> None:
     rows = torch.zeros(len(index), dtype=torch.bool)
     rows[torch.tensor([index.position(n) for n in names], dtype=torch.long)] = True
     bad = []
-    frame = (BOX_FRAME, BOX_FRAME)
+    frames = set()
     with ccg_layers.set_value_checks(True):  # check_boxes reads values only with checks on
         for j in rows[index.box_image_index].nonzero().flatten().tolist():
             box = index.boxes[j : j + 1]
+            i = int(index.box_image_index[j])
+            w, h = index.image_sizes[i].tolist()
             try:
-                check_boxes(box, "boxes", frame)
+                check_boxes(box, "boxes", (h, w))
             except CCGValueRangeError:
                 x1, y1, x2, y2 = box[0].tolist()
+                frames.add(f"{w}x{h}")
                 bad.append(
-                    f"{index.images[int(index.box_image_index[j])]} "
-                    f"{CLASS_NAMES[int(index.box_class[j])]} box x={x1:g} y={y1:g} "
-                    f"w={x2 - x1:g} h={y2 - y1:g}"
+                    f"{index.images[i]} {index.class_names[int(index.box_class[j])]} box "
+                    f"x={x1:g} y={y1:g} w={x2 - x1:g} h={y2 - y1:g}"
                 )
     if bad:
         more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
         where = index.root if index.root is not None else "the index"
+        what = (
+            "BBox_List_2017.csv"
+            if isinstance(index, ChestXray14Index)
+            else f"the {index.dataset_name} labels"
+        )
+        frame = f"the {frames.pop()} frame" if len(frames) == 1 else "their images' frames"
         raise DataFileError(
-            f"{where}: {len(bad)} box(es) of BBox_List_2017.csv lie wholly outside the "
-            f"{BOX_FRAME}x{BOX_FRAME} frame of the boxes: {'; '.join(bad[:_SHOWN])}{more}"
+            f"{where}: {len(bad)} box(es) of {what} lie wholly outside {frame} of the boxes: "
+            f"{'; '.join(bad[:_SHOWN])}{more}"
         )
 
 
 def check_data_files(
     cfg: TrainConfig,
-    index: ChestXray14Index,
-    test: ChestXray14,
-    train: ChestXray14 | None,
+    index: DatasetIndex,
+    test: RadiographDataset,
+    train: RadiographDataset | None,
     *,
     is_main: bool = True,
 ) -> None:
@@ -390,7 +433,7 @@ _IMAGE_MEMO: dict[tuple[str, tuple[str, ...], int], Tensor] = {}
 
 
 class TrainSet(Dataset[dict[str, Any]]):
-    """The training ``ChestXray14`` (1-channel uint8 images) plus each sample's superpixels.
+    """The training ``RadiographDataset`` (1-channel uint8 images) plus each sample's superpixels.
 
     With ``in_memory`` the decoded images are kept in memory (uint8, loaded once), for small
     datasets such as the demo's, where decoding would dominate the step time; the samples are
@@ -399,7 +442,7 @@ class TrainSet(Dataset[dict[str, Any]]):
 
     def __init__(
         self,
-        base: ChestXray14,
+        base: RadiographDataset,
         superpixels: Tensor | None,
         *,
         in_memory: bool = False,
@@ -522,10 +565,10 @@ def loader_options(cfg: TrainConfig, device: torch.device, world: int = 1) -> di
 class Data:
     """The index, split and ready datasets and loaders of a run."""
 
-    index: ChestXray14Index
+    index: DatasetIndex
     split: dict[str, list[str]]
     summary: dict[str, Any]
-    test: ChestXray14
+    test: RadiographDataset
     test_loader: DataLoader[Any]
     train: TrainSet | None = None
     train_loader: DataLoader[Any] | None = None
@@ -546,7 +589,7 @@ def build_data(
     device = device or torch.device("cpu")
     index, split, summary = load_split(cfg, world=world if with_train else None)
     opts = loader_options(cfg, device, world)
-    test = ChestXray14(index, split["test"], image_size=cfg.image_size)
+    test = make_dataset(index, split["test"], cfg.image_size)
     test_loader = DataLoader(
         test,
         batch_size=max(cfg.batch_size, 8),
@@ -556,7 +599,7 @@ def build_data(
         **opts,
     )
     data = Data(index, split, summary, test, test_loader)
-    base = ChestXray14(index, split["train"], image_size=cfg.image_size) if with_train else None
+    base = make_dataset(index, split["train"], cfg.image_size) if with_train else None
     check_data_files(cfg, index, test, base, is_main=rank == 0)  # before any work
     if base is None:
         return data
@@ -583,25 +626,27 @@ def build_data(
     return data
 
 
-def test_boxes(ds: ChestXray14) -> tuple[Tensor, Tensor, Tensor]:
-    """Boxes of the test images in the flat layout of ``localization_accuracy`` (working size)."""
+def test_boxes(ds: RadiographDataset) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes of the test images in the flat layout of ``localization_accuracy``, scaled from
+    each image's frame to the working size (:func:`~ccg_layers.datasets.boxes_at_size`)."""
     index = ds.index
     rows = ds.rows  # the index row of each dataset position
     pos_of_row = torch.full((len(index),), -1, dtype=torch.long)
     pos_of_row[rows] = torch.arange(len(rows))
     pos = pos_of_row[index.box_image_index]
     keep = pos >= 0
-    boxes = index.boxes[keep] * (ds.image_size / BOX_FRAME)
+    boxes = boxes_at_size(index, ds.image_size)[keep]
     return boxes, pos[keep], index.box_class[keep]
 
 
 def trivial_prior(
-    index: ChestXray14Index, train_names: list[str], image_size: int, grid: int = 64
+    index: DatasetIndex, train_names: list[str], image_size: int, grid: int = 64
 ) -> Tensor:
     """``(K, grid, grid)``: the training set's mean box mask per class (the trivial prior).
 
     For each class, the average over the training images with a box of that class of the
-    indicator of the union of its boxes, on a ``grid x grid`` raster of the image; a class with
+    indicator of the union of its boxes, on a ``grid x grid`` raster of the image (each box
+    scaled from its image's frame, :func:`~ccg_layers.datasets.boxes_at_size`); a class with
     no training box gets an all-zero map.
     """
     k = index.labels.shape[1]
@@ -609,7 +654,7 @@ def trivial_prior(
     in_train = torch.zeros(len(index), dtype=torch.bool)
     in_train[rows] = True
     keep = in_train[index.box_image_index]
-    boxes = index.boxes[keep] * (grid / BOX_FRAME)
+    boxes = boxes_at_size(index, grid)[keep]
     img, cls = index.box_image_index[keep], index.box_class[keep]
     # pixel-centre membership, like the metric
     centres = torch.arange(grid, dtype=torch.float32) + 0.5
@@ -628,7 +673,7 @@ def trivial_prior(
 
 
 def reference_maps(
-    index: ChestXray14Index, split: dict[str, list[str]], cfg: TrainConfig
+    index: DatasetIndex, split: dict[str, list[str]], cfg: TrainConfig
 ) -> dict[str, Tensor]:
     """The fixed maps every table shows beside the models: name -> ``(N_test, K, h, w)``.
 

@@ -10,19 +10,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ccg_layers.datasets import CLASS_NAMES, ChestXray14
+from ccg_layers.datasets import RadiographDataset
 
 from .checkpoint import write_atomic
 from .config import TERM_LABELS
 from .data import test_boxes
-from .report import AUC_NAMES, THRESHOLDS
+from .report import AUC_NAMES, THRESHOLDS, class_file_name
 
 #: The training curves' file name in a run directory (and in a comparison's).
 CURVES_PNG = "training-curves.png"
 
 
 def save_overlays(
-    ds: ChestXray14,
+    ds: RadiographDataset,
     maps: dict[str, Tensor],
     out_dir: Path,
     count: int = 8,
@@ -54,6 +54,7 @@ def save_overlays(
             order.append(j)
     order += [j for j in range(len(boxes)) if j not in order]
     size = ds.image_size
+    class_names = ds.index.class_names
     written = []
     for j in order[:count]:
         i, k = int(img_idx[j]), int(cls_idx[j])
@@ -81,12 +82,12 @@ def save_overlays(
                         )
                     )
             note = (notes or {}).get(name)
-            title = f"{name}: {CLASS_NAMES[k]}" + (f"\n({note})" if note else "")
+            title = f"{name}: {class_names[k]}" + (f"\n({note})" if note else "")
             ax.set_title(title, fontsize=9 if not note else 7)
             ax.axis("off")
         fig.suptitle(f"{ds.image_names[i]}  (green: ground truth, red: p > 0.5)", fontsize=8)
         fig.tight_layout()
-        path = out_dir / f"{Path(ds.image_names[i]).stem}_{CLASS_NAMES[k]}.png"
+        path = out_dir / f"{Path(ds.image_names[i]).stem}_{class_file_name(class_names[k])}.png"
         write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=80))  # noqa: B023
         plt.close(fig)
         written.append(path)
@@ -103,11 +104,14 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
         ]
 
 
-def save_training_curves(runs: dict[str, Path], out: Path) -> Path:
+def save_training_curves(
+    runs: dict[str, Path], out: Path, auc_labels: dict[str, str] | None = None
+) -> Path:
     """One PNG of the training curves of one or more runs, from their ``metrics.csv``.
 
     Three panels over the epochs: the mean of each training loss term (log scale), the test
-    AUCs (:data:`.report.AUC_NAMES`: over the 8 boxed classes and over all 14) and the test
+    AUCs (``auc_labels``, default :data:`.report.AUC_NAMES`: over the boxed classes and over
+    all classes; :attr:`.report.EvalResults.auc_names` of the run's dataset) and the test
     mean localization accuracy over the boxed classes at each T(IoU). ``runs`` maps a label
     (the run's name; "Baseline" and "CCG" in a comparison) to its ``metrics.csv``; each run
     has its own line style. Written atomically (:func:`.checkpoint.write_atomic`).
@@ -123,7 +127,11 @@ def save_training_curves(runs: dict[str, Path], out: Path) -> Path:
 
     panels = [
         ("training loss (epoch mean)", [("train_loss", "loss (Eq. 11)")], True),
-        ("test AUC", [(f"test_{k}", label) for k, label in AUC_NAMES.items()], False),
+        (
+            "test AUC",
+            [(f"test_{k}", label) for k, label in (auc_labels or AUC_NAMES).items()],
+            False,
+        ),
         (
             "test mean accuracy (boxed classes)",
             [(f"test_acc_T{t:g}_mean", f"T(IoU)={t:g}") for t in THRESHOLDS],

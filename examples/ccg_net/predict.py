@@ -28,6 +28,7 @@ from ccg_layers.functional import maps_to_boxes
 from .checkpoint import write_atomic
 from .data import IMAGE_ERRORS, image_problem
 from .model import CCGNet
+from .report import class_file_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: The table over all inputs, in the output folder.
@@ -87,8 +88,11 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
-def output_names(paths: list[Path], out_dir: Path) -> list[str]:
-    """The base name of each input's outputs (``<name>.json``, ``<name>_<class>.png``).
+def output_names(
+    paths: list[Path], out_dir: Path, class_names: tuple[str, ...] = tuple(CLASS_NAMES)
+) -> list[str]:
+    """The base name of each input's outputs (``<name>.json``, ``<name>_<class>.png`` for each
+    of ``class_names``, the model's classes; default ChestX-ray14's).
 
     An input's file stem, unless that would write a file another input's outputs already
     take, or an input file of ``out_dir`` itself: then the first free ``<stem>-2``,
@@ -104,7 +108,7 @@ def output_names(paths: list[Path], out_dir: Path) -> list[str]:
         stem, k = path.stem, 1
         while True:
             name = stem if k == 1 else f"{stem}-{k}"
-            files = {f.casefold() for f in _output_files(name)}
+            files = {f.casefold() for f in _output_files(name, class_names)}
             if not files & taken:
                 break
             k += 1
@@ -113,8 +117,8 @@ def output_names(paths: list[Path], out_dir: Path) -> list[str]:
     return names
 
 
-def _output_files(name: str) -> list[str]:
-    return [f"{name}.json", *(f"{name}_{c}.png" for c in CLASS_NAMES)]
+def _output_files(name: str, class_names: tuple[str, ...]) -> list[str]:
+    return [f"{name}.json", *(f"{name}_{class_file_name(c)}.png" for c in class_names)]
 
 
 def _read(path: Path, image_size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -142,6 +146,7 @@ def predict(
     batch_size: int = 8,
     overlays: bool = True,
     on_result: Callable[[Prediction], None] | None = None,
+    class_names: tuple[str, ...] = tuple(CLASS_NAMES),
 ) -> list[Prediction]:
     """Run ``model`` on the radiographs ``paths`` and write, per image, ``<name>.json`` and an
     overlay ``<name>_<class>.png`` per positive class (names: :func:`output_names`), then
@@ -152,7 +157,9 @@ def predict(
     ``threshold``, from :func:`ccg_layers.functional.maps_to_boxes`) with scores, in the
     pixel frame of the file itself. A file that cannot be read gets an ``error`` and no
     output; the others are predicted. ``on_result`` is called with each input's
-    :class:`Prediction` as soon as it is done.
+    :class:`Prediction` as soon as it is done. ``class_names`` are the model's classes, in the
+    order of its outputs (the checkpoint's ``--dataset``:
+    :func:`.config.dataset_class_names`; default ChestX-ray14's).
 
     Raises:
         OutputError: The output folder could not be made.
@@ -167,7 +174,7 @@ def predict(
     model.eval()
     results = [
         Prediction(path, out_dir / f"{name}.json")
-        for path, name in zip(paths, output_names(paths, out_dir), strict=True)
+        for path, name in zip(paths, output_names(paths, out_dir, class_names), strict=True)
     ]
     for start in range(0, len(results), batch_size):
         readable, images, sizes = [], [], []
@@ -205,6 +212,7 @@ def predict(
                 image_size,
                 threshold,
                 overlays,
+                class_names,
             )
             if on_result is not None:
                 on_result(res)
@@ -250,6 +258,7 @@ def _write_one(
     image_size: int,
     threshold: float,
     overlays: bool,
+    class_names: tuple[str, ...],
 ) -> dict[str, Any]:
     width, height = size
     scale = torch.tensor([width, height, width, height]) / image_size
@@ -257,7 +266,7 @@ def _write_one(
     name = res.output.stem
     findings = []
     figures = []
-    for k, cname in enumerate(CLASS_NAMES):
+    for k, cname in enumerate(class_names):
         p = float(scores[k])
         if p <= threshold:
             continue
@@ -273,7 +282,7 @@ def _write_one(
             }
         )
         if overlays:
-            target = res.output.with_name(f"{name}_{cname}.png")
+            target = res.output.with_name(f"{name}_{class_file_name(cname)}.png")
             _overlay(image, probs[k], boxes[mine], cname, p, size, res.image, target)
             figures.append(target)
     record = {
@@ -281,7 +290,7 @@ def _write_one(
         "width": width,
         "height": height,
         "threshold": threshold,
-        "probabilities": {c: float(v) for c, v in zip(CLASS_NAMES, scores, strict=True)},
+        "probabilities": {c: float(v) for c, v in zip(class_names, scores, strict=True)},
         "findings": findings,
         "overlays": [str(f) for f in figures],
     }

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, ChestXray14
+from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, RadiographDataset
 from ccg_layers.metrics import classification_auc, localization_accuracy
 
 from . import checkpoint as ckpt
@@ -22,19 +23,48 @@ from .data import test_boxes
 
 #: The T(IoU) thresholds of the paper's tables.
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
-#: Columns of the boxed classes in the 14-class order.
-BOXED_COLUMNS = [CLASS_NAMES.index(c) for c in BOXED_CLASSES]
-
-#: The two mean AUCs and how every output names them: the key in ``results.json`` and
-#: ``metrics.json`` (``metrics.csv`` prefixes ``test_``) -> the label on the console and in
-#: ``results.md``. A class whose test images are all negative (or all positive) has no AUC and
-#: is left out of the mean; :meth:`EvalResults.auc_undefined` names it.
-AUC_NAMES = {"auc_boxed8": "AUC (8 boxed)", "auc_all14": "AUC (all 14)"}
 
 
-def boxed_mean(accuracy: Tensor) -> Tensor:
-    """``(T,)``: the mean of ``accuracy`` ``(T, 14)`` over the boxed classes (NaN ignored)."""
-    return accuracy[:, BOXED_COLUMNS].double().nanmean(dim=1)
+def boxed_columns(class_names: tuple[str, ...], boxed_classes: tuple[str, ...]) -> list[int]:
+    """The columns of the boxed classes in the order of ``class_names`` (the tables' order)."""
+    return [class_names.index(c) for c in boxed_classes]
+
+
+#: Columns of ChestX-ray14's 8 boxed classes in its 14-class order.
+BOXED_COLUMNS = boxed_columns(tuple(CLASS_NAMES), tuple(BOXED_CLASSES))
+
+
+def auc_names(num_boxed: int, num_classes: int) -> dict[str, str]:
+    """The two mean AUCs and how every output names them: the key in ``results.json`` and
+    ``metrics.json`` (``metrics.csv`` prefixes ``test_``) -> the label on the console and in
+    ``results.md``, which counts the dataset's classes. The keys are ChestX-ray14's and the
+    same for every dataset (``auc_boxed8`` is the mean over the boxed classes, ``auc_all14``
+    over all of them), so that the files of every run have one layout. A class whose test
+    images are all negative (or all positive) has no AUC and is left out of the mean;
+    :meth:`EvalResults.auc_undefined` names it.
+    """
+    return {"auc_boxed8": f"AUC ({num_boxed} boxed)", "auc_all14": f"AUC (all {num_classes})"}
+
+
+def class_file_name(name: str) -> str:
+    """A class name as it goes into a file name: a character no file name may hold (``/`` of
+    VinDr-CXR's ``Nodule/Mass``, ``\\ : * ? " < > |``) becomes ``-``.
+
+    Example:
+        >>> class_file_name("Nodule/Mass"), class_file_name("Pleural_Thickening")
+        ('Nodule-Mass', 'Pleural_Thickening')
+    """
+    return re.sub(r'[\\/:*?"<>|]', "-", name)
+
+
+#: :func:`auc_names` of ChestX-ray14.
+AUC_NAMES = auc_names(len(BOXED_CLASSES), len(CLASS_NAMES))
+
+
+def boxed_mean(accuracy: Tensor, columns: list[int] = BOXED_COLUMNS) -> Tensor:
+    """``(T,)``: the mean of ``accuracy`` ``(T, K)`` over the boxed classes' ``columns``
+    (default ChestX-ray14's; NaN ignored)."""
+    return accuracy[:, columns].double().nanmean(dim=1)
 
 
 @dataclass
@@ -44,7 +74,9 @@ class EvalResults:
     ``names`` the test images; ``maps`` ``(N, K, h, w)`` probabilities; ``scores`` ``(N, K)``
     image-level probabilities (``None`` for a reference map); ``accuracy`` ``(T, K)``
     localization accuracy at :data:`THRESHOLDS` (NaN where a class has no test box); ``auc``
-    ``(K,)`` (``None`` for a reference map); ``mean`` ``(T,)`` over the boxed classes.
+    ``(K,)`` (``None`` for a reference map); ``mean`` ``(T,)`` over the boxed classes;
+    ``class_names`` and ``boxed_classes`` the dataset's (``index.class_names``,
+    ``index.boxed_classes``; default ChestX-ray14's).
     """
 
     names: list[str]
@@ -53,20 +85,32 @@ class EvalResults:
     accuracy: Tensor
     auc: Tensor | None
     mean: Tensor
+    class_names: tuple[str, ...] = tuple(CLASS_NAMES)
+    boxed_classes: tuple[str, ...] = tuple(BOXED_CLASSES)
+
+    @property
+    def boxed_columns(self) -> list[int]:
+        """The columns of :attr:`boxed_classes` in ``accuracy`` and ``auc``."""
+        return boxed_columns(self.class_names, self.boxed_classes)
+
+    @property
+    def auc_names(self) -> dict[str, str]:
+        """:func:`auc_names` of this dataset's classes."""
+        return auc_names(len(self.boxed_classes), len(self.class_names))
 
     def mean_at(self, t: float) -> float:
         """The boxed-class mean at T(IoU) = ``t``."""
         return float(self.mean[THRESHOLDS.index(t)])
 
     def auc_means(self) -> dict[str, float | None]:
-        """The mean AUC over the 8 boxed classes (``auc_boxed8``) and over all 14 classes
-        (``auc_all14``), each leaving out the classes without an AUC (:data:`AUC_NAMES`);
+        """The mean AUC over the boxed classes (``auc_boxed8``) and over all classes
+        (``auc_all14``), each leaving out the classes without an AUC (:func:`auc_names`);
         ``None`` where no class has one (a reference map has no image score)."""
         if self.auc is None:
             return dict.fromkeys(AUC_NAMES)
         auc = self.auc.double()
         return {
-            "auc_boxed8": _num(float(auc[BOXED_COLUMNS].nanmean())),
+            "auc_boxed8": _num(float(auc[self.boxed_columns].nanmean())),
             "auc_all14": _num(float(auc.nanmean())),
         }
 
@@ -74,14 +118,15 @@ class EvalResults:
         """The classes without an AUC: every test image negative (or every one positive)."""
         if self.auc is None:
             return []
-        return [c for c, v in zip(CLASS_NAMES, self.auc.tolist(), strict=True) if math.isnan(v)]
+        pairs = zip(self.class_names, self.auc.tolist(), strict=True)
+        return [c for c, v in pairs if math.isnan(v)]
 
     def auc_means_text(self) -> str:
         """``AUC (8 boxed) 0.880, AUC (all 14) 0.832`` (``n/a`` for a mean without a value)."""
         means = self.auc_means()
         return ", ".join(
             f"{label} {'n/a' if means[k] is None else f'{means[k]:.3f}'}"
-            for k, label in AUC_NAMES.items()
+            for k, label in self.auc_names.items()
         )
 
     def auc_text(self) -> str:
@@ -90,7 +135,7 @@ class EvalResults:
         missing = self.auc_undefined()
         if missing:
             text += (
-                f" ({len(CLASS_NAMES) - len(missing)} of {len(CLASS_NAMES)} classes have an "
+                f" ({len(self.class_names) - len(missing)} of {len(self.class_names)} classes have an "
                 f"AUC: no positive or no negative test image for {', '.join(missing)})"
             )
         return text
@@ -103,7 +148,7 @@ class EvalResults:
             THRESHOLDS, self.accuracy.tolist(), self.mean.tolist(), strict=True
         ):
             out[f"T={t:g}"] = {
-                **{c: _num(row[CLASS_NAMES.index(c)]) for c in BOXED_CLASSES},
+                **{c: _num(row[self.class_names.index(c)]) for c in self.boxed_classes},
                 "Mean": _num(mean),
             }
         return {
@@ -111,7 +156,7 @@ class EvalResults:
             "accuracy_matrix": self.accuracy.tolist(),
             "auc": None
             if self.auc is None
-            else dict(zip(CLASS_NAMES, map(_num, self.auc.tolist()), strict=True)),
+            else dict(zip(self.class_names, map(_num, self.auc.tolist()), strict=True)),
             **self.auc_means(),
             "auc_undefined": self.auc_undefined(),
         }
@@ -121,8 +166,9 @@ def _num(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def score_maps(maps: Tensor, test: ChestXray14, scores: Tensor | None = None) -> EvalResults:
-    """Evaluate probability maps ``(N, K, h, w)`` of the test images (and image scores)."""
+def score_maps(maps: Tensor, test: RadiographDataset, scores: Tensor | None = None) -> EvalResults:
+    """Evaluate probability maps ``(N, K, h, w)`` of the test images (and image scores), over
+    the classes of ``test.index``."""
     boxes, img, cls = test_boxes(test)
     acc = localization_accuracy(
         maps,
@@ -135,16 +181,20 @@ def score_maps(maps: Tensor, test: ChestXray14, scores: Tensor | None = None) ->
     auc = None
     if scores is not None:
         auc = classification_auc(scores, test.index.labels[test.rows])
-    return EvalResults(list(test.image_names), maps, scores, acc, auc, boxed_mean(acc))
+    names, boxed = tuple(test.index.class_names), tuple(test.index.boxed_classes)
+    mean = boxed_mean(acc, boxed_columns(names, boxed))
+    return EvalResults(list(test.image_names), maps, scores, acc, auc, mean, names, boxed)
 
 
 def format_table(results: dict[str, EvalResults]) -> str:
-    """Rows T(IoU) x method, columns the 8 boxed diseases and their mean (Markdown)."""
-    head = ["T(IoU)", "model", *BOXED_CLASSES, "Mean"]
+    """Rows T(IoU) x method, columns the boxed classes (ChestX-ray14's 8 diseases) and their
+    mean (Markdown); the methods are scored on one dataset."""
+    first = next(iter(results.values()))
+    head = ["T(IoU)", "model", *first.boxed_classes, "Mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t_i, t in enumerate(THRESHOLDS):
         for name, res in results.items():
-            values = [*res.accuracy[t_i, BOXED_COLUMNS].tolist(), float(res.mean[t_i])]
+            values = [*res.accuracy[t_i, res.boxed_columns].tolist(), float(res.mean[t_i])]
             cells = ["n/a" if math.isnan(v) else f"{v:.2f}" for v in values]
             lines.append("| " + " | ".join([f"{t:g}", name, *cells]) + " |")
     return "\n".join(lines)
@@ -154,7 +204,7 @@ def write_report(
     out_dir: Path,
     models: dict[str, EvalResults],
     references: dict[str, EvalResults],
-    test: ChestXray14,
+    test: RadiographDataset,
     *,
     title: str,
     num_figures: int = 0,
@@ -207,7 +257,9 @@ def write_report(
         "methods": {k: v.summary() for k, v in every.items()},
         "mean_T0.3": {k: v.mean_at(0.3) for k, v in every.items()},
         "thresholds": list(THRESHOLDS),
-        "class_names": list(CLASS_NAMES),
+        "dataset": test.index.dataset_name,
+        "class_names": list(test.index.class_names),
+        "boxed_classes": list(test.index.boxed_classes),
         "test_images": list(test.image_names),
         **(extra or {}),
     }

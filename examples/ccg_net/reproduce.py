@@ -4,7 +4,9 @@ The paper's numbers are means over the folds of a setting (Sec. 4.2). ``reproduc
 (:func:`.runs.reproduce`) trains each fold in ``OUT/fold<k>/`` and, when the model has relation
 terms, the baseline beside it in ``OUT/fold<k>-baseline/``; this module aggregates the
 localization accuracy per class and T(IoU) over the folds (:func:`aggregate`) and writes the
-paper-layout table with the published rows beside it (:func:`reproduce_report`).
+paper-layout table with the published rows beside it (:func:`reproduce_report`). The
+published rows are ChestX-ray14's; on another ``--dataset`` the table holds this run's folds
+alone and says so.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 from ccg_layers.datasets import BOXED_CLASSES, NUM_FOLDS
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import DATASETS, TrainConfig
 from .report import BOXED_COLUMNS, THRESHOLDS, boxed_mean
 
 
@@ -161,17 +163,20 @@ def model_first(methods: dict[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
-def aggregate(per_fold: list[dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
-    """Per method: ``mean`` and ``std`` ``(T, 9)`` over the folds (8 boxed classes and their
-    mean; a class with no test box in a fold is left out of that fold)."""
+def aggregate(
+    per_fold: list[dict[str, Tensor]], columns: list[int] = BOXED_COLUMNS
+) -> dict[str, dict[str, Tensor]]:
+    """Per method: ``mean`` and ``std`` ``(T, B + 1)`` over the folds (the ``B`` boxed classes'
+    ``columns``, default ChestX-ray14's 8, and their mean; a class with no test box in a fold
+    is left out of that fold)."""
     out = {}
     for name in per_fold[0]:
         cols = torch.stack(
             [
-                torch.cat([f[name][:, BOXED_COLUMNS].double(), boxed_mean(f[name])[:, None]], 1)
+                torch.cat([f[name][:, columns].double(), boxed_mean(f[name], columns)[:, None]], 1)
                 for f in per_fold
             ]
-        )  # (folds, T, 9)
+        )  # (folds, T, B + 1)
         mean = cols.nanmean(0)
         valid = (~cols.isnan()).sum(0)
         var = ((cols - mean).nan_to_num() ** 2).sum(0) / (valid - 1).clamp(min=1)
@@ -179,11 +184,18 @@ def aggregate(per_fold: list[dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]
     return out
 
 
-def paper_table(stats: dict[str, dict[str, Tensor]], setting: str, num_folds: int) -> str:
+def paper_table(
+    stats: dict[str, dict[str, Tensor]],
+    setting: str,
+    num_folds: int,
+    boxed_classes: tuple[str, ...] = tuple(BOXED_CLASSES),
+    published: list[PublishedRow] | None = None,
+) -> str:
     """Rows T(IoU) x method: this run's mean ± std over the folds (the mean alone where a cell
-    has one fold), then the published rows recorded for the setting at that T(IoU), each named
-    with its table of origin."""
-    head = ["T(IoU)", "method", *BOXED_CLASSES, "Mean"]
+    has one fold), then the ``published`` rows (default: those recorded for the setting, on
+    ChestX-ray14) at that T(IoU), each named with its table of origin. The columns are
+    ``boxed_classes`` (default ChestX-ray14's 8) and their mean."""
+    head = ["T(IoU)", "method", *boxed_classes, "Mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     runs = "1 fold" if num_folds == 1 else f"{num_folds} folds"
     for t_i, t in enumerate(THRESHOLDS):
@@ -196,7 +208,7 @@ def paper_table(stats: dict[str, dict[str, Tensor]], setting: str, num_folds: in
                 for m, sd, n in zip(means, stds, folds, strict=True)
             ]
             lines.append(f"| {t:g} | {name} (this run, {runs}) | " + " | ".join(cells) + " |")
-        for row in published_rows(setting):
+        for row in published_rows(setting) if published is None else published:
             if t in row.accuracy:
                 cells = [f"{v:.2f}" for v in row.accuracy[t]]
                 cells.append(f"{row.mean[t]:.2f}" if t in row.mean else "—")
@@ -205,42 +217,57 @@ def paper_table(stats: dict[str, dict[str, Tensor]], setting: str, num_folds: in
 
 
 def reproduce_report(
-    cfg: TrainConfig, folds: tuple[int, ...], stats: dict[str, dict[str, Tensor]], root: Path
+    cfg: TrainConfig,
+    folds: tuple[int, ...],
+    stats: dict[str, dict[str, Tensor]],
+    root: Path,
+    boxed_classes: tuple[str, ...] = tuple(BOXED_CLASSES),
 ) -> str:
     """``reproduce.md`` and ``reproduce.json`` in ``root``: the folds' ``stats``
-    (:func:`aggregate`) beside the published rows of ``cfg.setting``; returns the text."""
-    synthetic = cfg.data_root is None or (Path(cfg.data_root) / "synthetic.json").is_file()
+    (:func:`aggregate`, columns ``boxed_classes``) beside the published rows of
+    ``cfg.setting``, which are ChestX-ray14's: on another ``--dataset`` there are none, and the
+    report says so; returns the text."""
     notes = []
-    if synthetic:
+    if cfg.dataset != "chestxray14":
+        published: list[PublishedRow] = []
         notes.append(
-            "These runs are on the synthetic twin of ChestX-ray14; the published rows are for the "
-            "real data and are not comparable."
+            f"No published row: the CCG paper and Wang et al. report ChestX-ray14 only, and "
+            f"these runs are on {DATASETS[cfg.dataset]} (--dataset {cfg.dataset}); the table "
+            "holds this run's folds alone."
         )
-    published = published_rows(cfg.setting)
-    if any(not r.mean for r in published):
-        notes.append("—: the source prints no mean over the 8 classes.")
-    notes.append(
-        "The CCG paper's rows are fold means on the real ChestX-ray14 as printed: Tables 1-3 at "
-        'the T(IoU) each prints ("Ours" is the best of Table 4\'s rows in that setting), '
-        "Table 4's ablation rows at 0.7 (its repeats of Tables 1-3 are shown once). Where "
-        'Table 4 prints a label that is not one of its six models ("GR", a second "IK"), '
-        "the printed label is kept and the likely model named beside it."
-    )
+    else:
+        synthetic = cfg.data_root is None or (Path(cfg.data_root) / "synthetic.json").is_file()
+        if synthetic:
+            notes.append(
+                "These runs are on the synthetic twin of ChestX-ray14; the published rows are for "
+                "the real data and are not comparable."
+            )
+        published = published_rows(cfg.setting)
+        if any(not r.mean for r in published):
+            notes.append("—: the source prints no mean over the 8 classes.")
+        notes.append(
+            "The CCG paper's rows are fold means on the real ChestX-ray14 as printed: Tables 1-3 "
+            'at the T(IoU) each prints ("Ours" is the best of Table 4\'s rows in that setting), '
+            "Table 4's ablation rows at 0.7 (its repeats of Tables 1-3 are shown once). Where "
+            'Table 4 prints a label that is not one of its six models ("GR", a second "IK"), '
+            "the printed label is kept and the likely model named beside it."
+        )
     spread = "one fold, no spread" if len(folds) == 1 else "mean ± std over the folds"
     text = (
         f"Localization accuracy, setting {cfg.setting}, folds {list(folds)}: {spread} "
         "(prediction = map > 0.5)\n\n"
-        + paper_table(stats, cfg.setting, len(folds))
+        + paper_table(stats, cfg.setting, len(folds), boxed_classes, published)
         + "\n\n"
         + "\n".join(notes)
         + "\n"
     )
     ckpt.write_text(root / "reproduce.md", text)
     payload = {
+        "dataset": cfg.dataset,
         "setting": cfg.setting,
         "folds": list(folds),
         "thresholds": list(THRESHOLDS),
-        "columns": [*BOXED_CLASSES, "Mean"],
+        "columns": [*boxed_classes, "Mean"],
         "methods": {k: {s: v.tolist() for s, v in st.items()} for k, st in stats.items()},
         "published": [
             {

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ccg_layers.datasets import save_split
+from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, save_split
 
 from . import checkpoint as ckpt
 from .config import LOSS_TERMS, TrainConfig, differs_from_demo, load_config, resume_config
@@ -50,6 +50,7 @@ from .model import resolve_weights
 from .report import (
     THRESHOLDS,
     EvalResults,
+    boxed_columns,
     demo_preamble,
     gap_against_seed_spread,
     study_variant,
@@ -532,7 +533,9 @@ def _train(
         if cfg.num_figures:
             from .figures import CURVES_PNG, save_training_curves
 
-            save_training_curves({run_dir.name: run_dir / "metrics.csv"}, run_dir / CURVES_PNG)
+            save_training_curves(
+                {run_dir.name: run_dir / "metrics.csv"}, run_dir / CURVES_PNG, results.auc_names
+            )
         name = model_name(cfg)
         text = write_report(
             run_dir,
@@ -557,7 +560,8 @@ def model_name(cfg: TrainConfig) -> str:
 
 def _title(cfg: TrainConfig, data: Data) -> str:
     return (
-        f"Localization accuracy on the test split ({data.summary['test']} images, setting "
+        f"Localization accuracy on the {data.index.dataset_name} test split "
+        f"({data.summary['test']} images, setting "
         f"{data.summary.get('setting', 'from files')}, fold {data.summary.get('fold', '-')}); "
         "T(IoU) thresholds, prediction = map > 0.5"
     )
@@ -640,7 +644,8 @@ def compare(cfg: TrainConfig) -> Path:
         from .figures import CURVES_PNG, save_training_curves
 
         curves = {name: root / str(runs[name].run_name) / "metrics.csv" for name in names}
-        text += f"Training curves: {save_training_curves(curves, root / CURVES_PNG)}\n"
+        png = save_training_curves(curves, root / CURVES_PNG, results["CCG"].auc_names)
+        text += f"Training curves: {png}\n"
     total = time.perf_counter() - t_start
     text += (
         f"Training time: baseline {seconds['Baseline']:.0f} s, CCG {seconds['CCG']:.0f} s; "
@@ -746,6 +751,12 @@ def reproduce(cfg: TrainConfig, folds: tuple[int, ...] | None = None) -> Path:
     )
     by_job = dict(zip(jobs, done, strict=True))
     per_fold = [model_first({**by_job[k, False], **by_job.get((k, True), {})}) for k in folds]
-    text = reproduce_report(cfg, folds, aggregate(per_fold), root)
+    # the dataset's classes as the folds' reports name them (ChestX-ray14's in a report from
+    # before they did)
+    report = json.loads((root / f"fold{folds[0]}" / "results.json").read_text())
+    names = tuple(report.get("class_names", CLASS_NAMES))
+    boxed = tuple(report.get("boxed_classes", BOXED_CLASSES))
+    stats = aggregate(per_fold, boxed_columns(names, boxed))
+    text = reproduce_report(cfg, folds, stats, root, boxed)
     print("\n" + text)
     return root

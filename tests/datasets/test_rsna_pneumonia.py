@@ -14,9 +14,9 @@ from ccg_layers.datasets import (
     read_rsna_pneumonia,
 )
 from tests.datasets.malformed_rows import assert_row_is_named, assert_row_is_skipped
+from tests.datasets.published_roots import RSNA_CSV, RSNA_HEADER, write_rsna_csv
 
-CSV = "stage_2_train_labels.csv"
-HEADER = "patientId,x,y,width,height,Target\n"
+CSV, HEADER = RSNA_CSV, RSNA_HEADER
 P = [f"0004cfab-14fd-4e49-80ba-63a80b6bddd{i}" for i in range(4)]  # ids like the challenge's
 ROWS = [
     f"{P[0]},,,,,0\n",
@@ -28,9 +28,7 @@ ROWS = [
 
 
 def write_csv(root, rows=ROWS):
-    root.mkdir(parents=True, exist_ok=True)
-    (root / CSV).write_text(HEADER + "".join(rows))
-    return root
+    return write_rsna_csv(root, rows)
 
 
 def test_counts(tmp_path):

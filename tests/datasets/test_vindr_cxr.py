@@ -8,7 +8,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ccg_layers.datasets import (
     VINDR_CLASS_NAMES,
@@ -18,9 +17,11 @@ from ccg_layers.datasets import (
     collate_chestxray14,
     read_vindr_cxr,
 )
+from tests.datasets import published_roots
 from tests.datasets.malformed_rows import assert_row_is_named, assert_row_is_skipped
+from tests.datasets.published_roots import VINDR_HEADER, VINDR_IMAGES, write_vindr_csv
 
-HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+HEADER = VINDR_HEADER
 A, B, C, D = (f"{c * 32}" for c in "abcd")  # ids like the challenge's 32 hex digits
 ROWS = [
     f"{A},Cardiomegaly,3,R8,100.0,200.0,300.0,260.0\n",
@@ -46,16 +47,11 @@ def k(name: str) -> int:
 
 
 def write_csv(root, rows=ROWS):
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train.csv").write_text(HEADER + "".join(rows))
-    return root
+    return write_vindr_csv(root, rows)
 
 
-def write_pngs(root, sizes, *, folder="train", suffix=".png"):
-    (root / folder).mkdir(parents=True, exist_ok=True)
-    for i, (name, (w, h)) in enumerate(sizes.items()):
-        arr = np.full((h, w), 40 + 50 * i, dtype=np.uint8)
-        Image.fromarray(arr).save(root / folder / f"{name}{suffix}")
+def write_pngs(root, sizes, *, folder=VINDR_IMAGES, suffix=".png"):
+    published_roots.write_pngs(root, sizes, folder=folder, suffix=suffix)
 
 
 def test_counts_with_the_default_merge(tmp_path):
