@@ -286,8 +286,10 @@ def superpixels(
     return torch.from_numpy(np.stack(_map(run, range(N), num_workers)))
 
 
-def _read_work(path: Path, work_size: int | None) -> FloatArray:
+def _read_work(path: Path, work_size: int | None, square: bool = False) -> FloatArray:
     """Decode an image file to float32 gray at the working size.
+
+    With ``square`` the working size is ``work_size`` on both sides, whatever the aspect ratio.
 
     Pillow (a dependency of scikit-image) decodes and box-averages in C: integer factors use
     ``Image.reduce`` (the exact block mean, as :func:`superpixels`), others ``Image.resize``
@@ -304,7 +306,7 @@ def _read_work(path: Path, work_size: int | None) -> FloatArray:
         im = opened if opened.mode in ("L", "F", "I", "I;16") else opened.convert("L")
         im = im if im.mode == "F" else im.convert("F")
         H, W = im.height, im.width
-        h, w = _work_shape((H, W), work_size)
+        h, w = (work_size, work_size) if square and work_size else _work_shape((H, W), work_size)
         if (h, w) != (H, W):
             if H % h == 0 and W % w == 0:
                 im = im.reduce((W // w, H // h))
@@ -328,6 +330,7 @@ def superpixels_from_files(
     num_workers: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
     max_num_iter: int = 10,
+    square: bool = False,
 ) -> Tensor:
     """Superpixel labels of image files, at the working size, optionally cached on disk.
 
@@ -341,13 +344,16 @@ def superpixels_from_files(
     an interrupted run leaves only complete entries and simply resumes.
 
     Args:
-        paths: Image files of equal working shape (e.g. all square).
+        paths: Image files of equal working shape (e.g. all square, or any with ``square``).
         n_segments: Exact number of labels per image.
         compactness: See :func:`superpixels`.
         work_size: Longer side of the labels.
         num_workers: Threads for decoding and SLIC.
         cache_dir: Directory of the cache (created if needed), or ``None``.
         max_num_iter: See :func:`superpixels`.
+        square: Resize every image to ``work_size x work_size`` whatever its aspect ratio, as
+            a ``Dataset`` that resizes every image to ``S x S`` does (the labels then cover its
+            images); the default keeps the aspect ratio.
 
     Returns:
         ``(N, h, w)`` int64 labels.
@@ -366,18 +372,20 @@ def superpixels_from_files(
         torch.Size([1, 128, 128])
     """
     _check_params(n_segments, compactness, work_size, num_workers, max_num_iter)
+    if not isinstance(square, bool):
+        raise CCGValueRangeError(f"`square` must be a bool, got {type(square).__name__}.")
     files = [Path(p) for p in paths]
     cache = None if cache_dir is None else Path(cache_dir)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    key = f"{n_segments}|{compactness!r}|{work_size}|{max_num_iter}"
+    key = f"{n_segments}|{compactness!r}|{work_size}|{max_num_iter}" + ("|square" if square else "")
 
     def run(path: Path) -> LabelArray:
         target = None if cache is None else _cache_file(cache, path, key)
         if target is not None and target.exists():
             cached: LabelArray = np.load(target).astype(np.int64)
             return cached
-        small = _read_work(path, work_size)
+        small = _read_work(path, work_size, square)
         if small.size < n_segments:
             raise CCGValueRangeError(
                 f"`n_segments` must be at most the number of pixels at the working size "

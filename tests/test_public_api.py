@@ -463,6 +463,11 @@ API = {
             ("path", "POSITIONAL_OR_KEYWORD", "<required>"),
             ("size", "POSITIONAL_OR_KEYWORD", "None"),
         ],
+        # issue 18: the DICOM sizes of resized VinDr-CXR copies
+        "read_frame_sizes": [
+            ("path", "POSITIONAL_OR_KEYWORD", "<required>"),
+            ("id_column", "KEYWORD_ONLY", "'image_id'"),
+        ],
         "read_rsna_pneumonia": [
             ("root", "POSITIONAL_OR_KEYWORD", "<required>"),
             ("images", "KEYWORD_ONLY", "'auto'"),

@@ -170,6 +170,30 @@ def test_from_files_16_bit_and_rgb_and_non_integer_factor(tmp_path):
     _check_exact_and_ordered(labels, 16)
 
 
+def test_from_files_square_resizes_each_image_to_the_working_square(tmp_path):
+    rng = np.random.default_rng(3)
+    wide = (rng.random((64, 96)) * 255).astype(np.uint8)  # (H, W): not square
+    imsave(tmp_path / "wide.png", wide, check_contrast=False)
+    kept = superpixels_from_files([tmp_path / "wide.png"], 16, work_size=32)
+    assert kept.shape == (1, 21, 32)  # the aspect ratio kept, the longer side 32
+    got = superpixels_from_files([tmp_path / "wide.png"], 16, work_size=32, square=True)
+    assert got.shape == (1, 32, 32)  # as a Dataset resizing it to S x S sees it
+    small = wide.reshape(32, 2, 32, 3).mean((1, 3), dtype=np.float32)
+    assert torch.equal(got, superpixels(small[None], 16, work_size=None))
+    # square images: the same labels either way, and the two ways do not share a cache entry
+    paths = _write_pngs(tmp_path, 2, size=64)
+    cache = tmp_path / "cache"
+    plain = superpixels_from_files(paths, 8, work_size=32, cache_dir=cache)
+    assert torch.equal(superpixels_from_files(paths, 8, work_size=32, square=True), plain)
+    superpixels_from_files(paths, 8, work_size=32, cache_dir=cache, square=True)
+    assert len(list(cache.glob("*.npy"))) == 4
+
+
+def test_error_square_not_a_bool(tmp_path):
+    with pytest.raises(CCGValueRangeError, match=r"`square` must be a bool, got int"):
+        superpixels_from_files([], 8, square=1)
+
+
 def test_from_files_real_radiographs():
     labels = superpixels_from_files(RADIOGRAPHS, 64)
     assert labels.shape == (2, 128, 128)

@@ -32,7 +32,7 @@ from ccg_layers.datasets.dicom import (
     read_dicom,
     read_image,
 )
-from ccg_layers.datasets.image_files import ImageKind
+from ccg_layers.datasets.image_files import ImageKind, read_frame_sizes
 from ccg_layers.datasets.index import DatasetIndex, RadiographIndex, boxes_at_size
 from ccg_layers.datasets.published_csv import DatasetFormatError
 from ccg_layers.datasets.radiographs import RadiographDataset
@@ -125,6 +125,7 @@ __all__ = [
     "patient_folds",
     "read_chestxray14",
     "read_dicom",
+    "read_frame_sizes",
     "read_image",
     "read_radiograph",
     "read_rsna_pneumonia",

@@ -18,8 +18,16 @@ import torch
 from torch import Tensor
 
 from ccg_layers.datasets.dicom import DICOM_SUFFIXES, dicom_frame_size
+from ccg_layers.datasets.published_csv import DatasetFormatError, csv_records
 
-__all__ = ["IMAGE_SUFFIXES", "ImageKind", "frame_sizes_of", "locate_images", "scan_image_folder"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageKind",
+    "frame_sizes_of",
+    "locate_images",
+    "read_frame_sizes",
+    "scan_image_folder",
+]
 
 ImageKind = Literal["auto", "dicom", "png", "jpeg"]
 #: The file suffixes of each kind of image; ``"auto"`` takes them all, DICOM first.
@@ -128,3 +136,49 @@ def frame_sizes_of(
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
     return torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)
+
+
+def read_frame_sizes(
+    path: str | os.PathLike[str], *, id_column: str = "image_id"
+) -> dict[str, tuple[int, int]]:
+    r"""The original sizes of resized PNG/JPEG copies, from a CSV file, as ``frame_sizes``.
+
+    The file has a header with ``id_column``, ``width`` and ``height`` (other columns allowed)
+    and one row per image: the width and height in pixels of the DICOM the copy was made from,
+    the frame its boxes are in (:func:`~ccg_layers.datasets.read_vindr_cxr`'s
+    ``frame_sizes``).
+
+    Raises:
+        FileNotFoundError: No such file.
+        DatasetFormatError: A missing column, a size that is not a positive integer, or an
+            image listed twice, named by ``file:line``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "sizes.csv"
+        >>> _ = path.write_text("image_id,width,height\na,2540,3072\n")
+        >>> read_frame_sizes(path)
+        {'a': (2540, 3072)}
+    """
+    import logging
+
+    file = Path(path)
+    sizes: dict[str, tuple[int, int]] = {}
+    rows = csv_records(
+        file, [id_column, "width", "height"], skip_bad_rows=False, log=logging.getLogger(__name__)
+    )
+    for line, row in rows:
+        name = row[id_column]
+        try:
+            w, h = int(row["width"]), int(row["height"])
+        except ValueError:
+            w = h = 0
+        if not name or w <= 0 or h <= 0:
+            raise DatasetFormatError(
+                f"{file}:{line}: expected an {id_column} and a positive integer width and "
+                f"height, got {row[id_column]!r}, {row['width']!r}, {row['height']!r}"
+            )
+        if name in sizes:
+            raise DatasetFormatError(f"{file}:{line}: {id_column} {name!r} is listed twice")
+        sizes[name] = (w, h)
+    return sizes

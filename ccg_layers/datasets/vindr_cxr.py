@@ -138,6 +138,45 @@ def _parse_row(
     return image, reader, VINDR_CLASS_NAMES.index(name), box
 
 
+def _warn_resized_copies(
+    names: list[str],
+    files: list[Path | None],
+    frame_sizes: Mapping[str, tuple[int, int]] | None,
+    sizes: torch.Tensor,
+    boxes: list[list[float]],
+    image: list[int],
+) -> None:
+    """Log a warning when boxes reach past PNG/JPEG copies that set their own frame.
+
+    The boxes are in the DICOM's frame; a copy read without ``frame_sizes`` frames them by its
+    own size, which is wrong when it was resized (VinDr-CXR's DICOMs are about 2000-3000
+    pixels, common copies 512 or 1024): then most boxes reach past the copy.
+    """
+    from ccg_layers.datasets.dicom import is_dicom
+
+    own = [
+        f is not None and not is_dicom(f) and (frame_sizes is None or n not in frame_sizes)
+        for n, f in zip(names, files, strict=True)
+    ]
+    past = [
+        j
+        for j, (i, (_, _, x2, y2)) in enumerate(zip(image, boxes, strict=True))
+        if own[i] and (x2 > int(sizes[i, 0]) + 1 or y2 > int(sizes[i, 1]) + 1)
+    ]
+    if past:
+        images = list(dict.fromkeys(names[image[j]] for j in past))
+        shown = ", ".join(images[:3])
+        _log.warning(
+            "%d of %d VinDr-CXR boxes reach past their PNG/JPEG image (%s%s): the boxes are in "
+            "the DICOM's pixel frame, so if the copies were resized pass each DICOM's size as "
+            "`frame_sizes` (read_frame_sizes; the trainer's --frame-sizes)",
+            len(past),
+            len(boxes),
+            shown,
+            " ..." if len(images) > 3 else "",
+        )
+
+
 def read_vindr_cxr(
     root: str | os.PathLike[str],
     *,
@@ -278,6 +317,7 @@ def read_vindr_cxr(
     folder = Path(image_dir) if image_dir is not None else root / "train"
     files, suffixes = locate_images(folder, names, images)
     sizes = frame_sizes_of(names, files, frame_sizes, None, "VinDr-CXR")
+    _warn_resized_copies(names, files, frame_sizes, sizes, out_boxes, out_image)
     return RadiographIndex(
         dataset_name="VinDr-CXR",
         images=names,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
-from .config import REMOVED_OPTIONS, TrainConfig
+from .config import PATH_FIELDS, REMOVED_OPTIONS, TrainConfig
 from .model import CCGNet, model_from_config
 
 if TYPE_CHECKING:
@@ -546,12 +546,9 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """The configuration with its folders made absolute, so that a run directory works from
     any working directory (``evaluate`` does not regenerate the synthetic data elsewhere)."""
-    root = None if cfg.data_root is None else str(Path(cfg.data_root).resolve())
+    paths = {name: getattr(cfg, name) for name in PATH_FIELDS}
     return dataclasses.replace(
-        cfg,
-        data_root=root,
-        cache_dir=str(Path(cfg.cache_dir).resolve()),
-        output_dir=str(Path(cfg.output_dir).resolve()),
+        cfg, **{name: str(Path(p).resolve()) for name, p in paths.items() if p is not None}
     )
 
 

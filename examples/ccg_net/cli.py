@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
             "dataset",
             "vindr_combine",
             "image_kind",
+            "frame_sizes",
         ),
     )
     groups[RUN_GROUP].add_argument(

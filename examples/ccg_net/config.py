@@ -86,6 +86,7 @@ class TrainConfig:
     test_split_file: str | None = None
     vindr_combine: str = "merge"  # VinDr-CXR: how the radiologists' boxes are combined
     image_kind: str = "auto"  # VinDr-CXR, RSNA: which files are the images (DICOM first)
+    frame_sizes: str | None = None  # VinDr-CXR: CSV of the DICOM sizes of resized copies
     image_size: int = 512
     num_classes: int = 14
     num_workers: int = -1  # DataLoader workers; -1: from the machine's cores (data.loader_options)
@@ -363,6 +364,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "test_split_file",
         "vindr_combine",
         "image_kind",
+        "frame_sizes",
         "image_size",
         "num_classes",
         "num_workers",
@@ -496,6 +498,8 @@ HELP: dict[str, str] = {
     "per finding), all, or single (one radiologist's reading)",
     "image_kind": "VinDr-CXR and RSNA: which files are the images: auto (DICOM first), dicom, "
     "png or jpeg",
+    "frame_sizes": "VinDr-CXR PNG/JPEG copies that were resized: a CSV (image_id,width,height) "
+    "of each original DICOM's size, the frame of its boxes (docs/data.md)",
     "image_size": "working size S (multiple of 32)",
     "num_classes": "classes of the head: the dataset's (ChestX-ray14 and VinDr-CXR 14, RSNA 1; "
     "the only value accepted; default: the dataset's)",
@@ -620,7 +624,9 @@ RESUME_CHANGEABLE = frozenset(
     }
 )
 
-_PATH_FIELDS = ("data_root", "cache_dir", "output_dir")
+#: The options that are paths: made absolute in a run's config.json (``checkpoint.absolute_paths``)
+#: and compared resolved on ``--resume``.
+PATH_FIELDS = ("data_root", "cache_dir", "output_dir", "frame_sizes")
 #: Where a new run goes; a resumed run is the directory ``--resume`` names, wherever it was
 #: moved, so these are not compared (a run directory copied elsewhere resumes there).
 RESUME_IGNORED = frozenset({"output_dir", "run_name"})
@@ -647,7 +653,7 @@ def resume_config(
     for name, value in given.items():
         if name in RESUME_IGNORED:
             continue
-        if name in _PATH_FIELDS and value is not None:
+        if name in PATH_FIELDS and value is not None:
             value = str(Path(value).resolve())
         if value != getattr(saved, name):
             differ[name] = value
@@ -775,6 +781,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(
             f"--image-kind {cfg.image_kind} is for --dataset vindr-cxr or rsna-pneumonia "
             "(ChestX-ray14's images are the PNG files its CSV names), got --dataset chestxray14"
+        )
+    if cfg.frame_sizes is not None and cfg.dataset != "vindr-cxr":
+        raise ValueError(
+            "--frame-sizes is for --dataset vindr-cxr (RSNA's and ChestX-ray14's boxes are in "
+            f"a fixed 1024-pixel frame), got --dataset {cfg.dataset}"
         )
     if cfg.num_classes != len(classes):
         raise ValueError(
@@ -910,6 +921,7 @@ __all__ = [
     "LOSS_TERMS",
     "MIN_TINY_WIDTH",
     "OPTION_GROUPS",
+    "PATH_FIELDS",
     "PRESETS",
     "PRETRAIN_SEED",
     "RESUME_CHANGEABLE",

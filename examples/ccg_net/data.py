@@ -34,6 +34,7 @@ from ccg_layers.datasets import (
     dataset_splits,
     dicom_frame_size,
     read_chestxray14,
+    read_frame_sizes,
     read_rsna_pneumonia,
     read_split_files,
     read_vindr_cxr,
@@ -77,6 +78,7 @@ def read_index(cfg: TrainConfig, root: str | os.PathLike[str]) -> DatasetIndex:
             root,
             combine=cfg.vindr_combine,  # type: ignore[arg-type]  # validate_config checked it
             images=cfg.image_kind,  # type: ignore[arg-type]
+            frame_sizes=None if cfg.frame_sizes is None else read_frame_sizes(cfg.frame_sizes),
         )
     if cfg.dataset == "rsna-pneumonia":
         return read_rsna_pneumonia(root, images=cfg.image_kind)  # type: ignore[arg-type]
@@ -258,10 +260,10 @@ def check_image_files(
     root: Path,
     cache_dir: Path | None,
     what: str = "image",
-    square_at_least: int | None = None,
+    at_least: int | None = None,
     is_main: bool = True,
-) -> None:
-    """Check, before any work, that every image file opens and is whole.
+) -> set[tuple[int, int]]:
+    """Check, before any work, that every image file opens and is whole; their sizes.
 
     Each file's header is read and its data checked without decoding (:func:`_check_one`);
     a passing file is remembered in ``<cache_dir>/file-checks/`` (one JSON file per dataset
@@ -273,9 +275,12 @@ def check_image_files(
         root: The dataset folder (the cache's names are relative to it).
         cache_dir: The trainer's cache folder, or ``None`` for no cache.
         what: What the files are, for the message ("training image").
-        square_at_least: If given, each image must also be square with at least this side
+        at_least: If given, each image must also be at least this many pixels on a side
             (SLIC's working copy of every training image is ``--superpixel-size`` square).
         is_main: Whether this process writes the cache (the main one under DDP).
+
+    Returns:
+        The ``(width, height)`` sizes of the files.
 
     Raises:
         DataFileError: Naming the files that cannot be used (the first three, and how many
@@ -292,6 +297,7 @@ def check_image_files(
             known = {}
     checked = dict(known)
     bad: list[str] = []
+    sizes: set[tuple[int, int]] = set()
     for path in paths:
         key = os.path.relpath(path, root)
         try:
@@ -309,11 +315,12 @@ def check_image_files(
                 bad.append(f"{path}: {err}")
                 continue
             checked[key] = [st.st_mtime_ns, st.st_size, *size]
-        if square_at_least is not None and (size[0] != size[1] or size[0] < square_at_least):
+        sizes.add((int(size[0]), int(size[1])))
+        if at_least is not None and min(size) < at_least:
             bad.append(
                 f"{path}: {size[0]}x{size[1]} pixels, but with L_IK or L_KR every training "
-                f"image must be square and at least --superpixel-size {square_at_least} pixels "
-                "on a side (SLIC runs on its square working copy)"
+                f"image must be at least --superpixel-size {at_least} pixels on a side (SLIC "
+                "runs on its square working copy)"
             )
     if cache is not None and is_main and checked != known:
         from .checkpoint import write_text
@@ -326,6 +333,7 @@ def check_image_files(
             f"{len(bad)} {what}(s) cannot be used: {'; '.join(bad[:_SHOWN])}{more} (replace or "
             "remove them from the label CSV)"
         )
+    return sizes
 
 
 def check_split_boxes(index: DatasetIndex, names: list[str]) -> None:
@@ -376,38 +384,54 @@ def check_data_files(
     train: RadiographDataset | None,
     *,
     is_main: bool = True,
-) -> None:
+) -> bool:
     """The fast pass before any work: the test (and training) images open and are whole (the
-    training images square and at least ``--superpixel-size`` when SLIC runs on them), and
-    their boxes lie in the frame (:func:`check_image_files`, :func:`check_split_boxes`)."""
+    training images at least ``--superpixel-size`` on a side when SLIC runs on them), and
+    their boxes lie in the frame (:func:`check_image_files`, :func:`check_split_boxes`).
+
+    Returns:
+        Whether every training image is square (``True`` without a training set).
+    """
     root = index.root if index.root is not None else Path(".")
     cache = Path(cfg.cache_dir)
+    square = True
     for ds, what in ((test, "test image"), (train, "training image")):
         if ds is None:
             continue
         slic = ds is train and (cfg.enabled("ik") or cfg.enabled("kr"))
-        check_image_files(
+        sizes = check_image_files(
             ds.paths,
             root=root,
             cache_dir=cache,
             what=what,
-            square_at_least=cfg.superpixel_size if slic else None,
+            at_least=cfg.superpixel_size if slic else None,
             is_main=is_main,
         )
         check_split_boxes(index, ds.image_names)
+        if ds is train:
+            square = all(w == h for w, h in sizes)
+    return square
 
 
 # --------------------------------------------------------------------------- superpixels
 
 
 def superpixel_labels(
-    cfg: TrainConfig, paths: list[Path], *, workers: int = 0, is_main: bool = True
+    cfg: TrainConfig,
+    paths: list[Path],
+    *,
+    workers: int = 0,
+    is_main: bool = True,
+    all_square: bool = True,
 ) -> Tensor:
     """SLIC labels ``(N, s, s)`` uint8 of the image files, computed once per image and cached.
 
     :func:`ccg_layers.superpixels_from_files` at ``cfg.superpixel_size`` with
     ``cfg.num_patches`` segments, cached per file in ``<cache_dir>/superpixels`` (keyed by the
     file and the parameters): later runs, resumed runs and the other DDP processes read them.
+    Unless ``all_square``, each image is resized to ``s x s`` first (``square=True``), as the
+    dataset resizes it to ``S x S``, so the labels cover the training image (most VinDr-CXR
+    radiographs are not square); square images give the same labels either way.
     """
     t0 = time.perf_counter()
     labels = ccg_layers.superpixels_from_files(
@@ -417,6 +441,7 @@ def superpixel_labels(
         work_size=cfg.superpixel_size,
         num_workers=workers,
         cache_dir=Path(cfg.cache_dir) / "superpixels",
+        square=not all_square,
     ).to(torch.uint8)
     if is_main and time.perf_counter() - t0 > 1.0:
         print(
@@ -600,18 +625,20 @@ def build_data(
     )
     data = Data(index, split, summary, test, test_loader)
     base = make_dataset(index, split["train"], cfg.image_size) if with_train else None
-    check_data_files(cfg, index, test, base, is_main=rank == 0)  # before any work
+    all_square = check_data_files(cfg, index, test, base, is_main=rank == 0)  # before any work
     if base is None:
         return data
     labels = None
     if cfg.enabled("ik") or cfg.enabled("kr"):
         workers = max(1, opts["num_workers"])
         if rank == 0:
-            labels = superpixel_labels(cfg, base.paths, workers=workers)
+            labels = superpixel_labels(cfg, base.paths, workers=workers, all_square=all_square)
         if barrier is not None:
             barrier()  # the others read the cache the main process has just filled
         if rank != 0:
-            labels = superpixel_labels(cfg, base.paths, workers=workers, is_main=False)
+            labels = superpixel_labels(
+                cfg, base.paths, workers=workers, is_main=False, all_square=all_square
+            )
     data.train = TrainSet(base, labels, in_memory=cfg.cache_images, num_workers=opts["num_workers"])
     data.sampler = EpochBatchSampler(
         len(base), cfg.batch_size, rank=rank, world=world, seed=cfg.seed

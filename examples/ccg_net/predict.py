@@ -22,7 +22,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ccg_layers.datasets import CLASS_NAMES, read_radiograph
+from ccg_layers.datasets import (
+    CLASS_NAMES,
+    DICOM_SUFFIXES,
+    dicom_frame_size,
+    read_dicom,
+    read_radiograph,
+)
+from ccg_layers.datasets.dicom import is_dicom
 from ccg_layers.functional import maps_to_boxes
 
 from .checkpoint import write_atomic
@@ -30,7 +37,7 @@ from .data import IMAGE_ERRORS, image_problem
 from .model import CCGNet
 from .report import class_file_name
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 #: The table over all inputs, in the output folder.
 SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = (
@@ -61,8 +68,8 @@ class Prediction:
 
 
 def find_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """The image files among ``inputs`` (files, and the PNG/JPEG files of folders, sorted),
-    each once.
+    """The image files among ``inputs`` (files, and the PNG, JPEG and DICOM files of
+    folders, sorted), each once.
 
     Raises:
         FileNotFoundError: An input does not exist, or a folder holds no image.
@@ -72,7 +79,7 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"{item}: no PNG or JPEG images in this folder")
+                raise FileNotFoundError(f"{item}: no PNG, JPEG or DICOM images in this folder")
             files += found
         elif item.is_file():
             files.append(item)
@@ -122,11 +129,17 @@ def _output_files(name: str, class_names: tuple[str, ...]) -> list[str]:
 
 
 def _read(path: Path, image_size: int) -> tuple[Tensor, tuple[int, int]]:
-    """The radiograph at the working size and the file's own ``(width, height)``.
+    """The radiograph at the working size and the file's own ``(width, height)``: PNG, JPEG,
+    or DICOM (VinDr-CXR, RSNA; the ``dicom`` extra), as the dataset reads it.
 
     Raises:
         ValueError: The file cannot be read, in words (:func:`.data.image_problem`).
     """
+    if is_dicom(path):
+        try:
+            return read_dicom(path, image_size), dicom_frame_size(path)
+        except (ImportError, OSError, ValueError) as err:  # no pydicom, not DICOM, no decoder
+            raise ValueError(str(err).removeprefix(f"{path}: ")) from None
     try:
         with Image.open(path) as im:
             size = im.size

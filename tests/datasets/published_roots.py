@@ -48,11 +48,13 @@ def write_pngs(
         Image.fromarray(arr).save(root / folder / f"{name}{suffix}")
 
 
-def _radiograph(size: int, boxes: list[tuple[float, float, float, float]], seed: int) -> np.ndarray:
-    """A ``size`` x ``size`` uint8 image: noise on a dark background, each box (in pixels of
-    the image) brighter."""
+def _radiograph(
+    size: int, boxes: list[tuple[float, float, float, float]], seed: int, height: int | None = None
+) -> np.ndarray:
+    """A ``size`` wide, ``height`` (default ``size``) high uint8 image: noise on a dark
+    background, each box (in pixels of the image) brighter."""
     rng = np.random.default_rng(seed)
-    pixels = rng.integers(20, 80, size=(size, size)).astype(np.uint8)
+    pixels = rng.integers(20, 80, size=(height or size, size)).astype(np.uint8)
     for x1, y1, x2, y2 in boxes:
         pixels[int(y1) : int(y2), int(x1) : int(x2)] = 200
     return pixels
@@ -69,10 +71,12 @@ def vindr_root(
     num_images: int,
     *,
     size: int = 128,
+    height: int | None = None,
     classes: tuple[tuple[str, int], ...] = (("Cardiomegaly", 3), ("Nodule/Mass", 8)),
     seed: int = 0,
 ) -> Path:
-    """A VinDr-CXR folder: ``train.csv`` and ``train/<image_id>.dicom`` (``size`` square).
+    """A VinDr-CXR folder: ``train.csv`` and ``train/<image_id>.dicom`` (``size`` wide,
+    ``height`` high, default square).
 
     Every other image has one finding (cycling through ``classes``, ``(class_name,
     class_id)``), boxed by three radiologists with a few pixels of disagreement; the others
@@ -87,7 +91,7 @@ def vindr_root(
         boxes = []
         if i % 2 == 0:
             name, cid = classes[(i // 2) % len(classes)]
-            box = _box(rng, size)
+            box = _box(rng, min(size, height or size))
             boxes.append(box)
             for r, d in enumerate((0.0, 1.0, -1.0)):
                 x1, y1, x2, y2 = (v + d for v in box)
@@ -96,7 +100,8 @@ def vindr_root(
                 )
         else:
             rows += [f"{image},No finding,14,R{r + 8},,,,\n" for r in range(3)]
-        write_dicom(root / VINDR_IMAGES / f"{image}.dicom", _radiograph(size, boxes, seed + i))
+        pixels = _radiograph(size, boxes, seed + i, height)
+        write_dicom(root / VINDR_IMAGES / f"{image}.dicom", pixels)
     return write_vindr_csv(root, rows)
 
 

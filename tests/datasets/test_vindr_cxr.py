@@ -15,6 +15,7 @@ from ccg_layers.datasets import (
     DatasetIndex,
     RadiographDataset,
     collate_chestxray14,
+    read_frame_sizes,
     read_vindr_cxr,
 )
 from tests.datasets import published_roots
@@ -157,6 +158,59 @@ def test_resized_copies_with_frame_sizes_scale_the_boxes_to_the_working_size(tmp
         3,
     ]
     assert batch["has_box"].shape == (4, 14)
+
+
+def test_resized_copies_without_frame_sizes_are_warned_of(tmp_path, caplog):
+    write_pngs(write_csv(tmp_path), {n: (64, 64) for n in SIZES})
+    with caplog.at_level("WARNING"):
+        index = read_vindr_cxr(tmp_path)
+    assert index.image_sizes.tolist() == [[64, 64]] * 4  # the copies' own frame: wrong
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        f"6 of 6 VinDr-CXR boxes reach past their PNG/JPEG image ({A}, {C}, {D}): "
+    )
+    assert "pass each DICOM's size as `frame_sizes`" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        read_vindr_cxr(tmp_path, frame_sizes=SIZES)  # the DICOM sizes: nothing to warn of
+        write_pngs(tmp_path, SIZES)  # full-size copies frame their boxes themselves
+        read_vindr_cxr(tmp_path)
+    assert not caplog.records
+
+
+def test_read_frame_sizes_gives_the_frame_sizes_of_a_csv(tmp_path):
+    path = tmp_path / "sizes.csv"
+    rows = "".join(f"{n},800,{w},{h}\n" for n, (w, h) in SIZES.items())
+    path.write_text("image_id,copy,width,height\n" + rows)  # other columns allowed
+    assert read_frame_sizes(path) == SIZES
+    write_pngs(write_csv(tmp_path), {n: (64, 64) for n in SIZES}, suffix=".jpg")
+    index = read_vindr_cxr(tmp_path, images="jpeg", frame_sizes=read_frame_sizes(path))
+    assert index.image_sizes.tolist() == [list(s) for s in SIZES.values()]
+    path.write_text("id,width,height\nx,3,4\n")
+    assert read_frame_sizes(path, id_column="id") == {"x": (3, 4)}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("image_id,width\na,3\n", r"sizes.csv:1: header must have the columns image_id, "),
+        ("image_id,width,height\na,3,four\n", r"sizes.csv:2: expected an image_id and a "),
+        ("image_id,width,height\na,0,4\n", r"positive integer width and height, got 'a', '0'"),
+        ("image_id,width,height\n,3,4\n", r"sizes.csv:2: expected an image_id"),
+        ("image_id,width,height\na,3,4\n\na,3,4\n", r"sizes.csv:4: image_id 'a' is listed twice"),
+        ("image_id,width,height\na,3\n", r"sizes.csv:2: expected 3 fields"),
+    ],
+)
+def test_read_frame_sizes_names_a_malformed_row(tmp_path, text, match):
+    path = tmp_path / "sizes.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetFormatError, match=match):
+        read_frame_sizes(path)
+
+
+def test_read_frame_sizes_names_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope.csv: no such file"):
+        read_frame_sizes(tmp_path / "nope.csv")
 
 
 def test_an_image_without_file_or_frame_size_is_named(tmp_path):

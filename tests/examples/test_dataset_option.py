@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ccg_layers.datasets import RSNA_CLASS_NAMES, VINDR_CLASS_NAMES
+from ccg_layers.datasets import RSNA_CLASS_NAMES, VINDR_CLASS_NAMES, read_dicom
 from examples.ccg_net import cli
 from examples.ccg_net.config import TrainConfig
+from examples.ccg_net.data import read_index
 from examples.ccg_net.report import THRESHOLDS, class_file_name
 from examples.ccg_net.reproduce import reproduce_report
 from tests.datasets.published_roots import VINDR_CSV, rsna_root, vindr_root
@@ -105,6 +107,20 @@ def test_train_and_predict_on_vindr_cxr(vindr: Path, tmp_path: Path) -> None:
     overlays = sorted(Path(p).name for p in record["overlays"])  # type: ignore[attr-defined]
     assert "radiograph_Nodule-Mass.png" in overlays
     assert all((tmp_path / "predicted" / f).is_file() for f in overlays)
+    # predict reads the dataset's DICOM files too; a file that is not DICOM is one error row
+    dicom = sorted((vindr / "train").glob("*.dicom"))[0]
+    fake = tmp_path / "fake.dcm"
+    fake.write_text("not a DICOM file")
+    out = tmp_path / "predicted-dicom"
+    argv = ["predict", "--checkpoint", str(run), "--out", str(out), str(dicom), str(fake)]
+    assert cli.main(argv) == 1
+    on_dicom = json.loads((out / f"{dicom.stem}.json").read_text())
+    assert list(on_dicom["probabilities"]) == list(VINDR_CLASS_NAMES)
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[1][:2] == [str(dicom), "ok"]
+    assert rows[2][:2] == [str(fake), "error"]
+    assert "not a DICOM file" in rows[2][2]
 
 
 def test_train_and_predict_on_rsna_pneumonia(rsna: Path, tmp_path: Path) -> None:
@@ -121,6 +137,45 @@ def test_train_and_predict_on_rsna_pneumonia(rsna: Path, tmp_path: Path) -> None
     assert list(record["probabilities"]) == ["Lung Opacity"]  # type: ignore[call-overload]
 
 
+def test_non_square_dicoms_train_with_every_loss_their_patches_on_the_training_square(
+    tmp_path: Path,
+) -> None:
+    # most VinDr-CXR radiographs are not square: SLIC runs on each image resized to the
+    # --superpixel-size square, as the dataset resizes it to S x S
+    root = vindr_root(tmp_path / "vindr", 16, size=96, height=128, seed=3)
+    run = _train("vindr-cxr", root, tmp_path)
+    _check_run(run, "VinDr-CXR", VINDR_CLASS_NAMES, VINDR_CLASS_NAMES)
+    cached = sorted((tmp_path / "cache" / "superpixels").glob("*.npy"))
+    assert cached
+    assert {np.load(p).shape for p in cached} == {(16, 16)}
+
+
+def test_resized_png_copies_take_their_frame_from_frame_sizes(
+    vindr: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 64-pixel PNG copies of the 128-pixel DICOMs, the boxes still in the DICOM's frame
+    root = tmp_path / "vindr-png"
+    (root / "train").mkdir(parents=True)
+    (root / VINDR_CSV).write_text((vindr / VINDR_CSV).read_text())
+    names = []
+    for dicom in sorted((vindr / "train").glob("*.dicom")):
+        pixels = read_dicom(dicom)[0][0].numpy()
+        Image.fromarray(pixels).resize((64, 64)).save(root / "train" / f"{dicom.stem}.png")
+        names.append(dicom.stem)
+    sizes = tmp_path / "sizes.csv"
+    sizes.write_text("image_id,width,height\n" + "".join(f"{n},128,128\n" for n in names))
+    cfg = TrainConfig(dataset="vindr-cxr", data_root=str(root), image_kind="png")
+    with caplog.at_level("WARNING"):
+        index = read_index(dataclasses.replace(cfg, frame_sizes=str(sizes)), root)
+        assert index.image_sizes.tolist() == [[128, 128]] * len(names)
+        assert not caplog.records
+        read_index(cfg, root)  # without them the copies frame their boxes, wrongly: a warning
+    assert "reach past their PNG/JPEG image" in caplog.records[0].getMessage()
+    run = _train("vindr-cxr", root, tmp_path, "--image-kind", "png", "--frame-sizes", str(sizes))
+    assert json.loads((run / "config.json").read_text())["frame_sizes"] == str(sizes.resolve())
+    _check_run(run, "VinDr-CXR", VINDR_CLASS_NAMES, VINDR_CLASS_NAMES)
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
@@ -134,6 +189,10 @@ def test_train_and_predict_on_rsna_pneumonia(rsna: Path, tmp_path: Path) -> None
         (["--dataset", "rsna-pneumonia", "--vindr-combine", "all"], ("--vindr-combine all is",)),
         (["--image-kind", "tiff"], ("--image-kind must be one of", "'tiff'")),
         (["--image-kind", "png"], ("--image-kind png is for --dataset vindr-cxr",)),
+        (
+            ["--dataset", "rsna-pneumonia", "--frame-sizes", "sizes.csv"],
+            ("--frame-sizes is for --dataset vindr-cxr", "got --dataset rsna-pneumonia"),
+        ),
     ],
 )
 def test_a_bad_dataset_option_is_one_line(argv, matches, rsna, tmp_path, capsys) -> None:
@@ -174,7 +233,7 @@ def test_a_malformed_csv_is_one_line_naming_file_and_line(vindr, tmp_path, capsy
 
 def test_a_config_without_dataset_is_chestxray14_and_resume_keeps_it(tmp_path, capsys) -> None:
     saved = json.loads(TrainConfig().to_json())
-    for key in ("dataset", "vindr_combine", "image_kind"):  # a run from before --dataset
+    for key in ("dataset", "vindr_combine", "image_kind", "frame_sizes"):  # before --dataset
         del saved[key]
     assert TrainConfig.from_dict(saved).dataset == "chestxray14"
     run = tmp_path / "old-run"
