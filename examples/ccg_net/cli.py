@@ -206,6 +206,7 @@ def _check_outputs(cfg: TrainConfig, resume: str | None = None) -> None:
         _check_writable("--resume", Path(resume))
     else:
         _check_writable("--output-dir", Path(cfg.output_dir))
+    _check_writable("--cache-dir", Path(cfg.cache_dir))  # the twin, superpixels, file checks
     if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
         raise UsageError(
             f"--data-root {cfg.data_root}: no such folder (the {DATASETS[cfg.dataset]} folder)"

@@ -506,7 +506,7 @@ def _train(
         row: dict[str, Any] = {
             "epoch": state.epoch,
             "global_step": state.global_step,
-            "lr": opt.param_groups[0]["lr"] * 1.0,
+            "lr": lr,  # the rate the epoch trained at (the console's per-epoch line too)
             **{f"train_{k}": v for k, v in log.means.items()},
             "train_images_per_s": log.images_per_s,
         }

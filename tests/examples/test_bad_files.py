@@ -192,6 +192,25 @@ def test_an_output_dir_below_a_file_is_one_line_before_any_work(root, tmp_path, 
     assert not (tmp_path / "cache").exists()  # no work: not even the cache folder
 
 
+def test_a_cache_dir_below_a_file_or_read_only_is_one_line_before_any_work(
+    root, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "file").write_text("x")
+    argv = _argv(root, tmp_path)
+    argv[argv.index("--cache-dir") + 1] = str(tmp_path / "file" / "cache")
+    line = _fails_at_start(capsys, argv, tmp_path, "is a file, so the folder cannot be made")
+    assert line.startswith(f"error: --cache-dir {tmp_path / 'file' / 'cache'}: ")
+    cache = tmp_path / "read-only-cache"
+    cache.mkdir()
+    _read_only(cache, monkeypatch)
+    argv[argv.index("--cache-dir") + 1] = str(cache)
+    try:
+        _fails_at_start(capsys, argv, tmp_path, f"--cache-dir {cache} is not writable")
+    finally:
+        cache.chmod(0o755)
+    assert not (tmp_path / "runs").exists()  # no work: not even the output folder
+
+
 def _read_only(folder: Path, monkeypatch) -> None:
     """``folder`` read-only: its mode, and ``os.access`` answering as for any user other than
     root (root ignores the mode bits)."""

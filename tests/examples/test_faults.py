@@ -258,10 +258,10 @@ def test_resume_with_more_epochs_extends_the_run(copy_of, capsys):
 
 def test_resume_with_a_lower_lr_lowers_the_optimizers_rate(copy_of):
     # the run: lr 1e-3, x0.1 every epoch (1e-4 after epoch 1); resumed at 1e-5, the decay so
-    # far kept: 1e-6 in epoch 2, 1e-7 after it
+    # far kept: 1e-6 in epoch 2 (its row's rate), 1e-7 after it
     assert load_config(copy_of).lr == 1e-3
     assert cli.main(["train", "--resume", str(copy_of), "--epochs", "2", "--lr", "1e-5"]) == 0
-    assert _rows(copy_of)[1]["lr"] == pytest.approx(1e-7, rel=1e-12)
+    assert _rows(copy_of)[1]["lr"] == pytest.approx(1e-6, rel=1e-12)
     state = ckpt.load(copy_of / "checkpoints" / "last.pt")
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-7, rel=1e-12)
     assert state["scheduler"]["base_lrs"] == [pytest.approx(1e-5, rel=1e-12)]
