@@ -322,13 +322,17 @@ def test_error_map_size_changes_while_the_memory_holds_maps():
 
 
 @pytest.mark.slow
-def test_modules_with_memory_compile_without_graph_breaks():
+@pytest.mark.parametrize("defer", [False, True])
+def test_modules_with_memory_compile_without_graph_breaks(defer):
     def terms(lsg, ik, kr, x, labels):
         return lsg(x) + ik(x, labels) + kr(x[:1] * 1.5, labels[1:], x[1:] * 0.5, labels[:1])
 
-    eager, compiled_modules = memory_modules(memory_size=3), memory_modules(memory_size=3)
+    eager = memory_modules(memory_size=3)
+    compiled_modules = memory_modules(memory_size=3, defer_enqueue=defer)
+    modules = torch.nn.ModuleList(compiled_modules)
     _step(*eager, 0)  # the queues are allocated by the first (eager) step
     _step(*compiled_modules, 0)
+    ccg_layers.commit_memories(modules)  # deferred: enqueued after the backward; else a no-op
     compiled = torch.compile(terms, fullgraph=True, backend="aot_eager")
     for seed in (1, 2, 3):
         x, labels = memory_batch(2, seed)
@@ -336,6 +340,7 @@ def test_modules_with_memory_compile_without_graph_breaks():
         got = compiled(*compiled_modules, x.requires_grad_(), labels)
         torch.testing.assert_close(got, want)
         got.backward()
+        ccg_layers.commit_memories(modules)
     for a, b in zip(compiled_modules, eager, strict=True):
         assert torch.equal(a.memory_features, b.memory_features)
         assert int(a.memory_pointer) == int(b.memory_pointer)
@@ -531,26 +536,3 @@ def test_error_defer_enqueue_not_a_bool(cls):
     }[cls]
     with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be a bool, got "):
         make()
-
-
-@pytest.mark.slow
-def test_deferred_modules_compile_without_graph_breaks():
-    def terms(lsg, ik, kr, x, labels):
-        return lsg(x) + ik(x, labels) + kr(x[:1] * 1.5, labels[1:], x[1:] * 0.5, labels[:1])
-
-    eager = memory_modules(memory_size=3)
-    deferred = memory_modules(memory_size=3, defer_enqueue=True)
-    _step(*eager, 0)
-    _step(*deferred, 0)  # the queues are allocated by the first (eager) step
-    ccg_layers.commit_memories(torch.nn.ModuleList(deferred))
-    compiled = torch.compile(terms, fullgraph=True, backend="aot_eager")
-    for seed in (1, 2, 3):
-        x, labels = memory_batch(2, seed)
-        want = terms(*eager, x, labels)
-        got = compiled(*deferred, x.requires_grad_(), labels)
-        torch.testing.assert_close(got, want)
-        got.backward()
-        ccg_layers.commit_memories(torch.nn.ModuleList(deferred))
-    for a, b in zip(deferred, eager, strict=True):
-        assert torch.equal(a.memory_features, b.memory_features)
-        assert int(a.memory_pointer) == int(b.memory_pointer)
