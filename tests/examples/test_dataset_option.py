@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ccg_layers.datasets import RSNA_CLASS_NAMES, VINDR_CLASS_NAMES, read_dicom
+from examples import dataset_counts
 from examples.ccg_net import cli
 from examples.ccg_net.config import TrainConfig
 from examples.ccg_net.data import read_index
@@ -174,6 +175,28 @@ def test_resized_png_copies_take_their_frame_from_frame_sizes(
     run = _train("vindr-cxr", root, tmp_path, "--image-kind", "png", "--frame-sizes", str(sizes))
     assert json.loads((run / "config.json").read_text())["frame_sizes"] == str(sizes.resolve())
     _check_run(run, "VinDr-CXR", VINDR_CLASS_NAMES, VINDR_CLASS_NAMES)
+
+
+def test_dataset_counts_prints_what_the_readers_count(vindr: Path, rsna: Path, tmp_path, capsys):
+    dataset_counts.main(["--dataset", "vindr-cxr", "--data-root", str(vindr)])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out if not line.startswith(" ")] == [
+        f"VinDr-CXR, combine={c}" for c in ("all", "merge", "single")
+    ]
+    # 24 images, every other one with a finding boxed by 3 radiologists: 36 boxes, 12 merged
+    assert out[0].endswith(": 24 images, 12 with a box, 12 without, 36 boxes, 14 boxed classes")
+    assert out[5].endswith(": 24 images, 12 with a box, 12 without, 12 boxes, 14 boxed classes")
+    assert "  setting (b), fold 0: 12 train, 12 test" in out
+    labels_only = tmp_path / "labels-only"
+    labels_only.mkdir()
+    (labels_only / VINDR_CSV).write_text((vindr / VINDR_CSV).read_text())  # no images
+    dataset_counts.main(
+        ["--dataset", "vindr-cxr", "--data-root", str(labels_only), "--labels-only"]
+    )
+    assert capsys.readouterr().out.splitlines() == out
+    dataset_counts.main(["--dataset", "rsna-pneumonia", "--data-root", str(rsna)])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("RSNA Pneumonia: 24 images, 12 with a box, 12 without, ")
 
 
 # --------------------------------------------------------------------------- bad inputs
