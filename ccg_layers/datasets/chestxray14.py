@@ -442,10 +442,9 @@ class ChestXray14(RadiographDataset):
             next readable one.
 
     Raises:
-        ValueError: A bad ``image_size`` or ``output``, or an index without ``root`` and no
-            ``image_root``.
-        FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
-        KeyError: A name of ``image_names`` is not in the index.
+        ChestXray14FormatError: A malformed row of the CSV files when reading ``root``.
+        ValueError: As :class:`~ccg_layers.datasets.RadiographDataset` (so are a missing
+            image, ``FileNotFoundError``, and an unknown name, ``KeyError``).
 
     Example:
         >>> import tempfile

@@ -54,6 +54,8 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
             at load time is replaced by the next readable one.
 
     Raises:
+        ValueError: A bad ``image_size`` or ``output``, or an index without ``root`` and no
+            ``image_root``.
         FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
         KeyError: A name of ``image_names`` is not in the index.
 
