@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ccg_layers.datasets.grayscale import read_radiograph
+from ccg_layers.datasets.image_files import name_list
 from ccg_layers.datasets.index import IndexRows
 from ccg_layers.datasets.published_csv import DatasetFormatError, fail_or_skip
 from ccg_layers.datasets.radiographs import RadiographDataset
@@ -491,7 +492,7 @@ class ChestXray14(RadiographDataset):
         folder = Path(image_root) if image_root is not None else self.index.root
         return (
             f"{len(missing)} image(s) not found under {folder} (looked in images/ and "
-            f"images_*/images/): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            f"images_*/images/): {name_list(missing)}"
         )
 
     def _read_file(self, path: Path) -> Tensor:

@@ -25,6 +25,7 @@ __all__ = [
     "ImageKind",
     "frame_sizes_of",
     "locate_images",
+    "name_list",
     "read_frame_sizes",
     "scan_image_folder",
 ]
@@ -86,6 +87,16 @@ def locate_images(
     return [found.get(n) for n in names], suffixes
 
 
+def name_list(names: Sequence[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``names`` for a message, ``" ..."`` after them if there are more.
+
+    Example:
+        >>> name_list(["a", "b", "c"], shown=2)
+        'a, b ...'
+    """
+    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
+
+
 def frame_sizes_of(
     names: Sequence[str],
     files: Sequence[Path | None],
@@ -133,7 +144,7 @@ def frame_sizes_of(
         raise FileNotFoundError(
             f"{len(missing)} {dataset_name} image(s) have no file and no entry in "
             f"`frame_sizes`, so the frame of their boxes is unknown: "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            f"{name_list(missing)}"
         )
     return torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ccg_layers.datasets.dicom import read_image
+from ccg_layers.datasets.image_files import name_list
 from ccg_layers.datasets.index import DatasetIndex, boxes_at_size
 from ccg_layers.datasets.samples import ChestXray14Sample
 from ccg_layers.transforms import normalize_radiographs
@@ -122,7 +123,7 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         where = image_root if image_root is not None else self.index.root
         return (
             f"{len(missing)} {self.index.dataset_name} image(s) not found (under {where}): "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            f"{name_list(missing)}"
         )
 
     def _read_file(self, path: Path) -> Tensor:

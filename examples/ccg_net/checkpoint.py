@@ -328,7 +328,7 @@ def require(state: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:
     missing = [k for k in keys if k not in state]
     if missing:
         raise CheckpointError(
-            f"checkpoint {path} lacks {_names(missing, quote=True)} (a checkpoint of the "
+            f"checkpoint {path} lacks {name_list(missing, quote=True)} (a checkpoint of the "
             f"trainer holds {', '.join(RESUME_KEYS)}); it was not written by this trainer "
             "or was edited"
         )
@@ -351,7 +351,7 @@ def checkpoint_config(state: dict[str, Any], path: Path) -> TrainConfig:
     unknown = sorted(set(saved) - known)
     if unknown:
         raise CheckpointError(
-            f"checkpoint {path}: its configuration has {_names(unknown, quote=True)}, "
+            f"checkpoint {path}: its configuration has {name_list(unknown, quote=True)}, "
             f"unknown to this trainer (written by another version of it, or edited)"
         )
     try:
@@ -389,18 +389,18 @@ def check_weights(
         if reshaped:
             parts.append(f"{len(reshaped)} of another shape (the first: {reshaped[0]})")
         if missing:
-            parts.append(f"{len(missing)} missing ({_names(missing)})")
+            parts.append(f"{len(missing)} missing ({name_list(missing)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} not in the model ({_names(unexpected)})")
+            parts.append(f"{len(unexpected)} not in the model ({name_list(unexpected)})")
         raise CheckpointError(
             f"checkpoint {path}: its {entry} weights do not fit the model of {of or 'this run'}"
             f": {'; '.join(parts)}. They are another configuration's weights"
         )
-    bad = [k for k, v in saved.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    bad = non_finite(saved)
     if bad:
         raise CheckpointError(
             f"checkpoint {path} holds non-finite values (NaN or inf) in {len(bad)} {entry} "
-            f"tensor(s): {_names(bad)}; the run diverged before it was saved: use an earlier "
+            f"tensor(s): {name_list(bad)}; the run diverged before it was saved: use an earlier "
             "checkpoint (RUN_DIR/checkpoints/epochNNN.pt)"
         )
 
@@ -426,7 +426,13 @@ def check_resumable(
     check_weights(criterion, state["criterion"], path, entry="criterion", of=of)
 
 
-def _names(items: list[str], *, quote: bool = False) -> str:
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point ``tensors`` that hold NaN or inf (reads each one)."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+
+
+def name_list(items: list[str], *, quote: bool = False) -> str:
+    """The first few ``items`` for a message, and how many more."""
     shown = [repr(k) if quote else k for k in items[:_SHOWN]]
     return ", ".join(shown) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 

@@ -186,17 +186,9 @@ _NO_BUFFER_SYNC = (
 def _raise_non_finite_weights(path: Path, progress: Progress, state: dict[str, Any]) -> NoReturn:
     """The checkpoint ``path`` would hold non-finite tensors (named here, read one by one only
     now that the run stops): it is not written, the last finite one is named."""
-    bad = [
-        f"{part}.{k}"
-        for part in ("model", "criterion")
-        for k, v in state[part].items()
-        if v.is_floating_point() and not bool(torch.isfinite(v).all())
-    ]
-    optim = [
-        t
-        for t in ckpt.state_tensors(state["optimizer"]["state"])
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    bad = [f"{part}.{k}" for part in ("model", "criterion") for k in ckpt.non_finite(state[part])]
+    tensors = ckpt.state_tensors(state["optimizer"]["state"])
+    optim = ckpt.non_finite({str(i): t for i, t in enumerate(tensors)})
     if optim:
         bad.append(f"{len(optim)} optimiser state tensors")
     last = progress.last_checkpoint
@@ -205,7 +197,7 @@ def _raise_non_finite_weights(path: Path, progress: Progress, state: dict[str, A
         if last is not None and last.is_file()
         else "no checkpoint had been written yet"
     )
-    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    shown = ckpt.name_list(bad)
     raise NonFiniteWeightsError(
         f"non-finite weights after global step {progress.global_step} (epoch "
         f"{progress.epoch + (progress.step_in_epoch > 0)}): {shown or 'a tensor'} (the loss was "
