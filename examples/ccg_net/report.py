@@ -272,6 +272,16 @@ def write_report(
 STUDY_RECORD = Path(__file__).resolve().parents[2] / "docs" / "ablation-study.json"
 
 
+def read_study(record: Path = STUDY_RECORD) -> dict[str, Any]:
+    """The study record (``docs/ablation-study.json``); ``{}`` when it is missing or unreadable
+    (the messages that quote it then say that no study is recorded)."""
+    try:
+        study = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return study if isinstance(study, dict) else {}
+
+
 FORM_NAMES = {
     "paper": "the paper's literal form (pull only, raw C5 maps)",
     "unit": "pull only on unit-normalised maps (--relation-features unit)",
@@ -316,7 +326,7 @@ def demo_preamble(cfg: TrainConfig, images: int, record: Path = STUDY_RECORD) ->
         f"({images} generated {cfg.image_size}-px images, not radiographs), setting "
         f"({cfg.setting}), one seed.",
     ]
-    study = json.loads(record.read_text()) if record.is_file() else {}
+    study = read_study(record)
     entry = study.get("decisive", {}).get("settings", {}).get(cfg.setting, {}).get(init, {})
     row = entry.get(form)
     if row is None:
@@ -353,7 +363,7 @@ def gap_against_seed_spread(
             for t in (0.1, 0.3)
         )
     lines = []
-    study = json.loads(record.read_text()) if record.is_file() else {}
+    study = read_study(record)
     row = study.get("settings", {}).get(setting, {}).get("ir+ik+kr", {})
     decisive = study.get("decisive", {}).get("settings", {}).get(setting, {})
     if variant is not None and variant[1] in decisive.get(variant[0], {}):

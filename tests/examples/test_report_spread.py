@@ -90,6 +90,19 @@ def _cfg(**kw):
     return TrainConfig(preset="demo", **{**PRESETS["demo"], **kw})
 
 
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
+def test_a_missing_or_unreadable_study_record_is_no_study(tmp_path, content):
+    from examples.ccg_net.report import demo_preamble
+
+    rec = tmp_path / "study.json"
+    if content is not None:
+        rec.write_text(content)
+    text = demo_preamble(_cfg(), 3000, rec)
+    assert "No study of this configuration in setting (b) is recorded." in text
+    text = gap_against_seed_spread(_res(0.6, 0.3), _res(0.5, 0.2), "b", rec)
+    assert "no study recorded for setting b in study.json" in text
+
+
 def test_the_demo_says_first_what_is_compared_on_which_data_and_what_the_study_measured(tmp_path):
     from examples.ccg_net.report import demo_preamble
 
