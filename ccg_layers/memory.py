@@ -198,12 +198,12 @@ class PartnerMemory(nn.Module):
     def memory_inputs(self) -> tuple[Tensor, ...] | None:
         """The queues as a forward passes them to its function (``None`` while empty/off).
 
-        :meth:`memory_tensors`, with the map queue (the first) copied unless
-        ``defer_enqueue``: the backward needs the maps the forward read, and the enqueue that
-        follows the forward overwrites the oldest of them in place.
+        :meth:`memory_tensors`, with the map queue (the first) copied where an enqueue follows
+        the forward (training mode without ``defer_enqueue``): the backward needs the maps the
+        forward read, and that enqueue overwrites the oldest of them in place.
         """
         memory = self.memory_tensors()
-        if memory is None or self.defer_enqueue:
+        if memory is None or self.defer_enqueue or not self.training:
             return memory
         return (memory[0].clone(), *memory[1:])
 

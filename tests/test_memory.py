@@ -479,6 +479,17 @@ def test_deferred_forward_reads_the_memory_itself_and_the_default_a_copy():
             assert torch.isfinite(x.grad).all()
 
 
+def test_an_eval_forward_reads_the_memory_without_a_copy():
+    # no enqueue follows an eval-mode forward, so it needs no copy of the queue
+    lsg, _, _ = memory_modules(3)
+    _step(lsg, *memory_modules(3)[1:], 0)
+    lsg.eval()
+    (maps, *_) = lsg.memory_inputs()
+    assert maps is lsg.memory_features
+    lsg.train()
+    assert lsg.memory_inputs()[0] is not lsg.memory_features
+
+
 def test_error_two_deferred_training_forwards_without_commit():
     lsg, ik, _ = memory_modules(3, defer_enqueue=True)
     x, labels = memory_batch(2, 0)
