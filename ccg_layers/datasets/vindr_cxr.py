@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from ccg_layers.datasets.box_fusion import fuse_boxes
-from ccg_layers.datasets.image_files import ImageKind, frame_sizes_of, locate_images
+from ccg_layers.datasets.image_files import ImageKind, frame_sizes_of, locate_images, name_list
 from ccg_layers.datasets.index import RadiographIndex
 from ccg_layers.datasets.published_csv import csv_records, fail_or_skip
 
@@ -165,15 +165,13 @@ def _warn_resized_copies(
     ]
     if past:
         images = list(dict.fromkeys(names[image[j]] for j in past))
-        shown = ", ".join(images[:3])
         _log.warning(
-            "%d of %d VinDr-CXR boxes reach past their PNG/JPEG image (%s%s): the boxes are in "
+            "%d of %d VinDr-CXR boxes reach past their PNG/JPEG image (%s): the boxes are in "
             "the DICOM's pixel frame, so if the copies were resized pass each DICOM's size as "
             "`frame_sizes` (read_frame_sizes; the trainer's --frame-sizes)",
             len(past),
             len(boxes),
-            shown,
-            " ..." if len(images) > 3 else "",
+            name_list(images, shown=3),
         )
 
 
