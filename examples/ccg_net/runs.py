@@ -528,16 +528,7 @@ def _train(
             save_training_curves(
                 {run_dir.name: run_dir / "metrics.csv"}, run_dir / CURVES_PNG, results.auc_names
             )
-        name = model_name(cfg)
-        text = write_report(
-            run_dir,
-            {name: results},
-            reference_results(data, cfg),
-            data.test,
-            title=_title(cfg, data),
-            num_figures=cfg.num_figures,
-            extra={"split": data.summary},
-        )
+        text = _report(run_dir, {model_name(cfg): results}, data, cfg)
         if print_report:
             print(text)
             if cfg.num_figures:
@@ -550,12 +541,31 @@ def model_name(cfg: TrainConfig) -> str:
     return "CCG" if len(cfg.losses) > 1 else "Baseline"
 
 
-def _title(cfg: TrainConfig, data: Data) -> str:
-    return (
-        f"Localization accuracy on the {data.index.dataset_name} test split "
+def _report(
+    out_dir: Path,
+    models: dict[str, EvalResults],
+    data: Data,
+    cfg: TrainConfig,
+    *,
+    title_prefix: str = "",
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """:func:`.report.write_report` of ``models`` on ``data``'s test split, beside its
+    reference maps, titled with the split and recording it (plus ``extra``) in results.json."""
+    title = (
+        f"{title_prefix}Localization accuracy on the {data.index.dataset_name} test split "
         f"({data.summary['test']} images, setting "
         f"{data.summary.get('setting', 'from files')}, fold {data.summary.get('fold', '-')}); "
         "T(IoU) thresholds, prediction = map > 0.5"
+    )
+    return write_report(
+        out_dir,
+        models,
+        reference_results(data, cfg),
+        data.test,
+        title=title,
+        num_figures=cfg.num_figures,
+        extra={"split": data.summary, **(extra or {})},
     )
 
 
@@ -613,17 +623,12 @@ def compare(cfg: TrainConfig) -> Path:
         for name in names:
             print(f"\n=== training {name}: losses {'+'.join(subs[name].losses)} ===")
             results[name], seconds[name] = _timed_train(subs[name])
-    text = write_report(
+    text = _report(
         root,
         {"CCG": results["CCG"], "Baseline": results["Baseline"]},
-        reference_results(data, cfg),
-        data.test,
-        title=_title(cfg, data),
-        num_figures=cfg.num_figures,
-        extra={
-            "split": data.summary,
-            "seconds": {**seconds, "total": time.perf_counter() - t_start},
-        },
+        data,
+        cfg,
+        extra={"seconds": {**seconds, "total": time.perf_counter() - t_start}},
     )
     text += gap_against_seed_spread(
         results["CCG"],
@@ -667,15 +672,13 @@ def evaluate_checkpoint(
     desc = f"{path.parent.parent.name} eval" if progress else None
     res = evaluate(model, data.test_loader, dev, data, desc=desc)
     out_dir = path.parent.parent / f"evaluation-{path.stem}"
-    name = model_name(cfg)
-    text = write_report(
+    text = _report(
         out_dir,
-        {name: res},
-        reference_results(data, cfg),
-        data.test,
-        title=f"{path}: " + _title(cfg, data),
-        num_figures=cfg.num_figures,
-        extra={"checkpoint": str(path), "split": data.summary},
+        {model_name(cfg): res},
+        data,
+        cfg,
+        title_prefix=f"{path}: ",
+        extra={"checkpoint": str(path)},
     )
     return res, text, out_dir
 
