@@ -229,6 +229,15 @@ def image_problem(err: BaseException) -> str:
 
 #: The errors Pillow raises for a file it cannot read (SyntaxError: a "broken PNG file").
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+#: The errors reading a DICOM file raises: no pydicom (the ``dicom`` extra), not DICOM, no
+#: Rows/Columns, no decoder for its transfer syntax.
+DICOM_ERRORS = (ImportError, OSError, ValueError)
+
+
+def dicom_problem(err: BaseException, path: Path) -> str:
+    """What a :data:`DICOM_ERRORS` error says about ``path``, without the path the library's
+    message starts with (for one line naming the file)."""
+    return str(err).removeprefix(f"{path}: ")
 
 
 def _check_one(path: Path) -> tuple[int, int]:
@@ -243,8 +252,8 @@ def _check_one(path: Path) -> tuple[int, int]:
     if is_dicom(path):
         try:
             return dicom_frame_size(path)
-        except (ImportError, OSError, ValueError) as err:  # no pydicom, not DICOM, no size
-            raise ValueError(str(err).removeprefix(f"{path}: ")) from None
+        except DICOM_ERRORS as err:
+            raise ValueError(dicom_problem(err, path)) from None
     try:
         with Image.open(path) as im:
             size = im.size

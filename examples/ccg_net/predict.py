@@ -33,7 +33,7 @@ from ccg_layers.datasets.dicom import is_dicom
 from ccg_layers.functional import maps_to_boxes
 
 from .checkpoint import write_atomic
-from .data import IMAGE_ERRORS, image_problem
+from .data import DICOM_ERRORS, IMAGE_ERRORS, dicom_problem, image_problem
 from .model import CCGNet
 from .report import class_file_name
 
@@ -138,8 +138,8 @@ def _read(path: Path, image_size: int) -> tuple[Tensor, tuple[int, int]]:
     if is_dicom(path):
         try:
             return read_dicom(path, image_size), dicom_frame_size(path)
-        except (ImportError, OSError, ValueError) as err:  # no pydicom, not DICOM, no decoder
-            raise ValueError(str(err).removeprefix(f"{path}: ")) from None
+        except DICOM_ERRORS as err:
+            raise ValueError(dicom_problem(err, path)) from None
     try:
         with Image.open(path) as im:
             size = im.size
