@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import sys
 from pathlib import Path
+from typing import get_args
 
 import torch
 
-from ccg_layers.datasets import (
-    DatasetIndex,
-    dataset_splits,
-    read_chestxray14,
-    read_rsna_pneumonia,
-    read_vindr_cxr,
-)
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `examples.ccg_net`
+
+from ccg_layers.datasets import Combine, DatasetIndex, dataset_splits, read_vindr_cxr
+from examples.ccg_net.config import DATASETS, TrainConfig
+from examples.ccg_net.data import read_index
 
 # a frame larger than any radiograph, for counting labels without the images
 _NO_FRAME = (1 << 16, 1 << 16)
@@ -51,9 +52,7 @@ def describe(index: DatasetIndex, title: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--dataset", choices=("chestxray14", "vindr-cxr", "rsna-pneumonia"), required=True
-    )
+    p.add_argument("--dataset", choices=tuple(DATASETS), required=True)
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument(
         "--labels-only",
@@ -62,18 +61,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     root: Path = args.data_root
-    if args.dataset == "chestxray14":
-        print("\n".join(describe(read_chestxray14(root), "ChestX-ray14")))
-    elif args.dataset == "rsna-pneumonia":
-        print("\n".join(describe(read_rsna_pneumonia(root), "RSNA Pneumonia")))
-    else:
-        sizes = None
-        if args.labels_only:
-            with open(root / "train.csv", newline="", encoding="utf-8-sig") as f:
-                sizes = {row["image_id"]: _NO_FRAME for row in csv.DictReader(f)}
-        for combine in ("all", "merge", "single"):
+    cfg = TrainConfig(dataset=args.dataset, data_root=str(root))
+    name = DATASETS[args.dataset]
+    if args.dataset != "vindr-cxr":  # the trainer's reader, with its defaults
+        print("\n".join(describe(read_index(cfg, root), name)))
+        return
+    sizes = None
+    if args.labels_only:
+        with open(root / "train.csv", newline="", encoding="utf-8-sig") as f:
+            sizes = {row["image_id"]: _NO_FRAME for row in csv.DictReader(f)}
+    for combine in get_args(Combine):
+        if sizes is None:
+            index = read_index(dataclasses.replace(cfg, vindr_combine=combine), root)
+        else:
             index = read_vindr_cxr(root, combine=combine, frame_sizes=sizes)
-            print("\n".join(describe(index, f"VinDr-CXR, combine={combine}")))
+        print("\n".join(describe(index, f"{name}, combine={combine}")))
 
 
 if __name__ == "__main__":
