@@ -419,8 +419,8 @@ class LearnableSampleGraph(PartnerMemory):
     partner whose softmax weight is 1 whatever the logits. The batch is enqueued after the
     loss is computed, in training mode only, with one ``index_copy_`` per queue (no host
     synchronisation); with ``defer_enqueue=True`` it is kept until :meth:`commit_memory`
-    after the backward, and the forward reads the memory without copying it. The queues are persistent buffers (with ``memory_pointer`` and
-    ``memory_count``), allocated at the first enqueue in ``memory_dtype`` (default: the
+    after the backward, and the forward reads the memory without copying it. The queues are
+    persistent buffers (with ``memory_pointer`` and ``memory_count``), allocated at the first enqueue in ``memory_dtype`` (default: the
     features' dtype). Cost per entry: one feature map (``C*h*w`` values, a ``2048x16x16`` map is
     1 MiB in float16, 2 MiB in float32) plus ``embed_dim`` float32. ``"mean"`` divides by
     ``n^2`` whatever ``K``.

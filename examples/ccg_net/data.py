@@ -1,6 +1,7 @@
 """Data for the trainer: the dataset of ``--dataset`` (ChestX-ray14, real or the embedded
-synthetic twin, VinDr-CXR or RSNA Pneumonia), the paper's splits, superpixels cached once per image, ready datasets and loaders (1-channel uint8 images, grid
-targets built in the loader's workers), and the fixed reference maps (the trivial prior).
+synthetic twin, VinDr-CXR or RSNA Pneumonia), the paper's splits, superpixels cached once per
+image, ready datasets and loaders (1-channel uint8 images, grid targets built in the loader's
+workers), and the fixed reference maps (the trivial prior).
 """
 
 from __future__ import annotations
