@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from ccg_layers.datasets.box_fusion import fuse_boxes
+from ccg_layers.datasets.dicom import DICOM_SUFFIXES
 from ccg_layers.datasets.image_files import ImageKind, frame_sizes_of, locate_images, name_list
 from ccg_layers.datasets.index import RadiographIndex
 from ccg_layers.datasets.published_csv import csv_records, fail_or_skip
@@ -152,10 +153,12 @@ def _warn_resized_copies(
     own size, which is wrong when it was resized (VinDr-CXR's DICOMs are about 2000-3000
     pixels, common copies 512 or 1024): then most boxes reach past the copy.
     """
-    from ccg_layers.datasets.dicom import is_dicom
-
+    # the files were found by their suffixes (locate_images): a copy is a PNG/JPEG one, known
+    # without opening it again
     own = [
-        f is not None and not is_dicom(f) and (frame_sizes is None or n not in frame_sizes)
+        f is not None
+        and f.suffix.lower() not in DICOM_SUFFIXES
+        and (frame_sizes is None or n not in frame_sizes)
         for n, f in zip(names, files, strict=True)
     ]
     past = [
