@@ -9,7 +9,6 @@ equal to the single-process run on the concatenated batches.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,15 @@ from ccg_layers import LearnableSampleGraph, PatchHashGraph, all_gather_batch
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _store(folder: Path) -> str:
+    """The rendezvous of a process group through a file in ``folder`` (a ``FileStore``).
+
+    A TCP store on a port picked free beforehand can collide with another group picking the
+    same port at the same moment (pytest-xdist runs two tests at once; this module's one-rank
+    group and its 2-process fixture may run side by side), the likely cause of a SIGABRT seen
+    twice in the 2-process fixture's gloo. A file is this group's alone.
+    """
+    return f"file://{(folder / 'store').absolute()}"
 
 
 def _data(sizes: tuple[int, ...]):
@@ -125,11 +129,9 @@ def _memory_worker(rank: int, out: str, contrast: bool = False) -> None:
     )
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, init_method: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     try:
         for name, sizes in CASES.items():
             features, logits = _data(sizes)
@@ -162,7 +164,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 def spawned(tmp_path_factory) -> Path:
     """One 2-process run for every case: starting two interpreters with torch dominates."""
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_store(out), str(out)), nprocs=WORLD, join=True)
     return out
 
 
@@ -234,11 +236,9 @@ def test_all_gather_batch_without_process_group_is_identity():
 
 
 @pytest.fixture
-def one_process_group():
+def one_process_group(tmp_path):
     """A gloo process group of this process alone (world size 1), destroyed afterwards."""
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-    )
+    dist.init_process_group("gloo", init_method=_store(tmp_path), rank=0, world_size=1)
     try:
         yield
     finally:
