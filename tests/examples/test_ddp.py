@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,6 @@ from .trainer_helpers import tiny_config
 
 WORLD = 2
 PER_RANK = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _global_batch(n: int, m: int):
@@ -56,21 +49,24 @@ def _freeze_bn(module: nn.Module) -> None:
             m.eval()
 
 
-def _join_gloo(rank: int, port: int, **kwargs: Any) -> None:
-    """Join the 2-process gloo group on 127.0.0.1 as torchrun would describe it."""
+def _join_gloo(rank: int, out: str, **kwargs: Any) -> None:
+    """Join the 2-process gloo group, with the environment torchrun would describe.
+
+    The processes meet through a file in the test's folder (a ``FileStore``), not a TCP port
+    picked free beforehand, which another test running beside this one could take first.
+    """
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, **kwargs)
+    store = f"file://{(Path(out) / 'store').absolute()}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD, **kwargs)
 
 
-def _worker(rank: int, port: int, root: str, out: str) -> None:
-    _join_gloo(rank, port)
+def _worker(rank: int, root: str, out: str) -> None:
+    _join_gloo(rank, out)
     try:
         cfg = tiny_config(Path(root), Path(out), batch_size=PER_RANK)
         torch.manual_seed(0)
@@ -102,7 +98,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_graph_losses_span_the_global_batch_under_two_process_ddp(tiny_root, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tiny_root), str(tmp_path)), nprocs=WORLD)
+    mp.spawn(_worker, args=(str(tiny_root), str(tmp_path)), nprocs=WORLD)
 
     # the single-process reference on the concatenated batch of 4
     cfg = tiny_config(tiny_root, tmp_path, batch_size=WORLD * PER_RANK)
@@ -174,8 +170,8 @@ def _train_steps(net: nn.Module, trainee: nn.Module, shard) -> None:
         opt.step()
 
 
-def _memory_worker(rank: int, port: int, root: str, out: str) -> None:
-    _join_gloo(rank, port)
+def _memory_worker(rank: int, root: str, out: str) -> None:
+    _join_gloo(rank, out)
     try:
         # batch 1 per process: the paper's global batch of 2, so the memory is on (auto)
         cfg = tiny_config(Path(root), Path(out), batch_size=1)
@@ -202,7 +198,7 @@ def _memory_worker(rank: int, port: int, root: str, out: str) -> None:
 def test_partner_memory_holds_the_global_batch_on_every_rank_under_two_process_ddp(
     tiny_root, tmp_path
 ):
-    mp.spawn(_memory_worker, args=(_free_port(), str(tiny_root), str(tmp_path)), nprocs=WORLD)
+    mp.spawn(_memory_worker, args=(str(tiny_root), str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"memory-rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     # the single-process reference: the same steps on the concatenated batches of 2
@@ -282,10 +278,10 @@ def test_torchrun_runs_the_trainer_on_two_cpu_processes(tiny_root, tmp_path):
     assert "| T(IoU) | model | Atelectasis" in out.stdout
 
 
-def _nan_worker(rank: int, port: int, root: str, out: str) -> None:
+def _nan_worker(rank: int, root: str, out: str) -> None:
     # rank 1's model outputs NaN from its third step on; both ranks must stop with the
     # non-finite error at the next log point (not hang in mismatched collectives)
-    _join_gloo(rank, port, timeout=timedelta(seconds=60))
+    _join_gloo(rank, out, timeout=timedelta(seconds=60))
     seen = {}
     real_ddp = runs.DistributedDataParallel
 
@@ -325,7 +321,7 @@ def _nan_worker(rank: int, port: int, root: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_with_the_non_finite_error(tiny_root, tmp_path):
-    mp.spawn(_nan_worker, args=(_free_port(), str(tiny_root), str(tmp_path)), nprocs=WORLD)
+    mp.spawn(_nan_worker, args=(str(tiny_root), str(tmp_path)), nprocs=WORLD)
     for r in range(WORLD):
         got = torch.load(tmp_path / f"nan-rank{r}.pt", weights_only=True)
         assert got["result"].startswith("non-finite loss at epoch 1, step 3 "), got["result"]
