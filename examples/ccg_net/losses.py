@@ -207,8 +207,9 @@ class CCGLoss(nn.Module):
             if cfg.enabled("ir") and not shared
             else None
         )
-        self.ik = (
-            ccg_layers.PatchHashGraph(
+
+        def patch_graph() -> ccg_layers.PatchHashGraph:  # L_IK's, and L_KR's on F'
+            return ccg_layers.PatchHashGraph(
                 cfg.num_patches,
                 feature_channels,
                 code_bits=cfg.code_bits,
@@ -216,9 +217,8 @@ class CCGLoss(nn.Module):
                 defer_enqueue=True,
                 contrast_margin=margin,
             )
-            if cfg.enabled("ik") and not shared
-            else None
-        )
+
+        self.ik = patch_graph() if cfg.enabled("ik") and not shared else None
         self.register_load_state_dict_pre_hook(_one_memory_for_ir_and_ik)
         if cfg.enabled("kr"):
             self.kr_attention: nn.Module | None = ccg_layers.CrossImageAttention(
@@ -227,14 +227,7 @@ class CCGLoss(nn.Module):
                 mode="pair",
                 scale=cfg.kr_scale,
             )
-            self.kr_graph: nn.Module | None = ccg_layers.PatchHashGraph(
-                cfg.num_patches,
-                feature_channels,
-                code_bits=cfg.code_bits,
-                memory_size=memory,
-                defer_enqueue=True,
-                contrast_margin=margin,
-            )
+            self.kr_graph: nn.Module | None = patch_graph()
         else:
             self.kr_attention = self.kr_graph = None
 
