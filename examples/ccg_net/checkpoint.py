@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
-from .config import PATH_FIELDS, REMOVED_OPTIONS, TrainConfig
+from .config import PATH_FIELDS, TrainConfig
 from .model import CCGNet, model_from_config
 
 if TYPE_CHECKING:
@@ -347,16 +347,9 @@ def checkpoint_config(state: dict[str, Any], path: Path) -> TrainConfig:
         raise CheckpointError(
             f"checkpoint {path}: its 'config' entry is a {type(saved).__name__}, not a dict"
         )
-    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(REMOVED_OPTIONS)
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint {path}: its configuration has {name_list(unknown, quote=True)}, "
-            f"unknown to this trainer (written by another version of it, or edited)"
-        )
     try:
         return TrainConfig.from_dict(saved)
-    except ValueError as err:  # a removed option at a value that changed training
+    except ValueError as err:  # an unknown key, or a removed option at a value that trained
         raise CheckpointError(f"checkpoint {path}: {err}") from None
 
 

@@ -173,11 +173,19 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of ``dataclasses.asdict`` (tuples come back from JSON lists).
 
+        A key that is no option of this trainer is refused, all such keys named at once.
+
         A removed option (:data:`REMOVED_OPTIONS`) of a run's saved configuration is dropped at
         the value that left it off; at another value the run is refused (it was trained with
         it), naming the last commit that has the option.
         """
         names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names) - set(REMOVED_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"the configuration has {', '.join(map(repr, unknown))}, unknown to this "
+                "trainer (written by another version of it, or edited)"
+            )
         kwargs = {}
         for k, v in d.items():
             if k in REMOVED_OPTIONS:
@@ -189,8 +197,6 @@ class TrainConfig:
                     f"--{k.replace('_', '-')}, an option removed after commit {LAST_WITH_REMOVED}; "
                     f"use that commit's trainer for this run"
                 )
-            if k not in names:
-                raise ValueError(f"unknown configuration key {k!r}")
             kwargs[k] = tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
 
@@ -911,7 +917,10 @@ def load_config(run_dir: Path) -> TrainConfig:
         saved = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path} is not a run configuration (not JSON: {err})") from None
-    return TrainConfig.from_dict(saved)
+    try:
+        return TrainConfig.from_dict(saved)
+    except ValueError as err:  # an unknown key, or a removed option at a value that trained
+        raise ValueError(f"{path}: {err}") from None
 
 
 __all__ = [

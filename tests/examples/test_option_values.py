@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from examples.ccg_net import cli
-from examples.ccg_net.config import TrainConfig, validate_config
+from examples.ccg_net.config import TrainConfig, load_config, validate_config
 
 # (verb and options, the option the error line must name first); on the demo preset (the
 # synthetic twin of 3000 images unless --synthetic-images says otherwise)
@@ -196,5 +196,12 @@ def test_a_saved_configuration_with_a_removed_option_loads_at_its_off_value():
     for removed in ("--graph-lr-mult", "--relation-start-epoch", "--stop-after-steps"):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(["train", removed, "1"])
-    with pytest.raises(ValueError, match="unknown configuration key"):
-        TrainConfig.from_dict({**saved, "no_such_option": 1})
+    with pytest.raises(ValueError, match="has 'a_second', 'no_such_option', unknown to this"):
+        TrainConfig.from_dict({**saved, "no_such_option": 1, "a_second": 2})
+
+
+def test_a_run_directory_whose_configuration_has_unknown_keys_is_refused_naming_the_file(tmp_path):
+    saved = {**json.loads(TrainConfig().to_json()), "no_such_option": 1}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"config\.json: the configuration has 'no_such_option', "):
+        load_config(tmp_path)
