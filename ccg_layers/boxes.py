@@ -54,8 +54,7 @@ def check_boxes(boxes: Tensor, name: str, image_size: tuple[int, int] | None) ->
     if not values_checkable() or boxes.numel() == 0:
         return
     check_finite(boxes.float(), name)
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    inverted = (x2 < x1) | (y2 < y1)
+    inverted = _inverted(boxes)
     if bool(inverted.any()):
         m = int(inverted.nonzero()[0, 0])
         raise CCGValueRangeError(
@@ -65,10 +64,7 @@ def check_boxes(boxes: Tensor, name: str, image_size: tuple[int, int] | None) ->
     if image_size is None:
         return
     H, W = image_size
-    # No point in the closed frame, or (for a box of positive area) no overlap of positive area.
-    positive = (x2 > x1) & (y2 > y1)
-    off = (x1 >= W) | (y1 >= H) | (x2 <= 0) | (y2 <= 0)
-    outside = (x1 > W) | (y1 > H) | (x2 < 0) | (y2 < 0) | (positive & off)
+    outside = boxes_outside(boxes, H, W)
     if bool(outside.any()):
         m = int(outside.nonzero()[0, 0])
         hint = ""
@@ -83,6 +79,45 @@ def check_boxes(boxes: Tensor, name: str, image_size: tuple[int, int] | None) ->
             f"(boxes reaching past it are clipped), got box {m} {_fmt_box(boxes[m].tolist())}, "
             f"which lies wholly outside it ({int(outside.sum())} such box(es)).{hint}"
         )
+
+
+def _inverted(boxes: Tensor) -> Tensor:
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return (x2 < x1) | (y2 < y1)
+
+
+def boxes_outside(boxes: Tensor, height: Tensor | int, width: Tensor | int) -> Tensor:
+    """``(M,)`` bool: the xyxy ``boxes`` that lie wholly outside ``[0, W] x [0, H]``.
+
+    Such a box has no point in the closed frame or, if it has a positive area, no overlap of
+    positive area with it. ``height`` and ``width`` are one frame, or ``(M,)`` tensors giving
+    each box its own; no value is read on the host.
+
+    Example:
+        >>> boxes = torch.tensor([[10.0, 10.0, 20.0, 20.0], [100.0, 5.0, 120.0, 9.0]])
+        >>> boxes_outside(boxes, 64, 64)
+        tensor([False,  True])
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    positive = (x2 > x1) & (y2 > y1)
+    off = (x1 >= width) | (y1 >= height) | (x2 <= 0) | (y2 <= 0)
+    return (x1 > width) | (y1 > height) | (x2 < 0) | (y2 < 0) | (positive & off)
+
+
+def rejected_boxes(boxes: Tensor, height: Tensor | int, width: Tensor | int) -> Tensor:
+    """``(M,)`` bool: the boxes :func:`check_boxes` rejects for their frame (value checks on).
+
+    Non-finite, inverted (``x2 < x1`` or ``y2 < y1``), or wholly outside the frame
+    (:func:`boxes_outside`; one frame, or an ``(M,)`` height and width per box): one pass over
+    every box, for a caller that names each bad one rather than stopping at the first.
+
+    Example:
+        >>> boxes = torch.tensor([[10.0, 10.0, 20.0, 20.0], [30.0, 5.0, 20.0, 9.0]])
+        >>> rejected_boxes(boxes, torch.tensor([64, 64]), torch.tensor([64, 8]))
+        tensor([False,  True])
+    """
+    finite = boxes.isfinite().all(dim=-1)
+    return ~finite | _inverted(boxes) | boxes_outside(boxes, height, width)
 
 
 # --------------------------------------------------------------------------- kernels

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import example, given
 
+from ccg_layers.boxes import boxes_outside, check_boxes, rejected_boxes
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     boxes_to_grid,
@@ -300,6 +301,59 @@ def test_box_partly_outside_is_clipped_to_the_image():
 
 def test_zero_area_box_on_the_border_is_not_outside():
     assert boxes_to_grid(torch.tensor([[64.0, 0.0, 64.0, 10.0]]), 64, 4).sum() == 0
+
+
+def ref_outside(box, H, W):
+    """Straight from the rule: no point of the box in the closed frame [0, W] x [0, H], or (a box
+    of positive area) an overlap of zero area."""
+    x1, y1, x2, y2 = box
+    no_point = x1 > W or y1 > H or x2 < 0 or y2 < 0
+    overlap = max(0.0, min(x2, W) - max(x1, 0.0)) * max(0.0, min(y2, H) - max(y1, 0.0))
+    return no_point or (x2 > x1 and y2 > y1 and overlap == 0.0)
+
+
+_coord = st.sampled_from([-20.0, -1.0, 0.0, 3.5, 16.0, 40.0, 64.0, 70.0])
+
+
+@given(
+    boxes=st.lists(st.tuples(_coord, _coord, _coord, _coord), min_size=1, max_size=12),
+    frames=st.lists(st.sampled_from([16, 40, 64]), min_size=2, max_size=2),
+)
+def test_boxes_outside_matches_the_rule_box_by_box(boxes, frames):
+    b = torch.tensor(boxes, dtype=torch.float64)
+    b = torch.cat([b[:, :2].minimum(b[:, 2:]), b[:, :2].maximum(b[:, 2:])], 1)  # not inverted
+    H, W = frames
+    got = boxes_outside(b, H, W).tolist()
+    assert got == [ref_outside(box, H, W) for box in b.tolist()]
+
+
+@given(
+    boxes=st.lists(st.tuples(_coord, _coord, _coord, _coord), min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_rejected_boxes_are_those_check_boxes_raises_on_each_in_its_own_frame(boxes, data):
+    import ccg_layers
+
+    b = torch.tensor(boxes, dtype=torch.float32)
+    if len(boxes) > 1:
+        b[0, data.draw(st.integers(0, 3))] = data.draw(st.sampled_from([float("nan"), 5.0]))
+    sizes = torch.tensor(
+        data.draw(st.lists(st.sampled_from([16, 40, 64]), min_size=2 * len(b), max_size=2 * len(b)))
+    ).reshape(-1, 2)
+    got = rejected_boxes(b, sizes[:, 0], sizes[:, 1]).tolist()
+    expected = []
+    with ccg_layers.set_value_checks(True):
+        for box, (h, w) in zip(b, sizes.tolist(), strict=True):
+            try:
+                check_boxes(box[None], "boxes", (h, w))
+                expected.append(False)
+            except CCGValueRangeError:
+                expected.append(True)
+    assert got == expected
+
+
+def test_boxes_outside_of_no_boxes_is_empty():
+    assert boxes_outside(torch.zeros(0, 4), 64, 64).shape == (0,)
 
 
 def test_frame_check_follows_the_value_check_switch():

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import ccg_layers
-from ccg_layers.boxes import check_boxes
+from ccg_layers.boxes import rejected_boxes
 from ccg_layers.datasets import (
     ChestXray14,
     ChestXray14FormatError,
@@ -42,7 +42,6 @@ from ccg_layers.datasets import (
     split_summary,
 )
 from ccg_layers.datasets.dicom import is_dicom
-from ccg_layers.errors import CCGValueRangeError
 from ccg_layers.functional import boxes_to_grid_targets
 
 from .config import TrainConfig, model_stride
@@ -356,22 +355,20 @@ def check_split_boxes(index: DatasetIndex, names: list[str]) -> None:
     """
     rows = torch.zeros(len(index), dtype=torch.bool)
     rows[torch.tensor([index.position(n) for n in names], dtype=torch.long)] = True
+    mine = rows[index.box_image_index].nonzero().flatten()  # the boxes of these images
+    image = index.box_image_index[mine]
+    frame = index.image_sizes[image]  # (width, height) of each box's image
+    boxes = index.boxes[mine]
     bad = []
     frames = set()
-    with ccg_layers.set_value_checks(True):  # check_boxes reads values only with checks on
-        for j in rows[index.box_image_index].nonzero().flatten().tolist():
-            box = index.boxes[j : j + 1]
-            i = int(index.box_image_index[j])
-            w, h = index.image_sizes[i].tolist()
-            try:
-                check_boxes(box, "boxes", (h, w))
-            except CCGValueRangeError:
-                x1, y1, x2, y2 = box[0].tolist()
-                frames.add(f"{w}x{h}")
-                bad.append(
-                    f"{index.images[i]} {index.class_names[int(index.box_class[j])]} box "
-                    f"x={x1:g} y={y1:g} w={x2 - x1:g} h={y2 - y1:g}"
-                )
+    for j in rejected_boxes(boxes, frame[:, 1], frame[:, 0]).nonzero().flatten().tolist():
+        i, (w, h) = int(image[j]), frame[j].tolist()
+        x1, y1, x2, y2 = boxes[j].tolist()
+        frames.add(f"{w}x{h}")
+        bad.append(
+            f"{index.images[i]} {index.class_names[int(index.box_class[mine[j]])]} box "
+            f"x={x1:g} y={y1:g} w={x2 - x1:g} h={y2 - y1:g}"
+        )
     if bad:
         more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
         where = index.root if index.root is not None else "the index"
@@ -380,9 +377,9 @@ def check_split_boxes(index: DatasetIndex, names: list[str]) -> None:
             if isinstance(index, ChestXray14Index)
             else f"the {index.dataset_name} labels"
         )
-        frame = f"the {frames.pop()} frame" if len(frames) == 1 else "their images' frames"
+        frame_of = f"the {frames.pop()} frame" if len(frames) == 1 else "their images' frames"
         raise DataFileError(
-            f"{where}: {len(bad)} box(es) of {what} lie wholly outside {frame} of the boxes: "
+            f"{where}: {len(bad)} box(es) of {what} lie wholly outside {frame_of} of the boxes: "
             f"{'; '.join(bad[:_SHOWN])}{more}"
         )
 
