@@ -150,25 +150,23 @@ def side_by_side(
     here, one after the other. ``done(i, result)`` is called for each job in order as its
     result is collected (a job's exception is raised there, after the jobs before it).
     """
-    if workers <= 1 or len(jobs) <= 1:
+    with contextlib.ExitStack() as stack:
+        outcomes: Iterator[T]
+        if workers <= 1 or len(jobs) <= 1:
+            outcomes = (job() for job in jobs)  # each run as it is collected
+        else:
+            pool: Executor = stack.enter_context(
+                ThreadPoolExecutor(workers)
+                if threads
+                else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+            futures = [pool.submit(job) for job in jobs]
+            outcomes = (future.result() for future in futures)
         results = []
-        for i, job in enumerate(jobs):
-            results.append(job())
+        for i, result in enumerate(outcomes):
+            results.append(result)
             if done is not None:
-                done(i, results[-1])
-        return results
-    pool: Executor
-    if threads:
-        pool = ThreadPoolExecutor(workers)
-    else:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    with pool:
-        futures = [pool.submit(job) for job in jobs]
-        results = []
-        for i, future in enumerate(futures):
-            results.append(future.result())
-            if done is not None:
-                done(i, results[-1])
+                done(i, result)
         return results
 
 
