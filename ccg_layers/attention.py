@@ -215,11 +215,12 @@ def _to_map(x: Tensor, like: Tensor, height: int, width: int) -> Tensor:
 
 
 def _project(weight: Tensor, x: Tensor, *, transpose: bool = False) -> Tensor:
-    """``(B, L, D)``: ``(W x)^T`` for ``W (D, C)``, ``x (B, C, L)``; ``(W^T x)^T`` with ``transpose``.
+    """``(B, L, D)``: ``(W x)^T``, or ``(W^T x)^T`` with ``transpose``.
 
-    Written so that autograd gives the weight's gradient in the weight's own (contiguous)
-    layout: the einsum ``"dc,bcl->bld"`` gives it transposed, which ``AccumulateGrad`` then
-    copies into ``.grad`` (16 MiB and a page-faulting copy every step at C = 2048).
+    ``W`` is ``(D, C)`` (``(C, D)`` with ``transpose``) and ``x`` is ``(B, C, L)``. Written so
+    that autograd gives the weight's gradient in the weight's own (contiguous) layout: the
+    einsum ``"dc,bcl->bld"`` gives it transposed, which ``AccumulateGrad`` then copies into
+    ``.grad`` (16 MiB and a page-faulting copy every step at C = 2048).
     """
     if transpose:
         return torch.einsum("bcl,cd->bld", x, weight)

@@ -420,10 +420,10 @@ class LearnableSampleGraph(PartnerMemory):
     loss is computed, in training mode only, with one ``index_copy_`` per queue (no host
     synchronisation); with ``defer_enqueue=True`` it is kept until :meth:`commit_memory`
     after the backward, and the forward reads the memory without copying it. The queues are
-    persistent buffers (with ``memory_pointer`` and ``memory_count``), allocated at the first enqueue in ``memory_dtype`` (default: the
-    features' dtype). Cost per entry: one feature map (``C*h*w`` values, a ``2048x16x16`` map is
-    1 MiB in float16, 2 MiB in float32) plus ``embed_dim`` float32. ``"mean"`` divides by
-    ``n^2`` whatever ``K``.
+    persistent buffers (with ``memory_pointer`` and ``memory_count``), allocated at the first
+    enqueue in ``memory_dtype`` (default: the features' dtype). Cost per entry: one feature map
+    (``C*h*w`` values, a ``2048x16x16`` map is 1 MiB in float16, 2 MiB in float32) plus
+    ``embed_dim`` float32. ``"mean"`` divides by ``n^2`` whatever ``K``.
 
     **DDP.** With ``distributed=True`` and an initialised process group the features of all
     ranks are gathered with gradients (:func:`all_gather_batch`), the graph spans the global

@@ -333,8 +333,6 @@ def _show(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-#: The ``--help`` sections, in order, and the ``TrainConfig`` fields of each (every field but
-#: ``preset`` is in one; tests/examples/test_console.py checks it).
 #: The relation terms' options (Eq. 4-10): they act only through L_IR, L_IK and L_KR (a run of
 #: L_base alone, e.g. a pretraining run, does not depend on them).
 RELATION_FIELDS: tuple[str, ...] = (
@@ -355,6 +353,8 @@ RELATION_FIELDS: tuple[str, ...] = (
     "kr_qk_channels",
 )
 
+#: The ``--help`` sections, in order, and the ``TrainConfig`` fields of each (every field but
+#: ``preset`` is in one; tests/examples/test_console.py checks it).
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "data": (
         "dataset",

@@ -134,9 +134,10 @@ class EvalResults:
         text = self.auc_means_text()
         missing = self.auc_undefined()
         if missing:
+            known, total = len(self.class_names) - len(missing), len(self.class_names)
             text += (
-                f" ({len(self.class_names) - len(missing)} of {len(self.class_names)} classes have an "
-                f"AUC: no positive or no negative test image for {', '.join(missing)})"
+                f" ({known} of {total} classes have an AUC: no positive or no negative test "
+                f"image for {', '.join(missing)})"
             )
         return text
 
