@@ -9,6 +9,7 @@ original DICOM sizes of resized copies), or from the copy itself.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ __all__ = [
     "read_frame_sizes",
     "scan_image_folder",
 ]
+
+_log = logging.getLogger(__name__)
 
 ImageKind = Literal["auto", "dicom", "png", "jpeg"]
 #: The file suffixes of each kind of image; ``"auto"`` takes them all, DICOM first.
@@ -171,13 +174,9 @@ def read_frame_sizes(
         >>> read_frame_sizes(path)
         {'a': (2540, 3072)}
     """
-    import logging
-
     file = Path(path)
     sizes: dict[str, tuple[int, int]] = {}
-    rows = csv_records(
-        file, [id_column, "width", "height"], skip_bad_rows=False, log=logging.getLogger(__name__)
-    )
+    rows = csv_records(file, [id_column, "width", "height"], skip_bad_rows=False, log=_log)
     for line, row in rows:
         name = row[id_column]
         try:

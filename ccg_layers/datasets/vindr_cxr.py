@@ -161,10 +161,11 @@ def _warn_resized_copies(
         and (frame_sizes is None or n not in frame_sizes)
         for n, f in zip(names, files, strict=True)
     ]
+    frame = sizes.tolist()  # (width, height) of each image, read once
     past = [
         j
         for j, (i, (_, _, x2, y2)) in enumerate(zip(image, boxes, strict=True))
-        if own[i] and (x2 > int(sizes[i, 0]) + 1 or y2 > int(sizes[i, 1]) + 1)
+        if own[i] and (x2 > frame[i][0] + 1 or y2 > frame[i][1] + 1)
     ]
     if past:
         images = list(dict.fromkeys(names[image[j]] for j in past))
