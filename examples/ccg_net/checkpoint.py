@@ -424,10 +424,10 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
 
 
-def name_list(items: list[str], *, quote: bool = False) -> str:
-    """The first few ``items`` for a message, and how many more."""
+def name_list(items: list[str], *, quote: bool = False, sep: str = ", ") -> str:
+    """The first few ``items`` for a message, joined by ``sep``, and how many more."""
     shown = [repr(k) if quote else k for k in items[:_SHOWN]]
-    return ", ".join(shown) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+    return sep.join(shown) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
 def load_model(

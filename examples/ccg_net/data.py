@@ -206,7 +206,6 @@ class DataFileError(ChestXray14FormatError):
 
 #: Bump when what :func:`check_image_files` checks changes: older cache entries are redone.
 FILE_CHECK_VERSION = 1
-_SHOWN = 3  # problems listed in one message before "and N more"
 
 
 def _file_check_cache(cache_dir: Path, root: Path) -> Path:
@@ -337,9 +336,10 @@ def check_image_files(
         text = json.dumps({"version": FILE_CHECK_VERSION, "files": checked}, sort_keys=True)
         write_text(cache, text)
     if bad:
-        more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+        from .checkpoint import name_list
+
         raise DataFileError(
-            f"{len(bad)} {what}(s) cannot be used: {'; '.join(bad[:_SHOWN])}{more} (replace or "
+            f"{len(bad)} {what}(s) cannot be used: {name_list(bad, sep='; ')} (replace or "
             "remove them from the label CSV)"
         )
     return sizes
@@ -370,7 +370,8 @@ def check_split_boxes(index: DatasetIndex, names: list[str]) -> None:
             f"x={x1:g} y={y1:g} w={x2 - x1:g} h={y2 - y1:g}"
         )
     if bad:
-        more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+        from .checkpoint import name_list
+
         where = index.root if index.root is not None else "the index"
         what = (
             "BBox_List_2017.csv"
@@ -380,7 +381,7 @@ def check_split_boxes(index: DatasetIndex, names: list[str]) -> None:
         frame_of = f"the {frames.pop()} frame" if len(frames) == 1 else "their images' frames"
         raise DataFileError(
             f"{where}: {len(bad)} box(es) of {what} lie wholly outside {frame_of} of the boxes: "
-            f"{'; '.join(bad[:_SHOWN])}{more}"
+            f"{name_list(bad, sep='; ')}"
         )
 
 
