@@ -90,14 +90,23 @@ def locate_images(
     return [found.get(n) for n in names], suffixes
 
 
-def name_list(names: Sequence[str], shown: int = 5) -> str:
-    """The first ``shown`` of ``names`` for a message, ``" ..."`` after them if there are more.
+def name_list(names: Sequence[str], shown: int = 5, *, quote: bool = False, sep: str = ", ") -> str:
+    """The first ``shown`` of ``names`` for a message, joined by ``sep``, and how many more.
+
+    Args:
+        names: What the message lists.
+        shown: How many of them to name.
+        quote: Name each one by its ``repr``.
+        sep: What joins the names.
 
     Example:
         >>> name_list(["a", "b", "c"], shown=2)
-        'a, b ...'
+        'a, b and 1 more'
+        >>> name_list(["a", "b"], quote=True, sep="; ")
+        "'a'; 'b'"
     """
-    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
+    listed = sep.join(repr(n) if quote else n for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def frame_sizes_of(

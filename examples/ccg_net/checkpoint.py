@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
+from ccg_layers.datasets.image_files import name_list
+
 from .config import PATH_FIELDS, TrainConfig
 from .model import CCGNet, model_from_config
 
@@ -264,7 +266,6 @@ RESUME_KEYS = (
     "config",
 )
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive format
-_SHOWN = 3  # names listed in a message before "..."
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -422,12 +423,6 @@ def check_resumable(
 def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     """The names of the floating-point ``tensors`` that hold NaN or inf (reads each one)."""
     return [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-
-
-def name_list(items: list[str], *, quote: bool = False, sep: str = ", ") -> str:
-    """The first few ``items`` for a message, joined by ``sep``, and how many more."""
-    shown = [repr(k) if quote else k for k in items[:_SHOWN]]
-    return sep.join(shown) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
 def load_model(

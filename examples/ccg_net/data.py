@@ -42,6 +42,7 @@ from ccg_layers.datasets import (
     split_summary,
 )
 from ccg_layers.datasets.dicom import is_dicom
+from ccg_layers.datasets.image_files import name_list
 from ccg_layers.functional import boxes_to_grid_targets
 
 from .config import TrainConfig, model_stride
@@ -336,8 +337,6 @@ def check_image_files(
         text = json.dumps({"version": FILE_CHECK_VERSION, "files": checked}, sort_keys=True)
         write_text(cache, text)
     if bad:
-        from .checkpoint import name_list
-
         raise DataFileError(
             f"{len(bad)} {what}(s) cannot be used: {name_list(bad, sep='; ')} (replace or "
             "remove them from the label CSV)"
@@ -370,8 +369,6 @@ def check_split_boxes(index: DatasetIndex, names: list[str]) -> None:
             f"x={x1:g} y={y1:g} w={x2 - x1:g} h={y2 - y1:g}"
         )
     if bad:
-        from .checkpoint import name_list
-
         where = index.root if index.root is not None else "the index"
         what = (
             "BBox_List_2017.csv"

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ccg_layers.datasets import BOXED_CLASSES, CLASS_NAMES, save_split
+from ccg_layers.datasets.image_files import name_list
 
 from . import checkpoint as ckpt
 from .config import LOSS_TERMS, TrainConfig, differs_from_demo, load_config, resume_config
@@ -195,7 +196,7 @@ def _raise_non_finite_weights(path: Path, progress: Progress, state: dict[str, A
         if last is not None and last.is_file()
         else "no checkpoint had been written yet"
     )
-    shown = ckpt.name_list(bad)
+    shown = name_list(bad)
     raise NonFiniteWeightsError(
         f"non-finite weights after global step {progress.global_step} (epoch "
         f"{progress.epoch + (progress.step_in_epoch > 0)}): {shown or 'a tensor'} (the loss was "
