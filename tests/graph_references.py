@@ -8,6 +8,7 @@ test_patch_graph, test_memory) compare the library against them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import hypothesis.strategies as st
@@ -227,3 +228,44 @@ def contrast_modules(memory_size=4, margin=1.5):
         PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, contrast_margin=margin),
         PatchHashGraph(M, C, code_bits=BITS, memory_size=memory_size, contrast_margin=margin),
     )
+
+
+def resume_round_trip(make_modules, step, before, after):
+    """Train ``make_modules()`` (modules with memories) with SGD through the seeds ``before``,
+    save every state dict and the optimiser's, and train on through ``after``; then load the
+    saved state into fresh modules (empty, unallocated queues), check that they hold it
+    exactly, and train them through ``after``.
+
+    Returns ``(saved, modules, resumed, want, got)``: the saved state dicts, the two sets of
+    modules, and the losses of the two runs through ``after``, for the caller to compare.
+    """
+
+    def make():
+        modules = make_modules()
+        params = [p for m in modules for p in m.parameters()]
+        return modules, torch.optim.SGD(params, lr=0.5)
+
+    def run(modules, opt, seeds):
+        losses = []
+        for seed in seeds:
+            opt.zero_grad()
+            loss = step(modules, seed)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return losses
+
+    modules, opt = make()
+    run(modules, opt, before)
+    saved = copy.deepcopy(([m.state_dict() for m in modules], opt.state_dict()))
+    want = run(modules, opt, after)
+    resumed, opt2 = make()
+    for module, state in zip(resumed, saved[0], strict=True):
+        module.load_state_dict(state)
+    opt2.load_state_dict(saved[1])
+    for module, state in zip(resumed, saved[0], strict=True):
+        loaded = module.state_dict()
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    got = run(resumed, opt2, after)
+    return saved[0], modules, resumed, want, got

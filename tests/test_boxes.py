@@ -30,7 +30,7 @@ def ref_cell_marked(box, r, c, image_size, grid_size):
 
 
 def ref_grid_targets(boxes, image_index, box_class, N, K, image_size, grid_size):
-    """One box at a time, like examples/ccg_net/data.py `grid_targets`: the union per class."""
+    """One box and one cell at a time: each image's class target is the union of its boxes."""
     h, w = grid_size
     grid = torch.zeros(N, K, h, w)
     for box, i, k in zip(boxes.tolist(), image_index.tolist(), box_class.tolist(), strict=True):
@@ -113,6 +113,20 @@ def separated_regions(draw):
 # --------------------------------------------------------------------------- boxes_to_grid_targets
 
 
+def _targets_of(inputs):
+    """``boxes_to_grid_targets`` of a :func:`flat_boxes` draw."""
+    boxes, image_index, box_class, N, K, image_size, grid_size = inputs
+    return boxes_to_grid_targets(
+        boxes,
+        image_index,
+        box_class,
+        num_images=N,
+        num_classes=K,
+        image_size=image_size,
+        grid_size=grid_size,
+    )
+
+
 @example(  # a float32 edge within an ulp of a cell border (0.4f * 5 rounds to 2.0 in float32)
     (
         torch.tensor([[0.0, 0.0, 1.0, 0.4]]),
@@ -126,19 +140,8 @@ def separated_regions(draw):
 )
 @given(flat_boxes())
 def test_grid_targets_match_the_union_of_boxes_reference(inputs):
-    boxes, image_index, box_class, N, K, image_size, grid_size = inputs
-    grid, box_mask = boxes_to_grid_targets(
-        boxes,
-        image_index,
-        box_class,
-        num_images=N,
-        num_classes=K,
-        image_size=image_size,
-        grid_size=grid_size,
-    )
-    want_grid, want_mask = ref_grid_targets(
-        boxes, image_index, box_class, N, K, image_size, grid_size
-    )
+    grid, box_mask = _targets_of(inputs)
+    want_grid, want_mask = ref_grid_targets(*inputs)
     assert grid.dtype == torch.float32
     assert box_mask.dtype == torch.bool
     torch.testing.assert_close(grid, want_grid)
@@ -147,16 +150,8 @@ def test_grid_targets_match_the_union_of_boxes_reference(inputs):
 
 @given(flat_boxes())
 def test_grid_targets_agree_with_boxes_to_grid(inputs):
-    boxes, image_index, box_class, N, K, image_size, grid_size = inputs
-    grid, _ = boxes_to_grid_targets(
-        boxes,
-        image_index,
-        box_class,
-        num_images=N,
-        num_classes=K,
-        image_size=image_size,
-        grid_size=grid_size,
-    )
+    boxes, image_index, box_class, _, _, image_size, grid_size = inputs
+    grid, _ = _targets_of(inputs)
     cells = boxes_to_grid(boxes, image_size, grid_size)
     for m in range(len(boxes)):  # every box's cells are in its image's class target
         assert bool(grid[image_index[m], box_class[m]][cells[m]].eq(1).all())

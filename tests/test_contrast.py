@@ -5,7 +5,6 @@ queue), against float64 references."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import hypothesis.strategies as st
@@ -41,6 +40,7 @@ from tests.graph_references import (
     patch_inputs,
     random_codes,
     ref_distance,
+    resume_round_trip,
 )
 
 
@@ -542,31 +542,13 @@ def test_contrast_pair_form_enqueues_the_labels_of_both_images_of_every_pair():
 
 
 def test_contrast_state_dict_round_trip_with_a_filled_memory_gives_identical_losses():
-    def make():
-        modules = contrast_modules(memory_size=3)
-        params = [p for m in modules for p in m.parameters()]
-        return modules, torch.optim.SGD(params, lr=0.5)
-
-    def run(modules, opt, seeds):
-        losses = []
-        for seed in seeds:
-            opt.zero_grad()
-            loss = _contrast_step(*modules, seed, n=4)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        return losses
-
-    modules, opt = make()
-    run(modules, opt, range(3))  # wrapped around already
-    saved = copy.deepcopy(([m.state_dict() for m in modules], opt.state_dict()))
-    want = run(modules, opt, range(3, 6))
-    resumed, opt2 = make()
-    for module, state in zip(resumed, saved[0], strict=True):
-        module.load_state_dict(state)
-    opt2.load_state_dict(saved[1])
-    assert torch.equal(resumed[0].memory_image_labels, saved[0][0]["memory_image_labels"])
-    got = run(resumed, opt2, range(3, 6))
+    saved, _, _, want, got = resume_round_trip(
+        lambda: contrast_modules(memory_size=3),
+        lambda m, seed: _contrast_step(*m, seed, n=4),
+        range(3),  # wrapped around already
+        range(3, 6),
+    )
+    assert "memory_image_labels" in saved[0]  # loaded exactly, as every state (the helper)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
 

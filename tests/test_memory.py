@@ -35,6 +35,7 @@ from tests.graph_references import (
     count_tensor_syncs,
     memory_batch,
     memory_modules,
+    resume_round_trip,
 )
 
 
@@ -260,31 +261,14 @@ def test_module_equals_function_with_the_memory():
 
 
 def test_state_dict_round_trip_with_a_filled_memory_gives_identical_losses():
-    def make():
-        modules = memory_modules(memory_size=3)
-        params = [p for m in modules for p in m.parameters()]
-        return modules, torch.optim.SGD(params, lr=0.5)
-
-    def run(modules, opt, seeds):
-        losses = []
-        for seed in seeds:
-            opt.zero_grad()
-            loss = _step(*modules, seed)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        return losses
-
-    modules, opt = make()
-    run(modules, opt, range(4))  # the memory wrapped around already
-    saved = copy.deepcopy(([m.state_dict() for m in modules], opt.state_dict()))
-    assert all(int(m.memory_count) == 3 for m in modules)
-    want = run(modules, opt, range(4, 8))
-    resumed, opt2 = make()  # fresh modules: empty, unallocated queues
-    for module, state in zip(resumed, saved[0], strict=True):
-        module.load_state_dict(state)
-    opt2.load_state_dict(saved[1])
-    got = run(resumed, opt2, range(4, 8))
+    # four steps of two images into queues of three: the memory wrapped around already
+    saved, modules, resumed, want, got = resume_round_trip(
+        lambda: memory_modules(memory_size=3),
+        lambda m, seed: _step(*m, seed),
+        range(4),
+        range(4, 8),
+    )
+    assert all(int(state["memory_count"]) == 3 for state in saved)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
     for a, b in zip(resumed, modules, strict=True):
