@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize_radiographs"]
+from ccg_layers.errors import CCGDTypeError
+from ccg_layers.validation import check_shape, check_tensor
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "imagenet_input", "normalize_radiographs"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -23,12 +26,38 @@ def normalize_radiographs(images: Tensor, dtype: torch.dtype = torch.float32) ->
     :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`, as ImageNet-pretrained backbones expect.
     Runs wherever ``images`` are (on the GPU, after a 1-byte-per-pixel transfer).
 
+    Args:
+        images: ``(..., 1, H, W)`` uint8 luminance, 0-255 (the dataset's default ``output``).
+        dtype: The floating dtype of the result.
+
+    Returns:
+        ``(..., 3, H, W)`` ``dtype``: ``(v / 255 - mean_c) / std_c`` in channel ``c``.
+
+    Raises:
+        CCGDTypeError: ``images`` not uint8 (already scaled or normalised images would be
+            scaled again), or ``dtype`` not a floating dtype.
+        CCGShapeError: ``images`` without a channel axis of size 1 before ``(H, W)``.
+
     Example:
         >>> import torch
         >>> x = normalize_radiographs(torch.full((2, 1, 4, 4), 255, dtype=torch.uint8))
         >>> x.shape, round(float(x[0, 0, 0, 0]), 3)
         (torch.Size([2, 3, 4, 4]), 2.249)
     """
+    check_tensor(images, "images")
+    if images.dtype != torch.uint8:
+        raise CCGDTypeError(
+            f"`images` must be uint8 luminance (0-255, the dataset's output='uint8'), got "
+            f"{images.dtype}; float images would be scaled by 1/255 a second time."
+        )
+    check_shape(images, "images", (1, "H", "W"), leading=True)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise CCGDTypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}.")
+    return imagenet_input(images, dtype)
+
+
+def imagenet_input(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Kernel of :func:`normalize_radiographs` (validated inputs: uint8 ``(..., 1, H, W)``)."""
     shape = (3, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=images.device).view(shape)
     std = torch.tensor(IMAGENET_STD, dtype=dtype, device=images.device).view(shape)

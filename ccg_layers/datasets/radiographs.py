@@ -23,7 +23,7 @@ from ccg_layers.datasets.dicom import read_image
 from ccg_layers.datasets.image_files import name_list
 from ccg_layers.datasets.index import DatasetIndex, boxes_at_size
 from ccg_layers.datasets.samples import ChestXray14Sample
-from ccg_layers.transforms import normalize_radiographs
+from ccg_layers.transforms import imagenet_input
 
 __all__ = ["RadiographDataset"]
 
@@ -143,7 +143,7 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         except (OSError, ValueError) as err:
             raise OSError(f"cannot read {self.index.dataset_name} image {path}: {err}") from err
         if self.output == "imagenet":
-            return normalize_radiographs(gray)
+            return imagenet_input(gray)  # the reader's own uint8 (1, S, S)
         if self.output == "unit":
             return (gray.float() / 255.0).expand(3, -1, -1).clone()
         return gray
