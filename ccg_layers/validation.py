@@ -31,6 +31,7 @@ __all__ = [
     "check_choice",
     "check_dtype",
     "check_finite",
+    "check_flag",
     "check_index",
     "check_labels",
     "check_memory_valid",
@@ -41,6 +42,7 @@ __all__ = [
     "check_tensor",
     "describe",
     "positive_int",
+    "real_number",
     "reduce",
 ]
 
@@ -156,12 +158,56 @@ def check_index(x: Tensor, name: str, size: int) -> None:
         )
 
 
-def check_positive(value: float, name: str, *, allow_zero: bool = False) -> None:
-    """Raise unless the Python number ``value`` is positive (or non-negative)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value != value:  # NaN compares false
-        expected = "non-negative" if allow_zero else "positive"
-        raise CCGValueRangeError(f"`{name}` must be {expected}, got {value}.")
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> None:
+    """Raise unless ``value`` is a positive (or non-negative) real number (not a bool)."""
+    expected = "non-negative" if allow_zero else "positive"
+    real_number(value, name, low=0.0, low_open=not allow_zero, what=f"a {expected} number")
+
+
+def real_number(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str | None = None,
+) -> float:
+    """Return ``value`` as a float if it is a finite real number in the interval.
+
+    An ``int`` or ``float`` (not a bool or a string) from ``low`` to ``high``, each end open
+    as flagged.
+
+    Raises:
+        CCGValueRangeError: Anything else, naming ``name``, the interval (or ``what``) and
+            ``value``.
+    """
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    ok = number is not None and number == number and abs(number) != float("inf")
+    if ok and low is not None:
+        ok = number > low if low_open else number >= low  # type: ignore[operator]
+    if ok and high is not None:
+        ok = number < high if high_open else number <= high  # type: ignore[operator]
+    if not ok:
+        if what is None:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            lo = "-inf" if low is None else f"{low:g}"
+            hi = "inf" if high is None else f"{high:g}"
+            what = f"a finite number in {left}{lo}, {hi}{right}"
+        raise CCGValueRangeError(f"`{name}` must be {what}, got {value!r}.")
+    return float(number)  # type: ignore[arg-type]
+
+
+def check_flag(value: object, name: str) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``; else raise naming ``name``.
+
+    A string such as ``"no"`` would otherwise count as true.
+    """
+    if not isinstance(value, bool):
+        raise CCGValueRangeError(f"`{name}` must be True or False, got {value!r}.")
+    return value
 
 
 def positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:

@@ -397,7 +397,7 @@ def test_error_bad_floor(floor):
 
 def test_error_negative_box_weight():
     logits, labels, _, _ = _ok()
-    with pytest.raises(CCGValueRangeError, match=r"`box_weight` must be non-negative, got -1.0"):
+    with pytest.raises(CCGValueRangeError, match=r"`box_weight` must be a non-negative number, got -1.0"):
         mil_grid_loss(logits, labels, box_weight=-1.0)
 
 
@@ -512,7 +512,7 @@ def test_module_repr_and_validation():
     assert "box_weight=4.0" in repr(MILGridLoss())
     with pytest.raises(CCGValueRangeError, match="`reduction` must be one of"):
         MILGridLoss(reduction="avg")  # type: ignore[arg-type]
-    with pytest.raises(CCGValueRangeError, match="`box_weight` must be non-negative"):
+    with pytest.raises(CCGValueRangeError, match="`box_weight` must be a non-negative number"):
         MILGridLoss(box_weight=-1)
     with pytest.raises(CCGValueRangeError, match="`noisy_or_floor` must be None or in"):
         MILGridLoss(noisy_or_floor=2.0)

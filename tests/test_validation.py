@@ -64,12 +64,42 @@ def test_check_binary_and_finite_and_index():
         v.check_index(torch.tensor([0.0]), "i", 3)
 
 
-def test_check_positive_rejects_nan_and_sign():
+def test_check_positive_rejects_nan_sign_infinity_and_non_numbers():
     v.check_positive(1.0, "a")
+    v.check_positive(3, "a")
     v.check_positive(0.0, "a", allow_zero=True)
-    for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(CCGValueRangeError, match=r"`a` must be positive"):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "4", True, None):
+        with pytest.raises(CCGValueRangeError, match=r"`a` must be a positive number, got "):
             v.check_positive(bad, "a")
+    with pytest.raises(CCGValueRangeError, match=r"`a` must be a non-negative number, got -1"):
+        v.check_positive(-1, "a", allow_zero=True)
+
+
+def test_real_number_checks_the_interval_and_the_type():
+    assert v.real_number(2, "x") == 2.0
+    assert v.real_number(0.5, "x", low=0, high=1, low_open=True, high_open=True) == 0.5
+    assert v.real_number(0.0, "x", low=0, high=1) == 0.0
+    cases = [
+        (0.0, {"low": 0, "high": 1, "low_open": True}, r"in \(0, 1\]"),
+        (1.0, {"low": 0, "high": 1, "high_open": True}, r"in \[0, 1\)"),
+        (-2.0, {"low": -1}, r"in \[-1, inf\]"),
+        (float("nan"), {}, r"in \[-inf, inf\]"),
+        ("0.5", {"low": 0}, r"in \[0, inf\]"),
+        (False, {}, r"in \[-inf, inf\]"),
+    ]
+    for value, kw, interval in cases:
+        with pytest.raises(CCGValueRangeError, match=rf"`x` must be a finite number {interval}"):
+            v.real_number(value, "x", **kw)
+    with pytest.raises(CCGValueRangeError, match=r"`x` must be a gain, got 'a'"):
+        v.real_number("a", "x", what="a gain")
+
+
+def test_check_flag_takes_only_bools():
+    assert v.check_flag(True, "f") is True
+    assert v.check_flag(False, "f") is False
+    for bad in ("no", 1, 0, None):
+        with pytest.raises(CCGValueRangeError, match=r"`f` must be True or False, got "):
+            v.check_flag(bad, "f")
 
 
 def test_reduce():
