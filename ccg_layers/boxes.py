@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ccg_layers.config import values_checkable
-from ccg_layers.errors import CCGValueRangeError
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import (
     check_dtype,
     check_finite,
@@ -328,7 +328,7 @@ def maps_to_boxes(
         ``(x1, y1, x2, y2)``, ``(M,)`` int64, ``(M,)`` int64, ``(M,)`` in ``maps.dtype``.
 
     Raises:
-        CCGShapeError: ``maps`` not 4-D.
+        CCGShapeError: ``maps`` not 4-D, or an empty map (``H`` or ``W`` zero).
         CCGDTypeError: Non-float ``maps``.
         CCGValueRangeError: Non-finite ``maps`` or ``threshold``, bad ``image_size`` or
             ``min_area``.
@@ -347,7 +347,12 @@ def maps_to_boxes(
     """
     check_tensor(maps, "maps")
     check_dtype(maps, "maps", ("float",))
-    check_shape(maps, "maps", ("N", "K", "H", "W"))
+    dims = check_shape(maps, "maps", ("N", "K", "H", "W"))
+    if dims["H"] == 0 or dims["W"] == 0:
+        raise CCGShapeError(
+            "`maps` must have at least one cell per map (H >= 1 and W >= 1), got shape "
+            f"{tuple(maps.shape)}."
+        )
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, int | float)
@@ -410,9 +415,18 @@ def _maps_to_boxes(
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
     """Convert ``(..., 4)`` boxes from ``(x, y, width, height)`` to ``(x1, y1, x2, y2)``.
 
+    Args:
+        boxes: ``(..., 4)`` boxes of a floating dtype, or int32 / int64 (a narrower integer
+            dtype would overflow in ``x + width``).
+
+    Returns:
+        ``(..., 4)`` boxes of the same dtype.
+
     Raises:
         CCGShapeError: Last dimension not 4.
-        CCGValueRangeError: A negative width or height (a value check).
+        CCGDTypeError: Not a tensor, or a dtype other than floating, int32 or int64.
+        CCGValueRangeError: Non-finite values, a negative width or height (value checks: see
+            :func:`ccg_layers.set_value_checks`).
 
     Example:
         >>> import torch
@@ -420,7 +434,13 @@ def xywh_to_xyxy(boxes: Tensor) -> Tensor:
         tensor([[10., 20., 15., 28.]])
     """
     check_tensor(boxes, "boxes")
+    if not (boxes.dtype.is_floating_point or boxes.dtype in (torch.int32, torch.int64)):
+        raise CCGDTypeError(
+            "`boxes` must have a float, int32 or int64 dtype (a narrower integer dtype "
+            f"overflows in x + width), got {boxes.dtype}."
+        )
     check_shape(boxes, "boxes", (4,), leading=True)
+    check_finite(boxes, "boxes")
     xy, wh = boxes[..., :2], boxes[..., 2:]
     if values_checkable() and boxes.numel() and bool((wh < 0).any()):
         flat = boxes.reshape(-1, 4)

@@ -23,6 +23,7 @@ from ccg_layers.validation import (
     check_reduction,
     check_shape,
     check_tensor,
+    real_number,
     reduce,
 )
 
@@ -83,12 +84,30 @@ def log_noisy_or(logits: Tensor, *, noisy_or_floor: float | None = None) -> tupl
     Returns:
         ``(log_pos, log_neg)``, each ``(...)``: ``log P(positive)`` and ``log P(negative)``.
 
+    Raises:
+        CCGDTypeError: ``logits`` not a floating tensor.
+        CCGShapeError: ``logits`` of fewer than 2 dimensions, or an empty grid (``H`` or ``W``
+            zero).
+        CCGValueRangeError: Non-finite ``logits`` (a value check: see
+            :func:`ccg_layers.set_value_checks`), ``noisy_or_floor`` not ``None`` or a number
+            in ``[0, 1)``.
+
     Example:
         >>> import torch
         >>> log_pos, log_neg = log_noisy_or(torch.zeros(1, 2, 2))  # four cells at p = 0.5
         >>> float(log_neg.exp()), float(log_pos.exp())
         (0.0625, 0.9375)
     """
+    _check_floor(noisy_or_floor)
+    check_tensor(logits, "logits")
+    check_dtype(logits, "logits", ("float",))
+    _check_grid(logits, check_shape(logits, "logits", ("H", "W"), leading=True))
+    check_finite(logits, "logits")
+    return _log_noisy_or(logits, noisy_or_floor)
+
+
+def _log_noisy_or(logits: Tensor, noisy_or_floor: float | None) -> tuple[Tensor, Tensor]:
+    """Kernel of :func:`log_noisy_or` (no checks)."""
     z = logits.flatten(-2)
     if not noisy_or_floor:
         # -log(1 - p_j) = softplus(z_j);  s = -log P(negative) = sum_j softplus(z_j)
@@ -156,12 +175,15 @@ def mil_grid_loss(
         The loss: a scalar, or ``(N, K)`` for ``reduction="none"``; float32 at least.
 
     Raises:
-        CCGShapeError: Wrong rank or mismatched ``N``, ``K``, ``H``, ``W``.
+        CCGShapeError: Wrong rank, mismatched ``N``, ``K``, ``H``, ``W``, an empty grid
+            (``H`` or ``W`` zero), or ``box_mask`` given without ``grid_targets`` or the other
+            way round.
+        CCGDTypeError: A non-tensor argument, non-float ``logits``, ``box_mask`` not bool.
         CCGValueRangeError: Labels or targets outside ``{0, 1}``, a box on a class whose label
             is 0, an all-zero target where ``box_mask`` is true, non-finite logits, a bad
-            ``reduction``, ``box_weight`` or ``noisy_or_floor``. (Value checks read tensor
-            values: see :func:`ccg_layers.set_value_checks`.)
-        CCGInputError: ``box_mask`` given without ``grid_targets`` or the other way round.
+            ``reduction``, ``box_weight`` or ``noisy_or_floor`` (``None`` or a number in
+            ``[0, 1)``). (Value checks read tensor values: see
+            :func:`ccg_layers.set_value_checks`.)
 
     Example:
         >>> import torch
@@ -193,9 +215,22 @@ def mil_grid_loss(
 def _check_options(box_weight: float, noisy_or_floor: float | None) -> None:
     """Validate the loss's configuration (the module does it once, at construction)."""
     check_positive(box_weight, "box_weight", allow_zero=True)
-    if noisy_or_floor is not None and not 0.0 <= noisy_or_floor < 1.0:
-        raise CCGValueRangeError(
-            f"`noisy_or_floor` must be None or in [0, 1), got {noisy_or_floor}."
+    _check_floor(noisy_or_floor)
+
+
+def _check_floor(noisy_or_floor: object) -> None:
+    """``noisy_or_floor``: ``None`` or a real number (not a bool or a string) in ``[0, 1)``."""
+    if noisy_or_floor is not None:
+        what = "None or a number in [0, 1)"
+        real_number(noisy_or_floor, "noisy_or_floor", low=0.0, high=1.0, high_open=True, what=what)
+
+
+def _check_grid(logits: Tensor, dims: dict[str, int]) -> None:
+    """Raise on an empty grid: the noisy-OR of no cell is a certain negative (log 0 = -inf)."""
+    if dims["H"] == 0 or dims["W"] == 0:
+        raise CCGShapeError(
+            "`logits` must have a grid of at least one cell (H >= 1 and W >= 1), got shape "
+            f"{tuple(logits.shape)}."
         )
 
 
@@ -207,6 +242,7 @@ def _check_inputs(
     check_tensor(labels, "labels")
     check_dtype(logits, "logits", ("float",))
     dims = check_shape(logits, "logits", ("N", "K", "H", "W"))
+    _check_grid(logits, dims)
     check_shape(labels, "labels", ("N", "K"), dims)
     check_dtype(labels, "labels", ("float", "int", "bool"))
     if (grid_targets is None) != (box_mask is None):
@@ -265,7 +301,7 @@ def _mil_grid_loss(
     with torch.autocast(device_type=logits.device.type, enabled=False):
         z = logits.to(compute_dtype)
         y = labels.to(compute_dtype)
-        log_pos, log_neg = log_noisy_or(z, noisy_or_floor=noisy_or_floor)
+        log_pos, log_neg = _log_noisy_or(z, noisy_or_floor)
         terms = -(y * log_pos + (1.0 - y) * log_neg)
         if grid_targets is not None and box_mask is not None:
             t = grid_targets.to(compute_dtype)

@@ -17,7 +17,7 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import check_positive, positive_int
 
 __all__ = ["superpixels", "superpixels_from_files"]
 
@@ -40,16 +41,14 @@ LabelArray = NDArray[np.int64]
 def _check_params(
     n_segments: int, compactness: float, work_size: int | None, workers: int, max_num_iter: int
 ) -> None:
-    if not isinstance(n_segments, int) or isinstance(n_segments, bool) or n_segments < 1:
-        raise CCGValueRangeError(f"`n_segments` must be a positive int, got {n_segments!r}.")
-    if not compactness > 0:
-        raise CCGValueRangeError(f"`compactness` must be positive, got {compactness!r}.")
-    if work_size is not None and (not isinstance(work_size, int) or work_size < 1):
+    positive_int(n_segments, "n_segments")
+    check_positive(compactness, "compactness")
+    if work_size is not None and (
+        not isinstance(work_size, int) or isinstance(work_size, bool) or work_size < 1
+    ):
         raise CCGValueRangeError(f"`work_size` must be None or a positive int, got {work_size!r}.")
-    if not isinstance(max_num_iter, int) or max_num_iter < 1:
-        raise CCGValueRangeError(f"`max_num_iter` must be a positive int, got {max_num_iter!r}.")
-    if not isinstance(workers, int) or workers < 0:
-        raise CCGValueRangeError(f"`num_workers` must be a non-negative int, got {workers!r}.")
+    positive_int(max_num_iter, "max_num_iter")
+    positive_int(workers, "num_workers", allow_zero=True)
 
 
 def _work_shape(shape: tuple[int, int], work_size: int | None) -> tuple[int, int]:
@@ -249,6 +248,8 @@ def superpixels(
     if isinstance(images, Tensor):
         if images.dtype == torch.bool or images.dtype.is_complex:
             raise CCGDTypeError(f"`images` must have a real numeric dtype, got {images.dtype}.")
+        if images.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            images = images.float()
         array = images.detach().cpu().numpy()
     elif isinstance(images, np.ndarray):
         array = images
@@ -321,6 +322,26 @@ def _cache_file(cache_dir: Path, path: Path, key: str) -> Path:
     return cache_dir / (hashlib.sha1(ident.encode()).hexdigest() + ".npy")
 
 
+def _check_paths(paths: object) -> list[Path]:
+    """``paths`` as a list of ``Path``: an iterable of ``str`` / ``os.PathLike``, not one path."""
+    if isinstance(paths, str | bytes | os.PathLike):
+        raise CCGDTypeError(
+            f"`paths` must be a sequence of image paths, got a single path {paths!r}: pass "
+            "[path] for one image."
+        )
+    if not isinstance(paths, Iterable):
+        raise CCGDTypeError(
+            f"`paths` must be a sequence of image paths, got {type(paths).__name__}."
+        )
+    files = list(paths)
+    for i, p in enumerate(files):
+        if not isinstance(p, str | os.PathLike):
+            raise CCGDTypeError(
+                f"`paths` must hold str or os.PathLike paths, got {type(p).__name__} at index {i}."
+            )
+    return [Path(p) for p in files]
+
+
 def superpixels_from_files(
     paths: Sequence[str | os.PathLike[str]],
     n_segments: int,
@@ -360,6 +381,8 @@ def superpixels_from_files(
 
     Raises:
         CCGShapeError: Images whose working shapes differ.
+        CCGDTypeError: ``paths`` a single path (not a sequence of paths) or not iterable, an
+            entry or ``cache_dir`` not a ``str`` or ``os.PathLike``.
         CCGValueRangeError: Bad parameters.
         FileNotFoundError: A missing file.
 
@@ -374,7 +397,11 @@ def superpixels_from_files(
     _check_params(n_segments, compactness, work_size, num_workers, max_num_iter)
     if not isinstance(square, bool):
         raise CCGValueRangeError(f"`square` must be a bool, got {type(square).__name__}.")
-    files = [Path(p) for p in paths]
+    files = _check_paths(paths)
+    if cache_dir is not None and not isinstance(cache_dir, str | os.PathLike):
+        raise CCGDTypeError(
+            f"`cache_dir` must be None, a str or an os.PathLike, got {type(cache_dir).__name__}."
+        )
     cache = None if cache_dir is None else Path(cache_dir)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)

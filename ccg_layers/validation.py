@@ -12,6 +12,8 @@ with them); they are not part of the ``ccg_layers`` namespace.
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
@@ -176,19 +178,20 @@ def real_number(
 ) -> float:
     """Return ``value`` as a float if it is a finite real number in the interval.
 
-    An ``int`` or ``float`` (not a bool or a string) from ``low`` to ``high``, each end open
-    as flagged.
+    A real number (``int``, ``float``, a NumPy scalar; not a bool, a string or a tensor) from
+    ``low`` to ``high``, each end open as flagged.
 
     Raises:
         CCGValueRangeError: Anything else, naming ``name``, the interval (or ``what``) and
             ``value``.
     """
-    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    ok = number is not None and number == number and abs(number) != float("inf")
-    if ok and low is not None:
-        ok = number > low if low_open else number >= low  # type: ignore[operator]
-    if ok and high is not None:
-        ok = number < high if high_open else number <= high  # type: ignore[operator]
+    real = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    number = float(value) if real else math.nan  # type: ignore[arg-type]
+    ok = math.isfinite(number)
+    if low is not None:
+        ok = ok and (number > low if low_open else number >= low)
+    if high is not None:
+        ok = ok and (number < high if high_open else number <= high)
     if not ok:
         if what is None:
             left = "(" if low_open else "["
@@ -197,7 +200,7 @@ def real_number(
             hi = "inf" if high is None else f"{high:g}"
             what = f"a finite number in {left}{lo}, {hi}{right}"
         raise CCGValueRangeError(f"`{name}` must be {what}, got {value!r}.")
-    return float(number)  # type: ignore[arg-type]
+    return number
 
 
 def check_flag(value: object, name: str) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import example, given
 
+from ccg_layers import set_value_checks
 from ccg_layers.boxes import boxes_outside, check_boxes, rejected_boxes
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
@@ -507,7 +510,51 @@ def test_maps_to_boxes_errors():
         maps_to_boxes(torch.zeros(1, 1, 2, 2), image_size=(0, 4))
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 0, 4), (1, 2, 4, 0)])
+def test_maps_to_boxes_error_empty_map(shape):
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`maps` must have at least one cell per map \(H >= 1 and W >= 1\), got shape "
+        + re.escape(str(shape)),
+    ):
+        maps_to_boxes(torch.zeros(shape))
+
+
 # --------------------------------------------------------------------------- xywh_to_xyxy
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.uint8, torch.int8, torch.int16, torch.bool, torch.complex64]
+)
+def test_xywh_error_dtype(dtype):
+    with pytest.raises(
+        CCGDTypeError,
+        match=rf"`boxes` must have a float, int32 or int64 dtype .*, got {dtype}",
+    ):
+        xywh_to_xyxy(torch.tensor([[200, 200, 100, 100]]).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.float16, torch.float64])
+def test_xywh_accepts_float_and_wide_int_dtypes(dtype):
+    out = xywh_to_xyxy(torch.tensor([[200, 200, 100, 100]]).to(dtype))
+    assert out.dtype == dtype
+    assert out.tolist() == [[200, 200, 300, 300]]
+
+
+@pytest.mark.parametrize("col", [0, 1, 2, 3])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_xywh_error_non_finite_only_with_value_checks(col, bad):
+    boxes = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    boxes[0, col] = bad
+    with pytest.raises(CCGValueRangeError, match=r"`boxes` must be finite, got NaN or infinite"):
+        xywh_to_xyxy(boxes)
+    with set_value_checks(False):
+        xywh_to_xyxy(boxes)  # a value check: skipped when value checks are off
+
+
+def test_xywh_error_not_a_tensor():
+    with pytest.raises(CCGDTypeError, match=r"`boxes` must be a torch.Tensor, got list"):
+        xywh_to_xyxy([[0.0, 0.0, 1.0, 1.0]])
 
 
 def test_xywh_negative_width_is_an_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import hypothesis.strategies as st
 import mpmath
@@ -10,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from ccg_layers import MILGridLoss
+from ccg_layers import MILGridLoss, set_value_checks
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import boxes_to_grid, log_noisy_or, mil_grid_loss, xywh_to_xyxy
 
@@ -391,13 +392,90 @@ def test_error_logits_not_a_tensor():
 @pytest.mark.parametrize("floor", [1.0, -0.1])
 def test_error_bad_floor(floor):
     logits, labels, _, _ = _ok()
-    with pytest.raises(CCGValueRangeError, match=r"`noisy_or_floor` must be None or in \[0, 1\)"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`noisy_or_floor` must be None or a number in \[0, 1\)"
+    ):
         mil_grid_loss(logits, labels, noisy_or_floor=floor)
+
+
+@pytest.mark.parametrize("floor", ["x", float("nan"), True])
+def test_error_floor_not_a_number(floor):
+    logits, labels, _, _ = _ok()
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`noisy_or_floor` must be None or a number in \[0, 1\), got {floor!r}",
+    ):
+        mil_grid_loss(logits, labels, noisy_or_floor=floor)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (2, 3, 4, 0)])
+def test_error_empty_grid(shape):
+    _, labels, _, _ = _ok()
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`logits` must have a grid of at least one cell \(H >= 1 and W >= 1\), got shape "
+        + re.escape(str(shape)),
+    ):
+        mil_grid_loss(torch.zeros(shape), labels)
+
+
+# --------------------------------------------------------------------------- log_noisy_or errors
+
+
+def test_log_noisy_or_error_not_a_tensor():
+    with pytest.raises(CCGDTypeError, match=r"`logits` must be a torch.Tensor, got list"):
+        log_noisy_or([[0.0, 1.0]])
+
+
+def test_log_noisy_or_error_one_dimension():
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`logits` must have at least 2 dimensions \(\.\.\., H, W\), got shape \(3,\)",
+    ):
+        log_noisy_or(torch.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.bool])
+def test_log_noisy_or_error_non_float(dtype):
+    with pytest.raises(CCGDTypeError, match=rf"`logits` must have a float dtype, got {dtype}"):
+        log_noisy_or(torch.zeros(1, 2, 2, dtype=dtype))
+
+
+@pytest.mark.parametrize("floor", ["0.9", 1.5, -0.5, 1.0, float("nan"), True])
+def test_log_noisy_or_error_bad_floor(floor):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`noisy_or_floor` must be None or a number in \[0, 1\), got {re.escape(repr(floor))}",
+    ):
+        log_noisy_or(torch.zeros(1, 2, 2), noisy_or_floor=floor)
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 0), (1, 0, 3), (1, 3, 0)])
+def test_log_noisy_or_error_empty_grid(shape):
+    with pytest.raises(
+        CCGShapeError, match=r"`logits` must have a grid of at least one cell \(H >= 1 and W >= 1\)"
+    ):
+        log_noisy_or(torch.zeros(shape))
+
+
+def test_log_noisy_or_error_non_finite_logits_only_with_value_checks():
+    logits = torch.tensor([[[float("nan"), 0.0]]])
+    with pytest.raises(CCGValueRangeError, match=r"`logits` must be finite, got NaN or infinite"):
+        log_noisy_or(logits)
+    with set_value_checks(False):
+        log_noisy_or(logits)  # a value check: skipped when value checks are off
+
+
+def test_log_noisy_or_empty_batch_is_fine():
+    log_pos, log_neg = log_noisy_or(torch.zeros(0, 2, 2))
+    assert log_pos.shape == log_neg.shape == (0,)
 
 
 def test_error_negative_box_weight():
     logits, labels, _, _ = _ok()
-    with pytest.raises(CCGValueRangeError, match=r"`box_weight` must be a non-negative number, got -1.0"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`box_weight` must be a non-negative number, got -1.0"
+    ):
         mil_grid_loss(logits, labels, box_weight=-1.0)
 
 
@@ -514,7 +592,7 @@ def test_module_repr_and_validation():
         MILGridLoss(reduction="avg")  # type: ignore[arg-type]
     with pytest.raises(CCGValueRangeError, match="`box_weight` must be a non-negative number"):
         MILGridLoss(box_weight=-1)
-    with pytest.raises(CCGValueRangeError, match="`noisy_or_floor` must be None or in"):
+    with pytest.raises(CCGValueRangeError, match="`noisy_or_floor` must be None or a number in"):
         MILGridLoss(noisy_or_floor=2.0)
 
 

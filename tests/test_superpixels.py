@@ -245,8 +245,36 @@ def test_error_n_segments_zero():
 
 
 def test_error_compactness_not_positive():
-    with pytest.raises(CCGValueRangeError, match=r"`compactness` must be positive, got -1"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`compactness` must be a positive number, got -1"
+    ):
         superpixels(np.zeros((1, 8, 8)), 4, compactness=-1)
+
+
+@pytest.mark.parametrize("value", ["a", True, float("nan"), float("inf")])
+def test_error_compactness_not_a_number(value):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`compactness` must be a positive number, got {value!r}"
+    ):
+        superpixels(np.zeros((1, 8, 8)), 4, compactness=value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("work_size", True, "None or a positive int"),
+        ("max_num_iter", True, "a positive int"),
+        ("num_workers", True, "a non-negative int"),
+    ],
+)
+def test_error_int_parameter_bool_or_string(name, value, expected):
+    with pytest.raises(CCGValueRangeError, match=rf"`{name}` must be {expected}, got {value!r}"):
+        superpixels(np.zeros((1, 8, 8)), 4, **{name: value})
+
+
+def test_bfloat16_tensor_is_read_as_float32():
+    images = torch.rand(1, 32, 32).bfloat16()
+    assert torch.equal(superpixels(images, 8), superpixels(images.float(), 8))
 
 
 def test_error_work_size_bad():
@@ -325,6 +353,36 @@ def test_error_files_of_different_shapes(tmp_path):
     imsave(tmp_path / "b.png", np.zeros((64, 32), dtype=np.uint8), check_contrast=False)
     with pytest.raises(CCGShapeError, match=r"`paths` must be images of one working shape"):
         superpixels_from_files([tmp_path / "a.png", tmp_path / "b.png"], 4, work_size=32)
+
+
+@pytest.mark.parametrize("kind", [str, Path])
+def test_error_from_files_single_path(tmp_path, kind):
+    path = kind(_write_pngs(tmp_path, 1, size=32)[0])
+    with pytest.raises(
+        CCGDTypeError,
+        match=r"`paths` must be a sequence of image paths, got a single path .*img0\.png.*: pass "
+        r"\[path\] for one image",
+    ):
+        superpixels_from_files(path, 4)
+
+
+def test_error_from_files_paths_not_iterable():
+    with pytest.raises(CCGDTypeError, match=r"`paths` must be a sequence of image paths, got int"):
+        superpixels_from_files(5, 4)
+
+
+def test_error_from_files_entry_not_a_path():
+    with pytest.raises(
+        CCGDTypeError, match=r"`paths` must hold str or os.PathLike paths, got int at index 1"
+    ):
+        superpixels_from_files(["a.png", 5], 4)
+
+
+def test_error_from_files_cache_dir_not_a_path():
+    with pytest.raises(
+        CCGDTypeError, match=r"`cache_dir` must be None, a str or an os.PathLike, got int"
+    ):
+        superpixels_from_files([], 4, cache_dir=5)
 
 
 def test_error_missing_file(tmp_path):

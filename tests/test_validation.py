@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,6 +78,8 @@ def test_check_positive_rejects_nan_sign_infinity_and_non_numbers():
 
 def test_real_number_checks_the_interval_and_the_type():
     assert v.real_number(2, "x") == 2.0
+    assert v.real_number(np.float32(0.25), "x") == 0.25
+    assert v.real_number(np.int64(3), "x", low=0) == 3.0
     assert v.real_number(0.5, "x", low=0, high=1, low_open=True, high_open=True) == 0.5
     assert v.real_number(0.0, "x", low=0, high=1) == 0.0
     cases = [
@@ -111,7 +114,6 @@ def test_reduce():
 
 
 def test_check_size2_accepts_an_int_or_a_pair():
-    import numpy as np
 
     assert v.check_size2(100, "image_size") == (100, 100)
     assert v.check_size2((3, 4), "image_size") == (3, 4)
