@@ -167,7 +167,8 @@ def contrast_distances(distances: Tensor, alike: Tensor, margin: float) -> Tenso
     Raises:
         CCGShapeError: ``alike`` has another shape.
         CCGDTypeError: ``distances`` not floating or ``alike`` not bool.
-        CCGValueRangeError: ``margin`` not a finite positive float.
+        CCGValueRangeError: ``margin`` not a finite positive float; with the value checks on,
+            ``distances`` that are negative, NaN or infinite.
 
     Example:
         >>> import torch
@@ -185,6 +186,13 @@ def contrast_distances(distances: Tensor, alike: Tensor, margin: float) -> Tenso
             f"`alike` must have the shape of `distances` {tuple(distances.shape)}, got shape "
             f"{tuple(alike.shape)}."
         )
+    if values_checkable() and distances.numel():
+        bad = ~torch.isfinite(distances) | (distances < 0)
+        if bool(bad.any()):
+            raise CCGValueRangeError(
+                "`distances` must hold finite non-negative distances, got "
+                f"{int(bad.sum())} other value(s), e.g. {distances[bad].flatten()[0].item()}."
+            )
     return contrast_costs(distances, alike, m)
 
 

@@ -135,13 +135,21 @@ def pairwise_distance(features: Tensor) -> Tensor:
     Returns:
         ``(n, n)`` symmetric, non-negative.
 
+    Raises:
+        CCGShapeError: No sample dimension or an empty batch.
+        CCGDTypeError: Non-floating ``features``.
+        CCGValueRangeError: With the value checks on, non-finite values: the relation losses'
+            rule (:func:`check_finite_through_distances`), read off the distances.
+
     Example:
         >>> import torch
         >>> pairwise_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
         tensor([[0., 5.],
                 [5., 0.]])
     """
-    return _pairwise(check_batch(features, "features"))
+    dist = _pairwise(check_batch(features, "features"))
+    check_finite_through_distances(dist, features, "`features`")
+    return dist
 
 
 def check_finite_through_distances(

@@ -17,10 +17,12 @@ from ccg_layers.distance import compute_dtype
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import (
     check_dtype,
+    check_finite,
     check_index,
     check_labels,
     check_shape,
     check_tensor,
+    positive_int,
 )
 
 __all__ = [
@@ -61,6 +63,24 @@ def _superpixel_pool(x: Tensor, labels: Tensor, m: int) -> tuple[Tensor, Tensor]
     return pooled, valid
 
 
+def _check_pooling(x: Tensor, name: str, labels: Tensor, m: int) -> None:
+    """The labels of a pooling of ``x`` (``(N, h, w)`` grid) in ``[0, m)``; non-empty grids.
+
+    The labels' values and ``x``'s finiteness are value checks (skipped while disabled).
+    """
+    H, W = check_labels(labels, "labels", int(x.shape[0]))
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise CCGShapeError(
+            f"`{name}` must have a non-empty (h, w) grid to pool, got shape {tuple(x.shape)}."
+        )
+    if H == 0 or W == 0:
+        raise CCGShapeError(
+            f"`labels` must have a non-empty (H, W) grid, got shape {tuple(labels.shape)}."
+        )
+    check_index(labels, "labels", m)
+    check_finite(x, name)  # one NaN would turn every patch mean of its image into NaN
+
+
 def superpixel_pool(x: Tensor, labels: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
     """Mean of a feature map over each superpixel (patch), for a whole batch in one scatter.
 
@@ -80,9 +100,10 @@ def superpixel_pool(x: Tensor, labels: Tensor, num_segments: int) -> tuple[Tenso
         for a segment that covers no pixel of the labels.
 
     Raises:
-        CCGShapeError: Wrong ranks or mismatched ``N``.
+        CCGShapeError: Wrong ranks, mismatched ``N`` or an empty ``(h, w)`` / ``(H, W)`` grid.
         CCGDTypeError: Non-floating ``x`` or non-integer ``labels``.
-        CCGValueRangeError: Labels outside ``[0, num_segments)`` or ``num_segments < 1``.
+        CCGValueRangeError: ``num_segments`` not a positive int; with the value checks on,
+            labels outside ``[0, num_segments)`` or a non-finite ``x``.
 
     Example:
         >>> import torch
@@ -94,11 +115,9 @@ def superpixel_pool(x: Tensor, labels: Tensor, num_segments: int) -> tuple[Tenso
     """
     check_tensor(x, "x")
     check_dtype(x, "x", ("float",))
-    dims = check_shape(x, "x", ("N", "C", "h", "w"))
-    if not isinstance(num_segments, int) or num_segments < 1:
-        raise CCGValueRangeError(f"`num_segments` must be a positive int, got {num_segments!r}.")
-    check_labels(labels, "labels", dims["N"])
-    check_index(labels, "labels", num_segments)
+    check_shape(x, "x", ("N", "C", "h", "w"))
+    positive_int(num_segments, "num_segments")
+    _check_pooling(x, "x", labels, num_segments)
     return _superpixel_pool(x, labels, num_segments)
 
 
@@ -122,6 +141,12 @@ def hash_codes(x: Tensor, projection: Tensor) -> Tensor:
     Returns:
         ``(..., bits)`` float codes of ``+1``/``-1``.
 
+    Raises:
+        CCGShapeError: ``x`` without a last dimension ``D`` or ``projection`` not ``(D, bits)``.
+        CCGDTypeError: A non-floating input.
+        CCGValueRangeError: A non-finite ``x`` (with the value checks on): its codes would
+            look valid.
+
     Example:
         >>> import torch
         >>> hash_codes(torch.tensor([[1.0, -2.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
@@ -133,6 +158,7 @@ def hash_codes(x: Tensor, projection: Tensor) -> Tensor:
     check_dtype(projection, "projection", ("float",))
     dims = check_shape(x, "x", ("D",), leading=True)
     check_shape(projection, "projection", ("D", "bits"), dims)
+    check_finite(x, "x")  # sign(NaN) would be a valid-looking code
     return _hash_codes(x, projection)
 
 
@@ -197,6 +223,14 @@ def patch_codes(hash_input: Tensor, labels: Tensor, projection: Tensor, num_patc
     Returns:
         ``(n, m, bits)`` codes in ``{-1, 0, +1}``.
 
+    Raises:
+        CCGShapeError: Wrong ranks, mismatched ``n`` or ``C_hash``, an empty batch or an empty
+            ``(h, w)`` / ``(H, W)`` grid.
+        CCGDTypeError: A non-floating ``hash_input`` or ``projection``, non-integer ``labels``.
+        CCGValueRangeError: ``num_patches`` not a positive int; with the value checks on,
+            labels outside ``[0, num_patches)`` or a non-finite ``hash_input`` (its codes
+            would look valid).
+
     Example:
         >>> import torch
         >>> labels = torch.tensor([[[0, 0], [1, 1]]])
@@ -206,11 +240,9 @@ def patch_codes(hash_input: Tensor, labels: Tensor, projection: Tensor, num_patc
                  [-1., -1.],
                  [ 0.,  0.]]])
     """
-    n = check_hash_input(hash_input, "hash_input", check_projection(projection))
-    if not isinstance(num_patches, int) or num_patches < 1:
-        raise CCGValueRangeError(f"`num_patches` must be a positive int, got {num_patches!r}.")
-    check_labels(labels, "labels", n)
-    check_index(labels, "labels", num_patches)
+    check_hash_input(hash_input, "hash_input", check_projection(projection))
+    positive_int(num_patches, "num_patches")
+    _check_pooling(hash_input, "hash_input", labels, num_patches)
     return encode_patches(hash_input, labels, projection, num_patches)
 
 

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ccg_layers.config import values_checkable
 from ccg_layers.contrast import check_margin
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import check_dtype, check_shape, check_tensor, positive_int
 
 __all__ = ["PartnerMemory", "commit_memories", "gatherable", "memory_enqueue_"]
@@ -42,6 +43,16 @@ def _enqueue(
         count.copy_(torch.clamp(count + n, max=size))
 
 
+def _tensors(value: object, name: str) -> Sequence[Tensor]:
+    """``value`` if it is a list or tuple (of tensors, checked one by one by the caller)."""
+    if not isinstance(value, (list, tuple)):
+        raise CCGDTypeError(
+            f"`{name}` must be a list or tuple of tensors (one per queue), got "
+            f"{type(value).__name__}."
+        )
+    return value
+
+
 def memory_enqueue_(
     memory: Sequence[Tensor], pointer: Tensor, count: Tensor, entries: Sequence[Tensor]
 ) -> None:
@@ -51,13 +62,22 @@ def memory_enqueue_(
     ``pointer`` the next slot to write and ``count`` how many slots are filled (``()`` int64
     tensors). The ``n`` entries go to slots ``pointer, pointer + 1, ...`` modulo ``S`` with
     one ``index_copy_`` per queue (the oldest are overwritten); with ``n > S`` only the last
-    ``S`` stay. Detached; converted to each queue's dtype.
+    ``S`` stay. Detached; converted to each queue's dtype. The entries are stored as they are
+    (NaN included): a memory keeps what it is given, the losses that read it check it.
 
     Args:
         memory: Queues, each ``(S, ...)``.
         pointer: ``()`` int64, updated to ``(pointer + n) % S``.
         count: ``()`` int64, updated to ``min(count + n, S)``.
         entries: One ``(n, ...)`` tensor per queue.
+
+    Raises:
+        CCGShapeError: No queue, a queue without slots, queues with different ``S``, an entry
+            not ``(n, ...)`` like its queue, or ``pointer`` / ``count`` not ``()``.
+        CCGDTypeError: ``memory`` or ``entries`` not a list or tuple of tensors, or
+            non-integer ``pointer`` / ``count``.
+        CCGValueRangeError: With the value checks on, ``pointer`` outside ``[0, S)`` or
+            ``count`` outside ``[0, S]``.
 
     Example:
         >>> import torch
@@ -66,32 +86,49 @@ def memory_enqueue_(
         >>> queue.flatten(), ptr, count
         (tensor([2., 0., 1.]), tensor(1), tensor(2))
     """
-    if not memory or len(memory) != len(entries):
+    queues, batch = _tensors(memory, "memory"), _tensors(entries, "entries")
+    if not queues or len(queues) != len(batch):
         raise CCGShapeError(
-            f"`entries` must hold one tensor per queue of `memory` ({len(memory)}), got "
-            f"{len(entries)}."
+            f"`entries` must hold one tensor per queue of `memory` ({len(queues)}), got "
+            f"{len(batch)}."
         )
     for name, t in (("pointer", pointer), ("count", count)):
         check_tensor(t, name)
         check_dtype(t, name, ("int",))
         check_shape(t, name, ())
     size = n = 0
-    for i, (buf, entry) in enumerate(zip(memory, entries, strict=True)):
+    for i, (buf, entry) in enumerate(zip(queues, batch, strict=True)):
         check_tensor(buf, f"memory[{i}]")
         check_tensor(entry, f"entries[{i}]")
-        if i == 0:
-            size, n = int(buf.shape[0]), int(entry.shape[0])
-        if buf.shape[0] != size or size == 0:
+        if i == 0 and (buf.dim() == 0 or buf.shape[0] == 0):
             raise CCGShapeError(
-                f"`memory[{i}]` must have S={size} >= 1 slots like `memory[0]`, got shape "
+                f"`memory[0]` must have shape (S, ...) with S >= 1 slots, got shape "
                 f"{tuple(buf.shape)}."
             )
-        if tuple(entry.shape) != (n, *buf.shape[1:]):
+        if i == 0:
+            size, n = int(buf.shape[0]), int(entry.shape[0]) if entry.dim() else 0
+        elif buf.dim() == 0 or buf.shape[0] != size:
+            raise CCGShapeError(
+                f"`memory[{i}]` must have shape (S, ...) with S={size} slots like `memory[0]`, "
+                f"got shape {tuple(buf.shape)}."
+            )
+        if entry.dim() == 0 or tuple(entry.shape) != (n, *buf.shape[1:]):
+            batch_size = " the batch size" if i == 0 else f"={n} like `entries[0]`"
             raise CCGShapeError(
                 f"`entries[{i}]` must have shape (n, {', '.join(map(str, buf.shape[1:]))}) "
-                f"with n={n}, got shape {tuple(entry.shape)}."
+                f"with n{batch_size}, got shape {tuple(entry.shape)}."
             )
-    _enqueue(memory, pointer, count, entries)
+    if values_checkable() and bool(
+        (pointer < 0) | (pointer >= size) | (count < 0) | (count > size)
+    ):
+        p, c = int(pointer), int(count)
+        name, value, interval = (
+            ("pointer", p, f"[0, {size})") if not 0 <= p < size else ("count", c, f"[0, {size}]")
+        )
+        raise CCGValueRangeError(
+            f"`{name}` must be in {interval} for a memory of S={size} slots, got {value}."
+        )
+    _enqueue(queues, pointer, count, batch)
 
 
 def gatherable(x: Tensor) -> Tensor:
@@ -305,7 +342,9 @@ class PartnerMemory(nn.Module):
                     (self.memory_size, *entry.shape[1:]), dtype=dtype, device=pointer.device
                 )
         queues = [self._queue(name) for name in self._queues]
-        memory_enqueue_(queues, self._queue("memory_pointer"), self._queue("memory_count"), entries)
+        # the module's own queues, pointer and count, and entries checked against them
+        # (check_memory_entry) or made by the library: no second validation
+        _enqueue(queues, self._queue("memory_pointer"), self._queue("memory_count"), entries)
 
     def _load_from_state_dict(
         self,
@@ -367,7 +406,14 @@ def commit_memories(module: nn.Module) -> None:
         >>> commit_memories(lsg)
         >>> int(lsg.memory_count)
         2
+
+    Raises:
+        CCGDTypeError: ``module`` is not an ``nn.Module``.
     """
+    if not isinstance(module, nn.Module):
+        raise CCGDTypeError(
+            f"`module` must be a torch.nn.Module (e.g. the model), got {type(module).__name__}."
+        )
     for m in module.modules():
         if isinstance(m, PartnerMemory):
             m.commit_memory()

@@ -13,8 +13,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ccg_layers.errors import CCGShapeError
-from ccg_layers.validation import check_choice, check_dtype, check_shape, check_tensor
+from ccg_layers.config import values_checkable
+from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import (
+    check_choice,
+    check_dtype,
+    check_finite,
+    check_flag,
+    check_shape,
+    check_tensor,
+)
 
 __all__ = [
     "GraphParametrization",
@@ -122,6 +130,14 @@ def normalize_graph(
     Returns:
         The weights, same shape as ``logits``.
 
+    Raises:
+        CCGShapeError: ``logits`` not ``(n, n + K)`` with ``n >= 1`` (``(P,)`` / ``(P, J)``
+            with ``P, J >= 1`` for ``pairs=True``), or ``valid`` not ``(n + K,)`` / ``(J,)``.
+        CCGDTypeError: Non-floating ``logits`` or a non-bool ``valid``.
+        CCGValueRangeError: A bad ``parametrization``, ``pairs`` not a bool; with the value
+            checks on, non-finite ``logits`` or a ``valid`` that masks one of the first ``n``
+            columns (the batch's own; the pair's own partner, column 0, with ``pairs=True``).
+
     Example:
         >>> import torch
         >>> normalize_graph(torch.zeros(4, 4))[0]
@@ -133,6 +149,7 @@ def normalize_graph(
                 [0.3333, 0.3333, 0.3333, 0.0000]])
     """
     parametrization = check_parametrization(parametrization)
+    pairs = check_flag(pairs, "pairs")
     check_tensor(logits, "logits")
     check_dtype(logits, "logits", ("float",))
     if pairs:
@@ -142,9 +159,10 @@ def normalize_graph(
         else:
             dims = check_shape(logits, "logits", ("P", "J"))
             cols = dims["J"]
-        if dims["P"] == 0:
+        if dims["P"] == 0 or cols == 0:
             raise CCGShapeError(
-                f"`logits` must score at least 1 pair, got shape {tuple(logits.shape)}."
+                "`logits` must score at least 1 pair, each against at least its own partner "
+                f"(P, J >= 1), got shape {tuple(logits.shape)}."
             )
     else:
         if logits.dim() != 2 or logits.shape[1] < logits.shape[0] or logits.shape[0] == 0:
@@ -159,4 +177,13 @@ def normalize_graph(
         if pairs and logits.dim() == 1:
             raise CCGShapeError("`valid` is only used with (P, J) pair scores, got (P,) scores.")
         check_shape(valid, "valid", ("columns",), {"columns": cols})
+        own = 1 if pairs else int(logits.shape[0])  # the columns that must exist
+        if values_checkable() and not bool(valid[:own].all()):
+            first = int((~valid[:own]).nonzero()[0, 0])
+            what = "the pair's own partner" if pairs else f"the n={own} batch columns"
+            raise CCGValueRangeError(
+                f"`valid` must be True for {what} (only memory columns may be masked), got "
+                f"False at column {first}."
+            )
+    check_finite(logits, "logits")
     return normalize_logits(logits, parametrization, pairs=pairs, valid=valid)

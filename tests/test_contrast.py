@@ -634,3 +634,21 @@ def test_error_image_labels_b_without_pair_form_module():
     x, labels = memory_batch(2, 0)
     with pytest.raises(CCGShapeError, match=r"`image_labels_b` is only used in the pair form"):
         ik(x, labels, image_labels=torch.zeros(2, NC), image_labels_b=torch.zeros(2, NC))
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"), [(-1.0, r"-1\.0"), (float("nan"), "nan"), (float("inf"), "inf")]
+)
+def test_error_contrast_distances_bad_distance(bad, shown):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`distances` must hold finite non-negative distances, got 1 other value\(s\), "
+        rf"e\.g\. {shown}",
+    ):
+        contrast_distances(torch.tensor([0.5, bad]), torch.tensor([True, False]), 1.0)
+
+
+def test_contrast_distances_values_unchecked_with_value_checks_off():
+    with ccg_layers.set_value_checks(False):
+        got = contrast_distances(torch.tensor([-1.0]), torch.tensor([True]), 1.0)
+    assert float(got) == -1.0

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 
+import ccg_layers
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     paired_sample_loss,
@@ -222,3 +223,36 @@ def test_error_memory_features_shape():
         CCGShapeError, match=r"`memory` must have shape \(K, 3, 2\) like one sample .*\(1, 3, 3\)"
     ):
         sample_graph_loss(torch.randn(2, 3, 2), torch.ones(2, 3), memory=torch.randn(1, 3, 3))
+
+
+# --------------------------------------------------------------------------- validation gaps
+
+
+def test_error_pairwise_distance_nan_features():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`features` must be finite, got NaN or infinite values"
+    ):
+        pairwise_distance(torch.tensor([[float("nan"), 0.0], [1.0, 2.0]]))
+
+
+def test_error_pairwise_distance_inf_features():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`features` must be finite, got NaN or infinite values"
+    ):
+        pairwise_distance(torch.tensor([[1.0, 0.0], [float("inf"), 2.0], [0.0, 0.0]]))
+
+
+def test_error_pairwise_distance_nan_lone_sample():
+    """One sample has no partner to read NaN off: the rule checks its features directly."""
+    with pytest.raises(CCGValueRangeError, match=r"`features` must be finite"):
+        pairwise_distance(torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_error_pairwise_distance_overflowing_features():
+    with pytest.raises(CCGValueRangeError, match=r"`features` must be finite.* overflow"):
+        pairwise_distance(torch.tensor([[1e30, 0.0], [1.0, 2.0]]))
+
+
+def test_pairwise_distance_nan_passes_with_value_checks_off():
+    with ccg_layers.set_value_checks(False):
+        assert pairwise_distance(torch.tensor([[float("nan"), 0.0], [1.0, 2.0]])).isnan().any()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 
+import ccg_layers
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     hamming_distance,
@@ -180,3 +181,95 @@ def test_patch_codes_match_pool_then_hash():
     proj = torch.randn(4, 16, dtype=torch.float64)
     pooled, valid = superpixel_pool(x, labels, 5)
     assert torch.equal(patch_codes(x, labels, proj, 5), hash_codes(pooled, proj) * valid[..., None])
+
+
+# --------------------------------------------------------------------------- validation gaps
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _pool_args(n=1):
+    return torch.randn(n, 2, 2, 2), torch.zeros(n, 2, 2, dtype=torch.long)
+
+
+def test_error_hash_codes_nan_x():
+    with pytest.raises(CCGValueRangeError, match=r"`x` must be finite, got NaN or infinite"):
+        hash_codes(torch.tensor([[NAN, 1.0]]), torch.eye(2))
+
+
+def test_error_hash_codes_inf_x():
+    with pytest.raises(CCGValueRangeError, match=r"`x` must be finite, got NaN or infinite"):
+        hash_codes(torch.tensor([[1.0, -INF]]), torch.eye(2))
+
+
+def test_hash_codes_nan_x_passes_with_value_checks_off():
+    with ccg_layers.set_value_checks(False):
+        assert hash_codes(torch.tensor([[NAN, 1.0]]), torch.eye(2)).shape == (1, 2)
+
+
+def test_hash_codes_does_not_check_the_projection_values():
+    """A learnable/fixed parameter is the trainer's to watch: only the data input is checked."""
+    codes = hash_codes(torch.ones(1, 2), torch.tensor([[NAN, 1.0], [1.0, 1.0]]))
+    assert codes.shape == (1, 2)
+
+
+def test_error_patch_codes_nan_hash_input():
+    x, labels = _pool_args()
+    x[0, 1, 0, 0] = NAN
+    with pytest.raises(CCGValueRangeError, match=r"`hash_input` must be finite, got NaN"):
+        patch_codes(x, labels, torch.ones(2, 2), 3)
+
+
+def test_error_patch_codes_num_patches_bool():
+    x, labels = _pool_args()
+    with pytest.raises(CCGValueRangeError, match=r"`num_patches` must be a positive int, got True"):
+        patch_codes(x, labels, torch.ones(2, 2), True)
+
+
+def test_error_patch_codes_empty_label_grid():
+    x, labels = _pool_args()
+    with pytest.raises(
+        CCGShapeError, match=r"`labels` must have a non-empty \(H, W\) grid, got shape \(1, 2, 0\)"
+    ):
+        patch_codes(x, labels[:, :, :0], torch.ones(2, 2), 3)
+
+
+def test_error_patch_codes_empty_hash_input_grid():
+    x, labels = _pool_args()
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`hash_input` must have a non-empty \(h, w\) grid to pool, got shape \(1, 2, 0, 2\)",
+    ):
+        patch_codes(x[:, :, :0], labels, torch.ones(2, 2), 3)
+
+
+def test_error_superpixel_pool_nan_x():
+    x, labels = _pool_args()
+    x[0, 0, 1, 1] = NAN
+    with pytest.raises(CCGValueRangeError, match=r"`x` must be finite, got NaN or infinite"):
+        superpixel_pool(x, labels, 3)
+
+
+def test_error_superpixel_pool_num_segments_bool():
+    x, labels = _pool_args()
+    with pytest.raises(
+        CCGValueRangeError, match=r"`num_segments` must be a positive int, got True"
+    ):
+        superpixel_pool(x, labels, True)
+
+
+def test_error_superpixel_pool_empty_label_grid():
+    x, labels = _pool_args()
+    with pytest.raises(
+        CCGShapeError, match=r"`labels` must have a non-empty \(H, W\) grid, got shape \(1, 0, 2\)"
+    ):
+        superpixel_pool(x, labels[:, :0], 3)
+
+
+def test_error_superpixel_pool_empty_x_grid():
+    x, labels = _pool_args()
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`x` must have a non-empty \(h, w\) grid to pool, got shape \(1, 2, 0, 2\)",
+    ):
+        superpixel_pool(x[:, :, :0], labels, 3)

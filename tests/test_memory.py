@@ -531,3 +531,95 @@ def test_error_defer_enqueue_not_a_bool(cls):
     }[cls]
     with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be a bool, got "):
         make()
+
+
+# --------------------------------------------------------------------------- validation gaps
+
+
+def _enqueue(pointer=0, count=0, memory=None, entries=None):
+    memory = [torch.zeros(3, 1)] if memory is None else memory
+    entries = [torch.ones(2, 1)] if entries is None else entries
+    memory_enqueue_(memory, torch.tensor(pointer), torch.tensor(count), entries)
+
+
+@pytest.mark.parametrize("pointer", [3, 5, -1])
+def test_error_memory_enqueue_pointer_out_of_range(pointer):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`pointer` must be in \[0, 3\) for a memory of S=3 slots, got {pointer}\.",
+    ):
+        _enqueue(pointer=pointer)
+
+
+@pytest.mark.parametrize("count", [-4, 4])
+def test_error_memory_enqueue_count_out_of_range(count):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`count` must be in \[0, 3\] for a memory of S=3 slots, got {count}\.",
+    ):
+        _enqueue(count=count)
+
+
+def test_memory_enqueue_pointer_unchecked_with_value_checks_off():
+    with ccg_layers.set_value_checks(False):
+        _enqueue(pointer=5)
+
+
+def test_memory_enqueue_full_count_is_valid():
+    _enqueue(pointer=2, count=3)
+
+
+def test_error_memory_enqueue_memory_is_a_tensor():
+    with pytest.raises(
+        CCGDTypeError,
+        match=r"`memory` must be a list or tuple of tensors \(one per queue\), got Tensor",
+    ):
+        memory_enqueue_(torch.zeros(3, 1), torch.tensor(0), torch.tensor(0), [torch.ones(2, 1)])
+
+
+def test_error_memory_enqueue_entries_none():
+    with pytest.raises(
+        CCGDTypeError, match=r"`entries` must be a list or tuple of tensors .*got NoneType"
+    ):
+        memory_enqueue_([torch.zeros(3, 1)], torch.tensor(0), torch.tensor(0), None)
+
+
+def test_error_memory_enqueue_scalar_queue():
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`memory\[0\]` must have shape \(S, \.\.\.\) with S >= 1 slots, "
+        r"got shape \(\)",
+    ):
+        _enqueue(memory=[torch.tensor(0.0)], entries=[torch.ones(2)])
+
+
+def test_error_memory_enqueue_scalar_entry():
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`entries\[0\]` must have shape \(n, 1\) with n the batch size, got shape \(\)",
+    ):
+        _enqueue(entries=[torch.tensor(1.0)])
+
+
+def test_error_memory_enqueue_second_entry_other_batch_size():
+    with pytest.raises(
+        CCGShapeError, match=r"`entries\[1\]` must have shape \(n, 1\) with n=2 like `entries\[0\]`"
+    ):
+        _enqueue(
+            memory=[torch.zeros(3, 1), torch.zeros(3, 1)],
+            entries=[torch.ones(2, 1), torch.ones(1, 1)],
+        )
+
+
+def test_memory_enqueue_stores_nan_entries_as_given():
+    queue = torch.zeros(3, 1)
+    _enqueue(memory=[queue], entries=[torch.full((1, 1), float("nan"))])
+    assert queue[0].isnan().all()
+
+
+@pytest.mark.parametrize("module", ["x", None])
+def test_error_commit_memories_not_a_module(module):
+    with pytest.raises(
+        CCGDTypeError, match=r"`module` must be a torch.nn.Module \(e.g. the model\), got "
+    ):
+        ccg_layers.commit_memories(module)

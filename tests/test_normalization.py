@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 
+import ccg_layers
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     normalize_graph,
@@ -72,3 +73,70 @@ def test_normalize_graph_with_memory_matches_reference(n, K, seed):
     got = normalize_graph(logits, valid=valid)
     torch.testing.assert_close(got, ref_normalize_with_memory(logits, valid.tolist()))
     torch.testing.assert_close(got.sum(1), torch.ones(n, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- validation gaps
+
+
+def test_error_normalize_graph_valid_masks_every_column():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`valid` must be True for the n=2 batch columns \(only memory columns may be "
+        r"masked\), got False at column 0",
+    ):
+        normalize_graph(torch.zeros(2, 4), valid=torch.zeros(4, dtype=torch.bool))
+
+
+def test_error_normalize_graph_valid_masks_a_batch_column():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`valid` must be True for the n=2 batch columns .* column 1"
+    ):
+        normalize_graph(torch.zeros(2, 4), valid=torch.tensor([True, False, True, True]))
+
+
+def test_error_normalize_graph_free_valid_masks_a_batch_column():
+    with pytest.raises(CCGValueRangeError, match=r"`valid` must be True for the n=2 batch"):
+        normalize_graph(
+            torch.zeros(2, 3), parametrization="free", valid=torch.tensor([False, True, True])
+        )
+
+
+def test_error_normalize_graph_pair_valid_masks_the_own_partner():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`valid` must be True for the pair's own partner .* got False at column 0",
+    ):
+        normalize_graph(torch.zeros(2, 3), pairs=True, valid=torch.tensor([False, True, True]))
+
+
+def test_normalize_graph_valid_values_unchecked_with_value_checks_off():
+    with ccg_layers.set_value_checks(False):
+        normalize_graph(torch.zeros(2, 3), valid=torch.tensor([False, True, True]))
+
+
+def test_normalize_graph_masked_memory_columns_stay_allowed():
+    got = normalize_graph(torch.zeros(2, 4), valid=torch.tensor([True, True, False, False]))
+    torch.testing.assert_close(got, torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]))
+
+
+def test_error_normalize_graph_nan_logits():
+    with pytest.raises(CCGValueRangeError, match=r"`logits` must be finite, got NaN or infinite"):
+        normalize_graph(torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
+
+
+def test_error_normalize_graph_inf_pair_logits():
+    with pytest.raises(CCGValueRangeError, match=r"`logits` must be finite, got NaN or infinite"):
+        normalize_graph(torch.tensor([0.0, float("inf")]), pairs=True)
+
+
+def test_error_normalize_graph_pairs_not_a_bool():
+    with pytest.raises(CCGValueRangeError, match=r"`pairs` must be True or False, got 'yes'"):
+        normalize_graph(torch.zeros(2, 2), pairs="yes")
+
+
+def test_error_normalize_graph_pair_scores_without_a_column():
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`logits` must score at least 1 pair, each against at least .*\(2, 0\)",
+    ):
+        normalize_graph(torch.zeros(2, 0), pairs=True)
