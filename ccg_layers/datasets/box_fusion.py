@@ -11,7 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["fuse_boxes"]
+from ccg_layers.config import values_checkable
+from ccg_layers.errors import CCGValueRangeError
+from ccg_layers.validation import check_dtype, check_finite, check_tensor, real_number
+
+__all__ = ["fuse_boxes", "weighted_box_fusion"]
 
 
 def _iou(box: Tensor, boxes: Tensor) -> Tensor:
@@ -38,7 +42,10 @@ def fuse_boxes(boxes: Tensor, iou_threshold: float = 0.5) -> tuple[Tensor, Tenso
         cluster of each input box.
 
     Raises:
-        ValueError: ``boxes`` is not ``(n, 4)`` or ``iou_threshold`` is not in [0, 1).
+        ValueError: ``boxes`` is not ``(n, 4)``.
+        CCGDTypeError: ``boxes`` is not a float or integer tensor.
+        CCGValueRangeError: ``iou_threshold`` is not a number in [0, 1); ``boxes`` holds NaN
+            or infinity, or a box without positive width and height (value checks).
 
     Example:
         >>> import torch
@@ -47,10 +54,23 @@ def fuse_boxes(boxes: Tensor, iou_threshold: float = 0.5) -> tuple[Tensor, Tenso
         >>> fused.tolist(), cluster.tolist()
         ([[0.5, 0.5, 10.5, 10.5], [50.0, 50.0, 60.0, 60.0]], [0, 0, 1])
     """
+    check_dtype(check_tensor(boxes, "boxes"), "boxes", ("float", "int"))
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"`boxes` must have shape (n, 4), got {tuple(boxes.shape)}")
-    if not 0.0 <= iou_threshold < 1.0:
-        raise ValueError(f"`iou_threshold` must be in [0, 1), got {iou_threshold!r}")
+    real_number(iou_threshold, "iou_threshold", low=0.0, high=1.0, high_open=True, what="in [0, 1)")
+    check_finite(boxes, "boxes")
+    if values_checkable() and len(boxes):
+        bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if bool(bad.any()):
+            raise CCGValueRangeError(
+                f"`boxes` must be (x1, y1, x2, y2) with x1 < x2 and y1 < y2, got "
+                f"{int(bad.sum())} inverted or empty box(es), e.g. {boxes[bad][0].tolist()}."
+            )
+    return weighted_box_fusion(boxes, float(iou_threshold))
+
+
+def weighted_box_fusion(boxes: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
+    """Kernel of :func:`fuse_boxes` (validated inputs)."""
     boxes = boxes.to(torch.float64)
     sums: list[Tensor] = []
     counts: list[int] = []

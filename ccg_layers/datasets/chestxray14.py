@@ -22,10 +22,11 @@ from torch import Tensor
 
 from ccg_layers.datasets.grayscale import read_radiograph
 from ccg_layers.datasets.image_files import name_list
-from ccg_layers.datasets.index import IndexRows
+from ccg_layers.datasets.index import IndexRows, Table, check_dataset_index
 from ccg_layers.datasets.published_csv import DatasetFormatError, fail_or_skip
 from ccg_layers.datasets.radiographs import RadiographDataset
 from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
+from ccg_layers.validation import check_flag
 
 __all__ = [
     "BBOX_LIST_FILE",
@@ -120,6 +121,12 @@ class ChestXray14Index(IndexRows):
         root: The folder the CSV files were read from (images are looked up under it), or
             ``None`` for an index built in memory.
 
+    Raises:
+        CCGDTypeError: A field that is not a tensor (or a list), or of the wrong dtype.
+        CCGShapeError: Fields whose sizes disagree (``labels`` must be ``(N, 14)``).
+        CCGValueRangeError: Labels other than 0 and 1, a box index out of range (value
+            checks), or repeated image names.
+
     ``len(index)``, ``index.position(name)``, ``has_box`` ``(N, 14)`` and ``annotated`` ``(N,)``
     are those of every index (:class:`~ccg_layers.datasets.index.IndexRows`).
     """
@@ -136,7 +143,12 @@ class ChestXray14Index(IndexRows):
     _positions: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._positions.update({name: i for i, name in enumerate(self.images)})
+        n = len(self.images) if isinstance(self.images, Sequence) else -1
+        own: dict[str, Table] = {
+            "follow_ups": (self.follow_ups, (n,), "int"),
+            "view_positions": (self.view_positions, (n,), None),
+        }
+        check_dataset_index(self, own, BOXED_CLASSES)
 
     # ----------------------------------------------- the DatasetIndex interface (index.py)
 
@@ -338,6 +350,7 @@ def read_chestxray14(
         The index.
 
     Raises:
+        CCGValueRangeError: ``skip_bad_rows`` is not a bool (checked before any file is read).
         FileNotFoundError: No label file under ``root``.
         ChestXray14FormatError: A malformed header or row, with the file name and line: wrong
             number of fields, a bad image name, an unknown label, a box that is not a positive
@@ -359,6 +372,7 @@ def read_chestxray14(
         >>> index.images, index.labels[0, 1].item(), index.boxes.tolist(), index.box_class.tolist()
         (['00000001_000.png', '00000002_000.png'], 1.0, [[300.0, 500.0, 700.0, 750.0]], [1])
     """
+    check_flag(skip_bad_rows, "skip_bad_rows")
     root = Path(root)
     entry = _find_data_entry(root)
     images, label_lists, patients, follow_ups, views = _read_data_entry(entry, skip_bad_rows)
@@ -394,8 +408,13 @@ def find_image_files(image_root: str | os.PathLike[str]) -> dict[str, Path]:
 
     Looks in ``image_root/images/`` and in the official ``image_root/images_001/images/`` ...
     ``images_012/images/`` subfolders (and in ``image_root`` itself).
+
+    Raises:
+        FileNotFoundError: ``image_root`` is not a folder (names it).
     """
     root = Path(image_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of ChestX-ray14 images")
     folders = [root, root / "images", *sorted(root.glob("images_*/images"))]
     found: dict[str, Path] = {}
     for folder in folders:
@@ -444,8 +463,8 @@ class ChestXray14(RadiographDataset):
 
     Raises:
         ChestXray14FormatError: A malformed row of the CSV files when reading ``root``.
-        ValueError: As :class:`~ccg_layers.datasets.RadiographDataset` (so are a missing
-            image, ``FileNotFoundError``, and an unknown name, ``KeyError``).
+        ValueError: As :class:`~ccg_layers.datasets.RadiographDataset` (an unknown name is
+            a ``CCGValueRangeError``); so is a missing image, a ``FileNotFoundError``.
 
     Example:
         >>> import tempfile
@@ -472,6 +491,7 @@ class ChestXray14(RadiographDataset):
         image_root: str | os.PathLike[str] | None = None,
         skip_bad_images: bool = False,
     ) -> None:
+        check_flag(skip_bad_images, "skip_bad_images")
         if isinstance(root_or_index, ChestXray14Index):
             index = root_or_index
         else:

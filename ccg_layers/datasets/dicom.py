@@ -17,6 +17,7 @@ import numpy as np
 from torch import Tensor
 
 from ccg_layers.datasets.grayscale import gray_to_uint8, read_radiograph
+from ccg_layers.errors import CCGDTypeError
 
 __all__ = ["DICOM_SUFFIXES", "dicom_frame_size", "dicom_to_unit", "read_dicom", "read_image"]
 
@@ -83,6 +84,7 @@ def dicom_to_unit(ds: Any, where: str = "DICOM") -> np.ndarray:
     ITU-R 601-2 luma.
 
     Raises:
+        CCGDTypeError: ``ds`` is not a pydicom ``Dataset``.
         ValueError: Several frames, or a photometric interpretation other than
             MONOCHROME1, MONOCHROME2 or RGB/YBR (``where`` names the file in the message).
 
@@ -102,6 +104,8 @@ def dicom_to_unit(ds: Any, where: str = "DICOM") -> np.ndarray:
     """
     from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
+    if not isinstance(ds, _pydicom().Dataset):
+        raise CCGDTypeError(f"`ds` must be a pydicom Dataset, got {type(ds).__name__}.")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise ValueError(f"{where}: expected one frame, got {frames} (NumberOfFrames)")

@@ -20,10 +20,13 @@ from torch import Tensor
 
 from ccg_layers.datasets.dicom import DICOM_SUFFIXES, dicom_frame_size
 from ccg_layers.datasets.published_csv import DatasetFormatError, csv_records
+from ccg_layers.errors import CCGDTypeError
+from ccg_layers.validation import check_flag
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageKind",
+    "check_reader_options",
     "frame_sizes_of",
     "locate_images",
     "name_list",
@@ -81,13 +84,30 @@ def locate_images(
     Raises:
         ValueError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``, ``"jpeg"``.
     """
-    if images not in IMAGE_SUFFIXES:
-        raise ValueError(
-            f"`images` must be one of {', '.join(map(repr, IMAGE_SUFFIXES))}, got {images!r}"
-        )
+    check_reader_options(images, None, False)
     suffixes = IMAGE_SUFFIXES[images]
     found = scan_image_folder(folder, suffixes)
     return [found.get(n) for n in names], suffixes
+
+
+def check_reader_options(images: object, frame_sizes: object, skip_bad_rows: object) -> None:
+    """Check the options the readers of VinDr-CXR and RSNA share, before they touch the disk.
+
+    Raises:
+        ValueError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``, ``"jpeg"``.
+        CCGDTypeError: ``frame_sizes`` is neither ``None`` nor a mapping.
+        CCGValueRangeError: ``skip_bad_rows`` is not a bool.
+    """
+    if not isinstance(images, str) or images not in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"`images` must be one of {', '.join(map(repr, IMAGE_SUFFIXES))}, got {images!r}"
+        )
+    if frame_sizes is not None and not isinstance(frame_sizes, Mapping):
+        raise CCGDTypeError(
+            f"`frame_sizes` must be a dict {{name: (width, height)}} or None, got "
+            f"{type(frame_sizes).__name__}."
+        )
+    check_flag(skip_bad_rows, "skip_bad_rows")
 
 
 def name_list(names: Sequence[str], shown: int = 5, *, quote: bool = False, sep: str = ", ") -> str:

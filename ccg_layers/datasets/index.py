@@ -11,16 +11,39 @@ Pneumonia readers return.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from ccg_layers.datasets.image_files import IMAGE_SUFFIXES, scan_image_folder
+from ccg_layers.config import values_checkable
+from ccg_layers.datasets.image_files import IMAGE_SUFFIXES, name_list, scan_image_folder
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import (
+    check_binary,
+    check_dtype,
+    check_index,
+    check_shape,
+    check_tensor,
+)
 
-__all__ = ["DatasetIndex", "IndexRows", "RadiographIndex", "boxes_at_size"]
+__all__ = [
+    "DatasetIndex",
+    "IndexRows",
+    "RadiographIndex",
+    "boxes_at_size",
+    "check_dataset_index",
+    "check_is_index",
+    "check_positive_sizes",
+    "scaled_boxes",
+]
+
+#: A field of an index checked at construction: its value, its shape, and a dtype kind (or
+#: ``None`` for a list).
+Table = tuple[object, tuple[int, ...], Literal["float", "int"] | None]
 
 
 @runtime_checkable
@@ -107,15 +130,44 @@ class DatasetIndex(Protocol):
         """Map the name of every image found on disk to its file (under ``image_root`` if given)."""
 
 
+def _names(value: object, name: str) -> list[str]:
+    """``value`` as a list if it is a sequence of unique strings (not a string)."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise CCGDTypeError(f"`{name}` must be a list of str, got {type(value).__name__}.")
+    bad = [v for v in value if not isinstance(v, str)]
+    if bad:
+        raise CCGDTypeError(f"`{name}` must be a list of str, got a {type(bad[0]).__name__}.")
+    if len(set(value)) != len(value):
+        # the message of the index's first check of `images` (a ValueError)
+        raise CCGValueRangeError(
+            f"`{name}` must be unique; {len(value) - len(set(value))} repeated"
+        )
+    return list(value)
+
+
+def check_positive_sizes(sizes: Tensor, name: str) -> None:
+    """Raise unless every ``(width, height)`` of ``sizes`` is positive (a value check)."""
+    if values_checkable() and sizes.numel() and bool((sizes <= 0).any()):
+        bad = sizes[(sizes <= 0).any(dim=-1)][0].tolist()
+        raise CCGValueRangeError(
+            f"`{name}` must hold positive (width, height), got {int((sizes <= 0).any(-1).sum())} "
+            f"frame(s) that are not, e.g. {bad}."
+        )
+
+
 class IndexRows:
     """The row look-ups every index shares: ``len``, :meth:`position`, ``has_box``, ``annotated``.
 
     A base of the frozen dataclasses :class:`RadiographIndex` and
-    :class:`~ccg_layers.datasets.ChestXray14Index`, which hold the fields read here and fill
-    ``_positions`` (image name -> row) in their ``__post_init__``.
+    :class:`~ccg_layers.datasets.ChestXray14Index`, which hold the fields read here and check
+    them and fill ``_positions`` (image name -> row) in their ``__post_init__``
+    (:func:`check_dataset_index`).
     """
 
     images: list[str]
+    labels: Tensor
+    patient_ids: Tensor
+    boxes: Tensor
     box_image_index: Tensor
     box_class: Tensor
     _positions: dict[str, int]
@@ -176,6 +228,13 @@ class RadiographIndex(IndexRows):
         root: The folder the index was read from.
         image_suffixes: The file suffixes :meth:`find_images` looks for under another folder.
 
+    Raises:
+        CCGDTypeError: A field that is not a tensor (or a list), or of the wrong dtype.
+        CCGShapeError: Fields whose sizes disagree.
+        CCGValueRangeError: Labels other than 0 and 1, a box index out of range, a frame
+            size that is not positive (value checks), repeated names, or a boxed class that
+            is not a class.
+
     Example:
         >>> import torch
         >>> index = RadiographIndex(
@@ -205,21 +264,13 @@ class RadiographIndex(IndexRows):
     _positions: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        n, k = len(self.images), len(self.class_names)
-        checks = {
-            "labels": (tuple(self.labels.shape), (n, k)),
-            "patient_ids": (tuple(self.patient_ids.shape), (n,)),
-            "image_sizes": (tuple(self.image_sizes.shape), (n, 2)),
-            "files": ((len(self.files),), (n,)),
-            "box_image_index": (tuple(self.box_image_index.shape), (len(self.boxes),)),
-            "box_class": (tuple(self.box_class.shape), (len(self.boxes),)),
+        n = len(self.images) if isinstance(self.images, Sequence) else -1  # checked below
+        own: dict[str, Table] = {
+            "image_sizes": (self.image_sizes, (n, 2), "int"),
+            "files": (self.files, (n,), None),
         }
-        for name, (got, want) in checks.items():
-            if got != want:
-                raise ValueError(f"`{name}` must have shape {want}, got {got}")
-        self._positions.update({name: i for i, name in enumerate(self.images)})
-        if len(self._positions) != n:
-            raise ValueError(f"`images` must be unique; {n - len(self._positions)} repeated")
+        check_dataset_index(self, own, self.boxed_classes)
+        check_positive_sizes(self.image_sizes, "image_sizes")
 
     def find_images(self, image_root: str | os.PathLike[str] | None = None) -> dict[str, Path]:
         """Map every image found on disk to its file.
@@ -234,11 +285,72 @@ class RadiographIndex(IndexRows):
         return {n: found[n] for n in self.images if n in found}
 
 
+def check_dataset_index(index: IndexRows, own: dict[str, Table], boxed_classes: object) -> None:
+    """Check the fields of an index at its construction and fill its ``_positions``.
+
+    The fields every index has (``images``, ``labels``, ``patient_ids``, the boxes, the class
+    names) and the index's ``own`` (name -> :data:`Table`): types, dtypes, shapes that agree,
+    labels in ``{0, 1}`` and box indices in range (value checks, while they are on), unique
+    names, ``boxed_classes`` among the class names.
+
+    Raises:
+        CCGDTypeError: A field that is not a tensor (or a list), or of the wrong dtype.
+        CCGShapeError: A field whose shape does not agree with the others.
+        CCGValueRangeError: Labels other than 0 and 1, a box index out of range, repeated
+            names, or a boxed class that is not a class.
+    """
+    n = len(_names(index.images, "images"))
+    classes = _names(index.class_names, "class_names")
+    boxed = _names(boxed_classes, "boxed_classes")
+    unknown = [c for c in boxed if c not in classes]
+    if unknown:
+        raise CCGValueRangeError(
+            f"`boxed_classes` must be among `class_names` ({name_list(classes)}), got "
+            f"{name_list(unknown, quote=True)}."
+        )
+    boxes = check_tensor(index.boxes, "boxes")
+    check_dtype(boxes, "boxes", ("float",))
+    m = check_shape(boxes, "boxes", ("M", 4))["M"]
+    tables: dict[str, Table] = {
+        "labels": (index.labels, (n, len(classes)), "float"),
+        "patient_ids": (index.patient_ids, (n,), "int"),
+        "box_image_index": (index.box_image_index, (m,), "int"),
+        "box_class": (index.box_class, (m,), "int"),
+        **own,
+    }
+    for name, (value, want, kind) in tables.items():
+        if kind is None:
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise CCGDTypeError(f"`{name}` must be a list, got {type(value).__name__}.")
+            got: tuple[int, ...] = (len(value),)
+        else:
+            check_dtype(check_tensor(value, name), name, (kind,))
+            got = tuple(value.shape)  # type: ignore[attr-defined]
+        if got != want:  # the message of the index's first shape check (a ValueError)
+            raise CCGShapeError(f"`{name}` must have shape {want}, got {got}")
+    check_binary(index.labels, "labels")
+    check_index(index.box_image_index, "box_image_index", n)
+    check_index(index.box_class, "box_class", len(classes))
+    index._positions.update({name: i for i, name in enumerate(index.images)})
+
+
+def scaled_boxes(index: DatasetIndex, w: int, h: int) -> Tensor:
+    """Kernel of :func:`boxes_at_size` (validated inputs): the boxes scaled to ``w`` x ``h``."""
+    frame = index.image_sizes[index.box_image_index].to(torch.float32)  # (M, 2) (W, H)
+    scale = torch.stack([w / frame[:, 0], h / frame[:, 1], w / frame[:, 0], h / frame[:, 1]], dim=1)
+    return (index.boxes * scale).to(torch.float32)
+
+
 def boxes_at_size(index: DatasetIndex, size: int | tuple[int, int]) -> Tensor:
     """``(M, 4)`` float32: every box of ``index`` scaled to a working image of ``size``.
 
     ``size`` is ``S`` (square) or ``(W, H)``; each box is scaled from its image's frame
     (``index.image_sizes``), as :class:`~ccg_layers.datasets.RadiographDataset` scales them.
+
+    Raises:
+        CCGDTypeError: ``index`` is not a :class:`DatasetIndex`.
+        CCGValueRangeError: ``size`` is not a positive int or two positive ints, or an image
+            of ``index`` has a frame that is not positive (a value check).
 
     Example:
         >>> import torch
@@ -252,7 +364,21 @@ def boxes_at_size(index: DatasetIndex, size: int | tuple[int, int]) -> Tensor:
         >>> boxes_at_size(index, 500).tolist()
         [[50.0, 50.0, 150.0, 100.0]]
     """
-    w, h = (size, size) if isinstance(size, int) else size
-    frame = index.image_sizes[index.box_image_index].to(torch.float32)  # (M, 2) (W, H)
-    scale = torch.stack([w / frame[:, 0], h / frame[:, 1], w / frame[:, 0], h / frame[:, 1]], dim=1)
-    return (index.boxes * scale).to(torch.float32)
+    check_is_index(index)
+    pair = list(size) if isinstance(size, (tuple, list)) else [size, size]
+    if len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
+    ):
+        raise CCGValueRangeError(
+            f"`size` must be a positive int or two positive ints (W, H), got {size!r}."
+        )
+    check_positive_sizes(index.image_sizes, "index.image_sizes")
+    return scaled_boxes(index, pair[0], pair[1])
+
+
+def check_is_index(index: object) -> None:
+    """Raise :class:`~ccg_layers.CCGDTypeError` unless ``index`` is a :class:`DatasetIndex`."""
+    if not isinstance(index, DatasetIndex):
+        raise CCGDTypeError(
+            f"`index` must be a DatasetIndex (e.g. read_chestxray14's), got {type(index).__name__}."
+        )

@@ -21,9 +21,11 @@ from torch.utils.data import Dataset
 
 from ccg_layers.datasets.dicom import read_image
 from ccg_layers.datasets.image_files import name_list
-from ccg_layers.datasets.index import DatasetIndex, boxes_at_size
+from ccg_layers.datasets.index import DatasetIndex, check_is_index, scaled_boxes
 from ccg_layers.datasets.samples import ChestXray14Sample
+from ccg_layers.errors import CCGDTypeError, CCGValueRangeError
 from ccg_layers.transforms import imagenet_input
+from ccg_layers.validation import check_flag
 
 __all__ = ["RadiographDataset"]
 
@@ -57,8 +59,11 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
     Raises:
         ValueError: A bad ``image_size`` or ``output``, or an index without ``root`` and no
             ``image_root``.
+        CCGDTypeError: ``index`` is not a :class:`~ccg_layers.datasets.DatasetIndex`, or
+            ``image_names`` is a string or not iterable.
+        CCGValueRangeError: Names of ``image_names`` that are not in the index (names the
+            first ones), or a ``skip_bad_images`` that is not a bool.
         FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
-        KeyError: A name of ``image_names`` is not in the index.
 
     Example:
         >>> import tempfile
@@ -83,17 +88,34 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         image_root: str | os.PathLike[str] | None = None,
         skip_bad_images: bool = False,
     ) -> None:
-        if not isinstance(image_size, int) or image_size <= 0:
+        check_is_index(index)
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
         if output not in ("uint8", "imagenet", "unit"):
             raise ValueError(f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}")
+        check_flag(skip_bad_images, "skip_bad_images")
+        if isinstance(image_names, str) or not isinstance(image_names, Iterable | None):
+            raise CCGDTypeError(
+                f"`image_names` must be an iterable of image names (str) or None, got "
+                f"{type(image_names).__name__}."
+            )
+        names = list(index.images) if image_names is None else list(image_names)
+        rows, unknown = [], []
+        for n in names:
+            try:
+                rows.append(index.position(n))
+            except KeyError:
+                unknown.append(n)
+        if unknown:
+            raise CCGValueRangeError(
+                f"`image_names` must be images of the {index.dataset_name} index, got "
+                f"{len(unknown)} that are not: {name_list(unknown, quote=True)}."
+            )
         files = index.find_images(image_root)
         self.index = index
         self.image_size = image_size
         self.output = output
         self.skip_bad_images = skip_bad_images
-        names = list(index.images) if image_names is None else list(image_names)
-        rows = [index.position(n) for n in names]
         missing = [n for n in names if n not in files]
         if missing:
             message = self._missing_message(missing, image_root)
@@ -109,7 +131,7 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         # Boxes grouped by index row, scaled from each image's frame to the working size.
         order = torch.argsort(index.box_image_index, stable=True)
         self._box_rows = index.box_image_index[order]
-        self._boxes = boxes_at_size(index, image_size)[order]
+        self._boxes = scaled_boxes(index, image_size, image_size)[order]
         self._box_class = index.box_class[order]
         self._has_box = index.has_box
 

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ccg_layers.datasets.image_files import ImageKind, frame_sizes_of, locate_images
+from ccg_layers.datasets.image_files import (
+    ImageKind,
+    check_reader_options,
+    frame_sizes_of,
+    locate_images,
+)
 from ccg_layers.datasets.index import RadiographIndex
 from ccg_layers.datasets.published_csv import csv_records, fail_or_skip
 
@@ -63,6 +68,8 @@ def read_rsna_pneumonia(
         The index, images in the order of their first row.
 
     Raises:
+        ValueError: A bad ``images``, ``frame_sizes`` or ``skip_bad_rows`` (checked before any
+            file is read).
         FileNotFoundError: No ``csv_file``.
         DatasetFormatError: A malformed row, named by file and line: wrong number of fields,
             an empty patientId, a Target other than 0 or 1, a Target 1 row without a box or a
@@ -81,6 +88,7 @@ def read_rsna_pneumonia(
         >>> index.images, index.labels.flatten().tolist(), index.boxes[0].tolist()
         (['p1', 'p2'], [1.0, 0.0], [264.0, 152.0, 477.0, 531.0])
     """
+    check_reader_options(images, frame_sizes, skip_bad_rows)
     root = Path(root)
     path = root / csv_file
     order: dict[str, int] = {}

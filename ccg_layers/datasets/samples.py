@@ -6,13 +6,19 @@ yield :class:`ChestXray14Sample`; :func:`collate_chestxray14` batches them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 import torch
 from torch import Tensor
 
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import check_tensor
+
 __all__ = ["ChestXray14Batch", "ChestXray14Sample", "collate_chestxray14"]
+
+_TENSORS = ("image", "labels", "has_box", "boxes", "box_class")
+_KEYS = (*_TENSORS, "name", "index")
 
 
 class ChestXray14Sample(TypedDict):
@@ -57,6 +63,15 @@ class ChestXray14Batch(TypedDict):
 def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batch:
     """Batch samples with varying numbers of boxes: images stacked, boxes concatenated flat.
 
+    Raises:
+        CCGDTypeError: ``samples`` is not a sequence of dicts, or a value of a sample's
+            tensor keys is not a tensor.
+        CCGValueRangeError: ``samples`` is empty (a plain ``ValueError``), or a sample lacks
+            a key of :class:`ChestXray14Sample`.
+        CCGShapeError: A sample's ``boxes`` is not ``(b, 4)`` or its ``box_class`` not
+            ``(b,)``, or its ``image``, ``labels`` or ``has_box`` differs in shape from the
+            first sample's.
+
     Example:
         >>> import torch
         >>> s = dict(image=torch.zeros(3, 8, 8), labels=torch.zeros(14), has_box=torch.zeros(14,
@@ -67,8 +82,40 @@ def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batc
         >>> batch["image"].shape, batch["box_image_index"].tolist()
         (torch.Size([2, 3, 8, 8]), [1])
     """
+    if isinstance(samples, (str, Mapping)) or not isinstance(samples, Sequence):
+        raise CCGDTypeError(
+            f"`samples` must be a list of sample dicts, got {type(samples).__name__}."
+        )
     if not samples:
         raise ValueError("`samples` must hold at least one sample, got an empty sequence")
+    first: dict[str, tuple[int, ...]] = {}
+    for i, sample in enumerate(samples):  # one step per sample: shapes and lengths only
+        where = f"samples[{i}]"
+        if not isinstance(sample, Mapping):
+            raise CCGDTypeError(f"`{where}` must be a sample dict, got {type(sample).__name__}.")
+        fields: Mapping[str, object] = sample
+        missing = [k for k in _KEYS if k not in fields]
+        if missing:
+            raise CCGValueRangeError(
+                f"`{where}` must have the keys {', '.join(_KEYS)}, got one without "
+                f"{', '.join(missing)}."
+            )
+        shapes = {k: tuple(check_tensor(fields[k], f"{where}['{k}']").shape) for k in _TENSORS}
+        b = shapes["boxes"]
+        if len(b) != 2 or b[1] != 4:
+            raise CCGShapeError(f"`{where}['boxes']` must have shape (b, 4), got {b}.")
+        if shapes["box_class"] != b[:1]:
+            raise CCGShapeError(
+                f"`{where}['box_class']` must have shape ({b[0]},), one class per box, got "
+                f"{shapes['box_class']}."
+            )
+        first = first or shapes
+        for k in ("image", "labels", "has_box"):
+            if shapes[k] != first[k]:
+                raise CCGShapeError(
+                    f"`{where}['{k}']` must have the shape of samples[0]['{k}'], {first[k]}, "
+                    f"got {shapes[k]}."
+                )
     counts = torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.long)
     return ChestXray14Batch(
         image=torch.stack([s["image"] for s in samples]),

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from ccg_layers.datasets.index import DatasetIndex
+from ccg_layers.datasets.image_files import name_list
+from ccg_layers.datasets.index import DatasetIndex, check_is_index
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import check_flag, positive_int
 
 __all__ = [
     "NUM_FOLDS",
     "Setting",
+    "check_split",
     "chestxray14_splits",
     "dataset_splits",
+    "patient_fold_kernel",
     "patient_folds",
     "read_split_files",
     "save_split",
@@ -41,8 +47,34 @@ def patient_folds(patient_ids: np.ndarray, num_folds: int, seed: int) -> np.ndar
 
     Returns:
         ``(len(patient_ids),)`` int64, the part of each item.
+
+    Raises:
+        CCGShapeError: ``patient_ids`` is not 1-D.
+        CCGValueRangeError: ``num_folds`` is not a positive int at most the number of
+            patients (else a part is empty), or ``seed`` is not a non-negative int.
+
+    Example:
+        >>> patient_folds(np.array([7, 7, 8, 9]), 2, seed=0).tolist()
+        [0, 0, 1, 1]
     """
     patient_ids = np.asarray(patient_ids)
+    if patient_ids.ndim != 1:
+        raise CCGShapeError(
+            f"`patient_ids` must have 1 dimension (n,), got shape {patient_ids.shape}."
+        )
+    positive_int(num_folds, "num_folds")
+    patients = len(np.unique(patient_ids))
+    if num_folds > patients:
+        raise CCGValueRangeError(
+            f"`num_folds` must be at most the number of patients ({patients}), else a part "
+            f"is empty, got {num_folds}."
+        )
+    positive_int(seed, "seed", allow_zero=True)
+    return patient_fold_kernel(patient_ids, num_folds, seed)
+
+
+def patient_fold_kernel(patient_ids: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+    """Kernel of :func:`patient_folds` (validated inputs; a part may be empty)."""
     n = len(patient_ids)
     targets = np.full(num_folds, n // num_folds)
     targets[: n % num_folds] += 1
@@ -96,6 +128,12 @@ def chestxray14_splits(
     Returns:
         ``{"train": [...], "test": [...]}``, image names in index order.
 
+    Raises:
+        ValueError: A bad ``setting`` or ``fold`` (an int, not a bool).
+        CCGDTypeError: ``index`` is not a :class:`~ccg_layers.datasets.DatasetIndex`.
+        CCGValueRangeError: ``seed`` is not a non-negative int, or ``patient_disjoint`` not
+            a bool.
+
     Example:
         >>> import torch
         >>> from ccg_layers.datasets import ChestXray14Index
@@ -109,15 +147,18 @@ def chestxray14_splits(
         >>> len(s["train"]), len(s["test"])  # 5 of 10 unannotated + 8 of 10 annotated; 2
         (13, 2)
     """
+    check_is_index(index)
     if setting not in _SETTINGS:
         raise ValueError(f"`setting` must be one of 'a', 'b', 'c', got {setting!r}")
-    if not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS:
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS:
         raise ValueError(f"`fold` must be an int in [0, {NUM_FOLDS}), got {fold!r}")
+    positive_int(seed, "seed", allow_zero=True)
+    check_flag(patient_disjoint, "patient_disjoint")
     annotated = index.annotated.numpy()
     patients = index.patient_ids.numpy()
     ann_rows = np.flatnonzero(annotated)
     unann_rows = np.flatnonzero(~annotated)
-    parts = patient_folds(patients[ann_rows], NUM_FOLDS, seed)
+    parts = patient_fold_kernel(patients[ann_rows], NUM_FOLDS, seed)
     if setting == "a":
         rng = np.random.default_rng([seed, 1])
         half = rng.permutation(len(unann_rows))[: len(unann_rows) // 2]
@@ -148,6 +189,11 @@ def split_summary(index: DatasetIndex, split: dict[str, list[str]]) -> dict[str,
     ``train_sharing_patient_with_test`` counts the training images whose patient has a test
     image (0 for a patient-disjoint split).
 
+    Raises:
+        CCGDTypeError: ``index`` is not a :class:`~ccg_layers.datasets.DatasetIndex`, or
+            ``split`` is not as :func:`check_split` says.
+        CCGValueRangeError: ``split`` lacks a side or names images not in ``index``.
+
     Example:
         >>> import torch
         >>> from ccg_layers.datasets import ChestXray14Index
@@ -162,6 +208,8 @@ def split_summary(index: DatasetIndex, split: dict[str, list[str]]) -> dict[str,
         {'train': 1, 'train_annotated': 0, 'train_patients': 1, 'test': 1, 'test_annotated': 0,
          'test_patients': 1, 'train_sharing_patient_with_test': 1}
     """
+    check_is_index(index)
+    check_split(split, index)
     annotated = index.annotated
     out: dict[str, int] = {}
     rows = {}
@@ -176,6 +224,53 @@ def split_summary(index: DatasetIndex, split: dict[str, list[str]]) -> dict[str,
     return out
 
 
+def check_split(split: object, index: DatasetIndex | None = None) -> None:
+    """Raise unless ``split`` is ``{"train": [...], "test": [...]}`` of image names (str).
+
+    With ``index``, every name must be in it.
+
+    Raises:
+        CCGDTypeError: ``split`` is not a dict, or a side is not a list of str.
+        CCGValueRangeError: ``split`` lacks ``"train"`` or ``"test"``, or (with ``index``)
+            names images that are not in ``index`` (names the first ones).
+    """
+    if not isinstance(split, Mapping):
+        raise CCGDTypeError(
+            f"`split` must be a dict {{'train': [...], 'test': [...]}} of image names, got "
+            f"{type(split).__name__}."
+        )
+    missing = [side for side in ("train", "test") if side not in split]
+    if missing:
+        raise CCGValueRangeError(
+            f"`split` must have the keys 'train' and 'test', got {sorted(map(str, split))} "
+            f"(missing {name_list(missing, quote=True)})."
+        )
+    for side in ("train", "test"):
+        names = split[side]
+        if (
+            isinstance(names, str)
+            or not isinstance(names, Sequence)
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise CCGDTypeError(
+                f"`split[{side!r}]` must be a list of image names (str), got "
+                f"{type(names).__name__}{'' if isinstance(names, str) else ' holding other types'}."
+            )
+        if index is None:
+            continue
+        unknown = []
+        for n in names:
+            try:
+                index.position(n)
+            except KeyError:
+                unknown.append(n)
+        if unknown:
+            raise CCGValueRangeError(
+                f"`split[{side!r}]` must name images of the {index.dataset_name} index, got "
+                f"{len(unknown)} that are not: {name_list(unknown, quote=True)}."
+            )
+
+
 def save_split(
     split: dict[str, list[str]],
     out_dir: str | os.PathLike[str],
@@ -185,7 +280,15 @@ def save_split(
 
     ``split.json`` holds ``summary`` (e.g. :func:`split_summary` plus the setting, fold and
     seed). Returns ``out_dir``. :func:`read_split_files` reads the two text files back.
+
+    Raises:
+        CCGDTypeError: ``split`` is not a dict of two lists of names (:func:`check_split`),
+            or ``summary`` is neither ``None`` nor a dict.
+        CCGValueRangeError: ``split`` lacks ``"train"`` or ``"test"``.
     """
+    check_split(split)
+    if summary is not None and not isinstance(summary, Mapping):
+        raise CCGDTypeError(f"`summary` must be a dict or None, got {type(summary).__name__}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for side in ("train", "test"):

@@ -34,6 +34,8 @@ from ccg_layers.datasets.chestxray14 import (
     CLASS_NAMES,
     ChestXray14Index,
 )
+from ccg_layers.errors import CCGValueRangeError
+from ccg_layers.validation import check_positive, positive_int, real_number
 
 __all__ = [
     "SyntheticConfig",
@@ -55,33 +57,10 @@ _MARKER = "synthetic.json"
 _FORMAT_VERSION = 1
 
 #: Label prevalence in the real Data_Entry file (images per class, of 112,120).
-_REAL_PREVALENCE = {
-    "Atelectasis": 11559,
-    "Cardiomegaly": 2776,
-    "Consolidation": 4667,
-    "Edema": 2303,
-    "Effusion": 13317,
-    "Emphysema": 2516,
-    "Fibrosis": 1686,
-    "Hernia": 227,
-    "Infiltration": 19894,
-    "Mass": 5782,
-    "Nodule": 6331,
-    "Pleural_Thickening": 3385,
-    "Pneumonia": 1431,
-    "Pneumothorax": 5302,
-}
+_PREVALENCE = (11559, 2776, 4667, 2303, 13317, 2516, 1686, 227, 19894, 5782, 6331, 3385, 1431, 5302)
+_REAL_PREVALENCE = dict(zip(CLASS_NAMES, _PREVALENCE, strict=True))
 #: Boxes per class in the real BBox_List file.
-_REAL_BOX_COUNTS = {
-    "Atelectasis": 180,
-    "Cardiomegaly": 146,
-    "Effusion": 153,
-    "Infiltration": 123,
-    "Mass": 85,
-    "Nodule": 79,
-    "Pneumonia": 120,
-    "Pneumothorax": 98,
-}
+_REAL_BOX_COUNTS = dict(zip(BOXED_CLASSES, (180, 146, 153, 123, 85, 79, 120, 98), strict=True))
 #: Box size (w, h) means in the 1024 frame, approximately as in BBox_List_2017.csv, and where
 #: the box sits in the lung: vertical position as a fraction of the lung height (apex 0, base
 #: 1) and horizontal as a fraction from medial (0) to lateral (1).
@@ -107,6 +86,9 @@ class SyntheticConfig:
         second_box_fraction: Annotated images with boxes of two classes (real: 93 of 880).
         mean_images_per_patient: Follow-up studies per patient (real: 3.6).
         lesion_contrast: Scales the intensity of every lesion.
+
+    Raises:
+        CCGValueRangeError: A fraction outside [0, 1], a mean below 1 or a negative contrast.
     """
 
     healthy_fraction: float = 0.4
@@ -114,6 +96,12 @@ class SyntheticConfig:
     second_box_fraction: float = 0.1
     mean_images_per_patient: float = 3.0
     lesion_contrast: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("healthy_fraction", "annotated_fraction", "second_box_fraction"):
+            real_number(getattr(self, name), name, low=0.0, high=1.0)
+        real_number(self.mean_images_per_patient, "mean_images_per_patient", low=1.0)
+        check_positive(self.lesion_contrast, "lesion_contrast", allow_zero=True)
 
 
 @dataclass
@@ -281,15 +269,43 @@ def render_synthetic_image(
     Returns:
         ``(image_size, image_size)`` uint8.
 
+    Raises:
+        CCGValueRangeError: An unknown finding, a box of a finding that is not in ``labels``
+            or has no box, a box that is not finite with positive size inside the 1024 frame,
+            a bad ``image_size`` or ``lesion_contrast``.
+
     Example:
         >>> img = render_synthetic_image(["Nodule"], {"Nodule": (300.0, 400.0, 60.0, 60.0)},
         ...                              image_size=128)
         >>> img.shape, img.dtype
         ((128, 128), dtype('uint8'))
     """
+    listed = isinstance(labels, Sequence) and not isinstance(labels, str)
+    if not (listed and set(map(str, labels)) <= set(CLASS_NAMES)):
+        raise CCGValueRangeError(f"`labels` must be a list of CLASS_NAMES, got {labels!r}.")
+    if not isinstance(boxes, dict):
+        raise CCGValueRangeError(f"`boxes` must be a dict {{class: (x, y, w, h)}}, got {boxes!r}.")
+    for cls, box in boxes.items():
+        if cls not in labels or cls not in BOXED_CLASSES:
+            raise CCGValueRangeError(f"`boxes` must hold boxed classes of `labels`, got {cls!r}.")
+        _check_box(cls, box)
+    positive_int(image_size, "image_size")
+    check_positive(lesion_contrast, "lesion_contrast", allow_zero=True)
     rng = np.random.default_rng(seed)
     img, _ = _render(rng, list(labels), dict(boxes), image_size, lesion_contrast)
     return img
+
+
+def _check_box(cls: str, box: object) -> None:
+    values = list(box) if isinstance(box, Sequence) and len(box) == 4 else []
+    real = (int, float, np.integer, np.floating)
+    ok = all(isinstance(v, real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    x, y, w, h = [float(v) for v in values] if values and ok else [0.0] * 4
+    if not (w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= BOX_FRAME and y + h <= BOX_FRAME):
+        raise CCGValueRangeError(
+            f"`boxes[{cls!r}]` must be (x, y, w, h) finite, w, h > 0, inside the {BOX_FRAME} "
+            f"frame, got {box!r}."
+        )
 
 
 def _render(
@@ -345,20 +361,10 @@ def _render(
     spine_band = _sigmoid((32.0 * s - dx) / 4.0)
     vert = 0.8 + 0.2 * np.cos(math.pi * (Y - anat.dy) / (58.0 * s)) ** 4  # (S, 1): cheap
     spine = spine_band * vert
-    thorax = _sigmoid(
-        (
-            1.0
-            - _ellipse_r(
-                X,
-                Y,
-                anat.cx,
-                0.5 * (top + bottom),
-                anat.lung_offset + 175.0 * s,
-                0.5 * (bottom - top) + 40.0,
-            )
-        )
-        * 8.0
-    )
+    half_height = 0.5 * (bottom - top) + 40.0
+    cage_a = anat.lung_offset + 175.0 * s
+    rib_cage = _ellipse_r(X, Y, anat.cx, 0.5 * (top + bottom), cage_a, half_height)
+    thorax = _sigmoid((1.0 - rib_cage) * 8.0)
     # posterior ribs: arches from the spine, rising then falling laterally; anterior ribs fainter
     period = 68.0 * s
     post = Y - (top - 0.45 * dx + 0.0016 * dx * dx)

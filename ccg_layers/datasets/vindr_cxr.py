@@ -20,11 +20,18 @@ from typing import Literal
 
 import torch
 
-from ccg_layers.datasets.box_fusion import fuse_boxes
+from ccg_layers.datasets.box_fusion import weighted_box_fusion
 from ccg_layers.datasets.dicom import DICOM_SUFFIXES
-from ccg_layers.datasets.image_files import ImageKind, frame_sizes_of, locate_images, name_list
+from ccg_layers.datasets.image_files import (
+    ImageKind,
+    check_reader_options,
+    frame_sizes_of,
+    locate_images,
+    name_list,
+)
 from ccg_layers.datasets.index import RadiographIndex
 from ccg_layers.datasets.published_csv import csv_records, fail_or_skip
+from ccg_layers.validation import real_number
 
 __all__ = ["VINDR_CLASS_NAMES", "VINDR_NO_FINDING", "Combine", "read_vindr_cxr"]
 
@@ -232,7 +239,8 @@ def read_vindr_cxr(
             class_name's), a box on ``No finding``, a finding without a box, a box that is not
             finite, negative, inverted or empty, a duplicated row, or a radiologist who marks
             an image both ``No finding`` and a finding.
-        ValueError: A bad ``combine``, ``iou_threshold`` or ``images``.
+        ValueError: A bad ``combine``, ``iou_threshold``, ``images``, ``frame_sizes`` or
+            ``skip_bad_rows`` (checked before any file is read).
 
     Example:
         >>> import tempfile, pathlib
@@ -252,8 +260,8 @@ def read_vindr_cxr(
     """
     if combine not in _COMBINE:
         raise ValueError(f"`combine` must be one of 'all', 'merge', 'single', got {combine!r}")
-    if not 0.0 <= iou_threshold < 1.0:
-        raise ValueError(f"`iou_threshold` must be in [0, 1), got {iou_threshold!r}")
+    real_number(iou_threshold, "iou_threshold", low=0.0, high=1.0, high_open=True, what="in [0, 1)")
+    check_reader_options(images, frame_sizes, skip_bad_rows)
     root = Path(root)
     path = root / csv_file
     order: dict[str, int] = {}
@@ -305,7 +313,7 @@ def read_vindr_cxr(
             groups.setdefault((order[b.image], b.k), []).append(b)
         for (i, k), group in sorted(groups.items()):
             group.sort(key=lambda b: (_reader_key(b.reader), b.xyxy))
-            fused, _ = fuse_boxes(torch.tensor([b.xyxy for b in group]), iou_threshold)
+            fused, _ = weighted_box_fusion(torch.tensor([b.xyxy for b in group]), iou_threshold)
             out_boxes += fused.tolist()
             out_image += [i] * len(fused)
             out_class += [k] * len(fused)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ccg_layers import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.datasets import (
     BOX_FRAME,
     CLASS_NAMES,
@@ -440,7 +441,11 @@ def test_image_names_select_and_order_the_samples(tmp_path):
 def test_image_name_not_in_index(tmp_path):
     root = copy_fixture("v2020", tmp_path / "d")
     write_images(root, read_chestxray14(root).images)
-    with pytest.raises(KeyError, match=r"00000099_000\.png"):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`image_names` must be images of the ChestX-ray14 index, got 1 that are not: "
+        r"'00000099_000\.png'",
+    ):
         ChestXray14(root, ["00000099_000.png"])
 
 
@@ -507,6 +512,87 @@ def test_index_without_root_needs_image_root():
     )
     with pytest.raises(ValueError, match="`image_root` is required"):
         ChestXray14(index)
+
+
+def test_bad_skip_bad_rows_is_named_before_the_disk_is_read(tmp_path):
+    with pytest.raises(CCGValueRangeError, match=r"`skip_bad_rows` must be True or False"):
+        read_chestxray14(tmp_path / "nonexistent", skip_bad_rows="no")  # type: ignore[arg-type]
+    with pytest.raises(CCGValueRangeError, match=r"`skip_bad_images` must be True or False"):
+        ChestXray14(tmp_path / "nonexistent", skip_bad_images="no")  # type: ignore[arg-type]
+
+
+def test_find_image_files_names_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nonexistent: no such folder of ChestX-ray14"):
+        find_image_files(tmp_path / "nonexistent")
+
+
+def chestxray14_fields(n=2):
+    return {
+        "images": [f"0000000{i}_000.png" for i in range(n)],
+        "labels": torch.zeros(n, 14).index_fill_(1, torch.tensor([1]), 1.0),
+        "patient_ids": torch.arange(n),
+        "follow_ups": torch.zeros(n, dtype=torch.long),
+        "view_positions": ["PA"] * n,
+        "boxes": torch.tensor([[0.0, 0.0, 9.0, 9.0]]),
+        "box_image_index": torch.tensor([1]),
+        "box_class": torch.tensor([1]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            {"labels": torch.zeros(2, 3)},
+            CCGShapeError,
+            r"`labels` must have shape \(2, 14\), got \(2, 3\)",
+        ),
+        (
+            {"labels": torch.full((2, 14), 0.5)},
+            CCGValueRangeError,
+            r"`labels` must hold only 0 and 1",
+        ),
+        (
+            {"view_positions": ["PA"]},
+            CCGShapeError,
+            r"`view_positions` must have shape \(2,\), got \(1,\)",
+        ),
+        (
+            {"follow_ups": torch.zeros(3, dtype=torch.long)},
+            CCGShapeError,
+            r"`follow_ups` must have shape \(2,\)",
+        ),
+        (
+            {"follow_ups": [0, 0]},
+            CCGDTypeError,
+            r"`follow_ups` must be a torch\.Tensor, got list\.",
+        ),
+        (
+            {"images": ["a.png", "a.png"]},
+            CCGValueRangeError,
+            r"`images` must be unique; 1 repeated",
+        ),
+        ({"boxes": torch.zeros(1, 3)}, CCGShapeError, r"`boxes` must have shape \(M, 4\)"),
+        (
+            {"box_image_index": torch.tensor([2])},
+            CCGValueRangeError,
+            r"`box_image_index` must hold indices in \[0, 2\), got values in \[2, 2\]",
+        ),
+        (
+            {"box_class": torch.tensor([14])},
+            CCGValueRangeError,
+            r"`box_class` must hold indices in \[0, 14\)",
+        ),
+        (
+            {"box_class": torch.tensor([1, 1])},
+            CCGShapeError,
+            r"`box_class` must have shape \(1,\), got \(2,\)",
+        ),
+    ],
+)
+def test_chestxray14_index_names_each_bad_field(change, error, match):
+    with pytest.raises(error, match=match):
+        ChestXray14Index(**{**chestxray14_fields(), **change})
 
 
 def test_find_image_files_in_official_subfolders(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ccg_layers import CCGDTypeError
 from ccg_layers.datasets import (
     dicom_frame_size,
     dicom_to_unit,
@@ -173,3 +174,11 @@ def test_a_file_that_is_not_dicom_raises_oserror_naming_it(tmp_path):
         read_dicom(path)
     with pytest.raises(OSError, match=r"fake\.dcm: not a DICOM file"):
         dicom_frame_size(path)
+
+
+@pytest.mark.parametrize("ds", [None, np.zeros((2, 2))], ids=["None", "ndarray"])
+def test_dicom_to_unit_names_a_dataset_that_is_not_one(ds):
+    with pytest.raises(
+        CCGDTypeError, match=r"`ds` must be a pydicom Dataset, got (NoneType|ndarray)\."
+    ):
+        dicom_to_unit(ds)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ccg_layers import CCGDTypeError, CCGShapeError, CCGValueRangeError, set_value_checks
 from ccg_layers.datasets import (
     BOX_FRAME,
     BOXED_CLASSES,
@@ -68,8 +69,6 @@ def test_radiograph_dataset_checks_its_arguments(synthetic):
         RadiographDataset(synthetic, image_size=0)
     with pytest.raises(ValueError, match="`output` must be 'uint8', 'imagenet' or 'unit'"):
         RadiographDataset(synthetic, output="float")  # type: ignore[arg-type]
-    with pytest.raises(KeyError, match=r"'nope\.png' is not in the ChestX-ray14 index"):
-        RadiographDataset(synthetic, ["nope.png"])
 
 
 def small_index(tmp_path=None, n=3):
@@ -112,31 +111,134 @@ def test_radiograph_index_finds_images_where_it_read_them_or_under_another_folde
     ("change", "match"),
     [
         ({"labels": torch.zeros(3, 5)}, r"`labels` must have shape \(3, 2\), got \(3, 5\)"),
-        ({"image_sizes": torch.zeros(3)}, r"`image_sizes` must have shape \(3, 2\)"),
+        (
+            {"image_sizes": torch.ones(3, dtype=torch.long)},
+            r"`image_sizes` must have shape \(3, 2\)",
+        ),
         ({"files": [None]}, r"`files` must have shape \(3,\), got \(1,\)"),
         ({"box_class": torch.zeros(2, dtype=torch.long)}, r"`box_class` must have shape \(1,\)"),
         ({"images": ["a", "a", "b"]}, "`images` must be unique; 1 repeated"),
     ],
 )
 def test_radiograph_index_checks_its_shapes(change, match):
-    fields = {
-        f: getattr(small_index(), f)
-        for f in (
-            "dataset_name",
-            "images",
-            "labels",
-            "patient_ids",
-            "boxes",
-            "box_image_index",
-            "box_class",
-            "image_sizes",
-            "class_names",
-            "boxed_classes",
-            "files",
-        )
-    }
     with pytest.raises(ValueError, match=match):
-        RadiographIndex(**{**fields, **change})
+        RadiographIndex(**{**index_fields(), **change})
+
+
+def index_fields():
+    fields = (
+        "dataset_name",
+        "images",
+        "labels",
+        "patient_ids",
+        "boxes",
+        "box_image_index",
+        "box_class",
+        "image_sizes",
+        "class_names",
+        "boxed_classes",
+        "files",
+    )
+    return {f: getattr(small_index(), f) for f in fields}
+
+
+LONG = torch.long
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            {"boxes": torch.zeros(1, 3)},
+            CCGShapeError,
+            r"`boxes` must have shape \(M, 4\) .*\(1, 3\)",
+        ),
+        ({"boxes": torch.zeros(1, 4, dtype=LONG)}, CCGDTypeError, r"`boxes` must have a float"),
+        ({"labels": [[1.0]]}, CCGDTypeError, r"`labels` must be a torch\.Tensor, got list\."),
+        (
+            {"labels": torch.full((3, 2), 2.0)},
+            CCGValueRangeError,
+            r"`labels` must hold only 0 and 1",
+        ),
+        ({"labels": torch.eye(3, 2).bool()}, CCGDTypeError, r"`labels` must have a float dtype"),
+        ({"patient_ids": torch.zeros(3)}, CCGDTypeError, r"`patient_ids` must have a int dtype"),
+        (
+            {"patient_ids": torch.zeros(2, dtype=LONG)},
+            CCGShapeError,
+            r"`patient_ids` .*\(3,\), got \(2,\)",
+        ),
+        (
+            {"box_image_index": torch.tensor([3])},
+            CCGValueRangeError,
+            r"`box_image_index` must hold indices in \[0, 3\), got",
+        ),
+        (
+            {"box_class": torch.tensor([-1])},
+            CCGValueRangeError,
+            r"`box_class` must hold indices in \[0, 2\), got",
+        ),
+        ({"box_class": torch.tensor([0.0])}, CCGDTypeError, r"`box_class` must have a int dtype"),
+        (
+            {"boxed_classes": ("x", "z")},
+            CCGValueRangeError,
+            r"`boxed_classes` must be among `class_names` \(x, y\), got 'z'\.",
+        ),
+        (
+            {"class_names": ("x", "x")},
+            CCGValueRangeError,
+            r"`class_names` must be unique; 1 repeated",
+        ),
+        ({"images": "abc"}, CCGDTypeError, r"`images` must be a list of str, got str\."),
+        ({"images": [0, 1, 2]}, CCGDTypeError, r"`images` must be a list of str, got a int\."),
+        (
+            {"image_sizes": torch.zeros(3, 2, dtype=LONG)},
+            CCGValueRangeError,
+            r"`image_sizes` must hold positive \(width, height\), got 3",
+        ),
+        ({"image_sizes": torch.ones(3, 2)}, CCGDTypeError, r"`image_sizes` must have a int dtype"),
+        ({"files": None}, CCGDTypeError, r"`files` must be a list, got NoneType\."),
+    ],
+)
+def test_radiograph_index_names_each_bad_field(change, error, match):
+    with pytest.raises(error, match=match):
+        RadiographIndex(**{**index_fields(), **change})
+
+
+def test_radiograph_index_value_checks_follow_the_switch():
+    bad = {**index_fields(), "labels": torch.full((3, 2), 2.0)}
+    with set_value_checks(False):
+        RadiographIndex(**bad)  # a value check: off with the others
+
+
+@pytest.mark.parametrize(
+    ("size", "error", "match"),
+    [
+        (
+            0,
+            CCGValueRangeError,
+            r"`size` must be a positive int or two positive ints \(W, H\), got 0\.",
+        ),
+        (-5, CCGValueRangeError, r"`size` must be a positive int .*, got -5\."),
+        (True, CCGValueRangeError, r"`size` must be a positive int .*, got True\."),
+        (2.5, CCGValueRangeError, r"`size` must be a positive int .*, got 2\.5\."),
+        ((1, 2, 3), CCGValueRangeError, r"`size` must be a positive int .*, got \(1, 2, 3\)\."),
+        ("500", CCGValueRangeError, r"`size` must be a positive int .*, got '500'\."),
+        ((10, 0), CCGValueRangeError, r"`size` must be a positive int .*, got \(10, 0\)\."),
+    ],
+)
+def test_boxes_at_size_names_a_bad_size(size, error, match):
+    with pytest.raises(error, match=match):
+        boxes_at_size(small_index(), size)
+
+
+def test_boxes_at_size_names_a_bad_index():
+    with pytest.raises(CCGDTypeError, match=r"`index` must be a DatasetIndex .*, got NoneType\."):
+        boxes_at_size(None, 10)  # type: ignore[arg-type]
+    index = small_index()
+    with set_value_checks(False):  # built unchecked, then checked where it is used
+        index = RadiographIndex(**{**index_fields(), "image_sizes": torch.zeros(3, 2, dtype=LONG)})
+    with pytest.raises(CCGValueRangeError, match=r"`index\.image_sizes` must hold positive"):
+        boxes_at_size(index, 10)
 
 
 def test_boxes_at_size_takes_a_rectangle():

@@ -127,3 +127,16 @@ def test_a_header_without_a_column_is_named(tmp_path):
     (tmp_path / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height\n")
     with pytest.raises(DatasetFormatError, match=r"csv:1: header must have .*\(missing Target\)"):
         read_rsna_pneumonia(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"images": "x"}, "`images` must be one of 'dicom', 'png', 'jpeg', 'auto', got 'x'"),
+        ({"frame_sizes": [(1, 2)]}, r"`frame_sizes` must be a dict .* or None, got list\."),
+        ({"skip_bad_rows": "no"}, r"`skip_bad_rows` must be True or False, got 'no'\."),
+    ],
+)
+def test_bad_options_are_named_before_the_disk_is_read(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):  # not FileNotFoundError: no such root
+        read_rsna_pneumonia(tmp_path / "nonexistent", **kwargs)

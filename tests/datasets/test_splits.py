@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 
+from ccg_layers import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.datasets import (
     ChestXray14Index,
     chestxray14_splits,
@@ -197,7 +198,7 @@ def test_paper_counts_on_an_index_of_the_real_size():
 
 
 @given(
-    st.lists(st.integers(1, 6), min_size=1, max_size=60),
+    st.lists(st.integers(1, 6), min_size=5, max_size=60),  # at least one patient per part
     st.integers(0, 2**31 - 1),
 )
 def test_patient_folds_never_split_a_patient_and_balance_sizes(group_sizes, seed):
@@ -231,6 +232,112 @@ def test_bad_setting(index):
 def test_bad_fold(index):
     with pytest.raises(ValueError, match=r"`fold` must be an int in \[0, 5\), got 5"):
         chestxray14_splits(index, "a", 5)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (([1, 1, 2], 3, 0), CCGValueRangeError, r"number of patients \(2\), else a part is empty"),
+        (
+            ([1, 2, 3], 4, 0),
+            CCGValueRangeError,
+            r"`num_folds` must be at most the number of patients \(3\), else a part is empty, got 4\.",
+        ),
+        (([1, 2, 3], 0, 0), CCGValueRangeError, r"`num_folds` must be a positive int, got 0\."),
+        (([1, 2, 3], -1, 0), CCGValueRangeError, r"`num_folds` must be a positive int, got -1\."),
+        (
+            ([1, 2, 3], 2.5, 0),
+            CCGValueRangeError,
+            r"`num_folds` must be a positive int, got 2\.5\.",
+        ),
+        (([1, 2, 3], 2, "a"), CCGValueRangeError, r"`seed` must be a non-negative int, got 'a'\."),
+        (([1, 2, 3], 2, -1), CCGValueRangeError, r"`seed` must be a non-negative int, got -1\."),
+        (
+            ([[1, 2], [3, 4]], 2, 0),
+            CCGShapeError,
+            r"`patient_ids` must have 1 dimension \(n,\), got shape \(2, 2\)\.",
+        ),
+    ],
+)
+def test_patient_folds_names_each_bad_argument(args, error, match):
+    with pytest.raises(error, match=match):
+        patient_folds(np.array(args[0]), *args[1:])
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        (("a", True), {}, ValueError, r"`fold` must be an int in \[0, 5\), got True"),
+        (
+            ("a",),
+            {"seed": "x"},
+            CCGValueRangeError,
+            r"`seed` must be a non-negative int, got 'x'\.",
+        ),
+        (
+            ("a",),
+            {"patient_disjoint": "no"},
+            CCGValueRangeError,
+            r"`patient_disjoint` must be True or False",
+        ),
+    ],
+)
+def test_chestxray14_splits_names_each_bad_argument(index, args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        chestxray14_splits(index, *args, **kwargs)
+
+
+def test_chestxray14_splits_names_a_missing_index():
+    with pytest.raises(CCGDTypeError, match=r"`index` must be a DatasetIndex .*, got NoneType\."):
+        chestxray14_splits(None, "a")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("split", "error", "match"),
+    [
+        (
+            ["a"],
+            CCGDTypeError,
+            r"`split` must be a dict \{'train': \[\.\.\.\], 'test': \[\.\.\.\]\} of image names, got list\.",
+        ),
+        (
+            {"train": []},
+            CCGValueRangeError,
+            r"`split` must have the keys 'train' and 'test', got \['train'\] \(missing 'test'\)\.",
+        ),
+        (
+            {"train": [], "test": "abc"},
+            CCGDTypeError,
+            r"`split\['test'\]` must be a list of image names \(str\), got str\.",
+        ),
+        (
+            {"train": [1], "test": []},
+            CCGDTypeError,
+            r"`split\['train'\]` must be a list of image names \(str\), got list holding other types\.",
+        ),
+    ],
+)
+def test_split_summary_and_save_split_name_a_bad_split(index, tmp_path, split, error, match):
+    with pytest.raises(error, match=match):
+        split_summary(index, split)
+    with pytest.raises(error, match=match):
+        save_split(split, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_split_summary_names_the_unknown_images(index):
+    split = {"train": [index.images[0], "zzz.png"], "test": []}
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`split\['train'\]` must name images of the ChestX-ray14 index, got 1 that are "
+        r"not: 'zzz\.png'\.",
+    ):
+        split_summary(index, split)
+
+
+def test_save_split_names_a_bad_summary(tmp_path):
+    with pytest.raises(CCGDTypeError, match=r"`summary` must be a dict or None, got list\."):
+        save_split({"train": [], "test": []}, tmp_path, [1])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- split files

@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 
 import ccg_layers.datasets.synthetic as synthetic
+from ccg_layers import CCGValueRangeError
 from ccg_layers.datasets import (
     BOXED_CLASSES,
     CLASS_NAMES,
     ChestXray14,
+    SyntheticConfig,
     chestxray14_splits,
     collate_chestxray14,
     ensure_synthetic_dataset,
@@ -223,6 +225,102 @@ def test_bad_arguments(tmp_path):
         generate_synthetic_chestxray14(tmp_path, 0)
     with pytest.raises(ValueError, match=r"`image_size` must be an int >= 16, got 8"):
         generate_synthetic_chestxray14(tmp_path, 1, image_size=8)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        (
+            "healthy_fraction",
+            2.0,
+            r"`healthy_fraction` must be a finite number in \[0, 1\], got 2\.0\.",
+        ),
+        (
+            "annotated_fraction",
+            -1,
+            r"`annotated_fraction` must be a finite number in \[0, 1\], got -1\.",
+        ),
+        (
+            "second_box_fraction",
+            "0.1",
+            r"`second_box_fraction` must be a finite number in \[0, 1\]",
+        ),
+        (
+            "mean_images_per_patient",
+            0.5,
+            r"`mean_images_per_patient` must be a finite number in \[1, inf\]",
+        ),
+        (
+            "lesion_contrast",
+            float("nan"),
+            r"`lesion_contrast` must be a non-negative number, got nan\.",
+        ),
+        ("lesion_contrast", -1.0, r"`lesion_contrast` must be a non-negative number, got -1\.0\."),
+    ],
+)
+def test_synthetic_config_names_each_bad_field(field, value, match):
+    with pytest.raises(CCGValueRangeError, match=match):
+        SyntheticConfig(**{field: value})
+
+
+NODULE = (300.0, 400.0, 60.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("labels", "boxes", "kwargs", "match"),
+    [
+        (["Nodle"], {}, {}, r"`labels` must be a list of CLASS_NAMES, got \['Nodle'\]\."),
+        ("Nodule", {}, {}, r"`labels` must be a list of CLASS_NAMES, got 'Nodule'\."),
+        (
+            [],
+            {"Nodule": NODULE},
+            {},
+            r"`boxes` must hold boxed classes of `labels`, got 'Nodule'\.",
+        ),
+        (
+            ["Edema"],
+            {"Edema": NODULE},
+            {},
+            r"`boxes` must hold boxed classes of `labels`, got 'Edema'",
+        ),
+        (["Nodule"], [NODULE], {}, r"`boxes` must be a dict \{class: \(x, y, w, h\)\}, got \["),
+        (
+            ["Nodule"],
+            {"Nodule": (2000.0, 0.0, 60.0, 60.0)},
+            {},
+            r"`boxes\['Nodule'\]` must be \(x, y, w, h\) finite, w, h > 0, inside the 1024 frame, got \(2000\.0",
+        ),
+        (
+            ["Nodule"],
+            {"Nodule": (300.0, 400.0, -6.0, 60.0)},
+            {},
+            r"`boxes\['Nodule'\]` must be .*, got \(300\.0, 400\.0, -6\.0, 60\.0\)\.",
+        ),
+        (
+            ["Nodule"],
+            {"Nodule": (float("nan"), 0.0, 6.0, 6.0)},
+            {},
+            r"`boxes\['Nodule'\]` must be .*, got \(nan",
+        ),
+        (
+            ["Nodule"],
+            {"Nodule": (1.0, 2.0, 3.0)},
+            {},
+            r"`boxes\['Nodule'\]` must be .*, got \(1\.0, 2\.0, 3\.0\)\.",
+        ),
+        ([], {}, {"image_size": 0}, r"`image_size` must be a positive int, got 0\."),
+        ([], {}, {"image_size": -1}, r"`image_size` must be a positive int, got -1\."),
+        (
+            [],
+            {},
+            {"lesion_contrast": float("nan")},
+            r"`lesion_contrast` must be a non-negative number",
+        ),
+    ],
+)
+def test_render_synthetic_image_names_each_bad_argument(labels, boxes, kwargs, match):
+    with pytest.raises(CCGValueRangeError, match=match):
+        render_synthetic_image(labels, boxes, **kwargs)
 
 
 # --------------------------------------------------------------------------- caching

@@ -131,6 +131,20 @@ def test_bad_arguments_are_named(tmp_path, kwargs, match):
         read_vindr_cxr(write_csv(tmp_path), frame_sizes=SIZES, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"images": "x"}, "`images` must be one of 'dicom', 'png', 'jpeg', 'auto', got 'x'"),
+        ({"iou_threshold": "0.5"}, r"`iou_threshold` must be in \[0, 1\), got '0\.5'\."),
+        ({"frame_sizes": [(1, 2)]}, r"`frame_sizes` must be a dict .* or None, got list\."),
+        ({"skip_bad_rows": "no"}, r"`skip_bad_rows` must be True or False, got 'no'\."),
+    ],
+)
+def test_bad_options_are_named_before_the_disk_is_read(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):  # not FileNotFoundError: no such root
+        read_vindr_cxr(tmp_path / "nonexistent", **kwargs)
+
+
 def test_png_copies_at_full_size_give_the_frame(tmp_path):
     write_pngs(write_csv(tmp_path), SIZES)
     index = read_vindr_cxr(tmp_path)
