@@ -28,6 +28,7 @@ ONNX.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Literal
 
@@ -41,9 +42,12 @@ from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import (
     check_dtype,
     check_finite,
+    check_float_dtype,
     check_index,
     check_shape,
     check_tensor,
+    positive_int,
+    real_number,
 )
 
 __all__ = [
@@ -65,21 +69,26 @@ ACCEL_FUSED_MIN_SCORES = 256 * 256
 
 
 def use_fused_path(
-    fused: bool | None, device: torch.device, batch_heads: int, len_u: int, len_v: int
+    fused: bool | None, device: torch.device | str, batch_heads: int, len_u: int, len_v: int
 ) -> bool:
     """Whether a call with these sizes takes the fused path.
 
     Args:
         fused: The call's ``fused`` argument; ``None`` defers to
             :func:`~ccg_layers.config.set_fused_attn`.
-        device: Device of the features.
-        batch_heads: ``B * heads``.
-        len_u: ``HW_u``.
-        len_v: ``HW_v``.
+        device: Device of the features (a ``torch.device`` or a device string such as
+            ``"cuda:0"``).
+        batch_heads: ``B * heads``, a non-negative int.
+        len_u: ``HW_u``, a non-negative int.
+        len_v: ``HW_v``, a non-negative int.
 
     Returns:
         ``False`` while exporting to ONNX; else ``fused`` if given; else the process-wide switch
         if set; else whether ``batch_heads * len_u * len_v`` reaches the device's threshold.
+
+    Raises:
+        CCGValueRangeError: ``fused`` not ``True``, ``False`` or ``None``; ``device`` not a
+            device; a size not a non-negative int.
 
     Example:
         >>> import torch
@@ -88,6 +97,23 @@ def use_fused_path(
         >>> use_fused_path(None, torch.device("cpu"), 16, 4096, 4096)
         True
     """
+    _check_fused(fused)
+    if isinstance(device, str):
+        with contextlib.suppress(RuntimeError):  # not a device string: named below
+            device = torch.device(device)
+    if not isinstance(device, torch.device):
+        raise CCGValueRangeError(
+            f"`device` must be a torch.device or a device string, got {device!r}."
+        )
+    for name, size in (("batch_heads", batch_heads), ("len_u", len_u), ("len_v", len_v)):
+        positive_int(size, name, allow_zero=True)
+    return _fused_path(fused, device, batch_heads, len_u, len_v)
+
+
+def _fused_path(
+    fused: bool | None, device: torch.device, batch_heads: int, len_u: int, len_v: int
+) -> bool:
+    """:func:`use_fused_path` on validated arguments (no checks: called inside the kernels)."""
     if torch.onnx.is_in_onnx_export():
         return False
     if fused is not None:
@@ -321,7 +347,7 @@ def _cross_image_attention(
 ) -> tuple[Tensor, Tensor]:
     """:func:`cross_image_attention` on validated inputs (no checks, no host sync)."""
     (hu, wu), (hv, wv) = fu.shape[-2:], fv.shape[-2:]
-    use_fused = use_fused_path(fused, fu.device, fu.shape[0], hu * wu, hv * wv)
+    use_fused = _fused_path(fused, fu.device, fu.shape[0], hu * wu, hv * wv)
 
     xu = fu.flatten(2)  # (B, C, HW_u)
     xv = fv.flatten(2)
@@ -398,7 +424,7 @@ def _multi_head_cross_image_attention(
 ) -> tuple[Tensor, Tensor]:
     """:func:`multi_head_cross_image_attention` on validated inputs (no checks, no host sync)."""
     (hu, wu), (hv, wv) = fu.shape[-2:], fv.shape[-2:]
-    use_fused = use_fused_path(fused, fu.device, fu.shape[0] * heads, hu * wu, hv * wv)
+    use_fused = _fused_path(fused, fu.device, fu.shape[0] * heads, hu * wu, hv * wv)
 
     xu, xv = fu.flatten(2), fv.flatten(2)
     a = _split(_project(weight_u, xu), heads)  # (B, h, HW_u, D/h)
@@ -504,7 +530,7 @@ def _partner_attention(
         partner = x.index_select(0, partner_index)
 
     length = height * width
-    use_fused = use_fused_path(fused, x.device, batch * heads, length, length)
+    use_fused = _fused_path(fused, x.device, batch * heads, length, length)
     own, other = x.flatten(2), partner.flatten(2)  # (B, C, HW)
     if weight is not None:
         q = _split(_project(weight, own), 1)  # (W x_i)^T, queries at x's
@@ -556,11 +582,18 @@ class CrossImageAttention(nn.Module):
             unscaled ``P`` saturates the softmax for 2048-channel features. ``1.0`` is the
             paper's literal form.
         mode: ``"pair"`` or ``"residual"``.
-        gate_init: Initial value of the residual gate ``gamma`` (residual mode).
+        gate_init: Initial value of the residual gate ``gamma`` (residual mode), finite.
         fused: ``True``/``False`` force the fused/reference path, ``None`` lets
             :func:`ccg_layers.functional.set_fused_attn` (automatic by default) decide.
         device: Device of the parameters.
-        dtype: Dtype of the parameters.
+        dtype: Dtype of the parameters (floating); the inputs must have it outside autocast.
+
+    Raises:
+        CCGValueRangeError: A size, ``heads``, ``mode`` or ``fused`` out of range; ``scale``
+            not ``None`` or a positive finite number; ``gate_init`` not a finite number.
+        CCGShapeError: ``heads`` not dividing ``channels`` or ``qk_channels``.
+        CCGDTypeError: ``dtype`` not a floating dtype; at the forward, an input whose dtype
+            is not the layer's (outside autocast).
 
     Shape:
         - pair: ``fu (B, C, Hu, Wu)``, ``fv (B, C, Hv, Wv)`` -> ``(B, C, Hv, Wv)``,
@@ -607,16 +640,18 @@ class CrossImageAttention(nn.Module):
             raise CCGValueRangeError(f"`mode` must be 'pair' or 'residual', got {mode!r}.")
         if fused is not None and not isinstance(fused, bool):
             raise CCGValueRangeError(f"`fused` must be True, False or None, got {fused!r}.")
-        if not math.isfinite(gate_init):
-            raise CCGValueRangeError(f"`gate_init` must be finite, got {gate_init!r}.")
+        real_number(gate_init, "gate_init", what="a finite number")
+        check_float_dtype(dtype, "dtype")
         low_rank = qk_channels is not None or heads > 1
         d_total = channels if qk_channels is None else qk_channels
         if low_rank:
             for name, size in (("channels", channels), ("qk_channels", d_total)):
                 if size % heads:
                     raise CCGShapeError(f"`heads`={heads} must divide `{name}`, got {name}={size}.")
-        if scale is not None and not math.isfinite(scale):
-            raise CCGValueRangeError(f"`scale` must be None or finite, got {scale!r}.")
+        if scale is not None:
+            real_number(
+                scale, "scale", low=0.0, low_open=True, what="None or a positive finite number"
+            )
         self.channels = channels
         self.qk_channels = d_total if low_rank else None
         self.heads = heads
@@ -663,11 +698,27 @@ class CrossImageAttention(nn.Module):
         return self.forward_residual(*args, **kwargs)
 
     def _check_channels(self, x: Tensor, name: str, spec: tuple[str, ...]) -> None:
-        """The layer's own configuration: ``x`` has its ``channels`` (the rest: the function)."""
-        if isinstance(x, Tensor) and x.dim() == len(spec) and x.shape[1] != self.channels:
+        """The layer's own configuration: ``x`` has its ``channels`` and dtype (not autocast).
+
+        The rest is the function's, which would name the weight for a dtype mismatch.
+        """
+        if not isinstance(x, Tensor) or x.dim() != len(spec):
+            return
+        if x.shape[1] != self.channels:
             raise CCGShapeError(
                 f"`{name}` must have the layer's {self.channels} channels in dimension 1 "
                 f"({', '.join(spec)}), got shape {tuple(x.shape)}."
+            )
+        weight = self.weight if self.weight is not None else self.weight_u
+        assert weight is not None
+        if (
+            x.dtype.is_floating_point
+            and x.dtype != weight.dtype
+            and not _autocast_enabled(x.device.type)
+        ):
+            raise CCGDTypeError(
+                f"`{name}` must have the layer's dtype {weight.dtype} (outside autocast), got "
+                f"{x.dtype}."
             )
 
     def forward_pair(self, fu: Tensor, fv: Tensor) -> tuple[Tensor, Tensor]:

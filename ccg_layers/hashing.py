@@ -28,6 +28,7 @@ from ccg_layers.validation import (
 __all__ = [
     "check_codes",
     "check_hash_input",
+    "check_pooling",
     "check_projection",
     "encode_patches",
     "hamming_distance",
@@ -63,22 +64,32 @@ def _superpixel_pool(x: Tensor, labels: Tensor, m: int) -> tuple[Tensor, Tensor]
     return pooled, valid
 
 
-def _check_pooling(x: Tensor, name: str, labels: Tensor, m: int) -> None:
+def check_pooling(
+    x: Tensor,
+    name: str,
+    labels: Tensor,
+    m: int,
+    *,
+    labels_name: str = "labels",
+    finite: bool = True,
+) -> None:
     """The labels of a pooling of ``x`` (``(N, h, w)`` grid) in ``[0, m)``; non-empty grids.
 
-    The labels' values and ``x``'s finiteness are value checks (skipped while disabled).
+    The labels' values and ``x``'s finiteness (``finite``: unless the caller's distances check
+    it) are value checks (skipped while disabled).
     """
-    H, W = check_labels(labels, "labels", int(x.shape[0]))
+    H, W = check_labels(labels, labels_name, int(x.shape[0]))
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise CCGShapeError(
             f"`{name}` must have a non-empty (h, w) grid to pool, got shape {tuple(x.shape)}."
         )
     if H == 0 or W == 0:
         raise CCGShapeError(
-            f"`labels` must have a non-empty (H, W) grid, got shape {tuple(labels.shape)}."
+            f"`{labels_name}` must have a non-empty (H, W) grid, got shape {tuple(labels.shape)}."
         )
-    check_index(labels, "labels", m)
-    check_finite(x, name)  # one NaN would turn every patch mean of its image into NaN
+    check_index(labels, labels_name, m)
+    if finite:
+        check_finite(x, name)  # one NaN would turn every patch mean of its image into NaN
 
 
 def superpixel_pool(x: Tensor, labels: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
@@ -117,7 +128,7 @@ def superpixel_pool(x: Tensor, labels: Tensor, num_segments: int) -> tuple[Tenso
     check_dtype(x, "x", ("float",))
     check_shape(x, "x", ("N", "C", "h", "w"))
     positive_int(num_segments, "num_segments")
-    _check_pooling(x, "x", labels, num_segments)
+    check_pooling(x, "x", labels, num_segments)
     return _superpixel_pool(x, labels, num_segments)
 
 
@@ -242,7 +253,7 @@ def patch_codes(hash_input: Tensor, labels: Tensor, projection: Tensor, num_patc
     """
     check_hash_input(hash_input, "hash_input", check_projection(projection))
     positive_int(num_patches, "num_patches")
-    _check_pooling(hash_input, "hash_input", labels, num_patches)
+    check_pooling(hash_input, "hash_input", labels, num_patches)
     return encode_patches(hash_input, labels, projection, num_patches)
 
 

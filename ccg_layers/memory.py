@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from ccg_layers.config import values_checkable
 from ccg_layers.contrast import check_margin
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
-from ccg_layers.validation import check_dtype, check_shape, check_tensor, positive_int
+from ccg_layers.validation import (
+    check_dtype,
+    check_flag,
+    check_float_dtype,
+    check_shape,
+    check_tensor,
+    positive_int,
+)
 
 __all__ = ["PartnerMemory", "commit_memories", "gatherable", "memory_enqueue_"]
 
@@ -182,18 +189,9 @@ class PartnerMemory(nn.Module):
         instead of enqueuing it (and so needs no copy of the map queue).
         """
         self.memory_size = positive_int(memory_size, "memory_size", allow_zero=True)
-        if not isinstance(defer_enqueue, bool):
-            raise CCGValueRangeError(
-                f"`defer_enqueue` must be a bool, got {type(defer_enqueue).__name__}."
-            )
-        self.defer_enqueue = defer_enqueue
+        self.defer_enqueue = check_flag(defer_enqueue, "defer_enqueue")
         self._pending = None
-        if memory_dtype is not None and not (
-            isinstance(memory_dtype, torch.dtype) and memory_dtype.is_floating_point
-        ):
-            raise CCGValueRangeError(
-                f"`memory_dtype` must be a floating torch.dtype or None, got {memory_dtype!r}."
-            )
+        check_float_dtype(memory_dtype, "memory_dtype")
         self.memory_dtype = memory_dtype
         if self.memory_size == 0:
             return

@@ -25,7 +25,13 @@ from ccg_layers.distance import (
 )
 from ccg_layers.distributed import all_gather_batch
 from ccg_layers.errors import CCGShapeError
-from ccg_layers.hashing import check_codes, check_hash_input, check_projection, encode_patches
+from ccg_layers.hashing import (
+    check_codes,
+    check_hash_input,
+    check_pooling,
+    check_projection,
+    encode_patches,
+)
 from ccg_layers.memory import PartnerMemory, gatherable
 from ccg_layers.normalization import (
     GraphParametrization,
@@ -37,10 +43,11 @@ from ccg_layers.validation import (
     Reduction,
     check_batch,
     check_dtype,
-    check_index,
-    check_labels,
+    check_flag,
+    check_float_dtype,
     check_memory_valid,
     check_reduction,
+    check_seed,
     check_shape,
     check_tensor,
     positive_int,
@@ -114,13 +121,13 @@ def patch_graph_logits(
     """
     check_codes(codes, "codes", allow_zero=True)
     dims = check_shape(codes, "codes", ("n", "m", "bits"))
-    check_tensor(weight, "weight")
-    check_dtype(weight, "weight", ("float",))
-    check_shape(weight, "weight", ("m", "m"), dims)
-    if bias is not None:
-        check_tensor(bias, "bias")
-        check_dtype(bias, "bias", ("float",))
-        check_shape(bias, "bias", ())
+    if dims["n"] == 0:
+        raise CCGShapeError(f"`codes` must hold at least 1 image, got shape {tuple(codes.shape)}.")
+    for t, name, spec in ((weight, "weight", ("m", "m")), (bias, "bias", ())):
+        if t is not None:  # W_l and its optional bias
+            check_tensor(t, name)
+            check_dtype(t, name, ("float",))
+            check_shape(t, name, spec, dims)
     if codes_b is None:
         return _patch_scores(codes, codes, weight, bias)
     check_codes(codes_b, "codes_b", allow_zero=True)
@@ -190,9 +197,9 @@ def check_patch_graph_args(
 ) -> tuple[int, int, int]:
     """Validate the graph's inputs once; returns ``(n, m, K)``.
 
-    ``validated`` / ``validated_b``: the hashed maps are the feature maps the caller already
-    validated (then only their channels are compared with the projection). ``prefix`` names
-    the projection, weight and bias (e.g. ``"patch_"`` for ``patch_weight``).
+    ``validated`` / ``validated_b``: the hashed maps are the feature maps the caller validated
+    (only their channels are compared with the projection; the distances check them finite).
+    ``prefix`` names the projection, weight and bias (e.g. ``"patch_"`` for ``patch_weight``).
     """
     proj, w_name, b_name = f"{prefix}projection", f"{prefix}weight", f"{prefix}bias"
     pdims = check_projection(projection, proj)
@@ -204,8 +211,9 @@ def check_patch_graph_args(
         check_tensor(bias, b_name)
         check_dtype(bias, b_name, ("float",))
         check_shape(bias, b_name, ())
-    check_labels(labels, "labels", n)
-    check_index(labels, "labels", m)
+    # labels in [0, m), non-empty grids; NaN would give valid-looking codes (the sign of the
+    # patch means), so maps the caller's distances do not check are checked finite here
+    check_pooling(hash_input, hash_name, labels, m, finite=not validated)
     if (hash_input_b is None) != (labels_b is None):
         given, missing = (
             ("labels_b", hash_b_name) if hash_input_b is None else (hash_b_name, "labels_b")
@@ -220,8 +228,9 @@ def check_patch_graph_args(
                 f"`{hash_b_name}` must hold P={n} images like `{hash_name}` (one per "
                 f"pair), got shape {tuple(hash_input_b.shape)}."
             )
-        check_labels(labels_b, "labels_b", n)
-        check_index(labels_b, "labels_b", m)
+        check_pooling(
+            hash_input_b, hash_b_name, labels_b, m, labels_name="labels_b", finite=not validated_b
+        )
     K = _check_patch_memory(memory_codes, memory_valid, m, pdims["bits"])
     return n, m, K
 
@@ -273,7 +282,7 @@ def patch_hash_graph(
         CCGShapeError: Mismatched shapes, an empty batch, or ``labels_b`` without
             ``hash_input_b`` or the other way round.
         CCGDTypeError: Wrong dtypes.
-        CCGValueRangeError: Labels out of range or a bad ``parametrization``.
+        CCGValueRangeError: Labels out of range, non-finite hash inputs, bad ``parametrization``.
 
     Example:
         >>> import torch
@@ -435,7 +444,8 @@ def patch_hash_graph_loss(
     Raises:
         CCGShapeError: Mismatched shapes, an empty batch, or ``labels_b`` missing.
         CCGDTypeError: Wrong dtypes.
-        CCGValueRangeError: Labels out of range, bad ``reduction`` or ``parametrization``.
+        CCGValueRangeError: Labels out of range, bad ``reduction``, ``parametrization`` or
+            ``return_codes``, non-finite ``features`` or ``hash_input`` (value checks).
 
     Example:
         >>> import torch
@@ -448,6 +458,7 @@ def patch_hash_graph_loss(
     """
     reduction = check_reduction(reduction)
     parametrization = check_parametrization(parametrization)
+    check_flag(return_codes, "return_codes")
     check_batch(features, "features", min_dim=4, what="(n, C, h, w)")
     dims = check_shape(features, "features", ("n", "C", "h", "w"))
     if features_b is None:
@@ -469,7 +480,7 @@ def patch_hash_graph_loss(
         )
     src = features if hash_input is None else hash_input
     src_b = features_b if hash_input_b is None else hash_input_b
-    _, m, K = check_patch_graph_args(
+    n, m, K = check_patch_graph_args(
         src,
         "features" if hash_input is None else "hash_input",
         labels,
@@ -484,21 +495,19 @@ def patch_hash_graph_loss(
         validated=hash_input is None,
         validated_b=hash_input_b is None,
     )
-    if (
-        memory_features is not None
-        and check_memory_features(memory_features, features, "memory_features") != K
-    ):
+    if check_memory_features(memory_features, features, "memory_features") != K:
+        assert memory_features is not None  # K > 0: the memory was given
         raise CCGShapeError(
             f"`memory_features` must hold K={K} maps like `memory_codes`, got shape "
             f"{tuple(memory_features.shape)}."
         )
+    if n != dims["n"]:
+        raise CCGShapeError(
+            f"`hash_input` must hold n={dims['n']} images like `features`, got shape "
+            f"{tuple(src.shape)}."
+        )
     y, margin_ = check_contrast_args(
-        image_labels,
-        margin,
-        int(features.shape[0]),
-        memory_image_labels,
-        K,
-        memory_features is not None,
+        image_labels, margin, n, memory_image_labels, K, memory_features is not None
     )
     alike = None
     if y is not None:
@@ -582,10 +591,9 @@ class PatchHashGraph(PartnerMemory):
         code_bits: Bits of each patch code.
         parametrization: ``"softmax"`` (default) or ``"free"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        distributed: In the all-pairs form, gather features, labels and ``hash_input`` from
-            all ranks (as :class:`LearnableSampleGraph`) so the graph spans the global batch.
-            The pair form's loss is always local (each rank's pairs); its enqueued pairs are
-            gathered.
+        distributed: In the all-pairs form, gather features, labels and ``hash_input`` from all
+            ranks (as :class:`LearnableSampleGraph`) so the graph spans the global batch; the
+            pair form's loss is always local (each rank's pairs), its enqueued pairs gathered.
         memory_size: ``K``, partners kept from earlier batches; 0 for none.
         memory_dtype: Dtype of the stored maps; ``None`` for the features' dtype.
         defer_enqueue: Keep a training batch for :meth:`commit_memory` (or
@@ -595,7 +603,11 @@ class PatchHashGraph(PartnerMemory):
             float for the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the random projection (the same on every rank and run).
         device: Device of the parameters and buffers.
-        dtype: Dtype of the parameters and the projection.
+        dtype: Dtype of the parameters and the projection (floating).
+
+    Raises:
+        CCGValueRangeError: A bad option, e.g. a ``distributed`` that is not a bool.
+        CCGDTypeError: A ``dtype`` that is not floating.
 
     Example:
         >>> import torch
@@ -639,8 +651,9 @@ class PatchHashGraph(PartnerMemory):
         self.code_bits = positive_int(code_bits, "code_bits")
         self.parametrization: GraphParametrization = check_parametrization(parametrization)
         self.reduction: Reduction = check_reduction(reduction)
-        self.distributed = bool(distributed)
-        generator = torch.Generator().manual_seed(seed)
+        self.distributed = check_flag(distributed, "distributed")
+        check_float_dtype(dtype, "dtype")
+        generator = torch.Generator().manual_seed(check_seed(seed))
         projection = torch.randn(in_channels, code_bits, generator=generator)
         self.register_buffer("projection", projection.to(device=device, dtype=dtype))
         self.weight = nn.Parameter(
@@ -652,12 +665,9 @@ class PatchHashGraph(PartnerMemory):
             self.register_parameter("bias", None)
         self.init_memory(memory_size, memory_dtype, device, defer_enqueue)
 
-    def _memory_args(
-        self, memory: tuple[Tensor, ...] | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        if memory is None:
-            return None, None, None
-        return memory[0], memory[1], self.memory_valid()
+    def _memory_args(self, memory: tuple[Tensor, ...] | None) -> tuple[Tensor | None, ...]:
+        """The memory's maps, codes and valid slots as the function takes them."""
+        return (None,) * 3 if memory is None else (memory[0], memory[1], self.memory_valid())
 
     def forward(
         self,
@@ -683,8 +693,7 @@ class PatchHashGraph(PartnerMemory):
         if features_b is not None and image_labels is not None:
             self.check_contrast_inputs(image_labels_b, "image_labels_b")
         if self.distributed and features_b is None:
-            features = all_gather_batch(features)
-            labels = all_gather_batch(labels)
+            features, labels = all_gather_batch(features), all_gather_batch(labels)
             if hash_input is not None:
                 hash_input = all_gather_batch(hash_input)
             if image_labels is not None:
@@ -739,13 +748,10 @@ class PatchHashGraph(PartnerMemory):
             entry_codes = torch.cat(parts[2:4], dim=0)
             if image_labels is not None:
                 entry_labels = torch.cat(parts[4:6], dim=0)
-        feature_dtype = self.memory_dtype or features.dtype
-        if entry_labels is None:
-            self.push_batch([entries, entry_codes], [feature_dtype, torch.int8])
-        else:
-            self.push_batch(
-                [entries, entry_codes, entry_labels], [feature_dtype, torch.int8, torch.float32]
-            )
+        queued, dtypes = [entries, entry_codes], [self.memory_dtype or features.dtype, torch.int8]
+        if entry_labels is not None:
+            queued, dtypes = [*queued, entry_labels], [*dtypes, torch.float32]
+        self.push_batch(queued, dtypes)
 
     def graph(
         self,
@@ -767,6 +773,7 @@ class PatchHashGraph(PartnerMemory):
         :func:`~ccg_layers.functional.pairwise_distance` it lets ``L_IR`` and ``L_IK`` share
         one distance matrix.
         """
+        use_memory = check_flag(use_memory, "use_memory")
         _, mem_c, valid = self._memory_args(self.memory_tensors() if use_memory else None)
         return patch_hash_graph(
             hash_input,

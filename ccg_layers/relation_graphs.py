@@ -37,6 +37,7 @@ from ccg_layers.validation import (
     Reduction,
     check_batch,
     check_dtype,
+    check_flag,
     check_reduction,
     check_shape,
     check_tensor,
@@ -148,7 +149,8 @@ def relation_graph_losses(
     Raises:
         CCGShapeError: Mismatched shapes, an empty batch, a memory given in part.
         CCGDTypeError: Wrong dtypes.
-        CCGValueRangeError: Labels out of range, non-finite features, a bad option.
+        CCGValueRangeError: Labels out of range, non-finite features, a bad option
+            (``return_entries`` not a bool, ...).
 
     Example:
         >>> import torch
@@ -164,6 +166,7 @@ def relation_graph_losses(
     """
     reduction = check_reduction(reduction)
     parametrization = check_parametrization(parametrization)
+    check_flag(return_entries, "return_entries")
     check_batch(features, "features", min_dim=4, what="(n, C, h, w)")
     check_shape(features, "features", ("n", "C", "h", "w"))
     dims = check_embedding_inputs(
@@ -257,7 +260,11 @@ class RelationGraphs(PartnerMemory):
             the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the fixed projections (the same on every rank and run).
         device: Device of the parameters and buffers.
-        dtype: Dtype of the parameters and the projections.
+        dtype: Dtype of the parameters and the projections (floating).
+
+    Raises:
+        CCGValueRangeError: A bad option, e.g. a ``distributed`` that is not a bool.
+        CCGDTypeError: A ``dtype`` that is not floating.
 
     Shape:
         - features: ``(n, C, h, w)``; labels: ``(n, H, W)`` superpixel labels.
@@ -318,7 +325,7 @@ class RelationGraphs(PartnerMemory):
             dtype=dtype,
         )
         self.reduction: Reduction = check_reduction(reduction)
-        self.distributed = bool(distributed)
+        self.distributed = check_flag(distributed, "distributed")
         self.init_memory(memory_size, memory_dtype, device, defer_enqueue)
 
     def forward(

@@ -44,8 +44,12 @@ from ccg_layers.validation import (
     check_batch,
     check_choice,
     check_dtype,
+    check_finite,
+    check_flag,
+    check_float_dtype,
     check_memory_valid,
     check_reduction,
+    check_seed,
     check_shape,
     check_tensor,
     positive_int,
@@ -124,6 +128,13 @@ def graph_embedding(features: Tensor, projection: Tensor) -> Tensor:
     Returns:
         ``(n, d)`` unit vectors (0 for an all-zero map), float32 at least, no gradient.
 
+    Raises:
+        CCGShapeError: ``features`` not ``(n, C, ...)`` with ``n >= 1`` and the projection's
+            ``C``, ``projection`` not ``(C, d)``.
+        CCGDTypeError: Non-float tensors.
+        CCGValueRangeError: Non-finite ``features`` (a value check, see
+            :func:`ccg_layers.set_value_checks`).
+
     Example:
         >>> import torch
         >>> x = torch.tensor([[3.0, 1.0, 2.0], [1.0, 3.0, 2.0]])[:, :, None, None]
@@ -132,6 +143,7 @@ def graph_embedding(features: Tensor, projection: Tensor) -> Tensor:
                 [-0.7071,  0.7071]])
     """
     check_embedding_inputs(features, projection, "features")
+    check_finite(features, "features")
     return embed_features(features, projection)
 
 
@@ -146,9 +158,8 @@ def _bilinear_logits(embeddings: Tensor, weight: Tensor, memory: Tensor | None) 
 def _check_logit_inputs(
     embeddings: Tensor, weight: Tensor, memory_embeddings: Tensor | None
 ) -> dict[str, int]:
-    check_tensor(embeddings, "embeddings")
+    check_batch(embeddings, "embeddings", min_dim=2, what="(n, d)")
     check_tensor(weight, "weight")
-    check_dtype(embeddings, "embeddings", ("float",))
     check_dtype(weight, "weight", ("float",))
     dims = check_shape(embeddings, "embeddings", ("n", "d"))
     check_shape(weight, "weight", ("d", "d"), dims)
@@ -176,6 +187,11 @@ def conditioned_graph_logits(
 
     Returns:
         ``(n, n + K)`` logits.
+
+    Raises:
+        CCGShapeError: ``embeddings`` not ``(n, d)`` with ``n >= 1`` (an empty batch), ``weight``
+            not ``(d, d)``, ``memory_embeddings`` not ``(K, d)``.
+        CCGDTypeError: Non-float tensors.
 
     Example:
         >>> import torch
@@ -247,6 +263,11 @@ def sample_graph(
     Returns:
         ``(n, n + K)`` weights, rows summing to 1, no weight on invalid slots.
 
+    Raises:
+        CCGShapeError: Mismatched shapes, an empty batch.
+        CCGDTypeError: Wrong dtypes.
+        CCGValueRangeError: Non-finite ``features`` (a value check).
+
     Example:
         >>> import torch
         >>> g = sample_graph(torch.randn(2, 8, 4, 4), torch.zeros(4, 4), torch.randn(8, 4),
@@ -261,6 +282,7 @@ def sample_graph(
     check_dtype(weight, "weight", ("float",))
     check_shape(weight, "weight", ("d", "d"), dims)
     _check_sample_memory(memory_embeddings, memory_valid, dims["d"])
+    check_finite(features, "features")
     return sample_graph_from_embeddings(
         embed_features(features, projection), weight, memory_embeddings, memory_valid
     )
@@ -344,7 +366,8 @@ def conditioned_sample_graph_loss(
     Raises:
         CCGShapeError: Mismatched shapes, an empty batch, memory maps without descriptors.
         CCGDTypeError: Wrong dtypes.
-        CCGValueRangeError: Non-finite features or a bad ``reduction``.
+        CCGValueRangeError: Non-finite features, a bad ``reduction``, ``return_embeddings``
+            not a bool.
 
     Example:
         >>> import torch
@@ -355,6 +378,7 @@ def conditioned_sample_graph_loss(
         True
     """
     reduction = check_reduction(reduction)
+    check_flag(return_embeddings, "return_embeddings")
     dims = check_embedding_inputs(features, projection, "features")
     check_tensor(weight, "weight")
     check_dtype(weight, "weight", ("float",))
@@ -456,7 +480,12 @@ class LearnableSampleGraph(PartnerMemory):
             float for the contrast form (then ``forward`` requires ``image_labels``).
         seed: Seed of the fixed projection (the same on every rank and run).
         device: Device of the parameter and buffers.
-        dtype: Dtype of the parameter and the projection.
+        dtype: Dtype of the parameter and the projection (floating).
+
+    Raises:
+        CCGValueRangeError: A bad option (e.g. a ``distributed`` that is not a bool, a ``seed``
+            that is not an int) or a combination the form does not take.
+        CCGDTypeError: A ``dtype`` that is not floating.
 
     Shape:
         - features: ``(n, C, ...)``, e.g. ``(n, 2048, 16, 16)`` (positional form: ``(n, ...)``).
@@ -502,9 +531,11 @@ class LearnableSampleGraph(PartnerMemory):
             positive_int(num_samples, "num_samples")
         self.num_samples = num_samples
         self.parametrization: GraphParametrization = check_parametrization(parametrization)
-        self.distributed = bool(distributed)
+        self.distributed = check_flag(distributed, "distributed")
         self.reduction: Reduction = check_reduction(reduction)
         self.embed_dim = positive_int(embed_dim, "embed_dim")
+        seed = check_seed(seed)
+        check_float_dtype(dtype, "dtype")
         if self.form == "positional":
             if num_samples is None:
                 raise CCGValueRangeError(
@@ -516,7 +547,9 @@ class LearnableSampleGraph(PartnerMemory):
                     "`memory_size` must be 0 with form='positional' (memory slots have no "
                     f"batch position), got {memory_size!r}; use form='conditioned'."
                 )
-            self.in_channels = in_channels
+            self.in_channels = (
+                None if in_channels is None else positive_int(in_channels, "in_channels")
+            )
             init = 1.0 / num_samples if self.parametrization == "free" else 0.0
             self.weight = nn.Parameter(
                 torch.full((num_samples, num_samples), init, device=device, dtype=dtype)
@@ -583,7 +616,7 @@ class LearnableSampleGraph(PartnerMemory):
                 features = int(features.shape[0])
             n = self.num_samples if features is None else features
             assert self.num_samples is not None
-            if not isinstance(n, int) or not 1 <= n <= self.num_samples:
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.num_samples:
                 raise CCGShapeError(
                     f"the batch must have 1 <= n <= num_samples={self.num_samples} samples, "
                     f"got n={n}."
@@ -595,7 +628,7 @@ class LearnableSampleGraph(PartnerMemory):
                 f"{type(features).__name__}."
             )
         self._check_state(features)
-        memory = self.memory_tensors() if use_memory else None
+        memory = self.memory_tensors() if check_flag(use_memory, "use_memory") else None
         return sample_graph(
             features,
             self.weight,

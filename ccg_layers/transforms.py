@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ccg_layers.errors import CCGDTypeError
-from ccg_layers.validation import check_shape, check_tensor
+from ccg_layers.validation import check_float_dtype, check_shape, check_tensor
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "imagenet_input", "normalize_radiographs"]
 
@@ -51,8 +51,7 @@ def normalize_radiographs(images: Tensor, dtype: torch.dtype = torch.float32) ->
             f"{images.dtype}; float images would be scaled by 1/255 a second time."
         )
     check_shape(images, "images", (1, "H", "W"), leading=True)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise CCGDTypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}.")
+    check_float_dtype(dtype, "dtype", allow_none=False)
     return imagenet_input(images, dtype)
 
 

@@ -34,11 +34,13 @@ __all__ = [
     "check_dtype",
     "check_finite",
     "check_flag",
+    "check_float_dtype",
     "check_index",
     "check_labels",
     "check_memory_valid",
     "check_positive",
     "check_reduction",
+    "check_seed",
     "check_shape",
     "check_size2",
     "check_tensor",
@@ -201,6 +203,22 @@ def real_number(
             what = f"a finite number in {left}{lo}, {hi}{right}"
         raise CCGValueRangeError(f"`{name}` must be {what}, got {value!r}.")
     return number
+
+
+def check_float_dtype(value: object, name: str, *, allow_none: bool = True) -> None:
+    """Raise unless ``value`` is a floating ``torch.dtype`` (or ``None`` where allowed)."""
+    if value is None and allow_none:
+        return
+    if not (isinstance(value, torch.dtype) and value.is_floating_point):
+        expected = "a floating torch.dtype" + (" or None" if allow_none else "")
+        raise CCGDTypeError(f"`{name}` must be {expected}, got {value!r}.")
+
+
+def check_seed(value: object) -> int:
+    """Return ``seed`` if it is an ``int`` (not a bool); else raise naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CCGValueRangeError(f"`seed` must be an int, got {value!r}.")
+    return value
 
 
 def check_flag(value: object, name: str) -> bool:

@@ -438,6 +438,36 @@ def test_process_wide_switch_and_explicit_argument(restore_switch, sdpa_calls):
     assert not use_fused_path(None, torch.device("cuda"), 64, 4096, 4096)
 
 
+def test_use_fused_path_takes_a_device_string(restore_switch):
+    set_fused_attn(None)
+    assert use_fused_path(None, "cuda:0", 2, 256, 256)
+    assert not use_fused_path(None, "cpu", 2, 256, 256)
+
+
+@pytest.mark.parametrize("fused", ["no", 1, 0.0])
+def test_error_use_fused_path_bad_fused(fused):
+    with pytest.raises(CCGValueRangeError, match=r"`fused` must be True, False or None, got"):
+        use_fused_path(fused, torch.device("cpu"), 1, 10, 10)
+
+
+@pytest.mark.parametrize("device", ["no-such-device", 0, None])
+def test_error_use_fused_path_bad_device(device):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`device` must be a torch.device or a device string, got"
+    ):
+        use_fused_path(None, device, 1, 10, 10)
+
+
+@pytest.mark.parametrize("name", ["batch_heads", "len_u", "len_v"])
+@pytest.mark.parametrize("value", [-1, 1.5, "a", True])
+def test_error_use_fused_path_bad_sizes(name, value):
+    sizes = {"batch_heads": 1, "len_u": 10, "len_v": 10, name: value}
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`{name}` must be a non-negative int, got {value!r}"
+    ):
+        use_fused_path(None, torch.device("cpu"), **sizes)
+
+
 def test_error_bad_switch_value(restore_switch):
     with pytest.raises(CCGValueRangeError, match=r"`enable` must be True, False or None, got 1"):
         set_fused_attn(1)  # type: ignore[arg-type]
@@ -913,14 +943,54 @@ def test_error_bad_mode():
         CrossImageAttention(8, mode="x")
 
 
-def test_error_bad_scale_module():
-    with pytest.raises(CCGValueRangeError, match=r"`scale` must be None or finite, got nan"):
-        CrossImageAttention(8, scale=float("nan"))
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -1.0, 0.0, "1", True])
+def test_error_bad_scale_module(scale):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`scale` must be None or a positive finite number, got {scale!r}",
+    ):
+        CrossImageAttention(8, scale=scale)
 
 
-def test_error_bad_gate_init():
-    with pytest.raises(CCGValueRangeError, match=r"`gate_init` must be finite, got inf"):
-        CrossImageAttention(8, mode="residual", gate_init=float("inf"))
+@pytest.mark.parametrize("gate_init", [float("inf"), float("nan"), "0", True, None])
+def test_error_bad_gate_init(gate_init):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`gate_init` must be a finite number, got {gate_init!r}"
+    ):
+        CrossImageAttention(8, mode="residual", gate_init=gate_init)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32"])
+def test_error_bad_dtype_module(dtype):
+    with pytest.raises(
+        CCGDTypeError, match=rf"`dtype` must be a floating torch.dtype or None, got {dtype!r}"
+    ):
+        CrossImageAttention(8, dtype=dtype)
+
+
+@pytest.mark.parametrize("mode", ["pair", "residual"])
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_error_input_dtype_is_not_the_layers(mode, low_rank):
+    """The module names its forward's argument and its own dtype, not the function's `weight`."""
+    kwargs = {"qk_channels": 4, "heads": 2} if low_rank else {}
+    layer = CrossImageAttention(8, mode=mode, **kwargs)
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    name = "fu" if mode == "pair" else "x"
+    with pytest.raises(
+        CCGDTypeError,
+        match=rf"`{name}` must have the layer's dtype torch.float32 \(outside autocast\), "
+        r"got torch.float64",
+    ):
+        layer(x, x) if mode == "pair" else layer(x)
+
+
+def test_error_pair_second_input_dtype_is_not_the_layers():
+    layer = CrossImageAttention(8, dtype=torch.float64)
+    fu = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    with pytest.raises(
+        CCGDTypeError, match=r"`fv` must have the layer's dtype torch.float64 .* got torch.float32"
+    ):
+        layer(fu, fu.float())
 
 
 def test_error_bad_fused_module():

@@ -288,7 +288,7 @@ def test_error_bad_form_and_memory_size_and_memory_dtype():
         LearnableSampleGraph(in_channels=4, form="slots")
     with pytest.raises(CCGValueRangeError, match=r"`memory_size` must be a non-negative int"):
         PatchHashGraph(4, 4, memory_size=-1)
-    with pytest.raises(CCGValueRangeError, match=r"`memory_dtype` must be a floating"):
+    with pytest.raises(CCGDTypeError, match=r"`memory_dtype` must be a floating"):
         PatchHashGraph(4, 4, memory_size=2, memory_dtype=torch.int8)
 
 
@@ -529,7 +529,7 @@ def test_error_defer_enqueue_not_a_bool(cls):
         "patch": lambda: PatchHashGraph(M, C, defer_enqueue=1),
         "joint": lambda: RelationGraphs(C, M, defer_enqueue=None),
     }[cls]
-    with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be a bool, got "):
+    with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be True or False, got "):
         make()
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from hypothesis import given
 
-from ccg_layers import LearnableSampleGraph, PatchHashGraph, superpixels
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers import LearnableSampleGraph, PatchHashGraph, set_value_checks, superpixels
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     hash_codes,
     normalize_graph,
@@ -38,6 +38,7 @@ from tests.graph_references import (
     ref_sample_graph_loss,
     ref_superpixel_pool,
 )
+from tests.validation_counter import count_checks, repeated
 
 
 def ref_patch_hash_graph_loss(
@@ -633,3 +634,151 @@ def test_error_patch_hash_graph_empty_batch_is_named():
         PatchHashGraph(M, C)(x[:0], labels[:0], x[:0], labels[:0])
     with pytest.raises(CCGShapeError, match=r"`features` must hold at least 1 sample"):
         LearnableSampleGraph(in_channels=C)(x[:0])
+
+
+# --------------------------------------------------------------------------- bad input (audit)
+
+
+def _with_nan(x):
+    x = x.clone()
+    x[-1, 0, 1, 1] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_error_patch_hash_graph_non_finite_hash_input(value):
+    x, lab, proj, w, _ = _phg_args()
+    x[1, 2, 0, 0] = value
+    with pytest.raises(CCGValueRangeError, match=r"`hash_input` must be finite, got NaN or inf"):
+        patch_hash_graph(x, lab, proj, w)
+
+
+def test_error_patch_hash_graph_non_finite_hash_input_b():
+    x, lab, proj, w, _ = _phg_args()
+    with pytest.raises(CCGValueRangeError, match=r"`hash_input_b` must be finite, got NaN or inf"):
+        patch_hash_graph(x, lab, proj, w, hash_input_b=_with_nan(x), labels_b=lab)
+
+
+def test_error_patch_hash_graph_loss_non_finite_hash_input():
+    x, lab, proj, w, _ = _phg_args()
+    with pytest.raises(CCGValueRangeError, match=r"`hash_input` must be finite, got NaN or inf"):
+        patch_hash_graph_loss(x, lab, proj, w, hash_input=_with_nan(x))
+
+
+def test_error_patch_hash_graph_loss_non_finite_hash_input_b():
+    x, lab, proj, w, _ = _phg_args()
+    with pytest.raises(CCGValueRangeError, match=r"`hash_input_b` must be finite, got NaN or inf"):
+        patch_hash_graph_loss(
+            x, lab, proj, w, features_b=x, labels_b=lab, hash_input_b=_with_nan(x)
+        )
+
+
+@pytest.mark.parametrize("pair_form", [False, True])
+def test_hashed_features_are_checked_finite_once_by_the_distances(pair_form):
+    """With ``hash_input=None`` the hashed maps are the features: the distances' rule checks
+    them, the graph's checker does not check them again."""
+    x, lab, proj, w, _ = _phg_args()
+    kwargs = {"features_b": _with_nan(x), "labels_b": lab} if pair_form else {}
+    features = x if pair_form else _with_nan(x)
+    with count_checks() as calls, pytest.raises(CCGValueRangeError, match=r"must be finite"):
+        patch_hash_graph_loss(features, lab, proj, w, **kwargs)
+    assert repeated(calls) == {}
+    assert calls[("check_finite_through_distances", "distances")] == 1
+    assert not any(check == "check_finite" for check, _ in calls)
+
+
+def test_non_finite_hash_input_passes_with_value_checks_off():
+    x, lab, proj, w, _ = _phg_args()
+    with set_value_checks(False):
+        assert patch_hash_graph(_with_nan(x), lab, proj, w).shape == (2, 2)
+
+
+def test_error_module_graph_non_finite_hash_input():
+    x, lab, _, _, _ = _phg_args()
+    with pytest.raises(CCGValueRangeError, match=r"`hash_input` must be finite, got NaN or inf"):
+        PatchHashGraph(3, 4, code_bits=8).graph(_with_nan(x), lab)
+
+
+def test_error_patch_hash_graph_loss_hash_input_batch():
+    x, _, proj, w, _ = _phg_args()
+    hash_input = torch.randn(3, 4, 8, 8)
+    labels = torch.zeros(3, 8, 8, dtype=torch.long)
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`hash_input` must hold n=2 images like `features`, got shape \(3, 4, 8, 8\)",
+    ):
+        patch_hash_graph_loss(x, labels, proj, w, hash_input=hash_input)
+
+
+@pytest.mark.parametrize("flag", ["x", 1, None])
+def test_error_return_codes_not_a_bool(flag):
+    x, lab, proj, w, _ = _phg_args()
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`return_codes` must be True or False, got {flag!r}"
+    ):
+        patch_hash_graph_loss(x, lab, proj, w, return_codes=flag)
+
+
+def test_error_patch_graph_logits_empty_batch():
+    with pytest.raises(
+        CCGShapeError, match=r"`codes` must hold at least 1 image, got shape \(0, 4, 8\)"
+    ):
+        patch_graph_logits(torch.ones(0, 4, 8), torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("flag", ["x", 1, None])
+def test_error_module_distributed_not_a_bool(flag):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`distributed` must be True or False, got {flag!r}"
+    ):
+        PatchHashGraph(3, 4, distributed=flag)
+
+
+def test_error_module_defer_enqueue_not_a_bool():
+    with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be"):
+        PatchHashGraph(3, 4, defer_enqueue="x")
+
+
+@pytest.mark.parametrize("seed", ["a", True, 1.0, None])
+def test_error_module_seed_not_an_int(seed):
+    with pytest.raises(CCGValueRangeError, match=rf"`seed` must be an int, got {seed!r}"):
+        PatchHashGraph(3, 4, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32"])
+def test_error_module_dtype_not_floating(dtype):
+    with pytest.raises(
+        CCGDTypeError, match=rf"`dtype` must be a floating torch.dtype or None, got {dtype!r}"
+    ):
+        PatchHashGraph(3, 4, dtype=dtype)
+
+
+def test_error_module_graph_use_memory_not_a_bool():
+    x, lab, _, _, _ = _phg_args()
+    with pytest.raises(CCGValueRangeError, match=r"`use_memory` must be True or False, got 'no'"):
+        PatchHashGraph(3, 4, code_bits=8, memory_size=2).graph(x, lab, use_memory="no")
+
+
+@pytest.mark.parametrize(
+    ("hash_input", "labels", "message"),
+    [
+        (
+            torch.randn(2, 8, 0, 4),
+            torch.zeros(2, 4, 4, dtype=torch.long),
+            r"`hash_input` must have a non-empty \(h, w\) grid to pool, got shape \(2, 8, 0, 4\)",
+        ),
+        (
+            torch.randn(2, 8, 4, 4),
+            torch.zeros(2, 0, 4, dtype=torch.long),
+            r"`labels` must have a non-empty \(H, W\) grid, got shape \(2, 0, 4\)",
+        ),
+    ],
+)
+def test_an_empty_hashing_grid_is_refused(hash_input, labels, message):
+    projection, weight = torch.randn(8, 16), torch.zeros(4, 4)
+    with pytest.raises(CCGShapeError, match=message):
+        patch_hash_graph(hash_input, labels, projection, weight)
+    with pytest.raises(CCGShapeError, match=message):
+        patch_hash_graph_loss(
+            torch.randn(2, 8, 4, 4), labels, projection, weight, hash_input=hash_input
+        )

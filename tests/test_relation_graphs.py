@@ -12,7 +12,7 @@ import torch
 
 import ccg_layers
 from ccg_layers import LearnableSampleGraph, PatchHashGraph, RelationGraphs
-from ccg_layers.errors import CCGShapeError
+from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     conditioned_sample_graph_loss,
     patch_hash_graph_loss,
@@ -226,3 +226,45 @@ def test_distributed_flag_without_process_group_equals_local():
         got = gathered(x, labels, image_labels=y)
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert torch.equal(joint.memory_image_labels, gathered.memory_image_labels)
+
+
+# --------------------------------------------------------------------------- bad input (audit)
+
+
+@pytest.mark.parametrize("flag", ["x", 1, None])
+def test_error_return_entries_not_a_bool(flag):
+    joint = _pair()[0]
+    x, labels, _ = _batch(2, 0)
+    sw, sp = joint.sample_graph.weight, joint.sample_graph.projection
+    pw, pp = joint.patch_graph.weight, joint.patch_graph.projection
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`return_entries` must be True or False, got {flag!r}"
+    ):
+        relation_graph_losses(x, labels, sw, sp, pw, pp, return_entries=flag)
+
+
+@pytest.mark.parametrize("flag", ["x", 1, None])
+def test_error_module_distributed_not_a_bool(flag):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`distributed` must be True or False, got {flag!r}"
+    ):
+        RelationGraphs(C, M, distributed=flag)
+
+
+def test_error_module_defer_enqueue_not_a_bool():
+    with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be"):
+        RelationGraphs(C, M, defer_enqueue="x")
+
+
+@pytest.mark.parametrize("seed", ["a", True, None])
+def test_error_module_seed_not_an_int(seed):
+    with pytest.raises(CCGValueRangeError, match=rf"`seed` must be an int, got {seed!r}"):
+        RelationGraphs(C, M, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, "float32"])
+def test_error_module_dtype_not_floating(dtype):
+    with pytest.raises(
+        CCGDTypeError, match=rf"`dtype` must be a floating torch.dtype or None, got {dtype!r}"
+    ):
+        RelationGraphs(C, M, dtype=dtype)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from ccg_layers import LearnableSampleGraph
+from ccg_layers import LearnableSampleGraph, set_value_checks
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.functional import (
     conditioned_graph_logits,
@@ -506,3 +506,103 @@ def test_error_graph_accessor_needs_features_in_conditioned_form():
 def test_error_conditioned_form_with_one_channel():
     with pytest.raises(CCGValueRangeError, match=r"`in_channels` must be >= 2 .* got 1"):
         LearnableSampleGraph(in_channels=1)
+
+
+# --------------------------------------------------------------------------- bad input (audit)
+
+
+def _nan_features():
+    x = torch.randn(3, 4, 2, 2)
+    x[1, 2, 0, 1] = float("nan")
+    return x
+
+
+def test_error_graph_embedding_non_finite_features():
+    with pytest.raises(CCGValueRangeError, match=r"`features` must be finite, got NaN or inf"):
+        graph_embedding(_nan_features(), torch.randn(4, 3))
+
+
+def test_error_sample_graph_non_finite_features():
+    with pytest.raises(CCGValueRangeError, match=r"`features` must be finite, got NaN or inf"):
+        sample_graph(_nan_features(), torch.zeros(3, 3), torch.randn(4, 3))
+
+
+def test_error_graph_accessor_non_finite_features():
+    with pytest.raises(CCGValueRangeError, match=r"`features` must be finite, got NaN or inf"):
+        LearnableSampleGraph(in_channels=4, embed_dim=3).graph(_nan_features())
+
+
+def test_non_finite_features_pass_with_value_checks_off():
+    with set_value_checks(False):
+        g = sample_graph(_nan_features(), torch.zeros(3, 3), torch.randn(4, 3))
+    assert g.shape == (3, 3)
+
+
+def test_error_conditioned_graph_logits_empty_batch():
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`embeddings` must hold at least 1 sample \(n, d\), got shape \(0, 4\)",
+    ):
+        conditioned_graph_logits(torch.zeros(0, 4), torch.zeros(4, 4))
+
+
+def test_error_conditioned_graph_logits_embeddings_rank():
+    with pytest.raises(CCGShapeError, match=r"`embeddings` must have at least 2 dimensions"):
+        conditioned_graph_logits(torch.zeros(4), torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("flag", ["no", 1, None])
+def test_error_return_embeddings_not_a_bool(flag):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`return_embeddings` must be True or False, got {flag!r}"
+    ):
+        conditioned_sample_graph_loss(
+            torch.randn(2, 4), torch.zeros(3, 3), torch.randn(4, 3), return_embeddings=flag
+        )
+
+
+@pytest.mark.parametrize("form", ["conditioned", "positional"])
+@pytest.mark.parametrize("flag", ["x", 1, None])
+def test_error_distributed_not_a_bool(form, flag):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`distributed` must be True or False, got {flag!r}"
+    ):
+        LearnableSampleGraph(4, in_channels=8, form=form, distributed=flag)
+
+
+def test_error_defer_enqueue_not_a_bool():
+    with pytest.raises(CCGValueRangeError, match=r"`defer_enqueue` must be"):
+        LearnableSampleGraph(in_channels=8, defer_enqueue="x")
+
+
+@pytest.mark.parametrize("form", ["conditioned", "positional"])
+@pytest.mark.parametrize("seed", ["a", True, 1.0, None])
+def test_error_seed_not_an_int(form, seed):
+    with pytest.raises(CCGValueRangeError, match=rf"`seed` must be an int, got {seed!r}"):
+        LearnableSampleGraph(4, in_channels=8, form=form, seed=seed)
+
+
+@pytest.mark.parametrize("form", ["conditioned", "positional"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32"])
+def test_error_dtype_not_floating(form, dtype):
+    with pytest.raises(
+        CCGDTypeError, match=rf"`dtype` must be a floating torch.dtype or None, got {dtype!r}"
+    ):
+        LearnableSampleGraph(4, in_channels=8, form=form, dtype=dtype)
+
+
+@pytest.mark.parametrize("in_channels", [0, "8", True])
+def test_error_positional_in_channels_not_a_positive_int(in_channels):
+    with pytest.raises(CCGValueRangeError, match=r"`in_channels` must be a positive int, got"):
+        LearnableSampleGraph(4, form="positional", in_channels=in_channels)
+
+
+def test_error_positional_graph_of_a_bool_size():
+    with pytest.raises(CCGShapeError, match=r"1 <= n <= num_samples=2 samples, got n=True"):
+        LearnableSampleGraph(2, form="positional").graph(True)
+
+
+def test_error_graph_accessor_use_memory_not_a_bool():
+    graph = LearnableSampleGraph(in_channels=4, embed_dim=3, memory_size=2)
+    with pytest.raises(CCGValueRangeError, match=r"`use_memory` must be True or False, got 'no'"):
+        graph.graph(torch.randn(2, 4, 2, 2), use_memory="no")
