@@ -18,6 +18,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -232,12 +233,25 @@ def check_flag(value: object, name: str) -> bool:
 
 
 def positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:
-    """Return ``value`` if it is a positive (or non-negative) ``int``, not a bool; else raise."""
-    low = 0 if allow_zero else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    """Return ``value`` as an ``int`` if it is a positive (or non-negative) integer.
+
+    An ``int`` or a NumPy integer; a bool, a float, a string or a tensor raises, naming ``name``.
+    """
+    number = None if isinstance(value, (bool, np.bool_)) else _as_index(value)
+    if number is None or number < (0 if allow_zero else 1):
         kind = "non-negative" if allow_zero else "positive"
         raise CCGValueRangeError(f"`{name}` must be a {kind} int, got {value!r}.")
-    return value
+    return number
+
+
+def _as_index(value: object) -> int | None:
+    """``value`` as an ``int`` if it is a Python or NumPy integer (not a tensor), else ``None``."""
+    if isinstance(value, Tensor):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def check_batch(x: object, name: str, *, min_dim: int = 1, what: str = "(n, ...)") -> Tensor:
@@ -277,13 +291,8 @@ def check_memory_valid(memory_valid: object, k: int) -> None:
 
 def _positive_index(value: object) -> int | None:
     """``value`` as a positive ``int`` if it is an integer (not a bool), else ``None``."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-    return number if number > 0 else None
+    number = None if isinstance(value, (bool, np.bool_)) else _as_index(value)
+    return number if number is not None and number > 0 else None
 
 
 def check_size2(value: object, name: str) -> tuple[int, int]:

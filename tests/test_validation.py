@@ -138,3 +138,15 @@ def test_reduce_mean_of_nothing_is_zero():
     assert float(out.detach()) == 0.0
     out.backward()
     assert x.grad is not None
+
+
+def test_positive_int_takes_python_and_numpy_integers_only():
+    assert v.positive_int(3, "k") == 3
+    assert v.positive_int(np.int64(3), "k") == 3
+    assert type(v.positive_int(np.int32(2), "k")) is int
+    assert v.positive_int(0, "k", allow_zero=True) == 0
+    for bad in (0, -1, 2.0, "3", True, np.bool_(True), torch.tensor(3), None):
+        with pytest.raises(CCGValueRangeError, match=r"`k` must be a positive int, got "):
+            v.positive_int(bad, "k")
+    with pytest.raises(CCGValueRangeError, match=r"`k` must be a non-negative int, got -1"):
+        v.positive_int(-1, "k", allow_zero=True)
