@@ -66,8 +66,8 @@ def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batc
     Raises:
         CCGDTypeError: ``samples`` is not a sequence of dicts, or a value of a sample's
             tensor keys is not a tensor.
-        CCGValueRangeError: ``samples`` is empty (a plain ``ValueError``), or a sample lacks
-            a key of :class:`ChestXray14Sample`.
+        CCGValueRangeError: ``samples`` is empty, or a sample lacks a key of
+            :class:`ChestXray14Sample`.
         CCGShapeError: A sample's ``boxes`` is not ``(b, 4)`` or its ``box_class`` not
             ``(b,)``, or its ``image``, ``labels`` or ``has_box`` differs in shape from the
             first sample's.
@@ -87,7 +87,7 @@ def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batc
             f"`samples` must be a list of sample dicts, got {type(samples).__name__}."
         )
     if not samples:
-        raise ValueError("`samples` must hold at least one sample, got an empty sequence")
+        raise CCGValueRangeError("`samples` must hold at least one sample, got an empty sequence.")
     first: dict[str, tuple[int, ...]] = {}
     for i, sample in enumerate(samples):  # one step per sample: shapes and lengths only
         where = f"samples[{i}]"
