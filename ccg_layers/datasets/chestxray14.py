@@ -26,6 +26,7 @@ from ccg_layers.datasets.index import IndexRows, Table, check_dataset_index
 from ccg_layers.datasets.published_csv import DatasetFormatError, fail_or_skip
 from ccg_layers.datasets.radiographs import RadiographDataset
 from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
+from ccg_layers.errors import CCGDTypeError
 from ccg_layers.validation import check_flag
 
 __all__ = [
@@ -350,6 +351,7 @@ def read_chestxray14(
         The index.
 
     Raises:
+        CCGDTypeError: ``root`` is not a str or an ``os.PathLike``.
         CCGValueRangeError: ``skip_bad_rows`` is not a bool (checked before any file is read).
         FileNotFoundError: No label file under ``root``.
         ChestXray14FormatError: A malformed header or row, with the file name and line: wrong
@@ -373,6 +375,10 @@ def read_chestxray14(
         (['00000001_000.png', '00000002_000.png'], 1.0, [[300.0, 500.0, 700.0, 750.0]], [1])
     """
     check_flag(skip_bad_rows, "skip_bad_rows")
+    if not isinstance(root, str | os.PathLike):
+        raise CCGDTypeError(
+            f"`root` must be a dataset folder (a str or an os.PathLike), got {type(root).__name__}."
+        )
     root = Path(root)
     entry = _find_data_entry(root)
     images, label_lists, patients, follow_ups, views = _read_data_entry(entry, skip_bad_rows)
@@ -462,6 +468,8 @@ class ChestXray14(RadiographDataset):
             next readable one.
 
     Raises:
+        CCGDTypeError: ``root_or_index`` is neither a folder (a str or an ``os.PathLike``) nor a
+            :class:`ChestXray14Index`.
         ChestXray14FormatError: A malformed row of the CSV files when reading ``root``.
         ValueError: As :class:`~ccg_layers.datasets.RadiographDataset` (an unknown name is
             a ``CCGValueRangeError``); so is a missing image, a ``FileNotFoundError``.
@@ -494,6 +502,11 @@ class ChestXray14(RadiographDataset):
         check_flag(skip_bad_images, "skip_bad_images")
         if isinstance(root_or_index, ChestXray14Index):
             index = root_or_index
+        elif not isinstance(root_or_index, str | os.PathLike):
+            raise CCGDTypeError(
+                "`root_or_index` must be a dataset folder (a str or an os.PathLike) or a "
+                f"ChestXray14Index, got {type(root_or_index).__name__}."
+            )
         else:
             index = read_chestxray14(root_or_index, skip_bad_rows=skip_bad_images)
         super().__init__(

@@ -10,11 +10,13 @@ image's frame to the working size. On a ``ChestXray14Index`` it yields exactly w
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -25,7 +27,7 @@ from ccg_layers.datasets.index import DatasetIndex, check_is_index, scaled_boxes
 from ccg_layers.datasets.samples import ChestXray14Sample
 from ccg_layers.errors import CCGDTypeError, CCGValueRangeError
 from ccg_layers.transforms import imagenet_input
-from ccg_layers.validation import check_flag
+from ccg_layers.validation import check_flag, positive_int
 
 __all__ = ["RadiographDataset"]
 
@@ -56,13 +58,19 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         skip_bad_images: Log and drop missing images instead of raising; an unreadable image
             at load time is replaced by the next readable one.
 
+    Samples are indexed like a list: ``ds[i]``, ``ds.targets(i)`` and ``ds.load_image(i)``
+    take an integer ``i`` (a Python or NumPy integer, or a 0-d integer tensor; not a bool) in
+    ``[-len(ds), len(ds))``, a negative ``i`` counting from the end. Anything else raises
+    ``IndexError`` (out of range, so ``for sample in ds`` stops after the last sample) or
+    ``TypeError`` (not an integer), as for a Python sequence.
+
     Raises:
-        ValueError: A bad ``image_size`` or ``output``, or an index without ``root`` and no
-            ``image_root``.
+        ValueError: An index without ``root`` and no ``image_root``.
         CCGDTypeError: ``index`` is not a :class:`~ccg_layers.datasets.DatasetIndex`, or
             ``image_names`` is a string or not iterable.
-        CCGValueRangeError: Names of ``image_names`` that are not in the index (names the
-            first ones), or a ``skip_bad_images`` that is not a bool.
+        CCGValueRangeError: ``image_size`` is not a positive int, ``output`` is not one of the
+            three forms, names of ``image_names`` are not in the index (names the first ones),
+            or ``skip_bad_images`` is not a bool.
         FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
 
     Example:
@@ -89,10 +97,11 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         skip_bad_images: bool = False,
     ) -> None:
         check_is_index(index)
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
+        image_size = positive_int(image_size, "image_size")
         if output not in ("uint8", "imagenet", "unit"):
-            raise ValueError(f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}")
+            raise CCGValueRangeError(
+                f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}."
+            )
         check_flag(skip_bad_images, "skip_bad_images")
         if isinstance(image_names, str) or not isinstance(image_names, Iterable | None):
             raise CCGDTypeError(
@@ -157,8 +166,46 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         """``(len(self),)`` long: each sample's row in ``self.index`` (e.g. ``index.labels[rows]``)."""
         return self._rows
 
+    def _sample_index(self, i: object) -> int:
+        """``i`` as a position in ``[0, len(self))``, a negative ``i`` counting from the end.
+
+        ``TypeError`` unless ``i`` is an integer (not a bool), ``IndexError`` naming ``i`` and
+        the length when it is out of range: Python's sequence protocol, on which iteration
+        and ``DataLoader`` rely (a ``ValueError`` would not end ``for sample in ds``).
+        """
+        n = len(self)
+        bad = isinstance(i, (bool, np.bool_)) or (
+            isinstance(i, Tensor) and (i.dim() != 0 or i.dtype == torch.bool)
+        )
+        try:
+            j = None if bad else operator.index(i)  # type: ignore[arg-type]
+        except TypeError:
+            j = None
+        if j is None:
+            raise TypeError(
+                f"{type(self).__name__} sample indices must be integers (not bool), got {i!r} "
+                f"({type(i).__name__})."
+            )
+        if not -n <= j < n:
+            raise IndexError(
+                f"{type(self).__name__} sample index {j} is out of range for a dataset of {n} "
+                f"sample(s) (valid: -{n} to {n - 1})."
+                if n
+                else f"{type(self).__name__} sample index {j} is out of range: the dataset is empty."
+            )
+        return j % n
+
     def load_image(self, i: int) -> Tensor:
-        """The image of sample ``i`` in the ``output`` form (``OSError`` naming an unreadable file)."""
+        """The image of sample ``i`` in the ``output`` form (``OSError`` naming an unreadable file).
+
+        Raises:
+            IndexError: ``i`` is out of range (see the class docstring).
+            TypeError: ``i`` is not an integer.
+        """
+        return self._load_image(self._sample_index(i))
+
+    def _load_image(self, i: int) -> Tensor:
+        """Kernel of :meth:`load_image` (``i`` in ``[0, len(self))``)."""
         path = self.paths[i]
         try:
             gray = self._read_file(path)
@@ -187,7 +234,12 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         The keys of :class:`~ccg_layers.datasets.ChestXray14Sample` other than ``image``:
         ``labels``, ``boxes`` (at the working size), ``box_class``, ``has_box``, ``name``,
         ``index``. For pipelines that keep decoded images in memory.
+
+        Raises:
+            IndexError: ``i`` is out of range (see the class docstring).
+            TypeError: ``i`` is not an integer.
         """
+        i = self._sample_index(i)
         labels, boxes, box_class, has_box = self._target_tensors(i)
         return {
             "labels": labels,
@@ -199,12 +251,20 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         }
 
     def __getitem__(self, i: int) -> ChestXray14Sample:
-        """Sample ``i`` (see the class docstring)."""
+        """Sample ``i`` (see the class docstring).
+
+        Raises:
+            IndexError: ``i`` is out of range (see the class docstring).
+            TypeError: ``i`` is not an integer.
+        """
+        i = self._sample_index(i)
         n = len(self)
+        # With skip_bad_images, an unreadable image is replaced by the next readable one
+        # (wrapping at the end); the requested ``i`` itself has been checked above.
         for attempt in range(n if self.skip_bad_images else 1):
             j = (i + attempt) % n
             try:
-                image = self.load_image(j)
+                image = self._load_image(j)
             except OSError:
                 if not self.skip_bad_images:
                     raise

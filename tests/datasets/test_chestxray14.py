@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -491,12 +493,83 @@ def test_skip_bad_images_replaces_an_unreadable_image_by_the_next(tmp_path, capl
     assert sample["name"] == names[1]
     assert sample["index"] == 1
     assert any("00000001_000.png" in r.getMessage() for r in caplog.records)
+    assert [s["name"] for s in islice(ds, 20)] == [names[1], *names[1:]]  # iteration still ends
 
 
-def test_bad_image_size(tmp_path):
+@pytest.mark.parametrize("size", [0, -3, True, 2.5, "32", np.float64(32.0)])
+def test_bad_image_size(tmp_path, size):
     root = copy_fixture("v2020", tmp_path / "d")
-    with pytest.raises(ValueError, match=r"`image_size` must be a positive int, got 0"):
-        ChestXray14(root, image_size=0)
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`image_size` must be a positive int, got {re.escape(repr(size))}",
+    ):
+        ChestXray14(root, image_size=size)
+
+
+def test_image_size_may_be_a_numpy_integer(tmp_path):
+    root = copy_fixture("v2020", tmp_path / "d")
+    write_images(root, read_chestxray14(root).images)
+    ds = ChestXray14(root, image_size=np.int64(8))
+    assert type(ds.image_size) is int
+    assert ds[0]["image"].shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("root", [123, None, 1.5, [b"d"], torch.zeros(2)])
+def test_root_or_index_that_is_no_path_nor_index_is_named(root):
+    with pytest.raises(
+        CCGDTypeError,
+        match=r"`root_or_index` must be a dataset folder \(a str or an os\.PathLike\) or a "
+        rf"ChestXray14Index, got {type(root).__name__}\.",
+    ):
+        ChestXray14(root)
+
+
+def test_read_chestxray14_root_that_is_no_path_is_named():
+    with pytest.raises(
+        CCGDTypeError,
+        match=r"`root` must be a dataset folder \(a str or an os\.PathLike\), got int\.",
+    ):
+        read_chestxray14(123)  # type: ignore[arg-type]
+
+
+def test_iteration_gives_every_sample_once_in_order(tmp_path):
+    root = copy_fixture("v2020", tmp_path / "d")
+    index = read_chestxray14(root)
+    write_images(root, index.images)
+    ds = ChestXray14(index, image_size=8)
+    samples = list(islice(ds, 20))  # islice: without the IndexError it would never end
+    assert len(samples) == len(ds) == 8
+    assert [s["name"] for s in samples] == index.images
+    assert [s["index"] for s in samples] == list(range(8))
+    assert ds[-1]["name"] == index.images[-1]
+    assert ds[-1]["index"] == 7
+    assert ds.targets(-8)["name"] == index.images[0]
+    assert torch.equal(ds.load_image(np.int64(-1)), samples[-1]["image"])
+
+
+@pytest.mark.parametrize("i", [8, -9, 10**6])
+def test_out_of_range_index_is_an_index_error(tmp_path, i):
+    root = copy_fixture("v2020", tmp_path / "d")
+    write_images(root, read_chestxray14(root).images)
+    ds = ChestXray14(root, image_size=8)
+    with pytest.raises(
+        IndexError,
+        match=rf"ChestXray14 sample index {i} is out of range for a dataset of 8 sample\(s\) "
+        r"\(valid: -8 to 7\)\.",
+    ):
+        ds[i]
+
+
+@pytest.mark.parametrize("i", [True, "a", None, 1.5])
+def test_non_integer_index_is_a_type_error(tmp_path, i):
+    root = copy_fixture("v2020", tmp_path / "d")
+    write_images(root, read_chestxray14(root).images)
+    ds = ChestXray14(root, image_size=8)
+    with pytest.raises(
+        TypeError,
+        match=rf"ChestXray14 sample indices must be integers \(not bool\), got {re.escape(repr(i))}",
+    ):
+        ds[i]
 
 
 def test_index_without_root_needs_image_root():
