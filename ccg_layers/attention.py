@@ -29,7 +29,6 @@ ONNX.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Literal
 
 import torch
@@ -130,10 +129,7 @@ def _fused_path(
 
 
 def _check_scale(scale: float) -> float:
-    # a tuple, not `int | float`: torch 2.8's dynamo cannot trace a types.UnionType
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise CCGValueRangeError(f"`scale` must be a finite real number, got {scale!r}.")
-    return float(scale)
+    return real_number(scale, "scale", what="a finite real number")
 
 
 def _check_fused(fused: object) -> None:
@@ -148,6 +144,8 @@ def _check_features(fu: Tensor, fv: Tensor) -> dict[str, int]:
     check_dtype(fv, "fv", ("float",))
     dims = check_shape(fu, "fu", ("B", "C", "Hu", "Wu"))
     check_shape(fv, "fv", ("B", "C", "Hv", "Wv"), dims)
+    _check_grid(fu, "fu", "Hu, Wu")
+    _check_grid(fv, "fv", "Hv, Wv")
     if fu.dtype != fv.dtype:
         raise CCGDTypeError(f"`fv` must have the dtype of `fu` ({fu.dtype}), got {fv.dtype}.")
     check_finite(fu, "fu")
@@ -155,11 +153,20 @@ def _check_features(fu: Tensor, fv: Tensor) -> dict[str, int]:
     return dims
 
 
+def _check_grid(x: Tensor, name: str, grid: str) -> None:
+    """At least one position: an empty grid would attend to nothing and give zeros."""
+    if x.shape[-2] * x.shape[-1] == 0:
+        raise CCGShapeError(
+            f"`{name}` must have at least one position ({grid} >= 1), got shape {tuple(x.shape)}."
+        )
+
+
 def _check_image_batch(x: Tensor, partner_index: Tensor | None) -> dict[str, int]:
     """Validate ``x`` (and ``partner_index``) of :func:`partner_attention`."""
     check_tensor(x, "x")
     check_dtype(x, "x", ("float",))
     dims = check_shape(x, "x", ("B", "C", "H", "W"))
+    _check_grid(x, "x", "H, W")
     check_finite(x, "x")
     if partner_index is not None:
         check_tensor(partner_index, "partner_index")
@@ -187,25 +194,25 @@ def _check_weight_dtype(weight: Tensor, name: str, features: Tensor) -> None:
         )
 
 
-def _check_heads(heads: int, channels: int, qk_channels: int) -> None:
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise CCGValueRangeError(f"`heads` must be a positive int, got {heads!r}.")
+def _check_heads(heads: int, channels: int, qk_channels: int) -> int:
+    heads = positive_int(heads, "heads")
     for name, size in (("channels C", channels), ("query/key channels D", qk_channels)):
         if size % heads:
             raise CCGShapeError(
                 f"`heads`={heads} must divide the {name}, got {name.split()[-1]}={size}."
             )
+    return heads
 
 
 def _check_low_rank_weights(
     weight_u: Tensor, weight_v: Tensor, heads: int, dims: dict[str, int], features: Tensor
-) -> None:
-    """Validate the low-rank ``W_P = weight_u^T weight_v`` factors, each ``(D, C)``."""
+) -> int:
+    """Validate the low-rank ``W_P = weight_u^T weight_v`` factors, each ``(D, C)``; ``heads``."""
     for name, w in (("weight_u", weight_u), ("weight_v", weight_v)):
         check_tensor(w, name)
         check_shape(w, name, ("D", "C"), dims)
         _check_weight_dtype(w, name, features)
-    _check_heads(heads, dims["C"], dims["D"])
+    return _check_heads(heads, dims["C"], dims["D"])
 
 
 # --------------------------------------------------------------------------- kernels
@@ -317,7 +324,8 @@ def cross_image_attention(
         memory format (contiguous or channels_last) of ``fv`` and ``fu`` respectively.
 
     Raises:
-        CCGShapeError: Wrong rank, mismatched ``B`` or ``C``, ``weight`` not ``(C, C)``.
+        CCGShapeError: Wrong rank, mismatched ``B`` or ``C``, an empty grid (``Hu * Wu`` or
+            ``Hv * Wv`` zero), ``weight`` not ``(C, C)``.
         CCGDTypeError: Non-float tensors, or dtypes that differ (outside autocast).
         CCGValueRangeError: Non-finite features (a value check, see
             :func:`ccg_layers.set_value_checks`), non-finite ``scale``, ``fused`` not a bool
@@ -393,7 +401,8 @@ def multi_head_cross_image_attention(
         ``(fu_att, fv_att)``: ``(B, C, Hv, Wv)`` and ``(B, C, Hu, Wu)``.
 
     Raises:
-        CCGShapeError: Wrong ranks or sizes, ``heads`` not dividing ``C`` or ``D``.
+        CCGShapeError: Wrong ranks or sizes, an empty grid (``Hu * Wu`` or ``Hv * Wv`` zero),
+            ``heads`` not dividing ``C`` or ``D``.
         CCGDTypeError: Non-float tensors, or dtypes that differ (outside autocast).
         CCGValueRangeError: Non-finite features (a value check), bad ``heads``, ``scale`` or
             ``fused``.
@@ -407,7 +416,7 @@ def multi_head_cross_image_attention(
         (torch.Size([2, 16, 6, 6]), torch.Size([2, 16, 4, 4]))
     """
     dims = _check_features(fu, fv)
-    _check_low_rank_weights(weight_u, weight_v, heads, dims, fu)
+    heads = _check_low_rank_weights(weight_u, weight_v, heads, dims, fu)
     scale = _check_scale(scale)
     _check_fused(fused)
     return _multi_head_cross_image_attention(fu, fv, weight_u, weight_v, heads, scale, fused)
@@ -471,7 +480,8 @@ def partner_attention(
         ``(B, C, H, W)``, in ``x``'s memory format.
 
     Raises:
-        CCGShapeError: Wrong shapes, weights given in neither or both forms.
+        CCGShapeError: Wrong shapes, an empty grid (``H * W`` zero), weights given in neither
+            or both forms.
         CCGDTypeError: Non-float ``x`` or weights, a non-integer ``partner_index``.
         CCGValueRangeError: Non-finite ``x`` or partner indices outside ``[0, B)`` (value
             checks), bad ``heads``, ``scale``, ``fused``.
@@ -504,7 +514,7 @@ def partner_attention(
     else:
         assert weight_u is not None
         assert weight_v is not None
-        _check_low_rank_weights(weight_u, weight_v, heads, dims, x)
+        heads = _check_low_rank_weights(weight_u, weight_v, heads, dims, x)
     scale = _check_scale(scale)
     _check_fused(fused)
     return _partner_attention(x, weight, weight_u, weight_v, partner_index, heads, scale, fused)
@@ -627,15 +637,15 @@ class CrossImageAttention(nn.Module):
     ) -> None:
         super().__init__()
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        for name, value in (("channels", channels), ("heads", heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CCGValueRangeError(f"`{name}` must be a positive int, got {value!r}.")
-        if qk_channels is not None and (
-            isinstance(qk_channels, bool) or not isinstance(qk_channels, int) or qk_channels < 1
-        ):
-            raise CCGValueRangeError(
-                f"`qk_channels` must be None or a positive int, got {qk_channels!r}."
-            )
+        channels = positive_int(channels, "channels")
+        heads = positive_int(heads, "heads")
+        if qk_channels is not None:
+            try:
+                qk_channels = positive_int(qk_channels, "qk_channels")
+            except CCGValueRangeError:
+                raise CCGValueRangeError(
+                    f"`qk_channels` must be None or a positive int, got {qk_channels!r}."
+                ) from None
         if mode not in ("pair", "residual"):
             raise CCGValueRangeError(f"`mode` must be 'pair' or 'residual', got {mode!r}.")
         if fused is not None and not isinstance(fused, bool):
@@ -683,8 +693,14 @@ class CrossImageAttention(nn.Module):
                 nn.init.eye_(self.weight)
             if self.weight_u is not None and self.weight_v is not None:
                 # W_q = W_k: W_P = W_q^T W_q starts as a positive semi-definite similarity.
-                nn.init.orthogonal_(self.weight_u)
-                self.weight_v.copy_(self.weight_u)
+                # Half precision: the QR of orthogonal_ is drawn in float32 (no CPU kernel for
+                # half dtypes), giving the float32 layer's values cast to the dtype.
+                init: Tensor = self.weight_u
+                if torch.finfo(init.dtype).bits < 32:
+                    init = torch.empty(init.shape, dtype=torch.float32, device=init.device)
+                nn.init.orthogonal_(init)
+                self.weight_u.copy_(init)
+                self.weight_v.copy_(init)
             if self.gate is not None:
                 self.gate.fill_(self.gate_init)
 

@@ -13,8 +13,6 @@ downscaled image.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,6 +26,8 @@ from ccg_layers.validation import (
     check_shape,
     check_size2,
     check_tensor,
+    positive_int,
+    real_number,
 )
 
 __all__ = ["boxes_to_grid", "boxes_to_grid_targets", "maps_to_boxes", "xywh_to_xyxy"]
@@ -255,10 +255,8 @@ def boxes_to_grid_targets(
     dims = check_shape(boxes, "boxes", ("M", 4))
     check_shape(box_image_index, "box_image_index", ("M",), dims)
     check_shape(box_class, "box_class", ("M",), dims)
-    for name, value, low in (("num_images", num_images, 0), ("num_classes", num_classes, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            kind = "non-negative" if low == 0 else "positive"
-            raise CCGValueRangeError(f"`{name}` must be a {kind} int, got {value!r}.")
+    num_images = positive_int(num_images, "num_images", allow_zero=True)
+    num_classes = positive_int(num_classes, "num_classes")
     size = check_size2(image_size, "image_size")
     grid_hw = check_size2(grid_size, "grid_size")
     check_index(box_image_index, "box_image_index", num_images)
@@ -317,11 +315,12 @@ def maps_to_boxes(
 
     Args:
         maps: ``(N, K, H, W)`` class-wise probability maps (e.g. ``logits.sigmoid()``).
-        threshold: A cell is in a region when its probability is **strictly** greater.
+        threshold: A cell is in a region when its probability is **strictly** greater; a
+            probability in ``[0, 1)``.
         image_size: ``(H_img, W_img)`` of the frame the boxes are returned in (an int for a
             square), e.g. the input image size or ChestX-ray14's 1024-pixel frame; ``None``
             for the map's own grid, i.e. boxes in cell units.
-        min_area: Drop regions of fewer than this many cells of the map.
+        min_area: Drop regions of fewer than this many cells of the map (a non-negative int).
 
     Returns:
         ``(boxes, box_image_index, box_class, scores)`` in the flat layout: ``(M, 4)`` float32
@@ -330,8 +329,8 @@ def maps_to_boxes(
     Raises:
         CCGShapeError: ``maps`` not 4-D, or an empty map (``H`` or ``W`` zero).
         CCGDTypeError: Non-float ``maps``.
-        CCGValueRangeError: Non-finite ``maps`` or ``threshold``, bad ``image_size`` or
-            ``min_area``.
+        CCGValueRangeError: Non-finite ``maps``, ``threshold`` not a number in ``[0, 1)``,
+            bad ``image_size`` or ``min_area``.
 
     Example:
         >>> import torch
@@ -353,18 +352,15 @@ def maps_to_boxes(
             "`maps` must have at least one cell per map (H >= 1 and W >= 1), got shape "
             f"{tuple(maps.shape)}."
         )
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int | float)
-        or not math.isfinite(threshold)
-    ):
-        raise CCGValueRangeError(f"`threshold` must be a finite real number, got {threshold!r}.")
-    if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 0:
-        raise CCGValueRangeError(f"`min_area` must be a non-negative int, got {min_area!r}.")
+    # probabilities: no cell exceeds a threshold of 1 (no box), every one a negative threshold
+    threshold = real_number(
+        threshold, "threshold", low=0.0, high=1.0, high_open=True, what="a probability in [0, 1)"
+    )
+    min_area = positive_int(min_area, "min_area", allow_zero=True)
     H, W = maps.shape[-2:]
     frame = (H, W) if image_size is None else check_size2(image_size, "image_size")
     check_finite(maps, "maps")
-    return _maps_to_boxes(maps, float(threshold), frame, min_area)
+    return _maps_to_boxes(maps, threshold, frame, min_area)
 
 
 def _maps_to_boxes(

@@ -15,14 +15,12 @@ Besides the two public functions, this file holds the checks and kernels the los
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ccg_layers.config import values_checkable
 from ccg_layers.errors import CCGShapeError, CCGValueRangeError
-from ccg_layers.validation import check_dtype, check_shape, check_tensor
+from ccg_layers.validation import check_dtype, check_shape, check_tensor, real_number
 
 __all__ = [
     "alike_pairs",
@@ -38,15 +36,8 @@ __all__ = [
 
 
 def check_margin(margin: object, name: str = "margin") -> float:
-    """A finite positive float (an int is accepted; a bool is not)."""
-    if (
-        isinstance(margin, bool)
-        or not isinstance(margin, (int, float))
-        or not math.isfinite(margin)
-        or margin <= 0
-    ):
-        raise CCGValueRangeError(f"`{name}` must be a finite positive float, got {margin!r}.")
-    return float(margin)
+    """A finite positive float (an int or a NumPy scalar is accepted; a bool is not)."""
+    return real_number(margin, name, low=0.0, low_open=True, what="a finite positive float")
 
 
 def check_image_labels(

@@ -153,7 +153,8 @@ def hash_codes(x: Tensor, projection: Tensor) -> Tensor:
         ``(..., bits)`` float codes of ``+1``/``-1``.
 
     Raises:
-        CCGShapeError: ``x`` without a last dimension ``D`` or ``projection`` not ``(D, bits)``.
+        CCGShapeError: ``x`` without a last dimension ``D``, ``projection`` not ``(D, bits)``
+            or with ``bits = 0``.
         CCGDTypeError: A non-floating input.
         CCGValueRangeError: A non-finite ``x`` (with the value checks on): its codes would
             look valid.
@@ -169,6 +170,7 @@ def hash_codes(x: Tensor, projection: Tensor) -> Tensor:
     check_dtype(projection, "projection", ("float",))
     dims = check_shape(x, "x", ("D",), leading=True)
     check_shape(projection, "projection", ("D", "bits"), dims)
+    _check_bits(projection, "projection")
     check_finite(x, "x")  # sign(NaN) would be a valid-looking code
     return _hash_codes(x, projection)
 
@@ -179,11 +181,22 @@ def encode_patches(hash_input: Tensor, labels: Tensor, projection: Tensor, m: in
     return _hash_codes(pooled, projection) * valid[..., None]
 
 
+def _check_bits(t: Tensor, name: str) -> None:
+    """At least one bit (the last dimension): the graph divides by ``bits``."""
+    if t.dim() and t.shape[-1] == 0:
+        raise CCGShapeError(
+            f"`{name}` must have at least 1 bit (last dimension bits >= 1), got shape "
+            f"{tuple(t.shape)}."
+        )
+
+
 def check_projection(projection: object, name: str = "projection") -> dict[str, int]:
-    """A floating ``(C, bits)`` hashing projection; returns ``{"C": ..., "bits": ...}``."""
+    """A floating ``(C, bits)`` hashing projection, ``bits >= 1``; returns ``{"C", "bits"}``."""
     t = check_tensor(projection, name)
     check_dtype(t, name, ("float",))
-    return check_shape(t, name, ("C", "bits"))
+    dims = check_shape(t, name, ("C", "bits"))
+    _check_bits(t, name)
+    return dims
 
 
 def check_hash_input(
@@ -235,8 +248,8 @@ def patch_codes(hash_input: Tensor, labels: Tensor, projection: Tensor, num_patc
         ``(n, m, bits)`` codes in ``{-1, 0, +1}``.
 
     Raises:
-        CCGShapeError: Wrong ranks, mismatched ``n`` or ``C_hash``, an empty batch or an empty
-            ``(h, w)`` / ``(H, W)`` grid.
+        CCGShapeError: Wrong ranks, mismatched ``n`` or ``C_hash``, an empty batch, an empty
+            ``(h, w)`` / ``(H, W)`` grid or a ``projection`` of 0 bits.
         CCGDTypeError: A non-floating ``hash_input`` or ``projection``, non-integer ``labels``.
         CCGValueRangeError: ``num_patches`` not a positive int; with the value checks on,
             labels outside ``[0, num_patches)`` or a non-finite ``hash_input`` (its codes
@@ -258,9 +271,13 @@ def patch_codes(hash_input: Tensor, labels: Tensor, projection: Tensor, num_patc
 
 
 def check_codes(codes: Tensor, name: str, allow_zero: bool = False, ints: bool = False) -> None:
-    """Codes in ``{-1, +1}`` (``allow_zero``: also 0, a missing patch); values when enabled."""
+    """Codes in ``{-1, +1}`` (``allow_zero``: also 0, a missing patch); values when enabled.
+
+    A codes tensor with a last dimension (``bits``) of 0 is a :class:`CCGShapeError`.
+    """
     check_tensor(codes, name)
     check_dtype(codes, name, ("float", "int") if ints else ("float",))
+    _check_bits(codes, name)
     if not values_checkable() or codes.numel() == 0:
         return
     ok = (codes == 1) | (codes == -1)
@@ -284,6 +301,12 @@ def hamming_distance(a: Tensor, b: Tensor) -> Tensor:
 
     Returns:
         ``(..., m, m')`` float distances in ``[0, bits]``.
+
+    Raises:
+        CCGShapeError: Ranks below 2, different ``bits`` (or none), leading dimensions that do
+            not broadcast.
+        CCGDTypeError: Non-floating codes.
+        CCGValueRangeError: With the value checks on, values other than -1 and +1.
 
     Example:
         >>> import torch

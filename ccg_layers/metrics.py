@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,8 +14,18 @@ from torch import Tensor
 from ccg_layers.boxes import check_boxes
 from ccg_layers.config import values_checkable
 from ccg_layers.datasets.chestxray14 import BOXED_CLASSES, CLASS_NAMES
-from ccg_layers.errors import CCGValueRangeError
-from ccg_layers.validation import check_dtype, check_index, check_shape, check_size2, check_tensor
+from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.validation import (
+    check_binary,
+    check_dtype,
+    check_finite,
+    check_index,
+    check_shape,
+    check_size2,
+    check_tensor,
+    positive_int,
+    real_number,
+)
 
 __all__ = ["classification_auc", "format_localization_table", "localization_accuracy"]
 
@@ -60,8 +71,9 @@ def localization_accuracy(
         box_class: ``(M,)`` long, the class of each box in ``[0, K)``.
         image_size: ``(H, W)`` of the image the boxes live in (an int for a square). A box
             reaching past it is clipped to it; one wholly outside it is an error.
-        thresholds: The thresholds ``T`` (a single float for one row).
-        prob_threshold: The map threshold (paper: 0.5).
+        thresholds: The thresholds ``T``, each finite and in ``[0, 1)`` (``T = 0``: any
+            overlap counts; no score exceeds 1), a single number for one row.
+        prob_threshold: The map threshold (paper: 0.5), in ``[0, 1]``.
         metric: ``"iou"`` or ``"iobb"``.
         interpolation: ``"nearest"`` or ``"bilinear"``.
 
@@ -69,8 +81,12 @@ def localization_accuracy(
         ``(len(thresholds), K)`` float64.
 
     Raises:
-        CCGShapeError, CCGDTypeError, CCGValueRangeError: Bad shapes, dtypes or values,
-            naming the argument.
+        CCGShapeError: Wrong ranks, mismatched ``M``, an empty map grid (``h`` or ``w`` zero).
+        CCGDTypeError: Non-float ``prob_maps``, non-integer indices.
+        CCGValueRangeError: Bad values, naming the argument: ``thresholds`` empty, not numbers
+            or outside ``[0, 1)``; ``prob_threshold`` outside ``[0, 1]``; ``metric``,
+            ``interpolation``, ``image_size``; with the value checks on, ``prob_maps`` not
+            finite probabilities, indices out of range, bad boxes.
 
     Example:
         >>> import torch
@@ -89,6 +105,11 @@ def localization_accuracy(
     check_dtype(prob_maps, "prob_maps", ("float",))
     check_dtype(boxes, "boxes", ("float", "int"))
     dims = check_shape(prob_maps, "prob_maps", ("N", "K", "h", "w"))
+    if dims["h"] == 0 or dims["w"] == 0:
+        raise CCGShapeError(
+            "`prob_maps` must have at least one cell per map (h >= 1 and w >= 1), got shape "
+            f"{tuple(prob_maps.shape)}."
+        )
     check_shape(boxes, "boxes", ("M", 4), dims)
     check_shape(box_image_index, "box_image_index", ("M",), dims)
     check_shape(box_class, "box_class", ("M",), dims)
@@ -96,16 +117,12 @@ def localization_accuracy(
     check_index(box_class, "box_class", dims["K"])
     size = check_size2(image_size, "image_size")
     thresholds = _as_thresholds(thresholds)
-    if not thresholds:
-        raise CCGValueRangeError("`thresholds` must hold at least one threshold, got none.")
-    if metric not in ("iou", "iobb"):
-        raise CCGValueRangeError(f"`metric` must be 'iou' or 'iobb', got {metric!r}.")
+    _check_metric(metric)
     if interpolation not in ("nearest", "bilinear"):
         raise CCGValueRangeError(
             f"`interpolation` must be 'nearest' or 'bilinear', got {interpolation!r}."
         )
-    if not 0.0 <= prob_threshold <= 1.0:
-        raise CCGValueRangeError(f"`prob_threshold` must be in [0, 1], got {prob_threshold}.")
+    prob_threshold = real_number(prob_threshold, "prob_threshold", low=0.0, high=1.0)
     if values_checkable() and prob_maps.numel():
         if not bool(torch.isfinite(prob_maps).all()):
             raise CCGValueRangeError("`prob_maps` must be finite, got NaN or infinite values.")
@@ -160,15 +177,44 @@ def localization_accuracy(
 
 
 def _as_thresholds(thresholds: object) -> tuple[float, ...]:
-    """``thresholds`` as a tuple of floats; a single number is one threshold."""
-    if isinstance(thresholds, int | float) and not isinstance(thresholds, bool):
-        return (float(thresholds),)
+    """``thresholds`` as a non-empty tuple of floats in ``[0, 1)``; a number is one threshold.
+
+    A score (IoU or IoBB) is at most 1 and counts when strictly greater than ``T``: a ``T``
+    of 1 or more (or NaN) would give a row of zeros, a negative one a row of ones.
+    """
+    single = isinstance(thresholds, numbers.Real) and not isinstance(thresholds, bool)
+    items = (thresholds,) if single else thresholds
+    if isinstance(items, str | bytes):
+        items = None
     try:
-        return tuple(float(t) for t in thresholds)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
+        values = list(items)  # type: ignore[call-overload]
+    except TypeError:
+        values = None
+    if values is None or any(isinstance(t, bool | str | bytes) for t in values):
         raise CCGValueRangeError(
             f"`thresholds` must be a float or a sequence of floats, got {thresholds!r}."
-        ) from None
+        )
+    if not values:
+        raise CCGValueRangeError("`thresholds` must hold at least one threshold, got none.")
+    out = []
+    for t in values:
+        try:
+            value = float(t)
+        except (TypeError, ValueError, RuntimeError):
+            value = math.nan
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            raise CCGValueRangeError(
+                "`thresholds` must hold finite numbers in [0, 1) (a score counts when it is "
+                f"greater than T, and no score exceeds 1), got {t!r}"
+                + ("." if single else f" in {thresholds!r}.")
+            )
+        out.append(value)
+    return tuple(out)
+
+
+def _check_metric(metric: object) -> None:
+    if metric not in ("iou", "iobb"):
+        raise CCGValueRangeError(f"`metric` must be 'iou' or 'iobb', got {metric!r}.")
 
 
 def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:
@@ -181,6 +227,12 @@ def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:
     Returns:
         ``(K,)`` float64; NaN for a class whose labels are all 0 or all 1.
 
+    Raises:
+        CCGShapeError: Not ``(N, K)``, or mismatched shapes.
+        CCGDTypeError: Non-float ``scores``.
+        CCGValueRangeError: With the value checks on, ``labels`` other than 0 and 1 or
+            non-finite ``scores``.
+
     Example:
         >>> import torch
         >>> classification_auc(torch.tensor([[0.1], [0.4], [0.35], [0.8]]),
@@ -192,12 +244,8 @@ def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:
     check_dtype(scores, "scores", ("float",))
     dims = check_shape(scores, "scores", ("N", "K"))
     check_shape(labels, "labels", ("N", "K"), dims)
-    if values_checkable() and labels.numel():
-        bad = (labels != 0) & (labels != 1)
-        if bool(bad.any()):
-            raise CCGValueRangeError("`labels` must hold only 0 and 1.")
-        if not bool(torch.isfinite(scores).all()):
-            raise CCGValueRangeError("`scores` must be finite, got NaN or infinite values.")
+    check_binary(labels, "labels")
+    check_finite(scores, "scores")
     s = scores.double().T.contiguous()  # (K, N)
     pos = labels.T.bool()
     neg_sorted = torch.where(pos, math.inf, s).sort(dim=1).values.contiguous()  # negatives first
@@ -230,7 +278,15 @@ def format_localization_table(
         class_names: The class of each column of ``accuracy``.
         columns: The classes to show, in order.
         metric: ``"iou"`` or ``"iobb"``, for the row labels.
-        digits: Decimals.
+        digits: Decimals, a non-negative int.
+
+    Returns:
+        The Markdown table, one line per row.
+
+    Raises:
+        CCGShapeError: ``accuracy`` not ``(len(thresholds), len(class_names))``.
+        CCGValueRangeError: ``thresholds`` as in :func:`localization_accuracy`, unknown
+            ``columns``, bad ``metric`` or ``digits``.
 
     Example:
         >>> import torch
@@ -241,7 +297,10 @@ def format_localization_table(
         | 0.1 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 | 0.50 |
     """
     check_tensor(accuracy, "accuracy")
+    thresholds = _as_thresholds(thresholds)
     check_shape(accuracy, "accuracy", (len(thresholds), len(class_names)))
+    _check_metric(metric)
+    digits = positive_int(digits, "digits", allow_zero=True)
     missing = [c for c in columns if c not in class_names]
     if missing:
         raise CCGValueRangeError(f"`columns` must be among `class_names`, got unknown {missing}.")

@@ -6,8 +6,10 @@ modes, formats, compile).
 from __future__ import annotations
 
 import math
+import re
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -1087,3 +1089,114 @@ def test_output_dtype_under_autocast(fused, low_rank):
         low = torch.nn.functional.conv2d(x, torch.eye(8)[:, :, None, None])
         assert low.dtype == torch.bfloat16
         assert residual(low).dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- empty grids, NumPy
+
+
+@pytest.mark.parametrize("which", ["fu", "fv"])
+@pytest.mark.parametrize("empty", [lambda t: t[:, :, :0], lambda t: t[..., :0]])
+def test_error_empty_grid(which, empty):
+    fu, fv, w = _ok()
+    fu, fv = (empty(fu), fv) if which == "fu" else (fu, empty(fv))
+    grid = "Hu, Wu" if which == "fu" else "Hv, Wv"
+    shape = tuple((fu if which == "fu" else fv).shape)
+    with pytest.raises(
+        CCGShapeError,
+        match=rf"`{which}` must have at least one position \({grid} >= 1\), got shape "
+        + re.escape(str(shape)),
+    ):
+        cross_image_attention(fu, fv, w)
+
+
+def test_error_empty_grid_multi_head():
+    fu, fv, _ = _ok()
+    with pytest.raises(
+        CCGShapeError, match=r"`fv` must have at least one position \(Hv, Wv >= 1\), got shape"
+    ):
+        multi_head_cross_image_attention(
+            fu, fv[..., :0], torch.zeros(4, 4), torch.zeros(4, 4), heads=2
+        )
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_error_empty_grid_partner_attention(batch):
+    x = torch.zeros(batch, 4, 0, 3)
+    with pytest.raises(
+        CCGShapeError,
+        match=rf"`x` must have at least one position \(H, W >= 1\), got shape \({batch}, 4, 0, 3\)",
+    ):
+        partner_attention(x, torch.eye(4))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_error_empty_grid_residual_module(batch):
+    layer = CrossImageAttention(4, mode="residual", gate_init=0.5)
+    with pytest.raises(
+        CCGShapeError, match=r"`x` must have at least one position \(H, W >= 1\), got shape"
+    ):
+        layer(torch.zeros(batch, 4, 3, 0))
+
+
+def test_error_empty_grid_pair_module():
+    with pytest.raises(
+        CCGShapeError, match=r"`fu` must have at least one position \(Hu, Wu >= 1\), got shape"
+    ):
+        CrossImageAttention(4)(torch.zeros(2, 4, 0, 3), torch.zeros(2, 4, 3, 3))
+
+
+def test_numpy_scale_and_heads_in_the_functions():
+    fu, fv = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 2, 5)
+    w = torch.randn(4, 4)
+    for got, want in zip(
+        cross_image_attention(fu, fv, w, scale=np.float32(0.5)),
+        cross_image_attention(fu, fv, w, scale=0.5),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
+    wu, wv = torch.randn(4, 4), torch.randn(4, 4)
+    for got, want in zip(
+        multi_head_cross_image_attention(fu, fv, wu, wv, heads=np.int64(2), scale=np.float64(0.5)),
+        multi_head_cross_image_attention(fu, fv, wu, wv, heads=2, scale=0.5),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(
+        partner_attention(fu, None, wu, wv, heads=np.int64(2), scale=np.float32(0.5)),
+        partner_attention(fu, None, wu, wv, heads=2, scale=0.5),
+    )
+
+
+def test_error_numpy_nan_scale():
+    fu, fv, w = _ok()
+    with pytest.raises(CCGValueRangeError, match=r"`scale` must be a finite real number, got"):
+        cross_image_attention(fu, fv, w, scale=np.float32("nan"))
+
+
+def test_numpy_sizes_in_the_module():
+    layer = CrossImageAttention(np.int64(8), qk_channels=np.int64(4), heads=np.int64(2))
+    assert (layer.channels, layer.qk_channels, layer.heads) == (8, 4, 2)
+    assert all(type(v) is int for v in (layer.channels, layer.qk_channels, layer.heads))
+    fu_att, fv_att = layer(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 2, 2))
+    assert (fu_att.shape, fv_att.shape) == ((2, 8, 2, 2), (2, 8, 3, 3))
+    assert CrossImageAttention(np.int32(8)).weight.shape == (8, 8)
+
+
+def test_error_numpy_float_channels():
+    with pytest.raises(CCGValueRangeError, match=r"`channels` must be a positive int, got"):
+        CrossImageAttention(np.float64(8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["pair", "residual"])
+def test_half_precision_low_rank_layer_is_the_float32_layer_cast(dtype, mode):
+    torch.manual_seed(0)
+    want = CrossImageAttention(8, qk_channels=4, heads=2, mode=mode)
+    torch.manual_seed(0)
+    got = CrossImageAttention(8, qk_channels=4, heads=2, mode=mode, dtype=dtype)
+    for name, p in got.named_parameters():
+        assert p.dtype == dtype
+        torch.testing.assert_close(p, getattr(want, name).to(dtype), rtol=0, atol=0)
+    assert torch.equal(got.weight_u, got.weight_v)
+    full = CrossImageAttention(8, dtype=dtype)
+    assert torch.equal(full.weight, torch.eye(8, dtype=dtype))

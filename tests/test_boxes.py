@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from hypothesis import example, given
@@ -240,7 +241,9 @@ def test_grid_targets_error_mismatched_m():
         _targets(box_class=torch.tensor([1, 2]))
 
 
-@pytest.mark.parametrize(("name", "value"), [("num_images", -1), ("num_classes", 0)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("num_images", -1), ("num_classes", 0), ("num_images", 2.0)]
+)
 def test_grid_targets_error_bad_counts(name, value):
     with pytest.raises(CCGValueRangeError, match=rf"`{name}` must be a .* int, got {value}"):
         _targets(**{name: value})
@@ -502,12 +505,65 @@ def test_maps_to_boxes_errors():
         maps_to_boxes(torch.zeros(1, 1, 4, 4, dtype=torch.long))
     with pytest.raises(CCGValueRangeError, match=r"`maps` must be finite"):
         maps_to_boxes(torch.full((1, 1, 2, 2), float("nan")))
-    with pytest.raises(CCGValueRangeError, match=r"`threshold` must be a finite real number"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`threshold` must be a probability in \[0, 1\), got nan"
+    ):
         maps_to_boxes(torch.zeros(1, 1, 2, 2), threshold=float("nan"))
     with pytest.raises(CCGValueRangeError, match=r"`min_area` must be a non-negative int, got -1"):
         maps_to_boxes(torch.zeros(1, 1, 2, 2), min_area=-1)
     with pytest.raises(CCGValueRangeError, match=r"`image_size` must be a positive int or two"):
         maps_to_boxes(torch.zeros(1, 1, 2, 2), image_size=(0, 4))
+
+
+def test_maps_to_boxes_error_threshold_above_one():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`threshold` must be a probability in \[0, 1\), got 2.0"
+    ):
+        maps_to_boxes(torch.full((1, 1, 2, 2), 0.9), threshold=2.0)
+
+
+def test_maps_to_boxes_error_threshold_of_one():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`threshold` must be a probability in \[0, 1\), got 1"
+    ):
+        maps_to_boxes(torch.full((1, 1, 2, 2), 0.9), threshold=1)
+
+
+def test_maps_to_boxes_error_negative_threshold():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`threshold` must be a probability in \[0, 1\), got -0.5"
+    ):
+        maps_to_boxes(torch.full((1, 1, 2, 2), 0.9), threshold=-0.5)
+
+
+def test_maps_to_boxes_error_threshold_string():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`threshold` must be a probability in \[0, 1\), got '0.5'"
+    ):
+        maps_to_boxes(torch.full((1, 1, 2, 2), 0.9), threshold="0.5")
+
+
+def test_maps_to_boxes_error_float_min_area():
+    with pytest.raises(CCGValueRangeError, match=r"`min_area` must be a non-negative int, got 2.0"):
+        maps_to_boxes(torch.zeros(1, 1, 2, 2), min_area=2.0)
+
+
+def test_maps_to_boxes_accepts_numpy_scalars_and_threshold_zero():
+    maps = torch.zeros(1, 1, 4, 4)
+    maps[0, 0, :2, :2] = 0.7
+    maps[0, 0, 3, 3] = 0.2
+    want = maps_to_boxes(maps, threshold=0.5, min_area=2)
+    got = maps_to_boxes(maps, threshold=np.float32(0.5), min_area=np.int64(2))
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    assert len(maps_to_boxes(maps, threshold=0.0)[0]) == 2
+
+
+def test_grid_targets_accept_numpy_counts():
+    want = _targets()
+    got = _targets(num_images=np.int64(2), num_classes=np.int32(3))
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 0, 4), (1, 2, 4, 0)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -384,7 +385,9 @@ def test_pull_form_loss_and_gradients_are_bit_identical_to_todays(with_memory):
     assert torch.equal(xa.grad, xb.grad)
 
 
-@pytest.mark.parametrize("margin", [0.0, -1.0, math.inf, math.nan, True, "1"])
+@pytest.mark.parametrize(
+    "margin", [0.0, -1.0, math.inf, math.nan, True, "1", np.float32(-1), np.float64(math.nan)]
+)
 def test_error_bad_margin(margin):
     with pytest.raises(CCGValueRangeError, match=r"`margin` must be a finite positive float"):
         _contrast_call(margin=margin)
@@ -571,7 +574,9 @@ def test_contrast_zero_host_synchronisations_with_value_checks_off():
     assert len(step()) > 0  # with the checks on the labels' values are read back
 
 
-@pytest.mark.parametrize("margin", [0, -0.5, float("nan"), float("inf"), "1.0", True])
+@pytest.mark.parametrize(
+    "margin", [0, -0.5, float("nan"), float("inf"), "1.0", True, np.float32(0), np.bool_(True)]
+)
 def test_error_bad_contrast_margin(margin):
     with pytest.raises(CCGValueRangeError, match=r"`contrast_margin` must be a finite positive"):
         LearnableSampleGraph(in_channels=C, contrast_margin=margin)
@@ -652,3 +657,21 @@ def test_contrast_distances_values_unchecked_with_value_checks_off():
     with ccg_layers.set_value_checks(False):
         got = contrast_distances(torch.tensor([-1.0]), torch.tensor([True]), 1.0)
     assert float(got) == -1.0
+
+
+def test_numpy_margin_is_accepted():
+    torch.manual_seed(0)
+    want = _contrast_call(margin=1.0)
+    torch.manual_seed(0)
+    assert torch.equal(_contrast_call(margin=np.float32(1)), want)
+    d, alike = torch.tensor([0.5, 0.5]), torch.tensor([True, False])
+    assert torch.equal(
+        contrast_distances(d, alike, margin=np.int64(1)), contrast_distances(d, alike, margin=1.0)
+    )
+
+
+def test_numpy_contrast_margin_is_accepted():
+    lsg = LearnableSampleGraph(in_channels=C, contrast_margin=np.float32(1))
+    phg = PatchHashGraph(M, C, contrast_margin=np.float64(0.5))
+    assert (lsg.contrast_margin, phg.contrast_margin) == (1.0, 0.5)
+    assert type(lsg.contrast_margin) is float

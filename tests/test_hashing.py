@@ -273,3 +273,33 @@ def test_error_superpixel_pool_empty_x_grid():
         match=r"`x` must have a non-empty \(h, w\) grid to pool, got shape \(1, 2, 0, 2\)",
     ):
         superpixel_pool(x[:, :, :0], labels, 3)
+
+
+def test_error_hamming_zero_bits():
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`a` must have at least 1 bit \(last dimension bits >= 1\), got shape \(2, 0\)",
+    ):
+        hamming_distance(torch.ones(2, 0), torch.ones(3, 0))
+
+
+def test_error_hamming_zero_bits_b():
+    with pytest.raises(CCGShapeError, match=r"`b` must have at least 1 bit .*, got shape \(3, 0\)"):
+        hamming_distance(torch.ones(2, 2), torch.ones(3, 0))
+
+
+def test_error_hash_codes_zero_bit_projection():
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`projection` must have at least 1 bit \(last dimension bits >= 1\), got shape "
+        r"\(2, 0\)",
+    ):
+        hash_codes(torch.ones(3, 2), torch.ones(2, 0))
+
+
+def test_error_patch_codes_zero_bit_projection():
+    x, labels = _pool_args()
+    with pytest.raises(
+        CCGShapeError, match=r"`projection` must have at least 1 bit .*, got shape \(2, 0\)"
+    ):
+        patch_codes(x, labels, torch.ones(2, 0), 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -444,8 +445,79 @@ def test_bad_interpolation():
 
 
 def test_bad_prob_threshold():
-    with pytest.raises(CCGValueRangeError, match=r"`prob_threshold` must be in \[0, 1\], got 1.5"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`prob_threshold` must be a finite number in \[0, 1\], got 1.5"
+    ):
         call(prob_threshold=1.5)
+
+
+def test_prob_threshold_not_a_number():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`prob_threshold` must be a finite number in \[0, 1\], got '0.5'"
+    ):
+        call(prob_threshold="0.5")
+
+
+def test_thresholds_of_one_or_more():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`thresholds` must hold finite numbers in \[0, 1\) .*, got 1.5\.$",
+    ):
+        call(thresholds=1.5)
+
+
+def test_thresholds_of_exactly_one():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`thresholds` must hold finite numbers in \[0, 1\) .*, got 1.0 in \(0.5, 1.0\)",
+    ):
+        call(thresholds=(0.5, 1.0))
+
+
+def test_negative_thresholds():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`thresholds` must hold finite numbers in \[0, 1\) .*, got -0.1"
+    ):
+        call(thresholds=[-0.1])
+
+
+def test_nan_thresholds():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`thresholds` must hold finite numbers in \[0, 1\) .*, got nan in \[nan\]",
+    ):
+        call(thresholds=[math.nan])
+
+
+def test_thresholds_of_strings():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`thresholds` must be a float or a sequence of floats, got \['0.5'\]",
+    ):
+        call(thresholds=["0.5"])
+
+
+def test_threshold_zero_and_numpy_thresholds_are_valid():
+    assert call(thresholds=0.0).shape == (1, 3)
+    torch.testing.assert_close(
+        call(thresholds=np.float32(0.5)), call(thresholds=0.5), equal_nan=True
+    )
+    torch.testing.assert_close(
+        call(thresholds=np.array([0.1, 0.5])), call(thresholds=(0.1, 0.5)), equal_nan=True
+    )
+    torch.testing.assert_close(
+        call(prob_threshold=np.float32(0.5)), call(prob_threshold=0.5), equal_nan=True
+    )
+
+
+@pytest.mark.parametrize("grid", [(4, 0), (0, 4)])
+def test_empty_map_grid(grid):
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`prob_maps` must have at least one cell per map \(h >= 1 and w >= 1\), got "
+        rf"shape \(2, 3, {grid[0]}, {grid[1]}\)",
+    ):
+        call(prob_maps=torch.zeros(2, 3, *grid))
 
 
 # --------------------------------------------------------------------------- AUC
@@ -471,7 +543,9 @@ def test_auc_limit_cases():
 
 
 def test_auc_bad_labels():
-    with pytest.raises(CCGValueRangeError, match=r"`labels` must hold only 0 and 1"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`labels` must hold only 0 and 1, got 1 other value\(s\), e.g. 2"
+    ):
         classification_auc(torch.zeros(2, 1), torch.tensor([[0], [2]]))
 
 
@@ -534,3 +608,40 @@ def test_table_unknown_column():
         CCGValueRangeError, match=r"`columns` must be among `class_names`, got unknown \['Flu'\]"
     ):
         format_localization_table(torch.zeros(4, 14), columns=["Flu"])
+
+
+def test_table_thresholds_not_numbers():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`thresholds` must be a float or a sequence of floats, got \('low', 'high'\)",
+    ):
+        format_localization_table(torch.zeros(2, 14), ("low", "high"))
+
+
+def test_table_thresholds_out_of_range():
+    with pytest.raises(
+        CCGValueRangeError, match=r"`thresholds` must hold finite numbers in \[0, 1\) .*, got 7"
+    ):
+        format_localization_table(torch.zeros(1, 14), (7,))
+
+
+def test_table_single_threshold_is_one_row():
+    acc = torch.full((1, 14), 0.5, dtype=torch.float64)
+    assert format_localization_table(acc, 0.1) == format_localization_table(acc, (0.1,))
+
+
+def test_table_bad_metric():
+    with pytest.raises(CCGValueRangeError, match=r"`metric` must be 'iou' or 'iobb', got 'dice'"):
+        format_localization_table(torch.zeros(4, 14), metric="dice")
+
+
+def test_table_bad_digits():
+    with pytest.raises(CCGValueRangeError, match=r"`digits` must be a non-negative int, got -1"):
+        format_localization_table(torch.zeros(4, 14), digits=-1)
+
+
+def test_table_numpy_digits():
+    acc = torch.full((1, 14), 0.123456, dtype=torch.float64)
+    assert format_localization_table(acc, (0.5,), digits=np.int64(3)) == format_localization_table(
+        acc, (0.5,), digits=3
+    )

@@ -782,3 +782,33 @@ def test_an_empty_hashing_grid_is_refused(hash_input, labels, message):
         patch_hash_graph_loss(
             torch.randn(2, 8, 4, 4), labels, projection, weight, hash_input=hash_input
         )
+
+
+def test_error_patch_graph_logits_zero_bits():
+    """Codes of 0 bits would divide by bits = 0: every logit NaN."""
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`codes` must have at least 1 bit \(last dimension bits >= 1\), got shape "
+        r"\(2, 1, 0\)",
+    ):
+        patch_graph_logits(torch.ones(2, 1, 0), torch.zeros(1, 1))
+
+
+def test_error_patch_hash_graph_zero_bit_projection():
+    x, lab, _, w, b = _phg_args()
+    with pytest.raises(
+        CCGShapeError, match=r"`projection` must have at least 1 bit .*, got shape \(4, 0\)"
+    ):
+        patch_hash_graph(x, lab, torch.randn(4, 0), w, b)
+    with pytest.raises(
+        CCGShapeError, match=r"`projection` must have at least 1 bit .*, got shape \(4, 0\)"
+    ):
+        patch_hash_graph_loss(x, lab, torch.randn(4, 0), w, b)
+
+
+def test_error_patch_memory_codes_zero_bits():
+    x, lab, proj, w, _ = _phg_args()
+    with pytest.raises(
+        CCGShapeError, match=r"`memory_codes` must have at least 1 bit .*, got shape \(1, 3, 0\)"
+    ):
+        patch_hash_graph(x, lab, proj, w, memory_codes=torch.zeros(1, 3, 0))
