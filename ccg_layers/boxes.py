@@ -329,8 +329,8 @@ def maps_to_boxes(
     Raises:
         CCGShapeError: ``maps`` not 4-D, or an empty map (``H`` or ``W`` zero).
         CCGDTypeError: Non-float ``maps``.
-        CCGValueRangeError: Non-finite ``maps``, ``threshold`` not a number in ``[0, 1)``,
-            bad ``image_size`` or ``min_area``.
+        CCGValueRangeError: Non-finite ``maps`` or values outside ``[0, 1]`` (value checks),
+            ``threshold`` not a number in ``[0, 1)``, bad ``image_size`` or ``min_area``.
 
     Example:
         >>> import torch
@@ -360,6 +360,11 @@ def maps_to_boxes(
     H, W = maps.shape[-2:]
     frame = (H, W) if image_size is None else check_size2(image_size, "image_size")
     check_finite(maps, "maps")
+    if values_checkable() and maps.numel() and not bool(((maps >= 0) & (maps <= 1)).all()):
+        raise CCGValueRangeError(  # logits passed by mistake would give plausible boxes
+            "`maps` must hold probabilities in [0, 1] (e.g. logits.sigmoid()), got values in "
+            f"[{float(maps.min()):g}, {float(maps.max()):g}]."
+        )
     return _maps_to_boxes(maps, threshold, frame, min_area)
 
 

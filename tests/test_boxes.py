@@ -620,3 +620,21 @@ def test_xywh_negative_width_is_an_error():
         r"got box 1 \(1, 2, -5, 4\)",
     ):
         xywh_to_xyxy(torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 2.0, -5.0, 4.0]]))
+
+
+@pytest.mark.parametrize(
+    ("maps", "values"),
+    [
+        (torch.full((1, 1, 2, 2), 2.0), r"\[2, 2\]"),
+        (torch.full((1, 1, 2, 2), -0.5), r"\[-0.5, -0.5\]"),
+    ],
+)
+def test_maps_to_boxes_error_values_outside_zero_one(maps, values):
+    # logits passed by mistake: thresholded at 0.5 they would give plausible boxes
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`maps` must hold probabilities in \[0, 1\] \(e.g. logits.sigmoid\(\)\), got values in {values}",
+    ):
+        maps_to_boxes(maps)
+    with set_value_checks(False):  # a value check: skipped with the checks off
+        maps_to_boxes(maps)
