@@ -271,7 +271,7 @@ def patch_codes(hash_input: Tensor, labels: Tensor, projection: Tensor, num_patc
 
 
 def check_codes(codes: Tensor, name: str, allow_zero: bool = False, ints: bool = False) -> None:
-    """Codes in ``{-1, +1}`` (``allow_zero``: also 0, a missing patch); values when enabled.
+    """Codes in ``{-1, +1}`` (``allow_zero``: also a row of 0, a missing patch); values when enabled.
 
     A codes tensor with a last dimension (``bits``) of 0 is a :class:`CCGShapeError`.
     """
@@ -287,6 +287,15 @@ def check_codes(codes: Tensor, name: str, allow_zero: bool = False, ints: bool =
         bad = codes[~ok].flatten()[0].item()
         allowed = "-1, 0 (missing patch) and +1" if allow_zero else "-1 and +1"
         raise CCGValueRangeError(f"`{name}` must hold only {allowed}, got e.g. {bad}.")
+    if allow_zero:  # a missing patch is a whole row of zeros; {0, 1} bits are not codes
+        zeros = (codes == 0).sum(-1)
+        partial = (zeros > 0) & (zeros < codes.shape[-1])
+        if bool(partial.any()):
+            raise CCGValueRangeError(
+                f"`{name}` must hold codes of -1 and +1, or a row of zeros for a missing "
+                f"patch, got {int(partial.sum())} row(s) mixing 0 with +-1 (0/1 bits instead "
+                "of -1/+1 codes?)."
+            )
 
 
 def hamming_distance(a: Tensor, b: Tensor) -> Tensor:

@@ -303,3 +303,18 @@ def test_error_patch_codes_zero_bit_projection():
         CCGShapeError, match=r"`projection` must have at least 1 bit .*, got shape \(2, 0\)"
     ):
         patch_codes(x, labels, torch.ones(2, 0), 3)
+
+
+def test_codes_mixing_zero_with_signs_are_refused():
+    # 0/1 bits passed for -1/+1 codes: a row of zeros is a missing patch, a partial one is not
+    bits01 = torch.tensor([[[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]).repeat(2, 1, 1)
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`codes` must hold codes of -1 and \+1, or a row of zeros for a missing patch, "
+        r"got 2 row\(s\) mixing 0 with \+-1",
+    ):
+        patch_graph_logits(bits01, torch.zeros(2, 2))
+    missing = torch.tensor([[[1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0]]]).repeat(2, 1, 1)
+    assert patch_graph_logits(missing, torch.zeros(2, 2)).shape == (2, 2)
+    with ccg_layers.set_value_checks(False):  # a value check
+        patch_graph_logits(bits01, torch.zeros(2, 2))

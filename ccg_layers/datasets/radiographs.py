@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -69,8 +70,8 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         CCGDTypeError: ``index`` is not a :class:`~ccg_layers.datasets.DatasetIndex`, or
             ``image_names`` is a string or not iterable.
         CCGValueRangeError: ``image_size`` is not a positive int, ``output`` is not one of the
-            three forms, names of ``image_names`` are not in the index (names the first ones),
-            or ``skip_bad_images`` is not a bool.
+            three forms, names of ``image_names`` are not in the index or stand twice (names
+            the first ones), or ``skip_bad_images`` is not a bool.
         FileNotFoundError: An image of ``image_names`` is not on disk (names the first ones).
 
     Example:
@@ -109,6 +110,12 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
                 f"{type(image_names).__name__}."
             )
         names = list(index.images) if image_names is None else list(image_names)
+        repeated = [n for n, k in Counter(names).items() if k > 1]
+        if repeated:  # a repeated image would weigh twice in training and evaluation
+            raise CCGValueRangeError(
+                f"`image_names` must name each image once, got {len(repeated)} more than once: "
+                f"{name_list(repeated, quote=True)}."
+            )
         rows, unknown = [], []
         for n in names:
             try:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
-from ccg_layers.validation import check_tensor
+from ccg_layers.validation import check_dtype, check_index, check_tensor
 
 __all__ = ["ChestXray14Batch", "ChestXray14Sample", "collate_chestxray14"]
 
@@ -64,10 +64,11 @@ def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batc
     """Batch samples with varying numbers of boxes: images stacked, boxes concatenated flat.
 
     Raises:
-        CCGDTypeError: ``samples`` is not a sequence of dicts, or a value of a sample's
-            tensor keys is not a tensor.
-        CCGValueRangeError: ``samples`` is empty, or a sample lacks a key of
-            :class:`ChestXray14Sample`.
+        CCGDTypeError: ``samples`` is not a sequence of dicts, a value of a sample's tensor
+            keys is not a tensor, or a ``box_class`` is not an integer tensor.
+        CCGValueRangeError: ``samples`` is empty, a sample lacks a key of
+            :class:`ChestXray14Sample`, or (a value check) a ``box_class`` is outside
+            ``[0, K)``, ``K`` the length of the labels.
         CCGShapeError: A sample's ``boxes`` is not ``(b, 4)`` or its ``box_class`` not
             ``(b,)``, or its ``image``, ``labels`` or ``has_box`` differs in shape from the
             first sample's.
@@ -101,6 +102,7 @@ def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batc
                 f"{', '.join(missing)}."
             )
         shapes = {k: tuple(check_tensor(fields[k], f"{where}['{k}']").shape) for k in _TENSORS}
+        check_dtype(fields["box_class"], f"{where}['box_class']", ("int",))  # type: ignore[arg-type]
         b = shapes["boxes"]
         if len(b) != 2 or b[1] != 4:
             raise CCGShapeError(f"`{where}['boxes']` must have shape (b, 4), got {b}.")
@@ -117,12 +119,16 @@ def collate_chestxray14(samples: Sequence[ChestXray14Sample]) -> ChestXray14Batc
                     f"got {shapes[k]}."
                 )
     counts = torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.long)
+    labels = torch.stack([s["labels"] for s in samples])
+    box_class = torch.cat([s["box_class"].reshape(-1) for s in samples])
+    # a class index past the labels' K would be a box of no class (a value check, on the CPU)
+    check_index(box_class, "samples[...]['box_class']", int(labels.shape[-1]))
     return ChestXray14Batch(
         image=torch.stack([s["image"] for s in samples]),
-        labels=torch.stack([s["labels"] for s in samples]),
+        labels=labels,
         has_box=torch.stack([s["has_box"] for s in samples]),
         boxes=torch.cat([s["boxes"].reshape(-1, 4) for s in samples]),
-        box_class=torch.cat([s["box_class"].reshape(-1) for s in samples]),
+        box_class=box_class,
         box_image_index=torch.repeat_interleave(torch.arange(len(samples)), counts),
         names=[s["name"] for s in samples],
         indices=[s["index"] for s in samples],

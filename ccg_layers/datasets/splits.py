@@ -227,12 +227,13 @@ def split_summary(index: DatasetIndex, split: dict[str, list[str]]) -> dict[str,
 def check_split(split: object, index: DatasetIndex | None = None) -> None:
     """Raise unless ``split`` is ``{"train": [...], "test": [...]}`` of image names (str).
 
-    With ``index``, every name must be in it.
+    Each image stands once, on one side; with ``index``, every name must be in it.
 
     Raises:
         CCGDTypeError: ``split`` is not a dict, or a side is not a list of str.
-        CCGValueRangeError: ``split`` lacks ``"train"`` or ``"test"``, or (with ``index``)
-            names images that are not in ``index`` (names the first ones).
+        CCGValueRangeError: ``split`` lacks ``"train"`` or ``"test"``, names an image twice on
+            a side or on both sides, or (with ``index``) names images that are not in
+            ``index`` (names the first ones).
     """
     if not isinstance(split, Mapping):
         raise CCGDTypeError(
@@ -256,6 +257,12 @@ def check_split(split: object, index: DatasetIndex | None = None) -> None:
                 f"`split[{side!r}]` must be a list of image names (str), got "
                 f"{type(names).__name__}{'' if isinstance(names, str) else ' holding other types'}."
             )
+        repeated = _repeated(names)
+        if repeated:
+            raise CCGValueRangeError(
+                f"`split[{side!r}]` must name each image once, got {len(repeated)} more than "
+                f"once: {name_list(repeated, quote=True)}."
+            )
         if index is None:
             continue
         unknown = []
@@ -269,6 +276,23 @@ def check_split(split: object, index: DatasetIndex | None = None) -> None:
                 f"`split[{side!r}]` must name images of the {index.dataset_name} index, got "
                 f"{len(unknown)} that are not: {name_list(unknown, quote=True)}."
             )
+    both = sorted(set(split["train"]) & set(split["test"]))
+    if both:
+        raise CCGValueRangeError(
+            f"`split` must not name an image on both sides, got {len(both)} in 'train' and "
+            f"'test': {name_list(both, quote=True)}."
+        )
+
+
+def _repeated(names: Sequence[str]) -> list[str]:
+    """The names that stand more than once in ``names``, in the order of their second time."""
+    seen: set[str] = set()
+    again: dict[str, None] = {}
+    for n in names:
+        if n in seen:
+            again[n] = None
+        seen.add(n)
+    return list(again)
 
 
 def save_split(
@@ -284,7 +308,8 @@ def save_split(
     Raises:
         CCGDTypeError: ``split`` is not a dict of two lists of names (:func:`check_split`),
             or ``summary`` is neither ``None`` nor a dict.
-        CCGValueRangeError: ``split`` lacks ``"train"`` or ``"test"``.
+        CCGValueRangeError: ``split`` lacks ``"train"`` or ``"test"``, or names an image twice
+            (on a side or on both): :func:`read_split_files` would refuse the files.
     """
     check_split(split)
     if summary is not None and not isinstance(summary, Mapping):
@@ -308,11 +333,13 @@ def read_split_files(
     in it, and no name may be on both sides.
 
     Raises:
-        ValueError: A name not in ``index`` or on both sides (names the file and line).
+        ValueError: A name not in ``index``, listed twice in a file (names the file and line)
+            or on both sides.
     """
     split: dict[str, list[str]] = {}
     for side, path in (("train", Path(train_file)), ("test", Path(test_file))):
         names: list[str] = []
+        listed: set[str] = set()
         for line_no, line in enumerate(path.read_text().splitlines(), start=1):
             name = line.strip()
             if not name or name.startswith("#"):
@@ -324,6 +351,9 @@ def read_split_files(
                     raise ValueError(
                         f"{path}:{line_no}: image {name!r} is not in the index"
                     ) from None
+            if name in listed:
+                raise ValueError(f"{path}:{line_no}: image {name!r} is listed a second time")
+            listed.add(name)
             names.append(name)
         split[side] = names
     both = set(split["train"]) & set(split["test"])

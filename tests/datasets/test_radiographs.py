@@ -40,6 +40,15 @@ def test_unknown_image_names_are_a_named_error_listing_them(index):
         RadiographDataset(index, ["nope.png", "a", "zzz"])
 
 
+def test_repeated_image_names_are_a_named_error(index):
+    # a repeated image would weigh twice in training and evaluation
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`image_names` must name each image once, got 1 more than once: 'a'\.",
+    ):
+        RadiographDataset(index, ["a", "b", "a"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

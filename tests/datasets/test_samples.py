@@ -24,7 +24,7 @@ def sample(**change):
 
 def test_good_samples_batch():
     batch = collate_chestxray14(
-        [sample(), sample(boxes=torch.zeros(0, 4), box_class=torch.zeros(0))]
+        [sample(), sample(boxes=torch.zeros(0, 4), box_class=torch.zeros(0, dtype=torch.long))]
     )
     assert batch["box_image_index"].tolist() == [0]
 
@@ -52,7 +52,7 @@ def test_good_samples_batch():
             r"`samples\[1\]\['labels'\]` must have the shape of samples\[0\]\['labels'\]",
         ),
         (
-            [sample(boxes=torch.zeros(2, 3), box_class=torch.zeros(2))],
+            [sample(boxes=torch.zeros(2, 3), box_class=torch.zeros(2, dtype=torch.long))],
             CCGShapeError,
             r"`samples\[0\]\['boxes'\]` must have shape \(b, 4\), got \(2, 3\)\.",
         ),
@@ -71,3 +71,21 @@ def test_good_samples_batch():
 def test_collate_names_each_bad_sample(samples, error, match):
     with pytest.raises(error, match=match):
         collate_chestxray14(samples)
+
+
+def test_collate_names_a_box_class_past_the_labels():
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`samples\[\.\.\.\]\['box_class'\]` must hold indices in \[0, 3\), got values "
+        r"in \[1, 3\]",
+    ):
+        collate_chestxray14([sample(), sample(box_class=torch.tensor([3]))])
+
+
+def test_collate_names_a_float_box_class():
+    # torch.zeros(0) is float: concatenated with the others it made the batch's classes float
+    with pytest.raises(
+        CCGDTypeError,
+        match=r"`samples\[1\]\['box_class'\]` must have a int dtype, got torch.float32",
+    ):
+        collate_chestxray14([sample(), sample(boxes=torch.zeros(0, 4), box_class=torch.zeros(0))])

@@ -315,6 +315,18 @@ def test_chestxray14_splits_names_a_missing_index():
             CCGDTypeError,
             r"`split\['train'\]` must be a list of image names \(str\), got list holding other types\.",
         ),
+        (
+            {"train": ["00000001_000.png", "00000002_000.png", "00000001_000.png"], "test": []},
+            CCGValueRangeError,
+            r"`split\['train'\]` must name each image once, got 1 more than once: "
+            r"'00000001_000\.png'\.",
+        ),
+        (
+            {"train": ["00000001_000.png"], "test": ["00000002_000.png", "00000001_000.png"]},
+            CCGValueRangeError,
+            r"`split` must not name an image on both sides, got 1 in 'train' and 'test': "
+            r"'00000001_000\.png'\.",
+        ),
     ],
 )
 def test_split_summary_and_save_split_name_a_bad_split(index, tmp_path, split, error, match):
@@ -372,4 +384,13 @@ def test_read_split_files_name_on_both_sides(index, tmp_path):
     (tmp_path / "tr.txt").write_text(f"{index.images[0]}\n")
     (tmp_path / "te.txt").write_text(f"{index.images[0]}\n")
     with pytest.raises(ValueError, match=r"1 image\(s\) in both .*tr\.txt and .*te\.txt"):
+        read_split_files(tmp_path / "tr.txt", tmp_path / "te.txt")
+
+
+def test_read_split_files_name_listed_twice(index, tmp_path):
+    (tmp_path / "tr.txt").write_text(f"{index.images[0]}\n{index.images[1]}\n{index.images[0]}\n")
+    (tmp_path / "te.txt").write_text("")
+    with pytest.raises(
+        ValueError, match=rf"tr\.txt:3: image '{index.images[0]}' is listed a second time"
+    ):
         read_split_files(tmp_path / "tr.txt", tmp_path / "te.txt")
