@@ -36,16 +36,19 @@ __all__ = [
     "check_finite",
     "check_flag",
     "check_float_dtype",
+    "check_grid",
     "check_index",
     "check_labels",
     "check_memory_valid",
     "check_positive",
+    "check_probabilities",
     "check_reduction",
     "check_seed",
     "check_shape",
     "check_size2",
     "check_tensor",
     "describe",
+    "optional_positive_int",
     "positive_int",
     "real_number",
     "reduce",
@@ -151,6 +154,31 @@ def check_finite(x: Tensor, name: str) -> None:
         raise CCGValueRangeError(f"`{name}` must be finite, got NaN or infinite values.")
 
 
+def check_grid(x: Tensor, name: str, axes: str = "H, W") -> None:
+    """Raise unless the grid of ``x`` (its last two dimensions, ``axes``) has a cell.
+
+    An empty grid would pool, attend to or threshold nothing.
+    """
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise CCGShapeError(
+            f"`{name}` must have at least one cell ({axes} >= 1), got shape {tuple(x.shape)}."
+        )
+
+
+def check_probabilities(x: Tensor, name: str) -> None:
+    """Raise unless every value of ``x`` is in ``[0, 1]`` (a value check; skipped while off).
+
+    Logits passed for probabilities would give plausible answers.
+    """
+    if not values_checkable() or x.numel() == 0:
+        return
+    if not bool(((x >= 0) & (x <= 1)).all()):
+        raise CCGValueRangeError(
+            f"`{name}` must hold probabilities in [0, 1] (e.g. logits.sigmoid()), got values in "
+            f"[{float(x.min()):g}, {float(x.max()):g}]."
+        )
+
+
 def check_index(x: Tensor, name: str, size: int) -> None:
     """Raise unless ``x`` is an integer tensor with values in ``[0, size)``."""
     check_dtype(x, name, ("int",))
@@ -244,6 +272,16 @@ def positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:
     return number
 
 
+def optional_positive_int(value: object, name: str) -> int | None:
+    """``None``, or ``value`` as a positive ``int`` (:func:`positive_int`); else raise."""
+    if value is None:
+        return None
+    number = None if isinstance(value, (bool, np.bool_)) else _as_index(value)
+    if number is None or number < 1:
+        raise CCGValueRangeError(f"`{name}` must be None or a positive int, got {value!r}.")
+    return number
+
+
 def _as_index(value: object) -> int | None:
     """``value`` as an ``int`` if it is a Python or NumPy integer (not a tensor), else ``None``."""
     if isinstance(value, Tensor):
@@ -295,8 +333,10 @@ def _positive_index(value: object) -> int | None:
     return number if number is not None and number > 0 else None
 
 
-def check_size2(value: object, name: str) -> tuple[int, int]:
-    """Return ``(H, W)`` from a positive int (a square) or a pair of positive ints.
+def check_size2(value: object, name: str, axes: str = "(H, W)") -> tuple[int, int]:
+    """Return the pair from a positive int (a square) or a pair of positive ints.
+
+    ``axes`` names the pair's order in the message (``"(W, H)"`` where widths come first).
 
     Raises:
         CCGValueRangeError: Anything else, naming ``name``.
@@ -308,7 +348,7 @@ def check_size2(value: object, name: str) -> tuple[int, int]:
         pair = [side, side]
     if len(pair) != 2 or pair[0] is None or pair[1] is None:
         raise CCGValueRangeError(
-            f"`{name}` must be a positive int or two positive ints (H, W), got {value!r}."
+            f"`{name}` must be a positive int or two positive ints {axes}, got {value!r}."
         )
     return pair[0], pair[1]
 

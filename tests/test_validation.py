@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import ccg_layers
 from ccg_layers import validation as v
 from ccg_layers.errors import CCGDTypeError, CCGInputError, CCGShapeError, CCGValueRangeError
 
@@ -150,3 +151,36 @@ def test_positive_int_takes_python_and_numpy_integers_only():
             v.positive_int(bad, "k")
     with pytest.raises(CCGValueRangeError, match=r"`k` must be a non-negative int, got -1"):
         v.positive_int(-1, "k", allow_zero=True)
+
+
+def test_check_grid_refuses_an_empty_grid():
+    v.check_grid(torch.zeros(2, 3, 1, 1), "x")
+    v.check_grid(torch.zeros(0, 3, 2, 2), "x")  # an empty batch is the caller's to judge
+    for shape in ((2, 3, 0, 4), (2, 3, 4, 0)):
+        with pytest.raises(
+            CCGShapeError, match=r"`x` must have at least one cell \(h, w >= 1\), got shape "
+        ):
+            v.check_grid(torch.zeros(shape), "x", "h, w")
+
+
+def test_check_probabilities_is_a_value_check_of_zero_to_one():
+    v.check_probabilities(torch.tensor([0.0, 0.5, 1.0]), "p")
+    for bad, shown in ((2.0, r"\[0, 2\]"), (-0.5, r"\[-0.5, 0\]")):
+        with pytest.raises(
+            CCGValueRangeError,
+            match=rf"`p` must hold probabilities in \[0, 1\] .* values in {shown}",
+        ):
+            v.check_probabilities(torch.tensor([0.0, bad]), "p")
+    with ccg_layers.set_value_checks(False):
+        v.check_probabilities(torch.tensor([2.0]), "p")
+
+
+def test_optional_positive_int_and_check_size2_axes():
+    assert v.optional_positive_int(None, "q") is None
+    assert v.optional_positive_int(np.int64(4), "q") == 4
+    for bad in (0, True, 2.5, "4"):
+        with pytest.raises(CCGValueRangeError, match=r"`q` must be None or a positive int, got "):
+            v.optional_positive_int(bad, "q")
+    assert v.check_size2((3, 5), "size", "(W, H)") == (3, 5)
+    with pytest.raises(CCGValueRangeError, match=r"two positive ints \(W, H\), got \(0, 5\)"):
+        v.check_size2((0, 5), "size", "(W, H)")
