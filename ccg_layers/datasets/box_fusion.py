@@ -13,7 +13,13 @@ from torch import Tensor
 
 from ccg_layers.config import values_checkable
 from ccg_layers.errors import CCGValueRangeError
-from ccg_layers.validation import check_dtype, check_finite, check_tensor, real_number
+from ccg_layers.validation import (
+    check_dtype,
+    check_finite,
+    check_shape,
+    check_tensor,
+    real_number,
+)
 
 __all__ = ["fuse_boxes", "weighted_box_fusion"]
 
@@ -42,7 +48,7 @@ def fuse_boxes(boxes: Tensor, iou_threshold: float = 0.5) -> tuple[Tensor, Tenso
         cluster of each input box.
 
     Raises:
-        ValueError: ``boxes`` is not ``(n, 4)``.
+        CCGShapeError: ``boxes`` is not ``(n, 4)``.
         CCGDTypeError: ``boxes`` is not a float or integer tensor.
         CCGValueRangeError: ``iou_threshold`` is not a number in [0, 1); ``boxes`` holds NaN
             or infinity, or a box without positive width and height (value checks).
@@ -55,8 +61,7 @@ def fuse_boxes(boxes: Tensor, iou_threshold: float = 0.5) -> tuple[Tensor, Tenso
         ([[0.5, 0.5, 10.5, 10.5], [50.0, 50.0, 60.0, 60.0]], [0, 0, 1])
     """
     check_dtype(check_tensor(boxes, "boxes"), "boxes", ("float", "int"))
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"`boxes` must have shape (n, 4), got {tuple(boxes.shape)}")
+    check_shape(boxes, "boxes", ("n", 4))
     real_number(iou_threshold, "iou_threshold", low=0.0, high=1.0, high_open=True, what="in [0, 1)")
     check_finite(boxes, "boxes")
     if values_checkable() and len(boxes):

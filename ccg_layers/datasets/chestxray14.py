@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from ccg_layers.datasets.grayscale import read_radiograph
 from ccg_layers.datasets.image_files import name_list
 from ccg_layers.datasets.index import IndexRows, Table, check_dataset_index
 from ccg_layers.datasets.published_csv import DatasetFormatError, fail_or_skip
-from ccg_layers.datasets.radiographs import RadiographDataset
+from ccg_layers.datasets.radiographs import ImageOutput, RadiographDataset
 from ccg_layers.datasets.samples import ChestXray14Batch, ChestXray14Sample, collate_chestxray14
 from ccg_layers.errors import CCGDTypeError
 from ccg_layers.validation import check_flag
@@ -495,7 +495,7 @@ class ChestXray14(RadiographDataset):
         image_names: Iterable[str] | None = None,
         *,
         image_size: int = 512,
-        output: Literal["uint8", "imagenet", "unit"] = "uint8",
+        output: ImageOutput = "uint8",
         image_root: str | os.PathLike[str] | None = None,
         skip_bad_images: bool = False,
     ) -> None:

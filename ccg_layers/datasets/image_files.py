@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -21,16 +21,18 @@ from torch import Tensor
 from ccg_layers.datasets.dicom import DICOM_SUFFIXES, dicom_frame_size
 from ccg_layers.datasets.published_csv import DatasetFormatError, csv_records
 from ccg_layers.errors import CCGDTypeError
-from ccg_layers.validation import check_flag
+from ccg_layers.validation import check_choice, check_flag
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageKind",
+    "check_image_kind",
     "check_reader_options",
     "frame_sizes_of",
     "locate_images",
     "name_list",
     "read_frame_sizes",
+    "repeated_names",
     "scan_image_folder",
 ]
 
@@ -82,26 +84,33 @@ def locate_images(
     ``None`` for an image without a file.
 
     Raises:
-        ValueError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``, ``"jpeg"``.
+        CCGValueRangeError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``,
+            ``"jpeg"``.
     """
-    check_reader_options(images, None, False)
-    suffixes = IMAGE_SUFFIXES[images]
+    suffixes = IMAGE_SUFFIXES[check_image_kind(images)]
     found = scan_image_folder(folder, suffixes)
     return [found.get(n) for n in names], suffixes
+
+
+def check_image_kind(images: object) -> ImageKind:
+    """Return ``images`` if it is an :data:`ImageKind`; else raise naming it.
+
+    Raises:
+        CCGValueRangeError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``,
+            ``"jpeg"``.
+    """
+    return check_choice(images, "images", ImageKind)  # type: ignore[no-any-return]
 
 
 def check_reader_options(images: object, frame_sizes: object, skip_bad_rows: object) -> None:
     """Check the options the readers of VinDr-CXR and RSNA share, before they touch the disk.
 
     Raises:
-        ValueError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``, ``"jpeg"``.
+        CCGValueRangeError: ``images`` is not one of ``"auto"``, ``"dicom"``, ``"png"``,
+            ``"jpeg"`` (:func:`check_image_kind`), or ``skip_bad_rows`` is not a bool.
         CCGDTypeError: ``frame_sizes`` is neither ``None`` nor a mapping.
-        CCGValueRangeError: ``skip_bad_rows`` is not a bool.
     """
-    if not isinstance(images, str) or images not in IMAGE_SUFFIXES:
-        raise ValueError(
-            f"`images` must be one of {', '.join(map(repr, IMAGE_SUFFIXES))}, got {images!r}"
-        )
+    check_image_kind(images)
     if frame_sizes is not None and not isinstance(frame_sizes, Mapping):
         raise CCGDTypeError(
             f"`frame_sizes` must be a dict {{name: (width, height)}} or None, got "
@@ -127,6 +136,25 @@ def name_list(names: Sequence[str], shown: int = 5, *, quote: bool = False, sep:
     """
     listed = sep.join(repr(n) if quote else n for n in names[:shown])
     return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def repeated_names(names: Iterable[str]) -> list[str]:
+    """The names that stand more than once in ``names``, in the order they are first repeated.
+
+    The one duplicate check of the datasets (an index's names, a split's sides, a dataset's
+    images); list them in a message with :func:`name_list`.
+
+    Example:
+        >>> repeated_names(["a", "b", "b", "c", "a", "b"])
+        ['b', 'a']
+    """
+    seen: set[str] = set()
+    again: dict[str, None] = {}
+    for n in names:
+        if n in seen:
+            again[n] = None
+        seen.add(n)
+    return list(again)
 
 
 def frame_sizes_of(

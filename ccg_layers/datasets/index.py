@@ -20,13 +20,19 @@ import torch
 from torch import Tensor
 
 from ccg_layers.config import values_checkable
-from ccg_layers.datasets.image_files import IMAGE_SUFFIXES, name_list, scan_image_folder
+from ccg_layers.datasets.image_files import (
+    IMAGE_SUFFIXES,
+    name_list,
+    repeated_names,
+    scan_image_folder,
+)
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import (
     check_binary,
     check_dtype,
     check_index,
     check_shape,
+    check_size2,
     check_tensor,
 )
 
@@ -137,10 +143,11 @@ def _names(value: object, name: str) -> list[str]:
     bad = [v for v in value if not isinstance(v, str)]
     if bad:
         raise CCGDTypeError(f"`{name}` must be a list of str, got a {type(bad[0]).__name__}.")
-    if len(set(value)) != len(value):
-        # the message of the index's first check of `images` (a ValueError)
+    repeated = repeated_names(value)
+    if repeated:
         raise CCGValueRangeError(
-            f"`{name}` must be unique; {len(value) - len(set(value))} repeated"
+            f"`{name}` must hold each name once, got {len(repeated)} more than once: "
+            f"{name_list(repeated, quote=True)}."
         )
     return list(value)
 
@@ -365,15 +372,9 @@ def boxes_at_size(index: DatasetIndex, size: int | tuple[int, int]) -> Tensor:
         [[50.0, 50.0, 150.0, 100.0]]
     """
     check_is_index(index)
-    pair = list(size) if isinstance(size, (tuple, list)) else [size, size]
-    if len(pair) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
-    ):
-        raise CCGValueRangeError(
-            f"`size` must be a positive int or two positive ints (W, H), got {size!r}."
-        )
+    w, h = check_size2(size, "size", "(W, H)")
     check_positive_sizes(index.image_sizes, "index.image_sizes")
-    return scaled_boxes(index, pair[0], pair[1])
+    return scaled_boxes(index, w, h)
 
 
 def check_is_index(index: object) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import operator
 import os
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -23,14 +22,17 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ccg_layers.datasets.dicom import read_image
-from ccg_layers.datasets.image_files import name_list
+from ccg_layers.datasets.image_files import name_list, repeated_names
 from ccg_layers.datasets.index import DatasetIndex, check_is_index, scaled_boxes
 from ccg_layers.datasets.samples import ChestXray14Sample
 from ccg_layers.errors import CCGDTypeError, CCGValueRangeError
 from ccg_layers.transforms import imagenet_input
-from ccg_layers.validation import check_flag, positive_int
+from ccg_layers.validation import check_choice, check_flag, positive_int
 
-__all__ = ["RadiographDataset"]
+__all__ = ["ImageOutput", "RadiographDataset"]
+
+#: The forms of a sample's image (see :class:`RadiographDataset`'s ``output``).
+ImageOutput = Literal["uint8", "imagenet", "unit"]
 
 _log = logging.getLogger(__name__)
 
@@ -93,16 +95,13 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
         image_names: Iterable[str] | None = None,
         *,
         image_size: int = 512,
-        output: Literal["uint8", "imagenet", "unit"] = "uint8",
+        output: ImageOutput = "uint8",
         image_root: str | os.PathLike[str] | None = None,
         skip_bad_images: bool = False,
     ) -> None:
         check_is_index(index)
         image_size = positive_int(image_size, "image_size")
-        if output not in ("uint8", "imagenet", "unit"):
-            raise CCGValueRangeError(
-                f"`output` must be 'uint8', 'imagenet' or 'unit', got {output!r}."
-            )
+        check_choice(output, "output", ImageOutput)
         check_flag(skip_bad_images, "skip_bad_images")
         if isinstance(image_names, str) or not isinstance(image_names, Iterable | None):
             raise CCGDTypeError(
@@ -110,7 +109,7 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
                 f"{type(image_names).__name__}."
             )
         names = list(index.images) if image_names is None else list(image_names)
-        repeated = [n for n, k in Counter(names).items() if k > 1]
+        repeated = repeated_names(names)
         if repeated:  # a repeated image would weigh twice in training and evaluation
             raise CCGValueRangeError(
                 f"`image_names` must name each image once, got {len(repeated)} more than once: "

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ccg_layers.datasets.image_files import name_list
+from ccg_layers.datasets.image_files import name_list, repeated_names
 from ccg_layers.datasets.index import DatasetIndex, check_is_index
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
-from ccg_layers.validation import check_flag, positive_int
+from ccg_layers.validation import check_choice, check_flag, positive_int
 
 __all__ = [
     "NUM_FOLDS",
@@ -35,7 +35,6 @@ __all__ = [
 
 Setting = Literal["a", "b", "c"]
 NUM_FOLDS = 5
-_SETTINGS = ("a", "b", "c")
 
 
 def patient_folds(patient_ids: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
@@ -129,10 +128,10 @@ def chestxray14_splits(
         ``{"train": [...], "test": [...]}``, image names in index order.
 
     Raises:
-        ValueError: A bad ``setting`` or ``fold`` (an int, not a bool).
         CCGDTypeError: ``index`` is not a :class:`~ccg_layers.datasets.DatasetIndex`.
-        CCGValueRangeError: ``seed`` is not a non-negative int, or ``patient_disjoint`` not
-            a bool.
+        CCGValueRangeError: ``setting`` is not ``"a"``, ``"b"`` or ``"c"``, ``fold`` not an
+            int (not a bool) in ``[0, 5)``, ``seed`` not a non-negative int, or
+            ``patient_disjoint`` not a bool.
 
     Example:
         >>> import torch
@@ -148,10 +147,9 @@ def chestxray14_splits(
         (13, 2)
     """
     check_is_index(index)
-    if setting not in _SETTINGS:
-        raise ValueError(f"`setting` must be one of 'a', 'b', 'c', got {setting!r}")
+    check_choice(setting, "setting", Setting)
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS:
-        raise ValueError(f"`fold` must be an int in [0, {NUM_FOLDS}), got {fold!r}")
+        raise CCGValueRangeError(f"`fold` must be an int in [0, {NUM_FOLDS}), got {fold!r}.")
     positive_int(seed, "seed", allow_zero=True)
     check_flag(patient_disjoint, "patient_disjoint")
     annotated = index.annotated.numpy()
@@ -192,7 +190,8 @@ def split_summary(index: DatasetIndex, split: dict[str, list[str]]) -> dict[str,
     Raises:
         CCGDTypeError: ``index`` is not a :class:`~ccg_layers.datasets.DatasetIndex`, or
             ``split`` is not as :func:`check_split` says.
-        CCGValueRangeError: ``split`` lacks a side or names images not in ``index``.
+        CCGValueRangeError: ``split`` lacks a side, names an image twice on a side or on
+            both sides, or names images not in ``index`` (as :func:`check_split` says).
 
     Example:
         >>> import torch
@@ -257,7 +256,7 @@ def check_split(split: object, index: DatasetIndex | None = None) -> None:
                 f"`split[{side!r}]` must be a list of image names (str), got "
                 f"{type(names).__name__}{'' if isinstance(names, str) else ' holding other types'}."
             )
-        repeated = _repeated(names)
+        repeated = repeated_names(names)
         if repeated:
             raise CCGValueRangeError(
                 f"`split[{side!r}]` must name each image once, got {len(repeated)} more than "
@@ -282,17 +281,6 @@ def check_split(split: object, index: DatasetIndex | None = None) -> None:
             f"`split` must not name an image on both sides, got {len(both)} in 'train' and "
             f"'test': {name_list(both, quote=True)}."
         )
-
-
-def _repeated(names: Sequence[str]) -> list[str]:
-    """The names that stand more than once in ``names``, in the order of their second time."""
-    seen: set[str] = set()
-    again: dict[str, None] = {}
-    for n in names:
-        if n in seen:
-            again[n] = None
-        seen.add(n)
-    return list(again)
 
 
 def save_split(

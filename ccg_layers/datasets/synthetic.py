@@ -298,12 +298,12 @@ def render_synthetic_image(
 
 def _check_box(cls: str, box: object) -> None:
     values = list(box) if isinstance(box, Sequence) and len(box) == 4 else []
-    real = (int, float, np.integer, np.floating)
-    ok = all(isinstance(v, real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-    x, y, w, h = [float(v) for v in values] if values and ok else [0.0] * 4
+    name = f"boxes[{cls!r}]"
+    coords = [real_number(v, f"{name}[{i}]", what="a finite number") for i, v in enumerate(values)]
+    x, y, w, h = coords or [0.0] * 4
     if not (w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= BOX_FRAME and y + h <= BOX_FRAME):
         raise CCGValueRangeError(
-            f"`boxes[{cls!r}]` must be (x, y, w, h) finite, w, h > 0, inside the {BOX_FRAME} "
+            f"`{name}` must be (x, y, w, h) finite, w, h > 0, inside the {BOX_FRAME} "
             f"frame, got {box!r}."
         )
 
@@ -607,8 +607,7 @@ def synthetic_index(
         >>> len(index.images), bool(index.boxes.isnan().all())
         (6, True)
     """
-    if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"`num_images` must be a positive int, got {num_images!r}")
+    num_images = positive_int(num_images, "num_images")
     cfg = config or SyntheticConfig()
     rng = np.random.default_rng([seed, 0])
     ids, labels, written = _draw_records(rng, num_images, cfg)
@@ -665,10 +664,9 @@ def generate_synthetic_chestxray14(
         >>> len(read_chestxray14(root).images)
         6
     """
-    if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"`num_images` must be a positive int, got {num_images!r}")
-    if not isinstance(image_size, int) or image_size < 16:
-        raise ValueError(f"`image_size` must be an int >= 16, got {image_size!r}")
+    num_images = positive_int(num_images, "num_images")
+    if positive_int(image_size, "image_size") < 16:
+        raise CCGValueRangeError(f"`image_size` must be an int >= 16, got {image_size!r}.")
     cfg = config or SyntheticConfig()
     from PIL import Image
 

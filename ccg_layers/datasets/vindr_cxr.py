@@ -31,7 +31,7 @@ from ccg_layers.datasets.image_files import (
 )
 from ccg_layers.datasets.index import RadiographIndex
 from ccg_layers.datasets.published_csv import csv_records, fail_or_skip
-from ccg_layers.validation import real_number
+from ccg_layers.validation import check_choice, real_number
 
 __all__ = ["VINDR_CLASS_NAMES", "VINDR_NO_FINDING", "Combine", "read_vindr_cxr"]
 
@@ -62,7 +62,6 @@ _ALL_NAMES = (*VINDR_CLASS_NAMES, VINDR_NO_FINDING)
 Combine = Literal["all", "merge", "single"]
 _COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
 _BOX = ("x_min", "y_min", "x_max", "y_max")
-_COMBINE = ("all", "merge", "single")
 
 
 @dataclass
@@ -258,8 +257,7 @@ def read_vindr_cxr(
         >>> len(read_vindr_cxr(root, combine="all", frame_sizes=sizes).boxes)
         2
     """
-    if combine not in _COMBINE:
-        raise ValueError(f"`combine` must be one of 'all', 'merge', 'single', got {combine!r}")
+    check_choice(combine, "combine", Combine)
     real_number(iou_threshold, "iou_threshold", low=0.0, high=1.0, high_open=True, what="in [0, 1)")
     check_reader_options(images, frame_sizes, skip_bad_rows)
     root = Path(root)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ccg_layers import CCGDTypeError, CCGValueRangeError, set_value_checks
+from ccg_layers import CCGDTypeError, CCGShapeError, CCGValueRangeError, set_value_checks
 from ccg_layers.datasets import fuse_boxes
 
 
@@ -16,6 +16,16 @@ from ccg_layers.datasets import fuse_boxes
     [
         ([[0, 0, 1, 1]], CCGDTypeError, r"`boxes` must be a torch\.Tensor, got list\."),
         (torch.ones(1, 4, dtype=torch.bool), CCGDTypeError, r"`boxes` must have a float or int"),
+        (
+            torch.zeros(4),
+            CCGShapeError,
+            r"`boxes` must have 2 dimensions \(n, 4\), got shape \(4,\)\.",
+        ),
+        (
+            torch.zeros(2, 3),
+            CCGShapeError,
+            r"`boxes` must have shape \(n, 4\) with 4 in that position, got shape \(2, 3\)\.",
+        ),
         (
             torch.tensor([[0.0, 0.0, math.nan, 1.0]]),
             CCGValueRangeError,

@@ -381,7 +381,10 @@ def test_imagenet_normalisation(tmp_path):
 def test_bad_output_form_is_rejected(tmp_path):
     root = copy_fixture("v2020", tmp_path / "d")
     write_images(root, read_chestxray14(root).images)
-    with pytest.raises(ValueError, match="`output` must be 'uint8', 'imagenet' or 'unit'"):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`output` must be one of 'uint8', 'imagenet', 'unit', got 'float'\.",
+    ):
         ChestXray14(root, output="float")  # type: ignore[arg-type]
 
 
@@ -643,7 +646,7 @@ def chestxray14_fields(n=2):
         (
             {"images": ["a.png", "a.png"]},
             CCGValueRangeError,
-            r"`images` must be unique; 1 repeated",
+            r"`images` must hold each name once, got 1 more than once: 'a\.png'\.",
         ),
         ({"boxes": torch.zeros(1, 3)}, CCGShapeError, r"`boxes` must have shape \(M, 4\)"),
         (

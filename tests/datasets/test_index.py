@@ -67,7 +67,10 @@ def test_radiograph_dataset_gives_chestxray14s_samples(synthetic, output):
 def test_radiograph_dataset_checks_its_arguments(synthetic):
     with pytest.raises(ValueError, match="`image_size` must be a positive int, got 0"):
         RadiographDataset(synthetic, image_size=0)
-    with pytest.raises(ValueError, match="`output` must be 'uint8', 'imagenet' or 'unit'"):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=r"`output` must be one of 'uint8', 'imagenet', 'unit', got 'float'\.",
+    ):
         RadiographDataset(synthetic, output="float")  # type: ignore[arg-type]
 
 
@@ -117,7 +120,10 @@ def test_radiograph_index_finds_images_where_it_read_them_or_under_another_folde
         ),
         ({"files": [None]}, r"`files` must have shape \(3,\), got \(1,\)"),
         ({"box_class": torch.zeros(2, dtype=torch.long)}, r"`box_class` must have shape \(1,\)"),
-        ({"images": ["a", "a", "b"]}, "`images` must be unique; 1 repeated"),
+        (
+            {"images": ["a", "a", "b"]},
+            r"`images` must hold each name once, got 1 more than once: 'a'\.",
+        ),
     ],
 )
 def test_radiograph_index_checks_its_shapes(change, match):
@@ -186,7 +192,7 @@ LONG = torch.long
         (
             {"class_names": ("x", "x")},
             CCGValueRangeError,
-            r"`class_names` must be unique; 1 repeated",
+            r"`class_names` must hold each name once, got 1 more than once: 'x'\.",
         ),
         ({"images": "abc"}, CCGDTypeError, r"`images` must be a list of str, got str\."),
         ({"images": [0, 1, 2]}, CCGDTypeError, r"`images` must be a list of str, got a int\."),
@@ -229,6 +235,13 @@ def test_radiograph_index_value_checks_follow_the_switch():
 def test_boxes_at_size_names_a_bad_size(size, error, match):
     with pytest.raises(error, match=match):
         boxes_at_size(small_index(), size)
+
+
+def test_boxes_at_size_takes_numpy_sizes_as_ints():
+    index = small_index()
+    expected = boxes_at_size(index, (20, 40))
+    assert torch.equal(boxes_at_size(index, (np.int64(20), np.int64(40))), expected)
+    assert torch.equal(boxes_at_size(index, np.int32(20)), boxes_at_size(index, 20))
 
 
 def test_boxes_at_size_names_a_bad_index():
@@ -319,7 +332,9 @@ def test_fuse_boxes_of_nothing_and_bad_arguments():
     fused, cluster = fuse_boxes(torch.zeros(0, 4))
     assert fused.shape == (0, 4)
     assert cluster.shape == (0,)
-    with pytest.raises(ValueError, match=r"`boxes` must have shape \(n, 4\), got \(3,\)"):
+    with pytest.raises(
+        CCGShapeError, match=r"`boxes` must have 2 dimensions \(n, 4\), got shape \(3,\)\."
+    ):
         fuse_boxes(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"`iou_threshold` must be in \[0, 1\), got -0.1"):
+    with pytest.raises(CCGValueRangeError, match=r"`iou_threshold` must be in \[0, 1\), got -0.1"):
         fuse_boxes(torch.zeros(1, 4), -0.1)

@@ -62,7 +62,11 @@ def test_repeated_image_names_are_a_named_error(index):
         ),
         ({"image_size": 0}, CCGValueRangeError, r"`image_size` must be a positive int, got 0\."),
         ({"image_size": 2.0}, CCGValueRangeError, r"`image_size` must be a positive int, got 2\.0"),
-        ({"output": "rgb"}, CCGValueRangeError, r"`output` must be 'uint8', 'imagenet' or 'unit'"),
+        (
+            {"output": "rgb"},
+            CCGValueRangeError,
+            r"`output` must be one of 'uint8', 'imagenet', 'unit', got 'rgb'\.",
+        ),
         ({"skip_bad_images": "no"}, CCGValueRangeError, r"`skip_bad_images` must be True or"),
     ],
 )

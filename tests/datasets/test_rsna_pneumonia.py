@@ -132,7 +132,7 @@ def test_a_header_without_a_column_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"images": "x"}, "`images` must be one of 'dicom', 'png', 'jpeg', 'auto', got 'x'"),
+        ({"images": "x"}, r"`images` must be one of 'auto', 'dicom', 'png', 'jpeg', got 'x'\."),
         ({"frame_sizes": [(1, 2)]}, r"`frame_sizes` must be a dict .* or None, got list\."),
         ({"skip_bad_rows": "no"}, r"`skip_bad_rows` must be True or False, got 'no'\."),
     ],

@@ -224,14 +224,20 @@ def test_patient_folds_exact_when_singletons_allow():
 # --------------------------------------------------------------------------- bad input
 
 
-def test_bad_setting(index):
-    with pytest.raises(ValueError, match=r"`setting` must be one of 'a', 'b', 'c', got 'd'"):
-        chestxray14_splits(index, "d")  # type: ignore[arg-type]
+@pytest.mark.parametrize("setting", ["d", "A", None, 1])
+def test_bad_setting(index, setting):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`setting` must be one of 'a', 'b', 'c', got {setting!r}\."
+    ):
+        chestxray14_splits(index, setting)
 
 
-def test_bad_fold(index):
-    with pytest.raises(ValueError, match=r"`fold` must be an int in \[0, 5\), got 5"):
-        chestxray14_splits(index, "a", 5)
+@pytest.mark.parametrize("fold", [5, -1, True, 2.0, "0", None])
+def test_bad_fold(index, fold):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`fold` must be an int in \[0, 5\), got {fold!r}\."
+    ):
+        chestxray14_splits(index, "a", fold)
 
 
 @pytest.mark.parametrize(

@@ -221,10 +221,16 @@ def test_default_size_is_the_real_1024(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match=r"`num_images` must be a positive int, got 0"):
+    with pytest.raises(CCGValueRangeError, match=r"`num_images` must be a positive int, got 0"):
         generate_synthetic_chestxray14(tmp_path, 0)
-    with pytest.raises(ValueError, match=r"`image_size` must be an int >= 16, got 8"):
+    with pytest.raises(CCGValueRangeError, match=r"`num_images` must be a positive int, got True"):
+        generate_synthetic_chestxray14(tmp_path, True)
+    with pytest.raises(CCGValueRangeError, match=r"`image_size` must be an int >= 16, got 8\."):
         generate_synthetic_chestxray14(tmp_path, 1, image_size=8)
+    with pytest.raises(CCGValueRangeError, match=r"`image_size` must be a positive int, got 32\.0"):
+        generate_synthetic_chestxray14(tmp_path, 1, image_size=32.0)
+    with pytest.raises(CCGValueRangeError, match=r"`num_images` must be a positive int, got True"):
+        synthetic_index(True)
 
 
 @pytest.mark.parametrize(
@@ -300,7 +306,19 @@ NODULE = (300.0, 400.0, 60.0, 60.0)
             ["Nodule"],
             {"Nodule": (float("nan"), 0.0, 6.0, 6.0)},
             {},
-            r"`boxes\['Nodule'\]` must be .*, got \(nan",
+            r"`boxes\['Nodule'\]\[0\]` must be a finite number, got nan\.",
+        ),
+        (
+            ["Nodule"],
+            {"Nodule": (0.0, "1", 6.0, 6.0)},
+            {},
+            r"`boxes\['Nodule'\]\[1\]` must be a finite number, got '1'\.",
+        ),
+        (
+            ["Nodule"],
+            {"Nodule": (0.0, 0.0, True, 6.0)},
+            {},
+            r"`boxes\['Nodule'\]\[2\]` must be a finite number, got True\.",
         ),
         (
             ["Nodule"],

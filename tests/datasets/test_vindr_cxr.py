@@ -121,9 +121,9 @@ def test_merge_does_not_depend_on_the_row_order(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"combine": "vote"}, "`combine` must be one of 'all', 'merge', 'single', got 'vote'"),
+        ({"combine": "vote"}, "`combine` must be one of 'all', 'merge', 'single', got 'vote'."),
         ({"iou_threshold": 1.0}, r"`iou_threshold` must be in \[0, 1\), got 1.0"),
-        ({"images": "tiff"}, "`images` must be one of .* got 'tiff'"),
+        ({"images": "tiff"}, r"`images` must be one of .* got 'tiff'\."),
     ],
 )
 def test_bad_arguments_are_named(tmp_path, kwargs, match):
@@ -134,7 +134,7 @@ def test_bad_arguments_are_named(tmp_path, kwargs, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"images": "x"}, "`images` must be one of 'dicom', 'png', 'jpeg', 'auto', got 'x'"),
+        ({"images": "x"}, r"`images` must be one of 'auto', 'dicom', 'png', 'jpeg', got 'x'\."),
         ({"iou_threshold": "0.5"}, r"`iou_threshold` must be in \[0, 1\), got '0\.5'\."),
         ({"frame_sizes": [(1, 2)]}, r"`frame_sizes` must be a dict .* or None, got list\."),
         ({"skip_bad_rows": "no"}, r"`skip_bad_rows` must be True or False, got 'no'\."),
