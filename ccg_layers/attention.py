@@ -39,12 +39,15 @@ from torch import Tensor, nn
 from ccg_layers.config import get_fused_attn
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import (
+    check_choice,
     check_dtype,
     check_finite,
     check_float_dtype,
+    check_grid,
     check_index,
     check_shape,
     check_tensor,
+    optional_positive_int,
     positive_int,
     real_number,
 )
@@ -104,9 +107,11 @@ def use_fused_path(
         raise CCGValueRangeError(
             f"`device` must be a torch.device or a device string, got {device!r}."
         )
-    for name, size in (("batch_heads", batch_heads), ("len_u", len_u), ("len_v", len_v)):
+    sizes = [
         positive_int(size, name, allow_zero=True)
-    return _fused_path(fused, device, batch_heads, len_u, len_v)
+        for name, size in (("batch_heads", batch_heads), ("len_u", len_u), ("len_v", len_v))
+    ]
+    return _fused_path(fused, device, *sizes)
 
 
 def _fused_path(
@@ -144,8 +149,8 @@ def _check_features(fu: Tensor, fv: Tensor) -> dict[str, int]:
     check_dtype(fv, "fv", ("float",))
     dims = check_shape(fu, "fu", ("B", "C", "Hu", "Wu"))
     check_shape(fv, "fv", ("B", "C", "Hv", "Wv"), dims)
-    _check_grid(fu, "fu", "Hu, Wu")
-    _check_grid(fv, "fv", "Hv, Wv")
+    check_grid(fu, "fu", "Hu, Wu")
+    check_grid(fv, "fv", "Hv, Wv")
     if fu.dtype != fv.dtype:
         raise CCGDTypeError(f"`fv` must have the dtype of `fu` ({fu.dtype}), got {fv.dtype}.")
     check_finite(fu, "fu")
@@ -153,20 +158,12 @@ def _check_features(fu: Tensor, fv: Tensor) -> dict[str, int]:
     return dims
 
 
-def _check_grid(x: Tensor, name: str, grid: str) -> None:
-    """At least one position: an empty grid would attend to nothing and give zeros."""
-    if x.shape[-2] * x.shape[-1] == 0:
-        raise CCGShapeError(
-            f"`{name}` must have at least one position ({grid} >= 1), got shape {tuple(x.shape)}."
-        )
-
-
 def _check_image_batch(x: Tensor, partner_index: Tensor | None) -> dict[str, int]:
     """Validate ``x`` (and ``partner_index``) of :func:`partner_attention`."""
     check_tensor(x, "x")
     check_dtype(x, "x", ("float",))
     dims = check_shape(x, "x", ("B", "C", "H", "W"))
-    _check_grid(x, "x", "H, W")
+    check_grid(x, "x")
     check_finite(x, "x")
     if partner_index is not None:
         check_tensor(partner_index, "partner_index")
@@ -587,10 +584,11 @@ class CrossImageAttention(nn.Module):
         channels: ``C``.
         qk_channels: Rank of ``W_P`` for the low-rank form; ``None`` for the full matrix.
         heads: Number of heads (low-rank form).
-        scale: Multiplies ``P`` before the softmax. ``None`` (default): ``1 / sqrt(d)`` with
-            ``d`` the query/key width per head (``C`` for the full ``W_P``); the paper's
-            unscaled ``P`` saturates the softmax for 2048-channel features. ``1.0`` is the
-            paper's literal form.
+        scale: ``None`` or a positive number (unlike the functions, which take any finite
+            scale: a layer's softmax must not be flattened or inverted). Multiplies ``P``
+            before the softmax. ``None`` (default): ``1 / sqrt(d)`` with ``d`` the query/key
+            width per head (``C`` for the full ``W_P``); the paper's unscaled ``P`` saturates
+            the softmax for 2048-channel features. ``1.0`` is the paper's literal form.
         mode: ``"pair"`` or ``"residual"``.
         gate_init: Initial value of the residual gate ``gamma`` (residual mode), finite.
         fused: ``True``/``False`` force the fused/reference path, ``None`` lets
@@ -639,17 +637,9 @@ class CrossImageAttention(nn.Module):
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         channels = positive_int(channels, "channels")
         heads = positive_int(heads, "heads")
-        if qk_channels is not None:
-            try:
-                qk_channels = positive_int(qk_channels, "qk_channels")
-            except CCGValueRangeError:
-                raise CCGValueRangeError(
-                    f"`qk_channels` must be None or a positive int, got {qk_channels!r}."
-                ) from None
-        if mode not in ("pair", "residual"):
-            raise CCGValueRangeError(f"`mode` must be 'pair' or 'residual', got {mode!r}.")
-        if fused is not None and not isinstance(fused, bool):
-            raise CCGValueRangeError(f"`fused` must be True, False or None, got {fused!r}.")
+        qk_channels = optional_positive_int(qk_channels, "qk_channels")
+        mode = check_choice(mode, "mode", Mode)
+        _check_fused(fused)
         real_number(gate_init, "gate_init", what="a finite number")
         check_float_dtype(dtype, "dtype")
         low_rank = qk_channels is not None or heads > 1

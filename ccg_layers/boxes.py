@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ccg_layers.config import values_checkable
-from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
+from ccg_layers.errors import CCGDTypeError, CCGValueRangeError
 from ccg_layers.validation import (
     check_dtype,
     check_finite,
+    check_grid,
     check_index,
+    check_probabilities,
     check_shape,
     check_size2,
     check_tensor,
@@ -346,12 +348,8 @@ def maps_to_boxes(
     """
     check_tensor(maps, "maps")
     check_dtype(maps, "maps", ("float",))
-    dims = check_shape(maps, "maps", ("N", "K", "H", "W"))
-    if dims["H"] == 0 or dims["W"] == 0:
-        raise CCGShapeError(
-            "`maps` must have at least one cell per map (H >= 1 and W >= 1), got shape "
-            f"{tuple(maps.shape)}."
-        )
+    check_shape(maps, "maps", ("N", "K", "H", "W"))
+    check_grid(maps, "maps")
     # probabilities: no cell exceeds a threshold of 1 (no box), every one a negative threshold
     threshold = real_number(
         threshold, "threshold", low=0.0, high=1.0, high_open=True, what="a probability in [0, 1)"
@@ -360,11 +358,7 @@ def maps_to_boxes(
     H, W = maps.shape[-2:]
     frame = (H, W) if image_size is None else check_size2(image_size, "image_size")
     check_finite(maps, "maps")
-    if values_checkable() and maps.numel() and not bool(((maps >= 0) & (maps <= 1)).all()):
-        raise CCGValueRangeError(  # logits passed by mistake would give plausible boxes
-            "`maps` must hold probabilities in [0, 1] (e.g. logits.sigmoid()), got values in "
-            f"[{float(maps.min()):g}, {float(maps.max()):g}]."
-        )
+    check_probabilities(maps, "maps")  # logits passed by mistake would give plausible boxes
     return _maps_to_boxes(maps, threshold, frame, min_area)
 
 

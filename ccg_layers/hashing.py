@@ -18,6 +18,7 @@ from ccg_layers.errors import CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import (
     check_dtype,
     check_finite,
+    check_grid,
     check_index,
     check_labels,
     check_shape,
@@ -78,15 +79,9 @@ def check_pooling(
     The labels' values and ``x``'s finiteness (``finite``: unless the caller's distances check
     it) are value checks (skipped while disabled).
     """
-    H, W = check_labels(labels, labels_name, int(x.shape[0]))
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise CCGShapeError(
-            f"`{name}` must have a non-empty (h, w) grid to pool, got shape {tuple(x.shape)}."
-        )
-    if H == 0 or W == 0:
-        raise CCGShapeError(
-            f"`{labels_name}` must have a non-empty (H, W) grid, got shape {tuple(labels.shape)}."
-        )
+    check_labels(labels, labels_name, int(x.shape[0]))
+    check_grid(x, name, "h, w")
+    check_grid(labels, labels_name)
     check_index(labels, labels_name, m)
     if finite:
         check_finite(x, name)  # one NaN would turn every patch mean of its image into NaN

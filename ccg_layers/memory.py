@@ -94,7 +94,9 @@ def memory_enqueue_(
         (tensor([2., 0., 1.]), tensor(1), tensor(2))
     """
     queues, batch = _tensors(memory, "memory"), _tensors(entries, "entries")
-    if not queues or len(queues) != len(batch):
+    if not queues:
+        raise CCGShapeError("`memory` must hold at least one queue, got an empty sequence.")
+    if len(queues) != len(batch):
         raise CCGShapeError(
             f"`entries` must hold one tensor per queue of `memory` ({len(queues)}), got "
             f"{len(batch)}."

@@ -12,14 +12,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ccg_layers.boxes import check_boxes
-from ccg_layers.config import values_checkable
 from ccg_layers.datasets.chestxray14 import BOXED_CLASSES, CLASS_NAMES
-from ccg_layers.errors import CCGShapeError, CCGValueRangeError
+from ccg_layers.errors import CCGValueRangeError
 from ccg_layers.validation import (
     check_binary,
+    check_choice,
     check_dtype,
     check_finite,
+    check_grid,
     check_index,
+    check_probabilities,
     check_shape,
     check_size2,
     check_tensor,
@@ -28,6 +30,9 @@ from ccg_layers.validation import (
 )
 
 __all__ = ["classification_auc", "format_localization_table", "localization_accuracy"]
+
+Metric = Literal["iou", "iobb"]
+Interpolation = Literal["nearest", "bilinear"]
 
 _CHUNK_PIXELS = 1 << 24  # pixels of the (pairs, H, W) masks built at once
 
@@ -41,8 +46,8 @@ def localization_accuracy(
     image_size: int | tuple[int, int],
     thresholds: float | Sequence[float] = (0.1, 0.3, 0.5, 0.7),
     prob_threshold: float = 0.5,
-    metric: Literal["iou", "iobb"] = "iou",
-    interpolation: Literal["nearest", "bilinear"] = "nearest",
+    metric: Metric = "iou",
+    interpolation: Interpolation = "nearest",
 ) -> Tensor:
     """Localization accuracy of class-wise probability maps (paper Sec. 4.2, Tables 1-3).
 
@@ -105,11 +110,7 @@ def localization_accuracy(
     check_dtype(prob_maps, "prob_maps", ("float",))
     check_dtype(boxes, "boxes", ("float", "int"))
     dims = check_shape(prob_maps, "prob_maps", ("N", "K", "h", "w"))
-    if dims["h"] == 0 or dims["w"] == 0:
-        raise CCGShapeError(
-            "`prob_maps` must have at least one cell per map (h >= 1 and w >= 1), got shape "
-            f"{tuple(prob_maps.shape)}."
-        )
+    check_grid(prob_maps, "prob_maps", "h, w")
     check_shape(boxes, "boxes", ("M", 4), dims)
     check_shape(box_image_index, "box_image_index", ("M",), dims)
     check_shape(box_class, "box_class", ("M",), dims)
@@ -117,20 +118,11 @@ def localization_accuracy(
     check_index(box_class, "box_class", dims["K"])
     size = check_size2(image_size, "image_size")
     thresholds = _as_thresholds(thresholds)
-    _check_metric(metric)
-    if interpolation not in ("nearest", "bilinear"):
-        raise CCGValueRangeError(
-            f"`interpolation` must be 'nearest' or 'bilinear', got {interpolation!r}."
-        )
+    check_choice(metric, "metric", Metric)
+    check_choice(interpolation, "interpolation", Interpolation)
     prob_threshold = real_number(prob_threshold, "prob_threshold", low=0.0, high=1.0)
-    if values_checkable() and prob_maps.numel():
-        if not bool(torch.isfinite(prob_maps).all()):
-            raise CCGValueRangeError("`prob_maps` must be finite, got NaN or infinite values.")
-        lo, hi = float(prob_maps.min()), float(prob_maps.max())
-        if lo < 0.0 or hi > 1.0:
-            raise CCGValueRangeError(
-                f"`prob_maps` must be probabilities in [0, 1], got values in [{lo}, {hi}]."
-            )
+    check_finite(prob_maps, "prob_maps")
+    check_probabilities(prob_maps, "prob_maps")
     check_boxes(boxes, "boxes", size)
 
     K = dims["K"]
@@ -182,6 +174,8 @@ def _as_thresholds(thresholds: object) -> tuple[float, ...]:
     A score (IoU or IoBB) is at most 1 and counts when strictly greater than ``T``: a ``T``
     of 1 or more (or NaN) would give a row of zeros, a negative one a row of ones.
     """
+    if isinstance(thresholds, Tensor):  # its numbers (a tensor is not a number)
+        thresholds = thresholds.tolist()
     single = isinstance(thresholds, numbers.Real) and not isinstance(thresholds, bool)
     items = (thresholds,) if single else thresholds
     if isinstance(items, str | bytes):
@@ -199,22 +193,14 @@ def _as_thresholds(thresholds: object) -> tuple[float, ...]:
     out = []
     for t in values:
         try:
-            value = float(t)
-        except (TypeError, ValueError, RuntimeError):
-            value = math.nan
-        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            out.append(real_number(t, "thresholds", low=0.0, high=1.0, high_open=True))
+        except CCGValueRangeError:  # named with the whole sequence
             raise CCGValueRangeError(
                 "`thresholds` must hold finite numbers in [0, 1) (a score counts when it is "
                 f"greater than T, and no score exceeds 1), got {t!r}"
                 + ("." if single else f" in {thresholds!r}.")
-            )
-        out.append(value)
+            ) from None
     return tuple(out)
-
-
-def _check_metric(metric: object) -> None:
-    if metric not in ("iou", "iobb"):
-        raise CCGValueRangeError(f"`metric` must be 'iou' or 'iobb', got {metric!r}.")
 
 
 def classification_auc(scores: Tensor, labels: Tensor) -> Tensor:
@@ -264,7 +250,7 @@ def format_localization_table(
     *,
     class_names: Sequence[str] = CLASS_NAMES,
     columns: Sequence[str] = BOXED_CLASSES,
-    metric: Literal["iou", "iobb"] = "iou",
+    metric: Metric = "iou",
     digits: int = 2,
 ) -> str:
     """Format localization accuracy in the layout of the paper's tables.
@@ -299,7 +285,7 @@ def format_localization_table(
     check_tensor(accuracy, "accuracy")
     thresholds = _as_thresholds(thresholds)
     check_shape(accuracy, "accuracy", (len(thresholds), len(class_names)))
-    _check_metric(metric)
+    check_choice(metric, "metric", Metric)
     digits = positive_int(digits, "digits", allow_zero=True)
     missing = [c for c in columns if c not in class_names]
     if missing:

@@ -19,6 +19,7 @@ from ccg_layers.validation import (
     check_binary,
     check_dtype,
     check_finite,
+    check_grid,
     check_positive,
     check_reduction,
     check_shape,
@@ -101,7 +102,8 @@ def log_noisy_or(logits: Tensor, *, noisy_or_floor: float | None = None) -> tupl
     _check_floor(noisy_or_floor)
     check_tensor(logits, "logits")
     check_dtype(logits, "logits", ("float",))
-    _check_grid(logits, check_shape(logits, "logits", ("H", "W"), leading=True))
+    check_shape(logits, "logits", ("H", "W"), leading=True)
+    check_grid(logits, "logits")
     check_finite(logits, "logits")
     return _log_noisy_or(logits, noisy_or_floor)
 
@@ -225,15 +227,6 @@ def _check_floor(noisy_or_floor: object) -> None:
         real_number(noisy_or_floor, "noisy_or_floor", low=0.0, high=1.0, high_open=True, what=what)
 
 
-def _check_grid(logits: Tensor, dims: dict[str, int]) -> None:
-    """Raise on an empty grid: the noisy-OR of no cell is a certain negative (log 0 = -inf)."""
-    if dims["H"] == 0 or dims["W"] == 0:
-        raise CCGShapeError(
-            "`logits` must have a grid of at least one cell (H >= 1 and W >= 1), got shape "
-            f"{tuple(logits.shape)}."
-        )
-
-
 def _check_inputs(
     logits: Tensor, labels: Tensor, grid_targets: Tensor | None, box_mask: Tensor | None
 ) -> None:
@@ -242,7 +235,7 @@ def _check_inputs(
     check_tensor(labels, "labels")
     check_dtype(logits, "logits", ("float",))
     dims = check_shape(logits, "logits", ("N", "K", "H", "W"))
-    _check_grid(logits, dims)
+    check_grid(logits, "logits")  # the noisy-OR of no cell is a certain negative
     check_shape(labels, "labels", ("N", "K"), dims)
     check_dtype(labels, "labels", ("float", "int", "bool"))
     if (grid_targets is None) != (box_mask is None):

@@ -124,8 +124,8 @@ def patch_graph_logits(
     if dims["n"] == 0:
         raise CCGShapeError(f"`codes` must hold at least 1 image, got shape {tuple(codes.shape)}.")
     for t, name, spec in ((weight, "weight", ("m", "m")), (bias, "bias", ())):
-        if t is not None:  # W_l and its optional bias
-            check_tensor(t, name)
+        if t is not None or name == "weight":  # W_l, and its bias unless None
+            t = check_tensor(t, name)
             check_dtype(t, name, ("float",))
             check_shape(t, name, spec, dims)
     if codes_b is None:
@@ -495,8 +495,8 @@ def patch_hash_graph_loss(
         validated=hash_input is None,
         validated_b=hash_input_b is None,
     )
-    if check_memory_features(memory_features, features, "memory_features") != K:
-        assert memory_features is not None  # K > 0: the memory was given
+    k_features = check_memory_features(memory_features, features, "memory_features")
+    if memory_features is not None and k_features != K:
         raise CCGShapeError(
             f"`memory_features` must hold K={K} maps like `memory_codes`, got shape "
             f"{tuple(memory_features.shape)}."

@@ -201,10 +201,8 @@ def relation_graph_losses(
         check_tensor(memory_embeddings, "memory_embeddings")
         check_dtype(memory_embeddings, "memory_embeddings", ("float",))
         check_shape(memory_embeddings, "memory_embeddings", ("K", "d"), {"K": K, "d": dims["d"]})
-    if (
-        memory_features is not None
-        and check_memory_features(memory_features, features, "memory_features") != K
-    ):
+    k_features = check_memory_features(memory_features, features, "memory_features")
+    if memory_features is not None and k_features != K:
         raise CCGShapeError(
             f"`memory_features` must hold K={K} maps like `memory_codes`, got shape "
             f"{tuple(memory_features.shape)}."

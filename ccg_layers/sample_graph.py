@@ -36,7 +36,6 @@ from ccg_layers.normalization import (
     GraphParametrization,
     check_parametrization,
     columns_valid,
-    normalize_graph,
     normalize_logits,
 )
 from ccg_layers.validation import (
@@ -600,7 +599,7 @@ class LearnableSampleGraph(PartnerMemory):
         self.check_memory_entry(features, "features")
 
     def _positional_graph(self, n: int) -> Tensor:
-        return normalize_graph(self.weight[:n, :n], parametrization=self.parametrization)
+        return normalize_logits(self.weight[:n, :n], self.parametrization)  # own state
 
     def graph(self, features: Tensor | int | None = None, *, use_memory: bool = True) -> Tensor:
         """The graph ``G`` that forward uses for ``features`` (read-only; enqueues nothing).
@@ -612,11 +611,12 @@ class LearnableSampleGraph(PartnerMemory):
         ``(n, n)`` for a batch of ``n`` (an int, or the features; default ``num_samples``).
         """
         if self.form == "positional":
-            if isinstance(features, Tensor):
-                features = int(features.shape[0])
-            n = self.num_samples if features is None else features
             assert self.num_samples is not None
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.num_samples:
+            if isinstance(features, Tensor):
+                n = int(features.shape[0])
+            else:  # an int (NumPy ints too); a bool or a string is a type error, not a range one
+                n = self.num_samples if features is None else positive_int(features, "n")
+            if not 1 <= n <= self.num_samples:
                 raise CCGShapeError(
                     f"the batch must have 1 <= n <= num_samples={self.num_samples} samples, "
                     f"got n={n}."

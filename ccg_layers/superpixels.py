@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
-from ccg_layers.validation import check_positive, positive_int
+from ccg_layers.validation import check_flag, check_positive, optional_positive_int, positive_int
 
 __all__ = ["superpixels", "superpixels_from_files"]
 
@@ -43,10 +43,7 @@ def _check_params(
 ) -> None:
     positive_int(n_segments, "n_segments")
     check_positive(compactness, "compactness")
-    if work_size is not None and (
-        not isinstance(work_size, int) or isinstance(work_size, bool) or work_size < 1
-    ):
-        raise CCGValueRangeError(f"`work_size` must be None or a positive int, got {work_size!r}.")
+    optional_positive_int(work_size, "work_size")
     positive_int(max_num_iter, "max_num_iter")
     positive_int(workers, "num_workers", allow_zero=True)
 
@@ -395,8 +392,7 @@ def superpixels_from_files(
         torch.Size([1, 128, 128])
     """
     _check_params(n_segments, compactness, work_size, num_workers, max_num_iter)
-    if not isinstance(square, bool):
-        raise CCGValueRangeError(f"`square` must be a bool, got {type(square).__name__}.")
+    check_flag(square, "square")
     files = _check_paths(paths)
     if cache_dir is not None and not isinstance(cache_dir, str | os.PathLike):
         raise CCGDTypeError(

@@ -470,6 +470,13 @@ def test_error_use_fused_path_bad_sizes(name, value):
         use_fused_path(None, torch.device("cpu"), **sizes)
 
 
+def test_use_fused_path_of_numpy_sizes_is_a_python_bool(restore_switch):
+    set_fused_attn(None)
+    got = use_fused_path(None, "cpu", np.int64(16), np.int64(4096), np.int64(4096))
+    assert got is True
+    assert use_fused_path(None, "cpu", np.int64(1), np.int64(8), np.int64(8)) is False
+
+
 def test_error_bad_switch_value(restore_switch):
     with pytest.raises(CCGValueRangeError, match=r"`enable` must be True, False or None, got 1"):
         set_fused_attn(1)  # type: ignore[arg-type]
@@ -935,13 +942,25 @@ def test_error_heads_not_dividing_qk_channels_module():
         CrossImageAttention(8, qk_channels=5, heads=2)
 
 
-def test_error_bad_qk_channels():
-    with pytest.raises(CCGValueRangeError, match=r"`qk_channels` must be None or a positive int"):
-        CrossImageAttention(8, qk_channels=0)
+@pytest.mark.parametrize("qk_channels", [0, 2.0, True, "8"])
+def test_error_bad_qk_channels(qk_channels):
+    with pytest.raises(
+        CCGValueRangeError,
+        match=rf"`qk_channels` must be None or a positive int, got {re.escape(repr(qk_channels))}",
+    ):
+        CrossImageAttention(8, qk_channels=qk_channels)
+
+
+def test_qk_channels_may_be_a_numpy_int():
+    layer = CrossImageAttention(8, qk_channels=np.int64(4), heads=2)
+    assert layer.qk_channels == 4
+    assert type(layer.qk_channels) is int
 
 
 def test_error_bad_mode():
-    with pytest.raises(CCGValueRangeError, match=r"`mode` must be 'pair' or 'residual', got 'x'"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`mode` must be one of 'pair', 'residual', got 'x'"
+    ):
         CrossImageAttention(8, mode="x")
 
 
@@ -1103,7 +1122,7 @@ def test_error_empty_grid(which, empty):
     shape = tuple((fu if which == "fu" else fv).shape)
     with pytest.raises(
         CCGShapeError,
-        match=rf"`{which}` must have at least one position \({grid} >= 1\), got shape "
+        match=rf"`{which}` must have at least one cell \({grid} >= 1\), got shape "
         + re.escape(str(shape)),
     ):
         cross_image_attention(fu, fv, w)
@@ -1112,7 +1131,7 @@ def test_error_empty_grid(which, empty):
 def test_error_empty_grid_multi_head():
     fu, fv, _ = _ok()
     with pytest.raises(
-        CCGShapeError, match=r"`fv` must have at least one position \(Hv, Wv >= 1\), got shape"
+        CCGShapeError, match=r"`fv` must have at least one cell \(Hv, Wv >= 1\), got shape"
     ):
         multi_head_cross_image_attention(
             fu, fv[..., :0], torch.zeros(4, 4), torch.zeros(4, 4), heads=2
@@ -1124,7 +1143,7 @@ def test_error_empty_grid_partner_attention(batch):
     x = torch.zeros(batch, 4, 0, 3)
     with pytest.raises(
         CCGShapeError,
-        match=rf"`x` must have at least one position \(H, W >= 1\), got shape \({batch}, 4, 0, 3\)",
+        match=rf"`x` must have at least one cell \(H, W >= 1\), got shape \({batch}, 4, 0, 3\)",
     ):
         partner_attention(x, torch.eye(4))
 
@@ -1133,14 +1152,14 @@ def test_error_empty_grid_partner_attention(batch):
 def test_error_empty_grid_residual_module(batch):
     layer = CrossImageAttention(4, mode="residual", gate_init=0.5)
     with pytest.raises(
-        CCGShapeError, match=r"`x` must have at least one position \(H, W >= 1\), got shape"
+        CCGShapeError, match=r"`x` must have at least one cell \(H, W >= 1\), got shape"
     ):
         layer(torch.zeros(batch, 4, 3, 0))
 
 
 def test_error_empty_grid_pair_module():
     with pytest.raises(
-        CCGShapeError, match=r"`fu` must have at least one position \(Hu, Wu >= 1\), got shape"
+        CCGShapeError, match=r"`fu` must have at least one cell \(Hu, Wu >= 1\), got shape"
     ):
         CrossImageAttention(4)(torch.zeros(2, 4, 0, 3), torch.zeros(2, 4, 3, 3))
 

@@ -570,7 +570,7 @@ def test_grid_targets_accept_numpy_counts():
 def test_maps_to_boxes_error_empty_map(shape):
     with pytest.raises(
         CCGShapeError,
-        match=r"`maps` must have at least one cell per map \(H >= 1 and W >= 1\), got shape "
+        match=r"`maps` must have at least one cell \(H, W >= 1\), got shape "
         + re.escape(str(shape)),
     ):
         maps_to_boxes(torch.zeros(shape))

@@ -229,7 +229,8 @@ def test_error_patch_codes_num_patches_bool():
 def test_error_patch_codes_empty_label_grid():
     x, labels = _pool_args()
     with pytest.raises(
-        CCGShapeError, match=r"`labels` must have a non-empty \(H, W\) grid, got shape \(1, 2, 0\)"
+        CCGShapeError,
+        match=r"`labels` must have at least one cell \(H, W >= 1\), got shape \(1, 2, 0\)",
     ):
         patch_codes(x, labels[:, :, :0], torch.ones(2, 2), 3)
 
@@ -238,7 +239,7 @@ def test_error_patch_codes_empty_hash_input_grid():
     x, labels = _pool_args()
     with pytest.raises(
         CCGShapeError,
-        match=r"`hash_input` must have a non-empty \(h, w\) grid to pool, got shape \(1, 2, 0, 2\)",
+        match=r"`hash_input` must have at least one cell \(h, w >= 1\), got shape \(1, 2, 0, 2\)",
     ):
         patch_codes(x[:, :, :0], labels, torch.ones(2, 2), 3)
 
@@ -261,7 +262,8 @@ def test_error_superpixel_pool_num_segments_bool():
 def test_error_superpixel_pool_empty_label_grid():
     x, labels = _pool_args()
     with pytest.raises(
-        CCGShapeError, match=r"`labels` must have a non-empty \(H, W\) grid, got shape \(1, 0, 2\)"
+        CCGShapeError,
+        match=r"`labels` must have at least one cell \(H, W >= 1\), got shape \(1, 0, 2\)",
     ):
         superpixel_pool(x, labels[:, :0], 3)
 
@@ -270,7 +272,7 @@ def test_error_superpixel_pool_empty_x_grid():
     x, labels = _pool_args()
     with pytest.raises(
         CCGShapeError,
-        match=r"`x` must have a non-empty \(h, w\) grid to pool, got shape \(1, 2, 0, 2\)",
+        match=r"`x` must have at least one cell \(h, w >= 1\), got shape \(1, 2, 0, 2\)",
     ):
         superpixel_pool(x[:, :, :0], labels, 3)
 

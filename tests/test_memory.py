@@ -584,6 +584,20 @@ def test_error_memory_enqueue_entries_none():
         memory_enqueue_([torch.zeros(3, 1)], torch.tensor(0), torch.tensor(0), None)
 
 
+def test_error_memory_enqueue_no_queue():
+    with pytest.raises(
+        CCGShapeError, match=r"`memory` must hold at least one queue, got an empty sequence"
+    ):
+        memory_enqueue_([], torch.tensor(0), torch.tensor(0), [])
+
+
+def test_error_memory_enqueue_entries_count_differs():
+    with pytest.raises(
+        CCGShapeError, match=r"`entries` must hold one tensor per queue of `memory` \(1\), got 2"
+    ):
+        _enqueue(entries=[torch.ones(2, 1), torch.ones(2, 1)])
+
+
 def test_error_memory_enqueue_scalar_queue():
     with pytest.raises(
         CCGShapeError,

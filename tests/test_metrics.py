@@ -345,7 +345,7 @@ def test_bad_prob_maps_dtype():
 def test_prob_maps_outside_unit_interval():
     with pytest.raises(
         CCGValueRangeError,
-        match=r"`prob_maps` must be probabilities in \[0, 1\], got values in \[0.0, 2.0\]",
+        match=r"`prob_maps` must hold probabilities in \[0, 1\] .*got values in \[0, 2\]",
     ):
         call(prob_maps=torch.zeros(2, 3, 4, 4).index_fill_(0, torch.tensor([1]), 2.0))
 
@@ -433,13 +433,16 @@ def test_empty_thresholds():
 
 
 def test_bad_metric():
-    with pytest.raises(CCGValueRangeError, match=r"`metric` must be 'iou' or 'iobb', got 'dice'"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`metric` must be one of 'iou', 'iobb', got 'dice'"
+    ):
         call(metric="dice")
 
 
 def test_bad_interpolation():
     with pytest.raises(
-        CCGValueRangeError, match=r"`interpolation` must be 'nearest' or 'bilinear', got 'bicubic'"
+        CCGValueRangeError,
+        match=r"`interpolation` must be one of 'nearest', 'bilinear', got 'bicubic'",
     ):
         call(interpolation="bicubic")
 
@@ -497,6 +500,18 @@ def test_thresholds_of_strings():
         call(thresholds=["0.5"])
 
 
+def test_a_tensor_of_thresholds_is_its_numbers():
+    torch.testing.assert_close(
+        call(thresholds=torch.tensor([0.1, 0.5])), call(thresholds=(0.1, 0.5)), equal_nan=True
+    )
+
+
+@pytest.mark.parametrize("bad", [None, [0.5, None], [0.5, complex(0.5, 0)]])
+def test_thresholds_holding_non_numbers(bad):
+    with pytest.raises(CCGValueRangeError, match=r"`thresholds` must "):
+        call(thresholds=bad)
+
+
 def test_threshold_zero_and_numpy_thresholds_are_valid():
     assert call(thresholds=0.0).shape == (1, 3)
     torch.testing.assert_close(
@@ -514,7 +529,7 @@ def test_threshold_zero_and_numpy_thresholds_are_valid():
 def test_empty_map_grid(grid):
     with pytest.raises(
         CCGShapeError,
-        match=r"`prob_maps` must have at least one cell per map \(h >= 1 and w >= 1\), got "
+        match=r"`prob_maps` must have at least one cell \(h, w >= 1\), got "
         rf"shape \(2, 3, {grid[0]}, {grid[1]}\)",
     ):
         call(prob_maps=torch.zeros(2, 3, *grid))
@@ -631,7 +646,9 @@ def test_table_single_threshold_is_one_row():
 
 
 def test_table_bad_metric():
-    with pytest.raises(CCGValueRangeError, match=r"`metric` must be 'iou' or 'iobb', got 'dice'"):
+    with pytest.raises(
+        CCGValueRangeError, match=r"`metric` must be one of 'iou', 'iobb', got 'dice'"
+    ):
         format_localization_table(torch.zeros(4, 14), metric="dice")
 
 

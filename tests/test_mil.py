@@ -413,7 +413,7 @@ def test_error_empty_grid(shape):
     _, labels, _, _ = _ok()
     with pytest.raises(
         CCGShapeError,
-        match=r"`logits` must have a grid of at least one cell \(H >= 1 and W >= 1\), got shape "
+        match=r"`logits` must have at least one cell \(H, W >= 1\), got shape "
         + re.escape(str(shape)),
     ):
         mil_grid_loss(torch.zeros(shape), labels)
@@ -452,9 +452,7 @@ def test_log_noisy_or_error_bad_floor(floor):
 
 @pytest.mark.parametrize("shape", [(1, 0, 0), (1, 0, 3), (1, 3, 0)])
 def test_log_noisy_or_error_empty_grid(shape):
-    with pytest.raises(
-        CCGShapeError, match=r"`logits` must have a grid of at least one cell \(H >= 1 and W >= 1\)"
-    ):
+    with pytest.raises(CCGShapeError, match=r"`logits` must have at least one cell \(H, W >= 1\)"):
         log_noisy_or(torch.zeros(shape))
 
 

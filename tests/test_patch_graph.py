@@ -266,6 +266,22 @@ def test_error_patch_graph_logits_weight_size():
         patch_graph_logits(torch.ones(2, 4, 8), torch.zeros(3, 3), torch.tensor(0.0))
 
 
+def test_error_patch_graph_logits_weight_none():
+    """Only the bias may be None: a missing weight is named, not an AttributeError."""
+    with pytest.raises(CCGDTypeError, match=r"`weight` must be a torch.Tensor, got NoneType"):
+        patch_graph_logits(torch.ones(2, 4, 8), None)  # type: ignore[arg-type]
+
+
+def test_error_patch_memory_features_count_differs_from_codes():
+    x, lab, proj, w, _ = _phg_args()
+    mem_x, mem_codes = torch.randn(2, 4, 4, 4), torch.zeros(1, 3, 8)
+    with pytest.raises(
+        CCGShapeError,
+        match=r"`memory_features` must hold K=1 maps like `memory_codes`, got shape \(2, 4, 4, 4\)",
+    ):
+        patch_hash_graph_loss(x, lab, proj, w, memory_features=mem_x, memory_codes=mem_codes)
+
+
 def test_error_patch_graph_logits_bias_not_scalar():
     with pytest.raises(CCGShapeError, match=r"`bias` must have 0 dimensions"):
         patch_graph_logits(torch.ones(2, 4, 8), torch.zeros(4, 4), torch.zeros(1))
@@ -765,12 +781,12 @@ def test_error_module_graph_use_memory_not_a_bool():
         (
             torch.randn(2, 8, 0, 4),
             torch.zeros(2, 4, 4, dtype=torch.long),
-            r"`hash_input` must have a non-empty \(h, w\) grid to pool, got shape \(2, 8, 0, 4\)",
+            r"`hash_input` must have at least one cell \(h, w >= 1\), got shape \(2, 8, 0, 4\)",
         ),
         (
             torch.randn(2, 8, 4, 4),
             torch.zeros(2, 0, 4, dtype=torch.long),
-            r"`labels` must have a non-empty \(H, W\) grid, got shape \(2, 0, 4\)",
+            r"`labels` must have at least one cell \(H, W >= 1\), got shape \(2, 0, 4\)",
         ),
     ],
 )

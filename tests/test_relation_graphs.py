@@ -196,6 +196,22 @@ def test_error_memory_given_in_part():
         relation_graph_losses(x, labels, *args, memory_features=x)
 
 
+def test_error_memory_features_count_differs_from_codes():
+    joint = _pair()[0]
+    x, labels, _ = _batch(2, 0)
+    sw, sp = joint.sample_graph.weight, joint.sample_graph.projection
+    pw, pp = joint.patch_graph.weight, joint.patch_graph.projection
+    memory = {
+        "memory_features": x,  # 2 maps
+        "memory_embeddings": torch.zeros(1, 8, dtype=torch.float64),
+        "memory_codes": torch.zeros(1, M, BITS, dtype=torch.float64),
+    }
+    with pytest.raises(
+        CCGShapeError, match=r"`memory_features` must hold K=1 maps like `memory_codes`, got shape"
+    ):
+        relation_graph_losses(x, labels, sw, sp, pw, pp, **memory)
+
+
 def test_error_names_the_projection_of_each_graph():
     joint = _pair()[0]
     x, labels, _ = _batch(2, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -28,6 +29,7 @@ from tests.graph_references import (
     ref_normalize_with_memory,
     ref_sample_graph_loss,
 )
+from tests.validation_counter import count_checks
 
 
 def ref_embedding(features, projection):
@@ -368,6 +370,26 @@ def test_error_graph_of_bad_size():
         LearnableSampleGraph(2, form="positional").graph(5)
 
 
+def test_graph_size_may_be_a_numpy_int():
+    module = LearnableSampleGraph(4, form="positional")
+    torch.testing.assert_close(module.graph(np.int64(2)), torch.full((2, 2), 0.5))
+
+
+@pytest.mark.parametrize("n", ["2", 2.0, True, 0])
+def test_error_graph_size_not_a_positive_int(n):
+    """A type problem is named as one, not as a batch size out of range."""
+    with pytest.raises(CCGValueRangeError, match=rf"`n` must be a positive int, got {n!r}"):
+        LearnableSampleGraph(4, form="positional").graph(n)
+
+
+def test_positional_graph_does_not_revalidate_its_own_weight():
+    """The module's own weight goes to the kernel: only the loss validates the graph."""
+    module = LearnableSampleGraph(4, form="positional")
+    with count_checks() as calls:
+        module.graph(3)
+    assert calls[("check_tensor", "logits")] == 0
+
+
 def test_error_num_samples_not_positive():
     with pytest.raises(CCGValueRangeError, match=r"`num_samples` must be a positive int, got 0"):
         LearnableSampleGraph(0, form="positional")
@@ -598,7 +620,7 @@ def test_error_positional_in_channels_not_a_positive_int(in_channels):
 
 
 def test_error_positional_graph_of_a_bool_size():
-    with pytest.raises(CCGShapeError, match=r"1 <= n <= num_samples=2 samples, got n=True"):
+    with pytest.raises(CCGValueRangeError, match=r"`n` must be a positive int, got True"):
         LearnableSampleGraph(2, form="positional").graph(True)
 
 

@@ -189,9 +189,12 @@ def test_from_files_square_resizes_each_image_to_the_working_square(tmp_path):
     assert len(list(cache.glob("*.npy"))) == 4
 
 
-def test_error_square_not_a_bool(tmp_path):
-    with pytest.raises(CCGValueRangeError, match=r"`square` must be a bool, got int"):
-        superpixels_from_files([], 8, square=1)
+@pytest.mark.parametrize("square", [1, "no", None])
+def test_error_square_not_a_bool(tmp_path, square):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`square` must be True or False, got {square!r}"
+    ):
+        superpixels_from_files([], 8, square=square)
 
 
 def test_from_files_real_radiographs():
@@ -275,6 +278,21 @@ def test_error_int_parameter_bool_or_string(name, value, expected):
 def test_bfloat16_tensor_is_read_as_float32():
     images = torch.rand(1, 32, 32).bfloat16()
     assert torch.equal(superpixels(images, 8), superpixels(images.float(), 8))
+
+
+def test_work_size_may_be_a_numpy_int():
+    images = torch.rand(1, 32, 32)
+    assert torch.equal(
+        superpixels(images, 8, work_size=np.int64(16)), superpixels(images, 8, work_size=16)
+    )
+
+
+@pytest.mark.parametrize("work_size", [0, -3, 16.0, "16"])
+def test_error_work_size_not_none_or_positive_int(work_size):
+    with pytest.raises(
+        CCGValueRangeError, match=rf"`work_size` must be None or a positive int, got {work_size!r}"
+    ):
+        superpixels(np.zeros((1, 8, 8)), 4, work_size=work_size)
 
 
 def test_error_work_size_bad():
