@@ -181,8 +181,14 @@ def check_finite_through_distances(
         )
 
 
-def check_memory_features(memory: Tensor | None, features: Tensor, name: str) -> int:
-    """Validate a memory of feature maps ``(K, *features.shape[1:])``; returns ``K`` (0 for none)."""
+def check_memory_features(
+    memory: Tensor | None, features: Tensor, name: str, like: tuple[str, int] | None = None
+) -> int:
+    """Validate a memory of feature maps ``(K, *features.shape[1:])``; returns ``K`` (0 for none).
+
+    ``like=(other, K)``: the maps must be as many as the entries of the memory ``other``
+    (the descriptors or codes given with them).
+    """
     if memory is None:
         return 0
     check_tensor(memory, name)
@@ -191,6 +197,11 @@ def check_memory_features(memory: Tensor | None, features: Tensor, name: str) ->
         raise CCGShapeError(
             f"`{name}` must have shape (K, {', '.join(str(s) for s in features.shape[1:])}) "
             f"like one sample of `features`, got shape {tuple(memory.shape)}."
+        )
+    if like is not None and memory.shape[0] != like[1]:
+        raise CCGShapeError(
+            f"`{name}` must hold K={like[1]} maps like `{like[0]}`, got shape "
+            f"{tuple(memory.shape)}."
         )
     return int(memory.shape[0])
 

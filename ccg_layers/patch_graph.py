@@ -123,11 +123,7 @@ def patch_graph_logits(
     dims = check_shape(codes, "codes", ("n", "m", "bits"))
     if dims["n"] == 0:
         raise CCGShapeError(f"`codes` must hold at least 1 image, got shape {tuple(codes.shape)}.")
-    for t, name, spec in ((weight, "weight", ("m", "m")), (bias, "bias", ())):
-        if t is not None or name == "weight":  # W_l, and its bias unless None
-            t = check_tensor(t, name)
-            check_dtype(t, name, ("float",))
-            check_shape(t, name, spec, dims)
+    _check_patch_weights(weight, bias, dims)
     if codes_b is None:
         return _patch_scores(codes, codes, weight, bias)
     check_codes(codes_b, "codes_b", allow_zero=True)
@@ -178,6 +174,19 @@ def _check_patch_memory(
     return dims["K"]
 
 
+def _check_patch_weights(
+    weight: Tensor, bias: Tensor | None, dims: dict[str, int], prefix: str = ""
+) -> int:
+    """``W_l`` ``(m, m)`` (``m`` as ``dims`` binds it) and its ``()`` bias; returns ``m``."""
+    w_name, b_name = f"{prefix}weight", f"{prefix}bias"
+    check_dtype(check_tensor(weight, w_name), w_name, ("float",))
+    m = check_shape(weight, w_name, ("m", "m"), dims)["m"]
+    if bias is not None:
+        check_dtype(check_tensor(bias, b_name), b_name, ("float",))
+        check_shape(bias, b_name, ())
+    return m
+
+
 def check_patch_graph_args(
     hash_input: Tensor,
     hash_name: str,
@@ -201,16 +210,10 @@ def check_patch_graph_args(
     (only their channels are compared with the projection; the distances check them finite).
     ``prefix`` names the projection, weight and bias (e.g. ``"patch_"`` for ``patch_weight``).
     """
-    proj, w_name, b_name = f"{prefix}projection", f"{prefix}weight", f"{prefix}bias"
+    proj = f"{prefix}projection"
     pdims = check_projection(projection, proj)
     n = check_hash_input(hash_input, hash_name, pdims, validated=validated, projection_name=proj)
-    check_tensor(weight, w_name)
-    check_dtype(weight, w_name, ("float",))
-    m = check_shape(weight, w_name, ("m", "m"))["m"]
-    if bias is not None:
-        check_tensor(bias, b_name)
-        check_dtype(bias, b_name, ("float",))
-        check_shape(bias, b_name, ())
+    m = _check_patch_weights(weight, bias, {}, prefix)
     # labels in [0, m), non-empty grids; NaN would give valid-looking codes (the sign of the
     # patch means), so maps the caller's distances do not check are checked finite here
     check_pooling(hash_input, hash_name, labels, m, finite=not validated)
@@ -495,12 +498,7 @@ def patch_hash_graph_loss(
         validated=hash_input is None,
         validated_b=hash_input_b is None,
     )
-    k_features = check_memory_features(memory_features, features, "memory_features")
-    if memory_features is not None and k_features != K:
-        raise CCGShapeError(
-            f"`memory_features` must hold K={K} maps like `memory_codes`, got shape "
-            f"{tuple(memory_features.shape)}."
-        )
+    check_memory_features(memory_features, features, "memory_features", like=("memory_codes", K))
     if n != dims["n"]:
         raise CCGShapeError(
             f"`hash_input` must hold n={dims['n']} images like `features`, got shape "

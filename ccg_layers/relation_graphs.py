@@ -201,12 +201,7 @@ def relation_graph_losses(
         check_tensor(memory_embeddings, "memory_embeddings")
         check_dtype(memory_embeddings, "memory_embeddings", ("float",))
         check_shape(memory_embeddings, "memory_embeddings", ("K", "d"), {"K": K, "d": dims["d"]})
-    k_features = check_memory_features(memory_features, features, "memory_features")
-    if memory_features is not None and k_features != K:
-        raise CCGShapeError(
-            f"`memory_features` must hold K={K} maps like `memory_codes`, got shape "
-            f"{tuple(memory_features.shape)}."
-        )
+    check_memory_features(memory_features, features, "memory_features", like=("memory_codes", K))
     y, margin_ = check_contrast_args(
         image_labels, margin, n, memory_image_labels, K, memory_features is not None
     )

@@ -388,14 +388,9 @@ def conditioned_sample_graph_loss(
             "distances, the descriptors for the graph), got only one of them."
         )
     K = _check_sample_memory(memory_embeddings, memory_valid, dims["d"])
-    if (
-        memory_features is not None
-        and check_memory_features(memory_features, features, "memory_features") != K
-    ):
-        raise CCGShapeError(
-            f"`memory_features` must hold K={K} maps like `memory_embeddings`, got shape "
-            f"{tuple(memory_features.shape)}."
-        )
+    check_memory_features(
+        memory_features, features, "memory_features", like=("memory_embeddings", K)
+    )
     y, m = check_contrast_args(
         image_labels,
         margin,
