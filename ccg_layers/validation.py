@@ -265,7 +265,7 @@ def positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:
 
     An ``int`` or a NumPy integer; a bool, a float, a string or a tensor raises, naming ``name``.
     """
-    number = None if isinstance(value, (bool, np.bool_)) else _as_index(value)
+    number = _as_index(value)
     if number is None or number < (0 if allow_zero else 1):
         kind = "non-negative" if allow_zero else "positive"
         raise CCGValueRangeError(f"`{name}` must be a {kind} int, got {value!r}.")
@@ -276,15 +276,15 @@ def optional_positive_int(value: object, name: str) -> int | None:
     """``None``, or ``value`` as a positive ``int`` (:func:`positive_int`); else raise."""
     if value is None:
         return None
-    number = None if isinstance(value, (bool, np.bool_)) else _as_index(value)
+    number = _as_index(value)
     if number is None or number < 1:
         raise CCGValueRangeError(f"`{name}` must be None or a positive int, got {value!r}.")
     return number
 
 
 def _as_index(value: object) -> int | None:
-    """``value`` as an ``int`` if it is a Python or NumPy integer (not a tensor), else ``None``."""
-    if isinstance(value, Tensor):
+    """``value`` as an ``int`` if it is a Python or NumPy integer (no bool or tensor), else None."""
+    if isinstance(value, (bool, np.bool_, Tensor)):
         return None
     try:
         return operator.index(value)  # type: ignore[arg-type]
@@ -329,7 +329,7 @@ def check_memory_valid(memory_valid: object, k: int) -> None:
 
 def _positive_index(value: object) -> int | None:
     """``value`` as a positive ``int`` if it is an integer (not a bool), else ``None``."""
-    number = None if isinstance(value, (bool, np.bool_)) else _as_index(value)
+    number = _as_index(value)
     return number if number is not None and number > 0 else None
 
 
