@@ -276,21 +276,23 @@ def check_codes(codes: Tensor, name: str, allow_zero: bool = False, ints: bool =
     if not values_checkable() or codes.numel() == 0:
         return
     ok = (codes == 1) | (codes == -1)
-    if allow_zero:
-        ok |= codes == 0
-    if not bool(ok.all()):
-        bad = codes[~ok].flatten()[0].item()
-        allowed = "-1, 0 (missing patch) and +1" if allow_zero else "-1 and +1"
-        raise CCGValueRangeError(f"`{name}` must hold only {allowed}, got e.g. {bad}.")
+    bad = ~ok.all()
     if allow_zero:  # a missing patch is a whole row of zeros; {0, 1} bits are not codes
-        zeros = (codes == 0).sum(-1)
+        zero = codes == 0
+        ok |= zero
+        zeros = zero.sum(-1)
         partial = (zeros > 0) & (zeros < codes.shape[-1])
-        if bool(partial.any()):
-            raise CCGValueRangeError(
-                f"`{name}` must hold codes of -1 and +1, or a row of zeros for a missing "
-                f"patch, got {int(partial.sum())} row(s) mixing 0 with +-1 (0/1 bits instead "
-                "of -1/+1 codes?)."
-            )
+        bad = ~ok.all() | partial.any()
+    if not bool(bad):  # the one read of a valid input
+        return
+    if not bool(ok.all()):
+        first = codes[~ok].flatten()[0].item()
+        allowed = "-1, 0 (missing patch) and +1" if allow_zero else "-1 and +1"
+        raise CCGValueRangeError(f"`{name}` must hold only {allowed}, got e.g. {first}.")
+    raise CCGValueRangeError(  # only allow_zero gets here: rows mixing 0 with +-1
+        f"`{name}` must hold codes of -1 and +1, or a row of zeros for a missing patch, got "
+        f"{int(partial.sum())} row(s) mixing 0 with +-1 (0/1 bits instead of -1/+1 codes?)."
+    )
 
 
 def hamming_distance(a: Tensor, b: Tensor) -> Tensor:
