@@ -11,7 +11,7 @@ Pneumonia readers return.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -44,6 +44,7 @@ __all__ = [
     "check_dataset_index",
     "check_is_index",
     "check_positive_sizes",
+    "lookup_rows",
     "scaled_boxes",
 ]
 
@@ -154,12 +155,26 @@ def _names(value: object, name: str) -> list[str]:
 
 def check_positive_sizes(sizes: Tensor, name: str) -> None:
     """Raise unless every ``(width, height)`` of ``sizes`` is positive (a value check)."""
-    if values_checkable() and sizes.numel() and bool((sizes <= 0).any()):
-        bad = sizes[(sizes <= 0).any(dim=-1)][0].tolist()
+    if not values_checkable() or sizes.numel() == 0:
+        return
+    bad = (sizes <= 0).any(dim=-1)
+    if bool(bad.any()):
         raise CCGValueRangeError(
-            f"`{name}` must hold positive (width, height), got {int((sizes <= 0).any(-1).sum())} "
-            f"frame(s) that are not, e.g. {bad}."
+            f"`{name}` must hold positive (width, height), got {int(bad.sum())} frame(s) that "
+            f"are not, e.g. {sizes[bad][0].tolist()}."
         )
+
+
+def lookup_rows(index: DatasetIndex, names: Iterable[str]) -> tuple[list[int], list[str]]:
+    """The rows of ``names`` in ``index``, and the names it does not hold, in the given order."""
+    rows: list[int] = []
+    unknown: list[str] = []
+    for n in names:
+        try:
+            rows.append(index.position(n))
+        except KeyError:
+            unknown.append(n)
+    return rows, unknown
 
 
 class IndexRows:

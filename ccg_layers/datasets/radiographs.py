@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ccg_layers.datasets.dicom import read_image
 from ccg_layers.datasets.image_files import name_list, repeated_names
-from ccg_layers.datasets.index import DatasetIndex, check_is_index, scaled_boxes
+from ccg_layers.datasets.index import DatasetIndex, check_is_index, lookup_rows, scaled_boxes
 from ccg_layers.datasets.samples import ChestXray14Sample
 from ccg_layers.errors import CCGDTypeError, CCGValueRangeError
 from ccg_layers.transforms import imagenet_input
@@ -115,12 +115,7 @@ class RadiographDataset(Dataset[ChestXray14Sample]):
                 f"`image_names` must name each image once, got {len(repeated)} more than once: "
                 f"{name_list(repeated, quote=True)}."
             )
-        rows, unknown = [], []
-        for n in names:
-            try:
-                rows.append(index.position(n))
-            except KeyError:
-                unknown.append(n)
+        rows, unknown = lookup_rows(index, names)
         if unknown:
             raise CCGValueRangeError(
                 f"`image_names` must be images of the {index.dataset_name} index, got "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ccg_layers.datasets.image_files import name_list, repeated_names
-from ccg_layers.datasets.index import DatasetIndex, check_is_index
+from ccg_layers.datasets.index import DatasetIndex, check_is_index, lookup_rows
 from ccg_layers.errors import CCGDTypeError, CCGShapeError, CCGValueRangeError
 from ccg_layers.validation import check_choice, check_flag, positive_int
 
@@ -264,12 +264,7 @@ def check_split(split: object, index: DatasetIndex | None = None) -> None:
             )
         if index is None:
             continue
-        unknown = []
-        for n in names:
-            try:
-                index.position(n)
-            except KeyError:
-                unknown.append(n)
+        _, unknown = lookup_rows(index, names)
         if unknown:
             raise CCGValueRangeError(
                 f"`split[{side!r}]` must name images of the {index.dataset_name} index, got "
