@@ -357,7 +357,6 @@ def maps_to_boxes(
     min_area = positive_int(min_area, "min_area", allow_zero=True)
     H, W = maps.shape[-2:]
     frame = (H, W) if image_size is None else check_size2(image_size, "image_size")
-    check_finite(maps, "maps")
     check_probabilities(maps, "maps")  # logits passed by mistake would give plausible boxes
     return _maps_to_boxes(maps, threshold, frame, min_area)
 

@@ -121,7 +121,6 @@ def localization_accuracy(
     check_choice(metric, "metric", Metric)
     check_choice(interpolation, "interpolation", Interpolation)
     prob_threshold = real_number(prob_threshold, "prob_threshold", low=0.0, high=1.0)
-    check_finite(prob_maps, "prob_maps")
     check_probabilities(prob_maps, "prob_maps")
     check_boxes(boxes, "boxes", size)
 

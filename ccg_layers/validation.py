@@ -166,13 +166,16 @@ def check_grid(x: Tensor, name: str, axes: str = "H, W") -> None:
 
 
 def check_probabilities(x: Tensor, name: str) -> None:
-    """Raise unless every value of ``x`` is in ``[0, 1]`` (a value check; skipped while off).
+    """Raise unless every value of ``x`` is a finite number in ``[0, 1]`` (a value check).
 
-    Logits passed for probabilities would give plausible answers.
+    Logits passed for probabilities would give plausible answers. One reduction reads a valid
+    ``x`` (NaN and infinity fail the interval too); a failure is :func:`check_finite`'s error
+    for NaN or infinity, else the interval's. Skipped while the value checks are off.
     """
     if not values_checkable() or x.numel() == 0:
         return
     if not bool(((x >= 0) & (x <= 1)).all()):
+        check_finite(x, name)
         raise CCGValueRangeError(
             f"`{name}` must hold probabilities in [0, 1] (e.g. logits.sigmoid()), got values in "
             f"[{float(x.min()):g}, {float(x.max()):g}]."

@@ -20,6 +20,7 @@ from ccg_layers.functional import (
     xywh_to_xyxy,
 )
 from ccg_layers.metrics import localization_accuracy
+from tests.host_sync import count_host_syncs
 
 # --------------------------------------------------------------------------- references
 
@@ -638,3 +639,15 @@ def test_maps_to_boxes_error_values_outside_zero_one(maps, values):
         maps_to_boxes(maps)
     with set_value_checks(False):  # a value check: skipped with the checks off
         maps_to_boxes(maps)
+
+
+def test_maps_to_boxes_reads_valid_maps_once_to_check_them():
+    # finite and in [0, 1] are one reduction (check_probabilities): the value checks add
+    # one read back of valid maps, not one per check
+    maps = torch.rand(2, 3, 8, 8)
+    reads = []
+    for checks in (False, True):
+        with set_value_checks(checks), count_host_syncs() as syncs:
+            maps_to_boxes(maps)
+        reads.append(sum(syncs.values()))
+    assert reads[1] - reads[0] == 1, reads

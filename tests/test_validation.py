@@ -175,6 +175,14 @@ def test_check_probabilities_is_a_value_check_of_zero_to_one():
         v.check_probabilities(torch.tensor([2.0]), "p")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_check_probabilities_names_non_finite_values_as_check_finite_does(bad):
+    with pytest.raises(
+        CCGValueRangeError, match=r"^`p` must be finite, got NaN or infinite values\.$"
+    ):
+        v.check_probabilities(torch.tensor([0.5, bad]), "p")
+
+
 def test_optional_positive_int_and_check_size2_axes():
     assert v.optional_positive_int(None, "q") is None
     assert v.optional_positive_int(np.int64(4), "q") == 4
