@@ -447,18 +447,13 @@ def test_bad_interpolation():
         call(interpolation="bicubic")
 
 
-def test_bad_prob_threshold():
+@pytest.mark.parametrize(("value", "shown"), [(1.5, "1.5"), ("0.5", "'0.5'")])
+def test_bad_prob_threshold(value, shown):  # out of [0, 1], or not a number
     with pytest.raises(
-        CCGValueRangeError, match=r"`prob_threshold` must be a finite number in \[0, 1\], got 1.5"
+        CCGValueRangeError,
+        match=rf"`prob_threshold` must be a finite number in \[0, 1\], got {shown}",
     ):
-        call(prob_threshold=1.5)
-
-
-def test_prob_threshold_not_a_number():
-    with pytest.raises(
-        CCGValueRangeError, match=r"`prob_threshold` must be a finite number in \[0, 1\], got '0.5'"
-    ):
-        call(prob_threshold="0.5")
+        call(prob_threshold=value)
 
 
 def test_thresholds_of_one_or_more():

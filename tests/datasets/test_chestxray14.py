@@ -321,6 +321,14 @@ def test_skip_bad_rows_logs_and_skips(tmp_path, caplog):
 # --------------------------------------------------------------------------- the Dataset
 
 
+@pytest.fixture
+def v2020_root(tmp_path: Path) -> Path:
+    """A copy of the v2020 fixture with an image file for each of its rows."""
+    root = copy_fixture("v2020", tmp_path / "d")
+    write_images(root, read_chestxray14(root).images)
+    return root
+
+
 @pytest.mark.parametrize("layout", ["flat", "subfolders"])
 def test_dataset_finds_images_in_both_layouts(tmp_path, layout):
     root = copy_fixture("v2020", tmp_path / "d")
@@ -361,31 +369,27 @@ def test_sample_content_boxes_scaled_to_working_size(tmp_path):
     assert not empty["has_box"].any()
 
 
-def test_imagenet_normalisation(tmp_path):
-    root = copy_fixture("v2020", tmp_path / "d")
-    write_images(root, read_chestxray14(root).images)
+def test_imagenet_normalisation(v2020_root):
     name = "00000002_000.png"
-    image = ChestXray14(root, [name], image_size=8, output="imagenet")[0]["image"]
+    image = ChestXray14(v2020_root, [name], image_size=8, output="imagenet")[0]["image"]
     v = gray_value(name) / 255.0
     expected = torch.stack(
         [torch.full((8, 8), (v - m) / s) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
     )
     torch.testing.assert_close(image, expected)
     # the same numbers as the uint8 sample normalised on the device by the model
-    raw = ChestXray14(root, [name], image_size=8)[0]["image"]
+    raw = ChestXray14(v2020_root, [name], image_size=8)[0]["image"]
     torch.testing.assert_close(normalize_radiographs(raw[None])[0], expected)
-    unit = ChestXray14(root, [name], image_size=8, output="unit")[0]["image"]
+    unit = ChestXray14(v2020_root, [name], image_size=8, output="unit")[0]["image"]
     torch.testing.assert_close(unit, torch.full((3, 8, 8), v))
 
 
-def test_bad_output_form_is_rejected(tmp_path):
-    root = copy_fixture("v2020", tmp_path / "d")
-    write_images(root, read_chestxray14(root).images)
+def test_bad_output_form_is_rejected(v2020_root):
     with pytest.raises(
         CCGValueRangeError,
         match=r"`output` must be one of 'uint8', 'imagenet', 'unit', got 'float'\.",
     ):
-        ChestXray14(root, output="float")  # type: ignore[arg-type]
+        ChestXray14(v2020_root, output="float")  # type: ignore[arg-type]
 
 
 def test_rgba_image_is_read_as_its_luminance(tmp_path):
@@ -443,15 +447,13 @@ def test_image_names_select_and_order_the_samples(tmp_path):
     assert ds[1]["boxes"].shape == (0, 4)
 
 
-def test_image_name_not_in_index(tmp_path):
-    root = copy_fixture("v2020", tmp_path / "d")
-    write_images(root, read_chestxray14(root).images)
+def test_image_name_not_in_index(v2020_root):
     with pytest.raises(
         CCGValueRangeError,
         match=r"`image_names` must be images of the ChestX-ray14 index, got 1 that are not: "
         r"'00000099_000\.png'",
     ):
-        ChestXray14(root, ["00000099_000.png"])
+        ChestXray14(v2020_root, ["00000099_000.png"])
 
 
 def test_missing_image_file_is_named(tmp_path):
@@ -509,10 +511,8 @@ def test_bad_image_size(tmp_path, size):
         ChestXray14(root, image_size=size)
 
 
-def test_image_size_may_be_a_numpy_integer(tmp_path):
-    root = copy_fixture("v2020", tmp_path / "d")
-    write_images(root, read_chestxray14(root).images)
-    ds = ChestXray14(root, image_size=np.int64(8))
+def test_image_size_may_be_a_numpy_integer(v2020_root):
+    ds = ChestXray14(v2020_root, image_size=np.int64(8))
     assert type(ds.image_size) is int
     assert ds[0]["image"].shape == (1, 8, 8)
 
@@ -551,10 +551,8 @@ def test_iteration_gives_every_sample_once_in_order(tmp_path):
 
 
 @pytest.mark.parametrize("i", [8, -9, 10**6])
-def test_out_of_range_index_is_an_index_error(tmp_path, i):
-    root = copy_fixture("v2020", tmp_path / "d")
-    write_images(root, read_chestxray14(root).images)
-    ds = ChestXray14(root, image_size=8)
+def test_out_of_range_index_is_an_index_error(v2020_root, i):
+    ds = ChestXray14(v2020_root, image_size=8)
     with pytest.raises(
         IndexError,
         match=rf"ChestXray14 sample index {i} is out of range for a dataset of 8 sample\(s\) "
@@ -564,10 +562,8 @@ def test_out_of_range_index_is_an_index_error(tmp_path, i):
 
 
 @pytest.mark.parametrize("i", [True, "a", None, 1.5])
-def test_non_integer_index_is_a_type_error(tmp_path, i):
-    root = copy_fixture("v2020", tmp_path / "d")
-    write_images(root, read_chestxray14(root).images)
-    ds = ChestXray14(root, image_size=8)
+def test_non_integer_index_is_a_type_error(v2020_root, i):
+    ds = ChestXray14(v2020_root, image_size=8)
     with pytest.raises(
         TypeError,
         match=rf"ChestXray14 sample indices must be integers \(not bool\), got {re.escape(repr(i))}",
